@@ -1,0 +1,5 @@
+"""fusedopt: fused optimizer kernels for PyTorch, as drop-in torch.optim classes."""
+from fusedopt.optim import SGD, Adam, AdamW
+
+__version__ = "0.1.0"
+__all__ = ["SGD", "Adam", "AdamW", "__version__"]

@@ -1,0 +1,99 @@
+"""Backends: modules with the same three functions (``check``, ``sgd_update``, ``adam_update``).
+
+The compiled CPU kernels are ``torch.library`` ops (``torch.ops.fusedopt.*``, schemas in csrc/bindings.cpp);
+this module registers their fake implementations so ``torch.compile`` can trace through them, and maps backend
+names to implementations. Choosing a backend is a dictionary lookup: ``resolve(name, device, dtype)``.
+"""
+from __future__ import annotations
+
+import types
+import warnings
+
+import torch
+
+from fusedopt import reference
+
+try:
+    from fusedopt import _C  # noqa: F401  (loading it registers torch.ops.fusedopt.*)
+
+    EXTENSION_ERROR: Exception | None = None
+except ImportError as exc:  # not built, or built against another torch
+    EXTENSION_ERROR = exc
+
+BACKEND_NAMES = ("auto", "cpu", "reference")
+# dtypes the compiled kernels take (fp32 math); others (fp64, and complex via view_as_real of fp64) go to the
+# reference path, which computes in the param's own precision.
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+BACKENDS: dict[str, types.ModuleType | types.SimpleNamespace] = {"reference": reference}
+
+if EXTENSION_ERROR is None:
+    BACKENDS["cpu"] = types.SimpleNamespace(
+        check=torch.ops.fusedopt.check,
+        sgd_update=torch.ops.fusedopt.sgd_update,
+        adam_update=torch.ops.fusedopt.adam_update,
+    )
+
+    @torch.library.register_fake("fusedopt::check")
+    def _check_fake(grads):
+        return grads[0].new_empty((2,), dtype=torch.float32)
+
+    @torch.library.register_fake("fusedopt::sgd_update")
+    def _sgd_update_fake(*args):
+        return None
+
+    @torch.library.register_fake("fusedopt::adam_update")
+    def _adam_update_fake(*args):
+        return None
+
+
+def kernel_ready(params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
+    """True when every grad is valid for its param (dtype, shape, device, dense) and every param and grad is a
+    contiguous real tensor on one device: checked in one native call, so the step's per-param Python work stays
+    small. False sends the step through the Python validation (clear errors) and the general path."""
+    if EXTENSION_ERROR is not None or torch.compiler.is_compiling():
+        return False
+    return torch.ops.fusedopt.kernel_ready(params, grads)
+
+
+# Which compiled backend serves a device type under backend="auto".
+_KERNEL_FOR_DEVICE = {"cpu": "cpu"}
+_warned: set[str] = set()
+
+
+def check_backend_name(name: str) -> None:
+    """Validate a user's ``backend=`` argument at construction time."""
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"Invalid backend: {name!r}; expected one of {', '.join(map(repr, BACKEND_NAMES))}")
+    if name != "auto" and name not in BACKENDS:
+        raise RuntimeError(
+            f"fusedopt backend {name!r} is not available: the compiled extension fusedopt._C failed to import "
+            f"({EXTENSION_ERROR}). Build it with `pip install --no-build-isolation -e .` (see README), or use "
+            f"backend='auto' to fall back to the pure-torch reference."
+        )
+
+
+def resolve(name: str, device: torch.device, dtype: torch.dtype):
+    """The backend module that runs tensors of ``device``/``dtype`` for the user's choice ``name``."""
+    if dtype not in KERNEL_DTYPES:
+        return reference
+    if name == "auto":
+        name = _KERNEL_FOR_DEVICE.get(device.type, "reference")
+        if name not in BACKENDS:
+            _warn_once(
+                "no-extension",
+                f"fusedopt: compiled kernels unavailable ({EXTENSION_ERROR}); using the slow pure-torch reference",
+            )
+            name = "reference"
+        elif name == "reference":
+            _warn_once(device.type, f"fusedopt: no compiled kernels for {device.type} tensors yet; using the "
+                                    f"slow pure-torch reference")
+    elif name != "reference" and _KERNEL_FOR_DEVICE.get(device.type) != name:
+        raise RuntimeError(f"fusedopt backend {name!r} cannot run tensors on device {device}")
+    return BACKENDS[name]
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)

@@ -1,0 +1,375 @@
+"""FusedOptimizer: what every fusedopt optimizer shares.
+
+``step()`` flows one way: validate every param and grad (raise before anything changes) -> check pass (global
+sum of squares and non-finite flag, only when clipping or a non-finite policy needs it) -> lazy state creation
+-> one update call per (param group, dtype) bucket on the chosen backend. The clip coefficient, the skip flag
+and the GradScaler scale stay tensors on the params' device: nothing in the step reads them on the host except
+``nonfinite="raise"`` (which must), the reference backend, and a param's first SGD momentum step under "skip".
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fusedopt import ops
+
+NONFINITE_POLICIES = ("ignore", "skip", "raise")
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64,
+                    torch.complex128)
+_REAL_DTYPE = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+# Clipping follows torch.nn.utils.clip_grad_norm_: coef = clamp(max_norm / (norm + 1e-6), max=1).
+CLIP_EPS = 1e-6
+
+
+def state_dtype(param: Tensor) -> torch.dtype:
+    """Optimizer state is fp32 for bf16/fp16 params (math is fp32 anyway), else the param's dtype."""
+    return torch.float32 if param.dtype in LOW_PRECISION else param.dtype
+
+
+def _is_dense(t: Tensor) -> bool:
+    """True when ``t`` covers exactly ``numel`` consecutive elements of its storage (any dim order)."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda ss: ss[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+@dataclass
+class Bucket:
+    """Everything one backend call needs: kernel-ready (contiguous, real) views plus where to copy back."""
+
+    backend: Any
+    params: list[Tensor] = field(default_factory=list)  # the original params (for state lookup)
+    kparams: list[Tensor] = field(default_factory=list)
+    kgrads: list[Tensor] = field(default_factory=list)
+    kstates: dict[str, list[Tensor]] = field(default_factory=lambda: defaultdict(list))
+    is_first: list[bool] = field(default_factory=list)  # state created this step (no history yet)
+    writeback: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (original, temporary) pairs
+
+
+class _KernelLayout:
+    """Maps a param and its companions (grad, states) onto tensors the kernels can take.
+
+    Kernels see contiguous real tensors. A contiguous param passes through as is; a dense param in another
+    dim order (channels_last, a transposed weight) is viewed flat in memory order, and companions with the same
+    strides are viewed the same way (autograd's grad layout contract and ``zeros_like`` make that the usual
+    case); anything else goes through a temporary copied back after the update.
+    """
+
+    def __init__(self, param: Tensor):
+        self.param = torch.view_as_real(param) if param.is_complex() else param
+        self.flat = not self.param.is_contiguous() and _is_dense(self.param)
+
+    def view(self, t: Tensor, writeback: list | None) -> Tensor:
+        """A kernel-ready view of ``t``; when that takes a temporary, ``(t, tmp)`` goes to ``writeback``."""
+        t = torch.view_as_real(t) if t.is_complex() else t
+        if not self.flat:
+            if t.is_contiguous():
+                return t
+            tmp = t.contiguous()
+        elif t.stride() == self.param.stride():
+            return _flat(t)
+        else:
+            tmp = torch.empty_like(self.param).copy_(t)
+        if writeback is not None:
+            writeback.append((t, tmp))
+        return _flat(tmp) if self.flat else tmp
+
+
+def _flat(t: Tensor) -> Tensor:
+    """A dense tensor viewed as 1-D in memory order."""
+    return t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+class FusedOptimizer(torch.optim.Optimizer):
+    """Base of fusedopt.SGD/Adam/AdamW. Subclasses define the state layout and the update call."""
+
+    # GradScaler hands us grad_scale/found_inf instead of unscaling the grads itself.
+    _step_supports_amp_scaling = True
+    _EXTRA_ATTRS = ("max_grad_norm", "nonfinite", "backend", "_grad_norm", "_found_nonfinite")
+    # Names of per-param state tensors that have the param's shape (kernels update them in place).
+    _TENSOR_STATE_KEYS: tuple[str, ...] = ()
+
+    def __init__(self, params, defaults: dict, *, max_grad_norm: float | None, nonfinite: str, backend: str):
+        if defaults.get("differentiable"):
+            raise RuntimeError(f"{type(self).__name__} does not support differentiable=True: fusedopt updates "
+                               f"in place outside autograd; use torch.optim for differentiable optimizers")
+        if defaults.get("fused") and defaults.get("foreach"):
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float))
+                                              and 0.0 <= max_grad_norm < math.inf):
+            raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}")
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"Invalid nonfinite value: {nonfinite!r}; expected 'ignore', 'skip' or 'raise'")
+        ops.check_backend_name(backend)
+        super().__init__(params, defaults)
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.nonfinite = nonfinite
+        self.backend = backend
+        self._grad_norm: Tensor | None = None
+        self._found_nonfinite: Tensor | None = None
+
+    # --- attributes that must survive deepcopy/pickle (the base class keeps only defaults/state/groups) ---
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        for name in self._EXTRA_ATTRS:
+            state[name] = getattr(self, name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("max_grad_norm", None)
+        self.__dict__.setdefault("nonfinite", "ignore")
+        self.__dict__.setdefault("backend", "auto")
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
+    @property
+    def grad_norm(self) -> Tensor | None:
+        """Global L2 norm of all grads before clipping (0-dim fp32, on the params' device), from the last step
+        that computed it (``max_grad_norm`` set or ``nonfinite`` != "ignore"); under GradScaler, unscaled."""
+        return getattr(self, "_grad_norm", None)
+
+    @property
+    def found_nonfinite(self) -> Tensor | None:
+        """0-dim bool tensor: whether the last step saw a NaN/inf gradient (and so, under "skip" or GradScaler,
+        changed nothing)."""
+        return getattr(self, "_found_nonfinite", None)
+
+    def __repr__(self) -> str:
+        extras = f"    max_grad_norm: {self.max_grad_norm}\n    nonfinite: {self.nonfinite}\n" \
+                 f"    backend: {self.backend}\n"
+        text = super().__repr__()
+        return text[:-1] + extras + ")" if text.endswith(")") else text
+
+    # --- subclass interface ---
+    def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
+        raise NotImplementedError
+
+    def _state_keys(self, group: dict) -> tuple[str, ...]:
+        """State entries passed to the kernel for this group, in the kernel's argument order."""
+        raise NotImplementedError
+
+    def _update(self, bucket: Bucket, group: dict, grad_scale, clip_coef, found_inf) -> None:
+        raise NotImplementedError
+
+    # --- the step ---
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform a single optimization step (see the class docstring for the math).
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        per_group = self._params_with_grads()
+        all_params = [p for params, _ in per_group for p in params]
+        if not all_params:
+            return loss
+        all_grads = [g for _, grads in per_group for g in grads]
+        # Fast path: every grad is valid and every param/grad is a contiguous real tensor (checked in one native
+        # call). Otherwise validate in Python (clear errors, before anything changes) and take the general path.
+        ready = ops.kernel_ready(all_params, all_grads) or self._validate(per_group)
+        device = all_params[0].device
+
+        grad_scale = getattr(self, "grad_scale", None)
+        grad_scale = None if grad_scale is None else grad_scale.reshape(()).to(torch.float32)
+        scaler_found_inf = getattr(self, "found_inf", None)
+        found_inf = None if scaler_found_inf is None else scaler_found_inf.reshape(()).to(torch.float32)
+        clip_coef = None
+        self._grad_norm = None
+        self._found_nonfinite = None if found_inf is None else found_inf > 0
+
+        if self.max_grad_norm is not None or self.nonfinite != "ignore":
+            norm, nonfinite = self._check(all_grads, device, grad_scale)
+            self._grad_norm = norm
+            self._found_nonfinite = nonfinite if found_inf is None else nonfinite | (found_inf > 0)
+            if self.nonfinite == "raise":
+                self._raise_if_nonfinite(nonfinite, found_inf)
+            elif self.nonfinite == "skip":
+                flag = nonfinite.to(torch.float32)
+                found_inf = flag if found_inf is None else torch.maximum(found_inf, flag)
+            if self.max_grad_norm is not None:
+                clip_coef = torch.clamp(self.max_grad_norm / (norm + CLIP_EPS), max=1.0)
+
+        fresh = self._init_group_states(per_group)
+        for group_index, (params, grads) in enumerate(per_group):
+            group = self.param_groups[group_index]
+            for bucket in self._buckets(group, params, grads, fresh, ready, grad_scale is not None):
+                self._update(bucket, group, grad_scale, clip_coef, found_inf)
+                for original, tmp in bucket.writeback:
+                    original.copy_(tmp)
+        if fresh and found_inf is not None:
+            self._after_skippable_first_step(fresh, found_inf)
+        return loss
+
+    def _after_skippable_first_step(self, fresh: set[Tensor], found_inf: Tensor) -> None:
+        """Called when some params got their state this step and the step may have been skipped."""
+
+    def _params_with_grads(self) -> list[tuple[list[Tensor], list[Tensor]]]:
+        """(params, grads) per group, for the params that have a grad."""
+        per_group = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            per_group.append((params, [p.grad for p in params]))
+        return per_group
+
+    def _validate(self, per_group) -> bool:
+        """Raise a clear error for any grad the step cannot take, before anything is changed. Returns False:
+        valid input that reaches here needs the general (layout-converting) path."""
+        name = type(self).__name__
+        device = None
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                g = p.grad
+                if g is None:
+                    continue
+                where = self._describe(gi, pi)
+                if g.is_sparse:
+                    raise RuntimeError(f"{name} does not support sparse gradients ({where}); "
+                                       f"please consider torch.optim.SparseAdam instead")
+                if p.dtype not in SUPPORTED_DTYPES:
+                    raise RuntimeError(f"{name}: unsupported parameter dtype {p.dtype} ({where})")
+                if g.dtype != p.dtype or g.shape != p.shape or g.device != p.device:
+                    raise RuntimeError(
+                        f"{name}: gradient of {where} does not match its parameter: grad "
+                        f"{g.dtype}{list(g.shape)} on {g.device}, param {p.dtype}{list(p.shape)} on {p.device}")
+                if device is None:
+                    device = p.device
+                elif p.device != device:
+                    raise RuntimeError(
+                        f"{name}: all parameters with gradients must be on one device (global-norm clipping "
+                        f"and the non-finite check span them all); got {device} and {p.device} ({where})")
+        return False
+
+    def _describe(self, group_index: int, param_index: int) -> str:
+        group = self.param_groups[group_index]
+        names = group.get("param_names")
+        if names:
+            return f"parameter {names[param_index]!r}"
+        return f"parameter {param_index} of param group {group_index}"
+
+    def _check(self, grads, device, grad_scale) -> tuple[Tensor, Tensor]:
+        """The check pass: global norm (unscaled, pre-clip) and the non-finite flag, both on the device."""
+        by_dtype: dict[torch.dtype, list[Tensor]] = defaultdict(list)
+        for g in grads:
+            g = torch.view_as_real(g) if g.is_complex() else g
+            by_dtype[g.dtype].append(g if g.is_contiguous() else g.contiguous())
+        total = None
+        for dtype, grads in by_dtype.items():
+            partial = ops.resolve(self.backend, device, dtype).check(grads)
+            total = partial if total is None else total + partial
+        sumsq, nonfinite = total[0], total[1] > 0
+        norm = sumsq.sqrt()
+        if grad_scale is not None:
+            norm = norm / grad_scale
+        return norm, nonfinite
+
+    def _raise_if_nonfinite(self, nonfinite: Tensor, found_inf: Tensor | None) -> None:
+        # "raise" must look at the flag on the host. Under GradScaler, inf/NaN in scaled grads is the scaler's
+        # normal signal to skip and shrink its scale, so it is not an error.
+        if not bool(nonfinite) or (found_inf is not None and bool(found_inf > 0)):
+            return
+        bad = [self._describe(gi, pi)
+               for gi, group in enumerate(self.param_groups)
+               for pi, p in enumerate(group["params"])
+               if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        raise RuntimeError(f"{type(self).__name__}: non-finite gradient (NaN or inf) in {', '.join(bad)}; "
+                           f"nothing was updated")
+
+    def _init_group_states(self, per_group) -> set[Tensor]:
+        """Lazy state creation (also what torch.compile runs eagerly before tracing the step). Returns the
+        params whose state was created now."""
+        fresh = set()
+        for group, (params, _) in zip(self.param_groups, per_group):
+            for p in params:
+                state = self.state[p]
+                if len(state) == 0:
+                    self._init_state(p, state, group)
+                    if state:
+                        fresh.add(p)
+        return fresh
+
+    def _buckets(self, group: dict, params: list[Tensor], grads: list[Tensor], fresh: set[Tensor],
+                 ready: bool, grads_written: bool) -> list[Bucket]:
+        """Split a group's params by dtype into backend calls, with kernel-ready tensor lists."""
+        keys = self._state_keys(group)
+        states = [self.state[p] for p in params]
+        by_dtype: dict[torch.dtype, list[int]] = defaultdict(list)
+        for i, p in enumerate(params):
+            by_dtype[p.dtype].append(i)
+        buckets = []
+        for dtype, index in by_dtype.items():
+            real_dtype = _REAL_DTYPE.get(dtype, dtype)
+            bucket = Bucket(ops.resolve(self.backend, params[index[0]].device, real_dtype))
+            bucket.params = [params[i] for i in index]
+            bucket.is_first = [params[i] in fresh for i in index] if fresh else [False] * len(index)
+            kstates = {key: [states[i][key] for i in index] for key in keys}
+            if ready and all(t.is_contiguous() for ts in kstates.values() for t in ts):
+                bucket.kparams = bucket.params
+                bucket.kgrads = [grads[i] for i in index]
+                bucket.kstates.update(kstates)
+            else:
+                for i in index:
+                    layout = _KernelLayout(params[i])
+                    bucket.kparams.append(layout.view(params[i], bucket.writeback))
+                    bucket.kgrads.append(layout.view(grads[i], bucket.writeback if grads_written else None))
+                    for key in keys:
+                        bucket.kstates[key].append(layout.view(states[i][key], bucket.writeback))
+            buckets.append(bucket)
+        return buckets
+
+    @staticmethod
+    def _hyper(value) -> float:
+        """A hyperparameter as a host float (a 1-element tensor lr is read here, as torch's non-capturable
+        paths do)."""
+        return float(value.item()) if torch.is_tensor(value) else float(value)
+
+    # --- state_dict: torch's format; fp32 state for low-precision params; shapes checked first ---
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._validate_loaded_state(state_dict)
+        super().load_state_dict(state_dict)
+        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        for saved_id, p in zip(saved_ids, params):
+            saved = state_dict["state"].get(saved_id)
+            state = self.state.get(p)
+            if not saved or not state:
+                continue
+            for key, value in saved.items():
+                if key == "step":
+                    state[key] = torch.as_tensor(float(value), dtype=torch.float32, device=p.device) \
+                        if not torch.is_tensor(value) else value.to(dtype=torch.float32, device=p.device)
+                elif key in self._TENSOR_STATE_KEYS and p.dtype in LOW_PRECISION:
+                    # the base class cast it to the param's dtype; keep full precision instead
+                    state[key] = value.to(dtype=state_dtype(p), device=p.device, copy=True)
+
+    def _validate_loaded_state(self, state_dict: dict) -> None:
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            return  # the base class raises its own error for this
+        for gi, (saved_group, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if len(saved_group["params"]) != len(group["params"]):
+                return
+            for pi, (saved_id, p) in enumerate(zip(saved_group["params"], group["params"])):
+                for key, value in state_dict["state"].get(saved_id, {}).items():
+                    if key in self._TENSOR_STATE_KEYS and torch.is_tensor(value) and value.shape != p.shape:
+                        raise ValueError(
+                            f"loaded state dict does not match {self._describe(gi, pi)}: state {key!r} has shape "
+                            f"{list(value.shape)}, the parameter has shape {list(p.shape)}")

@@ -1,0 +1,104 @@
+"""fusedopt.Adam and fusedopt.AdamW: torch.optim's arguments and results, on fused multi-tensor kernels."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fusedopt.optim._base import Bucket, FusedOptimizer, state_dtype
+
+
+class Adam(FusedOptimizer):
+    r"""Adam, a drop-in for :class:`torch.optim.Adam` (AdamW with ``decoupled_weight_decay=True``).
+
+    Per parameter, with :math:`g` the gradient after unscaling (GradScaler) and clipping (``max_grad_norm``),
+    and :math:`t` the parameter's step count after incrementing:
+
+    .. math::
+        \begin{aligned}
+        & g \leftarrow -g \text{ if maximize} \\
+        & \theta \leftarrow \theta (1 - \gamma \lambda) \text{ if decoupled, else }
+              g \leftarrow g + \lambda \theta \\
+        & m \leftarrow \mathrm{lerp}(m, g, 1 - \beta_1); \quad v \leftarrow \beta_2 v + (1 - \beta_2) g^2;
+          \quad \hat v \leftarrow \max(\hat v, v) \text{ if amsgrad else } v \\
+        & \theta \leftarrow \theta - \frac{\gamma}{1 - \beta_1^t} \cdot
+              \frac{m}{\sqrt{\hat v} / \sqrt{1 - \beta_2^t} + \epsilon}
+        \end{aligned}
+
+    The bias corrections are computed in double per parameter; the element math is fp32 (fp64 for fp64
+    params). States (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) have torch.optim's names and
+    layout; they are fp32 for bf16/fp16 params, and ``step`` is a 0-dim fp32 tensor on the param's device.
+
+    Args are torch.optim.Adam's (``foreach``/``fused``/``capturable`` are accepted for compatibility: fusedopt
+    always runs its own fused kernels, equal to torch's results up to rounding), plus keyword-only
+    ``max_grad_norm``, ``nonfinite`` and ``backend`` as described in :class:`fusedopt.SGD`.
+    """
+
+    _TENSOR_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def __init__(self, params, lr: float | Tensor = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0, amsgrad: bool = False, *, foreach: bool | None = None,
+                 maximize: bool = False, capturable: bool = False, differentiable: bool = False,
+                 fused: bool | None = None, decoupled_weight_decay: bool = False,
+                 max_grad_norm: float | None = None, nonfinite: str = "ignore", backend: str = "auto"):
+        # The same checks, in the same order and words, as torch.optim.Adam.
+        if isinstance(lr, Tensor):
+            if foreach and not capturable:
+                raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
+            if lr.numel() != 1:
+                raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not ((isinstance(betas[0], float) and isinstance(betas[1], float))
+                or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))):
+            raise ValueError("betas must be either both floats or both Tensors")
+        for i, beta in enumerate(betas):
+            if isinstance(beta, Tensor):
+                if not capturable and foreach:
+                    raise ValueError(f"betas[{i}] as a Tensor is not supported for capturable=False and "
+                                     f"foreach=True")
+                if beta.numel() != 1:
+                    raise ValueError(f"Tensor betas[{i}] must be 1-element")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        maximize=maximize, foreach=foreach, capturable=capturable, differentiable=differentiable,
+                        fused=fused, decoupled_weight_decay=decoupled_weight_decay)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend)
+
+    def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
+        state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+        for key in self._state_keys(group):
+            state[key] = torch.zeros_like(param, dtype=state_dtype(param), memory_format=torch.preserve_format)
+
+    def _state_keys(self, group: dict) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
+
+    def _update(self, bucket: Bucket, group: dict, grad_scale, clip_coef, found_inf) -> None:
+        beta1, beta2 = group["betas"]
+        bucket.backend.adam_update(
+            bucket.kparams, bucket.kgrads, bucket.kstates["exp_avg"], bucket.kstates["exp_avg_sq"],
+            bucket.kstates["max_exp_avg_sq"], [self.state[p]["step"] for p in bucket.params],
+            self._hyper(group["lr"]), self._hyper(beta1), self._hyper(beta2), self._hyper(group["eps"]),
+            self._hyper(group["weight_decay"]), bool(group["amsgrad"]), bool(group["maximize"]),
+            bool(group["decoupled_weight_decay"]), grad_scale, clip_coef, found_inf)
+
+
+class AdamW(Adam):
+    r"""AdamW, a drop-in for :class:`torch.optim.AdamW`: :class:`Adam` with decoupled weight decay
+    (default 1e-2). See :class:`Adam` for the math and the fusedopt keyword-only extras."""
+
+    def __init__(self, params, lr: float | Tensor = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
+                 fused: bool | None = None, max_grad_norm: float | None = None, nonfinite: str = "ignore",
+                 backend: str = "auto"):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True, max_grad_norm=max_grad_norm, nonfinite=nonfinite,
+                         backend=backend)

@@ -1,0 +1,79 @@
+"""fusedopt.SGD: torch.optim.SGD's arguments and results, on fused multi-tensor kernels."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fusedopt.optim._base import Bucket, FusedOptimizer, state_dtype
+
+
+class SGD(FusedOptimizer):
+    r"""Stochastic gradient descent (optionally with momentum), a drop-in for :class:`torch.optim.SGD`.
+
+    Per parameter, with :math:`g` the gradient after unscaling (GradScaler) and clipping (``max_grad_norm``):
+
+    .. math::
+        \begin{aligned}
+        & g \leftarrow -g \text{ if maximize}; \quad g \leftarrow g + \lambda \theta \text{ if } \lambda \ne 0 \\
+        & \text{if } \mu \ne 0: b \leftarrow g \text{ (first step of this param) else }
+              b \leftarrow \mu b + (1 - \tau) g; \quad
+              g \leftarrow g + \mu b \text{ if nesterov else } b \\
+        & \theta \leftarrow \theta - \gamma g
+        \end{aligned}
+
+    Args are torch.optim.SGD's (``foreach``/``fused`` are accepted for compatibility: fusedopt always runs its
+    own fused kernels, equal to torch's results up to rounding), plus keyword-only:
+
+    - ``max_grad_norm``: clip the global L2 norm of all gradients to this (as ``clip_grad_norm_``), folded
+      into the update: the ``.grad`` tensors are left unclipped.
+    - ``nonfinite``: ``"ignore"`` (torch's behaviour), ``"skip"`` (a step with any NaN/inf gradient changes
+      nothing), ``"raise"`` (raise, naming the offending parameters; this one syncs with the host).
+    - ``backend``: ``"auto"``, ``"cpu"`` (compiled C++ kernels) or ``"reference"`` (pure torch).
+
+    The momentum buffer is fp32 for bf16/fp16 params; all math is fp32 (fp64 for fp64 params).
+    """
+
+    _TENSOR_STATE_KEYS = ("momentum_buffer",)
+
+    def __init__(self, params, lr: float | Tensor = 1e-3, momentum: float = 0, dampening: float = 0,
+                 weight_decay: float | Tensor = 0, nesterov: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None,
+                 max_grad_norm: float | None = None, nonfinite: str = "ignore", backend: str = "auto"):
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
+                        fused=fused)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend)
+
+    def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
+        if group["momentum"] != 0:
+            state["momentum_buffer"] = torch.zeros_like(param, dtype=state_dtype(param),
+                                                        memory_format=torch.preserve_format)
+
+    def _state_keys(self, group: dict) -> tuple[str, ...]:
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+    def _update(self, bucket: Bucket, group: dict, grad_scale, clip_coef, found_inf) -> None:
+        momentum = self._hyper(group["momentum"])
+        bucket.backend.sgd_update(
+            bucket.kparams, bucket.kgrads, bucket.kstates["momentum_buffer"],
+            bucket.is_first if momentum != 0 else [],
+            self._hyper(group["lr"]), self._hyper(group["weight_decay"]), momentum,
+            self._hyper(group["dampening"]), bool(group["nesterov"]), bool(group["maximize"]),
+            grad_scale, clip_coef, found_inf)
+
+    def _after_skippable_first_step(self, fresh: set[Tensor], found_inf: Tensor) -> None:
+        # torch starts a momentum buffer as a copy of the first gradient it applies; a skipped first step must
+        # leave no buffer behind, or the next step would treat the zeros as history (visible with dampening).
+        if bool(found_inf > 0):
+            for p in fresh:
+                self.state[p].pop("momentum_buffer", None)
