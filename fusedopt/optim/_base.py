@@ -128,13 +128,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Also how load_state_dict installs the loaded groups: subclasses fill flags missing from older
+        # checkpoints with torch's historic values (not this optimizer's constructor values), as torch does.
         super().__setstate__(state)
         self.__dict__.setdefault("max_grad_norm", None)
         self.__dict__.setdefault("nonfinite", "ignore")
         self.__dict__.setdefault("backend", "auto")
-        for group in self.param_groups:
-            for key, value in self.defaults.items():
-                group.setdefault(key, value)
 
     @property
     def grad_norm(self) -> Tensor | None:
@@ -155,6 +154,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         return text[:-1] + extras + ")" if text.endswith(")") else text
 
     # --- subclass interface ---
+    def _needs_state(self, state: dict, group: dict) -> bool:
+        """Whether ``_init_state`` must (re)create entries of this param's state before the update."""
+        return len(state) == 0
+
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
         raise NotImplementedError
 
@@ -299,10 +302,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         fresh = set()
         for group, (params, _) in zip(self.param_groups, per_group):
             for p in params:
-                state = self.state[p]
-                if len(state) == 0:
+                state = self.state.get(p, {})
+                if self._needs_state(state, group):
                     self._init_state(p, state, group)
-                    if state:
+                    if state:  # a stateless algorithm (SGD without momentum) leaves no empty entry behind
+                        self.state[p] = state
                         fresh.add(p)
         return fresh
 
@@ -310,7 +314,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                  ready: bool, grads_written: bool) -> list[Bucket]:
         """Split a group's params by dtype into backend calls, with kernel-ready tensor lists."""
         keys = self._state_keys(group)
-        states = [self.state[p] for p in params]
+        states = [self.state.get(p) for p in params]
         by_dtype: dict[torch.dtype, list[int]] = defaultdict(list)
         for i, p in enumerate(params):
             by_dtype[p.dtype].append(i)
@@ -343,8 +347,29 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # --- state_dict: torch's format; fp32 state for low-precision params; shapes checked first ---
     def load_state_dict(self, state_dict: dict) -> None:
-        self._validate_loaded_state(state_dict)
-        super().load_state_dict(state_dict)
+        # Work on the dict the user's pre-hooks produced: a temporary pre-hook that runs after theirs validates
+        # it (before the base class changes anything) and a temporary post-hook that runs before theirs restores
+        # full precision from it.
+        loaded: dict[str, dict] = {}
+
+        def validate(optimizer, sd):
+            self._validate_loaded_state(sd)
+            loaded["state_dict"] = sd
+
+        def restore(optimizer):
+            self._restore_loaded_state(loaded["state_dict"])
+
+        handles = (self.register_load_state_dict_pre_hook(validate),
+                   self.register_load_state_dict_post_hook(restore, prepend=True))
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _restore_loaded_state(self, state_dict: dict) -> None:
+        """``step`` becomes a 0-dim fp32 tensor on the param's device; states of bf16/fp16 params stay fp32
+        (the base class cast them to the param's dtype)."""
         saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         for saved_id, p in zip(saved_ids, params):
@@ -356,8 +381,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 if key == "step":
                     state[key] = torch.as_tensor(float(value), dtype=torch.float32, device=p.device) \
                         if not torch.is_tensor(value) else value.to(dtype=torch.float32, device=p.device)
-                elif key in self._TENSOR_STATE_KEYS and p.dtype in LOW_PRECISION:
-                    # the base class cast it to the param's dtype; keep full precision instead
+                elif key in self._TENSOR_STATE_KEYS and p.dtype in LOW_PRECISION and torch.is_tensor(value):
                     state[key] = value.to(dtype=state_dtype(p), device=p.device, copy=True)
 
     def _validate_loaded_state(self, state_dict: dict) -> None:

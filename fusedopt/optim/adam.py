@@ -7,6 +7,11 @@ from torch import Tensor
 from fusedopt.optim._base import Bucket, FusedOptimizer, state_dtype
 
 
+def _to_scalar(beta):
+    """A 1-element tensor hyperparameter becomes 0-dim, as torch.optim stores it."""
+    return beta.squeeze() if isinstance(beta, Tensor) and beta.dim() != 0 else beta
+
+
 class Adam(FusedOptimizer):
     r"""Adam, a drop-in for :class:`torch.optim.Adam` (AdamW with ``decoupled_weight_decay=True``).
 
@@ -66,10 +71,22 @@ class Adam(FusedOptimizer):
                                      f"foreach=True")
                 if beta.numel() != 1:
                     raise ValueError(f"Tensor betas[{i}] must be 1-element")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+        betas = tuple(_to_scalar(beta) for beta in betas)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, capturable=capturable, differentiable=differentiable,
                         fused=fused, decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("amsgrad", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("capturable", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("decoupled_weight_decay", False)
+            group.setdefault("fused", None)
 
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
         state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
@@ -92,6 +109,11 @@ class Adam(FusedOptimizer):
 class AdamW(Adam):
     r"""AdamW, a drop-in for :class:`torch.optim.AdamW`: :class:`Adam` with decoupled weight decay
     (default 1e-2). See :class:`Adam` for the math and the fusedopt keyword-only extras."""
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True  # as torch.optim.AdamW: loading an Adam checkpoint stays AdamW
 
     def __init__(self, params, lr: float | Tensor = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,

@@ -54,6 +54,19 @@ class SGD(FusedOptimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend)
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("nesterov", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("differentiable", False)
+            group.setdefault("fused", False)
+
+    def _needs_state(self, state: dict, group: dict) -> bool:
+        # torch 1.x checkpoints stored {"momentum_buffer": None} for momentum 0: no history, as if absent.
+        return group["momentum"] != 0 and state.get("momentum_buffer") is None
+
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
         if group["momentum"] != 0:
             state["momentum_buffer"] = torch.zeros_like(param, dtype=state_dtype(param),
