@@ -4,8 +4,8 @@ Every backend (this one, the C++ CPU ops, later CUDA and Triton) implements the 
 same signatures, so choosing a backend is a dictionary lookup (see ``fusedopt.ops.BACKENDS``):
 
 ``check(grads) -> Tensor``
-    One pass over all grads of a (device, dtype) group. Returns a float32 tensor of shape ``[2]`` on the grads'
-    device: ``[sum of squares, 1.0 if any element is NaN/inf else 0.0]``.
+    One pass over all grads of a (device, dtype) group. Returns a tensor of shape ``[2]`` on the grads' device,
+    float32 (float64 for float64 grads): ``[sum of squares, 1.0 if any element is NaN/inf else 0.0]``.
 
 ``sgd_update(params, grads, momentum_buffers, is_first, lr, weight_decay, momentum, dampening, nesterov,
 maximize, grad_scale, clip_coef, found_inf)``
@@ -36,14 +36,16 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def check(grads: list[Tensor]) -> Tensor:
+    # Accumulates in the compute dtype: fp64 grads beyond fp32's range must not overflow the sum of squares.
+    dtype = compute_dtype(grads[0].dtype)
     device = grads[0].device
-    sumsq = torch.zeros((), dtype=torch.float32, device=device)
+    sumsq = torch.zeros((), dtype=dtype, device=device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     for g in grads:
-        g32 = g.detach().to(torch.float32)
-        sumsq = sumsq + (g32 * g32).sum()
-        nonfinite = nonfinite | ~torch.isfinite(g32).all()
-    return torch.stack([sumsq, nonfinite.to(torch.float32)])
+        g = g.detach().to(dtype)
+        sumsq = sumsq + (g * g).sum()
+        nonfinite = nonfinite | ~torch.isfinite(g).all()
+    return torch.stack([sumsq, nonfinite.to(dtype)])
 
 
 def _prepare_grad(grad: Tensor, grad_scale: Tensor | None, clip_coef: Tensor | None, dtype) -> Tensor:

@@ -137,8 +137,8 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     @property
     def grad_norm(self) -> Tensor | None:
-        """Global L2 norm of all grads before clipping (0-dim fp32, on the params' device), from the last step
-        that computed it (``max_grad_norm`` set or ``nonfinite`` != "ignore"); under GradScaler, unscaled."""
+        """Global L2 norm of all grads before clipping (0-dim fp32, fp64 with fp64 grads, on the params'
+        device), from the last step if it computed it (``max_grad_norm`` set or ``nonfinite`` != "ignore"); under GradScaler, unscaled."""
         return getattr(self, "_grad_norm", None)
 
     @property
@@ -181,6 +181,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        self._grad_norm = None
+        self._found_nonfinite = None
         per_group = self._params_with_grads()
         all_params = [p for params, _ in per_group for p in params]
         if not all_params:
@@ -196,8 +198,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         scaler_found_inf = getattr(self, "found_inf", None)
         found_inf = None if scaler_found_inf is None else scaler_found_inf.reshape(()).to(torch.float32)
         clip_coef = None
-        self._grad_norm = None
-        self._found_nonfinite = None if found_inf is None else found_inf > 0
+        if found_inf is not None:
+            self._found_nonfinite = found_inf > 0
 
         if self.max_grad_norm is not None or self.nonfinite != "ignore":
             norm, nonfinite = self._check(all_grads, device, grad_scale)

@@ -1,0 +1,174 @@
+"""Optimizer configurations as data (torch's OptimizerInfo style): what test_parity.py runs for every backend.
+
+Each ``OptimConfig`` holds the constructor kwargs that fusedopt and torch.optim share, plus the fusedopt-only
+extras (``max_grad_norm``, ``nonfinite``). Two sources:
+
+- ``fusedopt``: written here to cover every option at least once (float and tensor lr, momentum, dampening,
+  nesterov, float and tensor weight_decay, maximize, betas, eps, amsgrad, Adam's decoupled_weight_decay,
+  torch's implementation flags, and the extras);
+- ``optim_db``: torch's own configs, from ``torch.testing._internal.common_optimizers.optim_db``, taken from
+  ``optim_inputs_func`` for "cpu" and also for "cuda" (the CUDA-only Adam configs are capturable ones; torch's
+  CPU for-loop cannot run ``capturable=True``, so torch runs them without it while fusedopt gets the flag as
+  given). torch's tests also run each config with ``differentiable=True``; fusedopt rejects that by design
+  (it updates in place outside autograd), so no config here sets it.
+
+The torch side always runs the single-tensor for-loop (``foreach=False``): it is the semantics; torch's
+foreach/fused paths differ from it by rounding only.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch.testing._internal.common_optimizers import optim_db
+
+import fusedopt
+
+# Implementation switches torch.optim and fusedopt both accept; fusedopt ignores them (it always runs its own
+# kernels), torch runs the for-loop regardless (see the module docstring).
+IMPL_FLAGS = ("foreach", "fused", "capturable")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    desc: str
+    kwargs: dict
+    extras: dict = field(default_factory=dict)
+    source: str = "fusedopt"
+
+    @property
+    def id(self) -> str:
+        return f"{self.source}:{self.desc}".replace(" ", "_")
+
+    def torch_kwargs(self) -> dict:
+        kwargs = {k: v for k, v in copy.deepcopy(self.kwargs).items() if k not in IMPL_FLAGS}
+        return {**kwargs, "foreach": False}
+
+    def fused_kwargs(self, backend: str) -> dict:
+        return {**copy.deepcopy(self.kwargs), **self.extras, "backend": backend}
+
+    @property
+    def max_grad_norm(self) -> float | None:
+        return self.extras.get("max_grad_norm")
+
+    @property
+    def has_tensor_hyperparameter(self) -> bool:
+        values = [v for value in self.kwargs.values() for v in (value if isinstance(value, tuple) else (value,))]
+        return any(torch.is_tensor(v) for v in values)
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    fused_cls: type
+    torch_cls: type
+    second_group: dict  # hyperparameters of the second param group in every parity run
+    configs: list[OptimConfig]
+
+
+def _extras(base: dict) -> list[OptimConfig]:
+    """fusedopt's own options on top of ``base``. Parity grads have a global norm of about 66 (see
+    test_parity.make_grads), so 1.0 clips and 1e6 does not; 0 clips every gradient to zero."""
+    return [
+        OptimConfig("clip active", base, {"max_grad_norm": 1.0}),
+        OptimConfig("clip inactive", base, {"max_grad_norm": 1e6}),
+        OptimConfig("clip to zero", {**base, "weight_decay": 0.1}, {"max_grad_norm": 0.0}),
+        OptimConfig("nonfinite skip", base, {"nonfinite": "skip"}),
+        OptimConfig("nonfinite raise with clip", base, {"nonfinite": "raise", "max_grad_norm": 5.0}),
+    ]
+
+
+def _from_optim_db(cls_name: str) -> list[OptimConfig]:
+    info = next(i for i in optim_db if i.optim_cls.__name__ == cls_name)
+    configs, seen = [], set()
+    for device in ("cpu", "cuda"):
+        for optim_input in info.optim_inputs_func(device=device):
+            if optim_input.desc in seen:
+                continue
+            seen.add(optim_input.desc)
+            assert optim_input.params is None, "optim_db configs with custom params are not translated here"
+            assert not optim_input.kwargs.get("differentiable"), "differentiable=True is rejected by fusedopt"
+            desc = optim_input.desc if device == "cpu" else f"{optim_input.desc} (cuda config)"
+            configs.append(OptimConfig(desc, optim_input.kwargs, source="optim_db"))
+    return configs
+
+
+_SGD_CONFIGS = [
+    OptimConfig("lr", {"lr": 0.1}),
+    OptimConfig("tensor lr", {"lr": torch.tensor(0.05)}),
+    OptimConfig("momentum", {"lr": 0.1, "momentum": 0.9}),
+    OptimConfig("dampening", {"lr": 0.05, "momentum": 0.9, "dampening": 0.3}),
+    OptimConfig("nesterov", {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
+    OptimConfig("weight_decay", {"lr": 0.1, "weight_decay": 0.1}),
+    OptimConfig("tensor weight_decay", {"lr": 0.1, "momentum": 0.5, "weight_decay": torch.tensor(0.2)}),
+    OptimConfig("maximize momentum", {"lr": 0.05, "momentum": 0.8, "maximize": True}),
+    OptimConfig("everything", {"lr": torch.tensor(0.02), "momentum": 0.9, "nesterov": True,
+                               "weight_decay": torch.tensor(0.1), "maximize": True}),
+    OptimConfig("impl flags", {"lr": 0.05, "momentum": 0.9, "foreach": False, "fused": True}),
+    *_extras({"lr": 0.1, "momentum": 0.9}),
+]
+
+_ADAM_COMMON = [
+    OptimConfig("lr", {"lr": 0.01}),
+    OptimConfig("tensor lr", {"lr": torch.tensor(0.01)}),
+    OptimConfig("betas", {"lr": 0.01, "betas": (0.8, 0.95)}),
+    OptimConfig("tensor betas", {"lr": 0.01, "betas": (torch.tensor(0.85), torch.tensor(0.99))}),
+    OptimConfig("eps", {"lr": 0.01, "eps": 1e-3}),
+    OptimConfig("weight_decay", {"lr": 0.01, "weight_decay": 0.1}),
+    OptimConfig("amsgrad", {"lr": 0.01, "amsgrad": True}),
+    OptimConfig("maximize", {"lr": 0.01, "maximize": True}),
+    OptimConfig("everything", {"lr": torch.tensor(0.02), "betas": (0.85, 0.98), "eps": 1e-6, "weight_decay": 0.2,
+                               "amsgrad": True, "maximize": True}),
+    OptimConfig("impl flags", {"lr": 0.01, "foreach": False, "fused": True, "capturable": True}),
+    *_extras({"lr": 0.01, "amsgrad": True, "weight_decay": 0.05}),
+]
+
+_ADAM_SECOND_GROUP = {"lr": 0.003, "betas": (0.8, 0.99), "weight_decay": 0.05}
+ALGORITHMS = {
+    "SGD": Algorithm("SGD", fusedopt.SGD, torch.optim.SGD, {"lr": 0.03, "weight_decay": 0.05},
+                     _SGD_CONFIGS + _from_optim_db("SGD")),
+    "Adam": Algorithm("Adam", fusedopt.Adam, torch.optim.Adam, _ADAM_SECOND_GROUP,
+                      _ADAM_COMMON
+                      + [OptimConfig("decoupled_weight_decay", {"lr": 0.01, "weight_decay": 0.1,
+                                                                "decoupled_weight_decay": True})]
+                      + _from_optim_db("Adam")),
+    "AdamW": Algorithm("AdamW", fusedopt.AdamW, torch.optim.AdamW, _ADAM_SECOND_GROUP,
+                       _ADAM_COMMON + _from_optim_db("AdamW")),
+}
+
+# (algorithm, config) for every config: what the option-by-option parity tests run.
+ALL_CONFIGS = [(alg, config) for alg in ALGORITHMS.values() for config in alg.configs]
+
+
+def config_id(alg: Algorithm, config: OptimConfig) -> str:
+    return f"{alg.name}-{config.id}"
+
+
+def select(*ids: str) -> list[tuple[Algorithm, OptimConfig]]:
+    """(algorithm, config) pairs from ALL_CONFIGS by ``config_id``."""
+    chosen = [(a, c) for a, c in ALL_CONFIGS if config_id(a, c) in ids]
+    assert len(chosen) == len(ids), f"unknown config ids: {set(ids) - {config_id(a, c) for a, c in chosen}}"
+    return chosen
+
+
+# Configs that together take every distinct path of each algorithm (SGD: no momentum, momentum with dampening,
+# nesterov + maximize + tensor lr/weight_decay, clipping; Adam/AdamW: defaults, every option at once, tensor
+# betas of odd shapes, decoupled decay, clipping with amsgrad): for the tests that check a behaviour rather
+# than an option, and for fp64.
+REPRESENTATIVE = select(
+    "SGD-optim_db:default", "SGD-fusedopt:dampening", "SGD-fusedopt:everything", "SGD-fusedopt:clip_active",
+    "Adam-optim_db:default", "Adam-fusedopt:everything", "Adam-fusedopt:decoupled_weight_decay",
+    "Adam-fusedopt:clip_active", "Adam-optim_db:Tensor_lr,_Tensor_betas,_with_capturable_and_amsgrad_(cuda_config)",
+    "AdamW-optim_db:default", "AdamW-fusedopt:everything", "AdamW-fusedopt:clip_active",
+)
+
+
+def for_dtype(alg: Algorithm, kwargs: dict, dtype: torch.dtype) -> dict:
+    """Constructor kwargs adjusted for ``dtype`` the way optim_db adjusts its own: for fp16, Adam's eps becomes
+    0.1 because torch's fp16 states underflow (g*g < 6e-8 gives v = 0, and 1e-8 rounds to 0 in fp16, so
+    torch's own fp16 run divides by zero and has no finite error to compare against). fusedopt's fp16 run with
+    a tiny eps is tested separately (test_fp16_adam_tiny_eps)."""
+    if dtype == torch.float16 and alg.torch_cls in (torch.optim.Adam, torch.optim.AdamW):
+        return {**kwargs, "eps": 0.1}
+    return kwargs
