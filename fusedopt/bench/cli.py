@@ -18,13 +18,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m fusedopt.bench", description=__doc__)
     p.add_argument("--case", choices=[*cases.CASES, "all"], default="all")
     p.add_argument("--repeats", type=int, default=None,
-                   help="timed rounds; each round runs every implementation once (default 20, 3 with --quick)")
+                   help="timed rounds; each round runs every implementation once (default 15, 3 with --quick)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per implementation first")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for testing the harness")
     p.add_argument("--json", metavar="PATH", help="also write the rows and the environment as JSON")
     args = p.parse_args(argv)
     if args.repeats is None:
-        args.repeats = 3 if args.quick else 20
+        args.repeats = 3 if args.quick else 15
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
     return args
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         case_rows = report.summarize(result)
         rows += case_rows
         print(report.format_table(case_rows) + "\n", flush=True)
-    print(report.verdict(rows, env))
+    print(report.verdict(rows))
     elapsed = time.perf_counter() - start
     print(f"\n({args.repeats} interleaved rounds after {args.warmup} warm-up steps; {elapsed:.0f} s in all)")
     if args.json:

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .impls import BASELINE
+from .impls import ADAMW_HYPERPARAMS, BASELINE
 from .roofline import ROOFLINE, gbps, roofline_fraction
 from .runner import CaseResult
 from .timing import median, paired_speedup
@@ -19,13 +19,15 @@ from .timing import median, paired_speedup
 FUSEDOPT = "fusedopt.AdamW(cpu)"
 FOREACH = "clip+isfinite+AdamW(foreach)"
 UNCLIPPED = "AdamW(fused), no clip/check"
-# Params of the full-job rows should agree after the run: all start equal and take the same steps. lr is 1e-3,
-# so 1e-5 is 1% of one step; fp32 rounding differences between implementations stay orders of magnitude below.
-PARAM_TOLERANCE = 1e-5
+# Params of the full-job rows should agree after the run: all start equal and take the same steps. An AdamW step
+# moves a param by about lr at most, so allow 1e-3 of that per step. Adam barely sees the clip coefficient except
+# where |g * clip_coef| is near eps, which is where this catches a wrong one; torch's own fp32 global norm is off
+# by ~1e-3 relative on GPT-2 small, which moves those params by ~2e-4 lr per step.
+PARAM_TOLERANCE_PER_STEP = 1e-3
 # Below this triad median/best ratio the run is called noisy in the verdict.
 NOISY_TRIAD = 0.8
-# A 1-minute load average above this share of the CPUs at the start means others are running.
-BUSY_LOAD = 0.5
+# Above this share of all CPUs taken by other processes during the rounds the run is called busy.
+BUSY_SHARE = 0.05
 
 
 def summarize(result: CaseResult) -> list[dict[str, Any]]:
@@ -44,7 +46,8 @@ def summarize(result: CaseResult) -> list[dict[str, Any]]:
             bytes_per_param=row.impl.bytes_per_param, rounds=len(row.times), skipped=row.skipped, **probes,
             median_s=None, best_s=None, gbps_median=None, gbps_best=None, roofline_fraction=None,
             axpy_fraction=None, speedup_vs_baseline=None, peak_extra_bytes=row.peak_extra_bytes,
-            peak_extra_fraction=None, max_abs_diff_vs_baseline=row.max_abs_diff, times_s=list(row.times))
+            peak_extra_fraction=None, max_abs_diff_vs_baseline=row.max_abs_diff, steps=row.steps,
+            others_cpu_share=result.others_cpu_share, times_s=list(row.times))
         if row.times:
             nbytes = row.impl.bytes_per_param * case.n_params
             best = min(row.times)
@@ -76,8 +79,9 @@ def _cells(d: dict[str, Any]) -> tuple[str, ...]:
     ms = lambda s: _num(s * 1e3, ".1f")  # noqa: E731
     speedup = d["speedup_vs_baseline"]
     return (d["impl"], str(d["bytes_per_param"]), ms(d["median_s"]), ms(d["best_s"]), _num(d["gbps_best"], ".1f"),
-            _num(d["roofline_fraction"], ".2f"), _num(d["axpy_fraction"], ".2f"), "-" if speedup is None else f"{speedup:.2f}x",
-            _mib(d["peak_extra_bytes"], d["peak_extra_fraction"]), _num(d["max_abs_diff_vs_baseline"], ".1e"))
+            _num(d["roofline_fraction"], ".2f"), _num(d["axpy_fraction"], ".2f"),
+            "-" if speedup is None else f"{speedup:.2f}x", _mib(d["peak_extra_bytes"], d["peak_extra_fraction"]),
+            _num(d["max_abs_diff_vs_baseline"], ".1e"))
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -85,9 +89,11 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     param); speedup is the median of per-round ratios against the baseline; peak extra memory is also given as a
     share of the param bytes. Skipped rows follow."""
     d = rows[0]
-    head = (f"{d['case']}: {d['n_tensors']} tensors, {d['n_params']:,} params. Roofline: triad {d['triad_best_gbps']:.1f} "
-            f"GB/s best ({d['triad_median_gbps']:.1f} median); in-place axpy {d['axpy_best_gbps']:.1f} GB/s best "
-            f"({d['axpy_median_gbps']:.1f} median)")
+    head = (f"{d['case']}: {d['n_tensors']} tensors, {d['n_params']:,} params. Roofline: triad "
+            f"{d['triad_best_gbps']:.1f} GB/s best ({d['triad_median_gbps']:.1f} median); in-place axpy "
+            f"{d['axpy_best_gbps']:.1f} GB/s best ({d['axpy_median_gbps']:.1f} median)")
+    if d["others_cpu_share"] is not None:
+        head += f". Other processes took {d['others_cpu_share']:.0%} of the CPUs during the rounds"
     body = [COLUMNS] + [_cells(d) for d in rows if d["skipped"] is None]
     widths = [max(len(r[i]) for r in body) for i in range(len(COLUMNS))]
     lines = [head] + ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
@@ -125,27 +131,23 @@ def _case_verdict(rows: Sequence[dict[str, Any]]) -> str:
     return text + "."
 
 
-def busy_warning(env: dict[str, Any]) -> str | None:
-    """Other work on the cores stalls every thread barrier in torch's per-tensor kernels far more than a few
-    large passes, which distorts ratios, not just absolute times."""
-    load, cpus = env["loadavg"][0], env["cpu_count"] or 1
-    if load <= BUSY_LOAD * cpus:
-        return None
-    return f"The machine was busy when the run started (load {load:.1f} on {cpus} CPUs): rerun on a quiet one."
+def param_tolerance(steps: int) -> float:
+    return PARAM_TOLERANCE_PER_STEP * ADAMW_HYPERPARAMS["lr"] * steps
 
 
-def verdict(rows: Sequence[dict[str, Any]], env: dict[str, Any] | None = None) -> str:
+def verdict(rows: Sequence[dict[str, Any]]) -> str:
     """One paragraph over all cases, with warnings that change how far the numbers can be trusted."""
     cases = list(dict.fromkeys(d["case"] for d in rows))
     parts = [_case_verdict([d for d in rows if d["case"] == c]) for c in cases]
-    busy = busy_warning(env) if env is not None else None
-    if busy:
-        parts.append(busy)
     for d in rows:
-        diff = d["max_abs_diff_vs_baseline"]
-        if diff is not None and diff > PARAM_TOLERANCE:
+        diff, tol = d["max_abs_diff_vs_baseline"], param_tolerance(d["steps"])
+        if diff is not None and diff > tol:
             parts.append(f"Warning: on {d['case']}, {d['impl']} ended {diff:.1e} away from the baseline's params "
-                         f"(tolerance {PARAM_TOLERANCE:.0e}), so its time may not be that of a correct step.")
+                         f"(tolerance {tol:.1e}), so its time may not be that of a correct step.")
+    shares = [d["others_cpu_share"] for d in rows if d["others_cpu_share"] is not None]
+    if shares and max(shares) > BUSY_SHARE:
+        parts.append(f"Other processes used up to {max(shares):.0%} of the CPUs during the timed rounds; they stall "
+                     f"torch's per-tensor parallel loops far more than long passes, so rerun on a quiet machine.")
     noisy = {c: d["triad_median_gbps"] / d["triad_best_gbps"] for c in cases for d in rows if d["case"] == c}
     worst = min(noisy.values()) if noisy else 1.0
     if worst < NOISY_TRIAD:

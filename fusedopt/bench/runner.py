@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .cases import Case
 from .impls import BASELINE, IMPLS, Impl
+from .machine import OthersCpuShare
 from .memory import peak_extra_bytes
 from .roofline import PROBE_ARRAY_BYTES, Probes
 from .timing import CACHE_FLUSH_BYTES, CacheFlusher, round_robin, time_once
@@ -25,6 +26,7 @@ class RowResult:
     times: list[float] = field(default_factory=list)  # one step per round, in round order
     peak_extra_bytes: int | None = None
     max_abs_diff: float | None = None  # params after the run vs the baseline's (clipped rows only)
+    steps: int = 0  # all steps taken, untimed ones included
     skipped: str | None = None
 
 
@@ -41,6 +43,7 @@ class CaseResult:
     rows: list[RowResult]
     probes: dict[str, ProbeResult]
     wall_s: float
+    others_cpu_share: float | None = None  # of all CPUs, by other processes during the timed rounds
 
 
 @dataclass
@@ -51,17 +54,13 @@ class _Live:
     step: Callable[[], None]
     restore: Callable[[], None] | None
 
-    def run(self) -> None:
-        self.step()
+    def run(self, measure: Callable[[Callable[[], None]], object] = lambda step: step()) -> object:
+        """One step through `measure`, which calls it (and may time or profile it); grads restored after."""
+        result = measure(self.step)
+        self.row.steps += 1
         if self.restore is not None:
             self.restore()
-
-    def sample(self, flush: Callable[[], None]) -> float:
-        flush()
-        seconds = time_once(self.step)
-        if self.restore is not None:
-            self.restore()
-        return seconds
+        return result
 
 
 def _copy_all(dst: Sequence[Tensor], src: Sequence[Tensor]) -> None:
@@ -127,6 +126,7 @@ def run_case(case: Case, impls: Sequence[Impl] = IMPLS, *, rounds: int, warmup: 
                 live[name].run()
         drop(name)
 
+    others = OthersCpuShare()
     schedule = round_robin([row.impl.name for row in rows] + list(Probes.NAMES), rounds)
     for r, order in enumerate(schedule):
         log(f"{case.name}: round {r + 1}/{rounds}")
@@ -137,16 +137,16 @@ def run_case(case: Case, impls: Sequence[Impl] = IMPLS, *, rounds: int, warmup: 
                     probe_results[name].times.append(time_once(probes.fn(name)))
             elif name in live:
                 with _skip_if_optional(live[name].row, log):
-                    live[name].row.times.append(live[name].sample(flush))
+                    flush()
+                    live[name].row.times.append(live[name].run(time_once))
                 drop(name)
+    others_cpu_share = others.stop()
     del probes, flush
 
     log(f"{case.name}: peak memory of one more step each (profiler)")
     for name in list(live):
         with _skip_if_optional(live[name].row, log):
-            live[name].row.peak_extra_bytes = peak_extra_bytes(live[name].step)
-            if live[name].restore is not None:
-                live[name].restore()
+            live[name].row.peak_extra_bytes = live[name].run(peak_extra_bytes)
         drop(name)
 
     # Every live row took the same number of steps from the same params and grads, so the full-job rows must agree.
@@ -156,4 +156,4 @@ def run_case(case: Case, impls: Sequence[Impl] = IMPLS, *, rounds: int, warmup: 
             for entry in live.values():
                 if entry.row.impl.clipped:
                     entry.row.max_abs_diff = max(float((p - q).abs().max()) for p, q in zip(entry.params, reference))
-    return CaseResult(case, rows, probe_results, time.perf_counter() - start)
+    return CaseResult(case, rows, probe_results, time.perf_counter() - start, others_cpu_share)

@@ -50,7 +50,8 @@ class Bucket:
     """Everything one backend call needs: kernel-ready (contiguous, real) views plus where to copy back."""
 
     backend: Any
-    params: list[Tensor] = field(default_factory=list)  # the original params (for state lookup)
+    params: list[Tensor] = field(default_factory=list)  # the original params
+    states: list[dict] = field(default_factory=list)  # their optimizer state
     kparams: list[Tensor] = field(default_factory=list)
     kgrads: list[Tensor] = field(default_factory=list)
     kstates: dict[str, list[Tensor]] = field(default_factory=lambda: defaultdict(list))
@@ -154,11 +155,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         return text[:-1] + extras + ")" if text.endswith(")") else text
 
     # --- subclass interface ---
-    def _needs_state(self, state: dict, group: dict) -> bool:
-        """Whether ``_init_state`` must (re)create entries of this param's state before the update."""
-        return len(state) == 0
+    def _missing_states(self, states: list[dict | None], group: dict) -> list[int]:
+        """Indices of the params whose state ``_init_state`` must (re)create before the update."""
+        return [i for i, state in enumerate(states) if not state]
 
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
+        """Create the state entries of ``param``. They must have the param's layout (``zeros_like`` with
+        ``preserve_format``): the fast path relies on states of a contiguous param being contiguous."""
         raise NotImplementedError
 
     def _state_keys(self, group: dict) -> tuple[str, ...]:
@@ -202,7 +205,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._found_nonfinite = found_inf > 0
 
         if self.max_grad_norm is not None or self.nonfinite != "ignore":
-            norm, nonfinite = self._check(all_grads, device, grad_scale)
+            norm, nonfinite = self._check(all_grads, device, grad_scale, ready)
             self._grad_norm = norm
             self._found_nonfinite = nonfinite if found_inf is None else nonfinite | (found_inf > 0)
             if self.nonfinite == "raise":
@@ -213,10 +216,11 @@ class FusedOptimizer(torch.optim.Optimizer):
             if self.max_grad_norm is not None:
                 clip_coef = torch.clamp(self.max_grad_norm / (norm + CLIP_EPS), max=1.0)
 
-        fresh = self._init_group_states(per_group)
-        for group_index, (params, grads) in enumerate(per_group):
-            group = self.param_groups[group_index]
-            for bucket in self._buckets(group, params, grads, fresh, ready, grad_scale is not None):
+        fresh: set[Tensor] = set()
+        states_per_group = [self._group_states(group, params, fresh)
+                            for group, (params, _) in zip(self.param_groups, per_group)]
+        for group, (params, grads), states in zip(self.param_groups, per_group, states_per_group):
+            for bucket in self._buckets(group, params, grads, states, fresh, ready, grad_scale is not None):
                 self._update(bucket, group, grad_scale, clip_coef, found_inf)
                 for original, tmp in bucket.writeback:
                     original.copy_(tmp)
@@ -270,12 +274,16 @@ class FusedOptimizer(torch.optim.Optimizer):
             return f"parameter {names[param_index]!r}"
         return f"parameter {param_index} of param group {group_index}"
 
-    def _check(self, grads, device, grad_scale) -> tuple[Tensor, Tensor]:
+    def _check(self, grads, device, grad_scale, ready: bool) -> tuple[Tensor, Tensor]:
         """The check pass: global norm (unscaled, pre-clip) and the non-finite flag, both on the device."""
         by_dtype: dict[torch.dtype, list[Tensor]] = defaultdict(list)
-        for g in grads:
-            g = torch.view_as_real(g) if g.is_complex() else g
-            by_dtype[g.dtype].append(g if g.is_contiguous() else g.contiguous())
+        if ready:  # contiguous and real already
+            for g in grads:
+                by_dtype[g.dtype].append(g)
+        else:
+            for g in grads:
+                g = torch.view_as_real(g) if g.is_complex() else g
+                by_dtype[g.dtype].append(g if g.is_contiguous() else g.contiguous())
         total = None
         for dtype, grads in by_dtype.items():
             partial = ops.resolve(self.backend, device, dtype).check(grads)
@@ -298,39 +306,42 @@ class FusedOptimizer(torch.optim.Optimizer):
         raise RuntimeError(f"{type(self).__name__}: non-finite gradient (NaN or inf) in {', '.join(bad)}; "
                            f"nothing was updated")
 
-    def _init_group_states(self, per_group) -> set[Tensor]:
-        """Lazy state creation (also what torch.compile runs eagerly before tracing the step). Returns the
-        params whose state was created now."""
-        fresh = set()
-        for group, (params, _) in zip(self.param_groups, per_group):
-            for p in params:
-                state = self.state.get(p, {})
-                if self._needs_state(state, group):
-                    self._init_state(p, state, group)
-                    if state:  # a stateless algorithm (SGD without momentum) leaves no empty entry behind
-                        self.state[p] = state
-                        fresh.add(p)
-        return fresh
+    def _group_states(self, group: dict, params: list[Tensor], fresh: set[Tensor]) -> list[dict | None]:
+        """The state of each param, created where missing (lazy state creation; torch.compile runs this part
+        eagerly). Params whose state is created now are added to ``fresh``."""
+        states = [self.state.get(p) for p in params]
+        for i in self._missing_states(states, group):
+            p, state = params[i], states[i] or {}
+            self._init_state(p, state, group)
+            if state:  # a stateless algorithm (SGD without momentum) leaves no empty entry behind
+                self.state[p] = states[i] = state
+                fresh.add(p)
+        return states
 
-    def _buckets(self, group: dict, params: list[Tensor], grads: list[Tensor], fresh: set[Tensor],
-                 ready: bool, grads_written: bool) -> list[Bucket]:
+    def _buckets(self, group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict | None],
+                 fresh: set[Tensor], ready: bool, grads_written: bool) -> list[Bucket]:
         """Split a group's params by dtype into backend calls, with kernel-ready tensor lists."""
         keys = self._state_keys(group)
-        states = [self.state.get(p) for p in params]
-        by_dtype: dict[torch.dtype, list[int]] = defaultdict(list)
-        for i, p in enumerate(params):
-            by_dtype[p.dtype].append(i)
+        dtypes = {p.dtype for p in params}
+        if len(dtypes) == 1:
+            by_dtype = {dtypes.pop(): range(len(params))}
+        else:
+            by_dtype = defaultdict(list)
+            for i, p in enumerate(params):
+                by_dtype[p.dtype].append(i)
         buckets = []
         for dtype, index in by_dtype.items():
             real_dtype = _REAL_DTYPE.get(dtype, dtype)
             bucket = Bucket(ops.resolve(self.backend, params[index[0]].device, real_dtype))
             bucket.params = [params[i] for i in index]
+            bucket.states = [states[i] for i in index]
             bucket.is_first = [params[i] in fresh for i in index] if fresh else [False] * len(index)
-            kstates = {key: [states[i][key] for i in index] for key in keys}
-            if ready and all(t.is_contiguous() for ts in kstates.values() for t in ts):
+            if ready:
+                # States share their param's layout (_init_state, _restore_loaded_state), so contiguous too.
                 bucket.kparams = bucket.params
                 bucket.kgrads = [grads[i] for i in index]
-                bucket.kstates.update(kstates)
+                for key in keys:
+                    bucket.kstates[key] = [state[key] for state in bucket.states]
             else:
                 for i in index:
                     layout = _KernelLayout(params[i])
@@ -370,8 +381,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 handle.remove()
 
     def _restore_loaded_state(self, state_dict: dict) -> None:
-        """``step`` becomes a 0-dim fp32 tensor on the param's device; states of bf16/fp16 params stay fp32
-        (the base class cast them to the param's dtype)."""
+        """``step`` becomes a 0-dim fp32 tensor on the param's device; state tensors get the param's layout, and
+        stay fp32 for bf16/fp16 params (the base class cast them to the param's dtype)."""
         saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         for saved_id, p in zip(saved_ids, params):
@@ -383,8 +394,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                 if key == "step":
                     state[key] = torch.as_tensor(float(value), dtype=torch.float32, device=p.device) \
                         if not torch.is_tensor(value) else value.to(dtype=torch.float32, device=p.device)
-                elif key in self._TENSOR_STATE_KEYS and p.dtype in LOW_PRECISION and torch.is_tensor(value):
-                    state[key] = value.to(dtype=state_dtype(p), device=p.device, copy=True)
+                elif key in self._TENSOR_STATE_KEYS and torch.is_tensor(value):
+                    # Full precision for bf16/fp16 params (the base class cast to the param's dtype), and the
+                    # param's layout (what _init_state gives, and the fast path relies on).
+                    if p.dtype in LOW_PRECISION or state[key].stride() != p.stride():
+                        state[key] = torch.empty_like(p, dtype=state_dtype(p)).copy_(value)
 
     def _validate_loaded_state(self, state_dict: dict) -> None:
         saved_groups = state_dict["param_groups"]

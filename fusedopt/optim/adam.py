@@ -100,7 +100,7 @@ class Adam(FusedOptimizer):
         beta1, beta2 = group["betas"]
         bucket.backend.adam_update(
             bucket.kparams, bucket.kgrads, bucket.kstates["exp_avg"], bucket.kstates["exp_avg_sq"],
-            bucket.kstates["max_exp_avg_sq"], [self.state[p]["step"] for p in bucket.params],
+            bucket.kstates["max_exp_avg_sq"], [state["step"] for state in bucket.states],
             self._hyper(group["lr"]), self._hyper(beta1), self._hyper(beta2), self._hyper(group["eps"]),
             self._hyper(group["weight_decay"]), bool(group["amsgrad"]), bool(group["maximize"]),
             bool(group["decoupled_weight_decay"]), grad_scale, clip_coef, found_inf)

@@ -63,9 +63,11 @@ class SGD(FusedOptimizer):
             group.setdefault("differentiable", False)
             group.setdefault("fused", False)
 
-    def _needs_state(self, state: dict, group: dict) -> bool:
+    def _missing_states(self, states: list[dict | None], group: dict) -> list[int]:
+        if group["momentum"] == 0:
+            return []
         # torch 1.x checkpoints stored {"momentum_buffer": None} for momentum 0: no history, as if absent.
-        return group["momentum"] != 0 and state.get("momentum_buffer") is None
+        return [i for i, state in enumerate(states) if not state or state.get("momentum_buffer") is None]
 
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
         if group["momentum"] != 0:

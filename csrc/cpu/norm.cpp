@@ -1,0 +1,110 @@
+// The check pass: global sum of squares and a non-finite flag over all grads, one parallel loop.
+#include <string.h>
+
+#include <algorithm>
+
+#include "fusedopt/math.h"
+#include "kernels.h"
+#include "multi_tensor.h"
+
+namespace fusedopt::cpu {
+namespace {
+
+// 16 independent fp32 partial sums in two 8-lane vectors (GCC vector extensions: one AVX2 register each, or two
+// SSE ones), so the loop vectorizes without reassociation flags and the summation order, hence the result, is
+// the same on every ISA. After each block of at most kBlockElems elements the lanes are added into 16 double
+// lanes, which bounds the fp32 error to a block's worth of additions per lane at the cost of a few vector
+// instructions per block; the double lanes are summed once per segment.
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef double f64x4 __attribute__((vector_size(32)));
+typedef int32_t i32x8 __attribute__((vector_size(32)));  // exponent fields are non-negative as int32
+constexpr int kVectors = 2;
+constexpr int kLanes = 8 * kVectors;
+
+// The flag comes from the bits, not from the sum (a finite grad whose square overflows is not non-finite): the
+// largest exponent field seen decides, through is_nonfinite().
+struct SumOfSquares {
+  f64x4 sum[2 * kVectors] = {};
+  i32x8 exponent[kVectors] = {};
+  double tail = 0.0;
+  uint32_t tail_exponent = 0;
+
+  FUSEDOPT_INLINE void add_block(const float* __restrict__ x, int64_t n) {
+    f32x8 acc[kVectors] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+      for (int k = 0; k < kVectors; ++k) {
+        f32x8 v;
+        i32x8 e;
+        memcpy(&v, x + i + 8 * k, sizeof v);
+        memcpy(&e, x + i + 8 * k, sizeof e);
+        acc[k] += v * v;
+        e &= int32_t(0x7F800000);
+        exponent[k] = exponent[k] > e ? exponent[k] : e;
+      }
+    }
+    for (int k = 0; k < kVectors; ++k) {
+      sum[2 * k] += __builtin_convertvector(__builtin_shufflevector(acc[k], acc[k], 0, 1, 2, 3), f64x4);
+      sum[2 * k + 1] += __builtin_convertvector(__builtin_shufflevector(acc[k], acc[k], 4, 5, 6, 7), f64x4);
+    }
+    for (; i < n; ++i) {
+      tail += double(x[i] * x[i]);
+      tail_exponent = std::max(tail_exponent, float_bits(x[i]) & 0x7F800000u);
+    }
+  }
+
+  FUSEDOPT_INLINE void finish(double& sumsq, uint32_t& max_exponent) const {
+    double s = tail;
+    uint32_t e = tail_exponent;
+    for (int k = 0; k < 2 * kVectors; ++k) {
+      for (int j = 0; j < 4; ++j) s += sum[k][j];
+    }
+    for (int k = 0; k < kVectors; ++k) {
+      for (int j = 0; j < 8; ++j) e = std::max(e, uint32_t(exponent[k][j]));
+    }
+    sumsq += s;
+    max_exponent = std::max(max_exponent, e);
+  }
+};
+
+template <typename S>
+FUSEDOPT_CLONES void check_segment(const void* grad, int64_t begin, int64_t end, double* sumsq, uint32_t* max_exponent) {
+  const auto* g = static_cast<const typename S::storage*>(grad);
+  alignas(64) float block[kBlockElems];
+  SumOfSquares acc;
+  for (int64_t off = begin; off < end; off += kBlockElems) {
+    int64_t n = std::min(kBlockElems, end - off);
+    if constexpr (std::is_same_v<S, F32>) {
+      acc.add_block(g + off, n);
+    } else {
+      load_block<S>(g + off, block, n);
+      acc.add_block(block, n);
+    }
+  }
+  acc.finish(*sumsq, *max_exponent);
+}
+
+}  // namespace
+
+CheckResult check(const std::vector<GradView>& grads) {
+  std::vector<int64_t> numels(grads.size());
+  for (size_t i = 0; i < grads.size(); ++i) numels[i] = grads[i].numel;
+  ChunkTable table(numels);
+  // One partial per chunk, summed in chunk order: the result does not depend on the thread count.
+  std::vector<double> sums(table.num_chunks(), 0.0);
+  std::vector<uint32_t> exponents(table.num_chunks(), 0);  // largest exponent field per chunk
+  table.parallel_for_each([&](int64_t c, const Segment& s) {
+    const GradView& g = grads[s.tensor];
+    with_dtype(g.dtype, [&](auto tag) {
+      check_segment<decltype(tag)>(g.data, s.begin, s.end, &sums[c], &exponents[c]);
+    });
+  });
+  CheckResult r{0.0, false};
+  for (int64_t c = 0; c < table.num_chunks(); ++c) {
+    r.sumsq += sums[c];
+    r.nonfinite = r.nonfinite || is_nonfinite(bits_float(exponents[c]));
+  }
+  return r;
+}
+
+}  // namespace fusedopt::cpu

@@ -1,0 +1,365 @@
+// Native test of csrc/include/fusedopt/math.h alone (no torch): the update rules against straightforward
+// double-precision implementations written here, and the low-precision conversions against known bit patterns
+// and an independent nearest-value search.
+#include <stdint.h>
+#include <stdio.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "fusedopt/math.h"
+
+namespace {
+
+int failures = 0;
+
+#define EXPECT(cond, ...)                                  \
+  do {                                                     \
+    if (!(cond)) {                                         \
+      ++failures;                                          \
+      if (failures <= 30) {                                \
+        printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+        printf(__VA_ARGS__);                               \
+        printf("\n");                                      \
+      }                                                    \
+    }                                                      \
+  } while (0)
+
+// Deterministic inputs without <random>'s implementation-defined distributions.
+struct Lcg {
+  uint64_t s;
+  uint32_t next() {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    return uint32_t(s >> 32);
+  }
+  double uniform() { return (next() + 0.5) / 4294967296.0; }
+  double normal() { return std::sqrt(-2.0 * std::log(uniform())) * std::cos(6.283185307179586 * uniform()); }
+};
+
+bool close(double actual, double expected, double rtol, double atol) {
+  return std::fabs(actual - expected) <= atol + rtol * std::fabs(expected);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Update rules over 10 steps vs double precision.
+
+struct AdamCase {
+  const char* name;
+  double lr, beta1, beta2, eps, weight_decay;
+  bool decoupled, amsgrad, maximize;
+  double clip;  // 1: none
+};
+
+void test_adam(const AdamCase& c) {
+  const int n = 2000, steps = 10;
+  Lcg rng{42};
+  std::vector<float> p(n), m(n, 0.f), v(n, 0.f), vmax(n, 0.f);
+  std::vector<double> pd(n), md(n, 0.0), vd(n, 0.0), vmaxd(n, 0.0);
+  for (int i = 0; i < n; ++i) pd[i] = p[i] = float(rng.normal());
+
+  const fusedopt::AdamHyper h = fusedopt::adam_hyper(c.lr, c.beta1, c.beta2, c.eps, c.weight_decay);
+  const float factor = fusedopt::grad_factor(c.clip != 1.0, float(c.clip), c.maximize);
+  const bool wd = c.weight_decay != 0.0;
+
+  int bad = 0;
+  double worst = 0.0;
+  for (int t = 1; t <= steps; ++t) {
+    const fusedopt::AdamStep s = fusedopt::adam_step(c.lr, c.beta1, c.beta2, t);
+    for (int i = 0; i < n; ++i) {
+      float g = float(rng.normal());
+      fusedopt::adam_element(p[i], fusedopt::prepare_grad(g, factor), m[i], v[i], vmax[i], h, s, wd, c.decoupled,
+                             c.amsgrad);
+
+      double gd = double(g) * c.clip * (c.maximize ? -1.0 : 1.0);
+      if (wd && c.decoupled) pd[i] *= 1.0 - c.lr * c.weight_decay;
+      if (wd && !c.decoupled) gd += c.weight_decay * pd[i];
+      md[i] = c.beta1 * md[i] + (1.0 - c.beta1) * gd;
+      vd[i] = c.beta2 * vd[i] + (1.0 - c.beta2) * gd * gd;
+      double vhat = vd[i];
+      if (c.amsgrad) vhat = vmaxd[i] = std::max(vmaxd[i], vd[i]);
+      double bc1 = 1.0 - std::pow(c.beta1, t), bc2 = 1.0 - std::pow(c.beta2, t);
+      pd[i] -= c.lr / bc1 * md[i] / (std::sqrt(vhat) / std::sqrt(bc2) + c.eps);
+    }
+  }
+  for (int i = 0; i < n; ++i) {
+    // 1e-5 relative; the absolute part covers moments that cancel to near zero.
+    bool ok = close(p[i], pd[i], 1e-5, 1e-6) && close(m[i], md[i], 1e-5, 1e-6) && close(v[i], vd[i], 1e-5, 1e-7) &&
+              (!c.amsgrad || close(vmax[i], vmaxd[i], 1e-5, 1e-7));
+    worst = std::max(worst, std::fabs(p[i] - pd[i]) / (std::fabs(pd[i]) + 1e-6));
+    if (!ok && bad++ < 3) {
+      printf("  adam %s elem %d: p %.9g vs %.9g, m %.9g vs %.9g, v %.9g vs %.9g\n", c.name, i, p[i], pd[i], m[i],
+             md[i], v[i], vd[i]);
+    }
+  }
+  EXPECT(bad == 0, "adam %s: %d of %d elements off after %d steps", c.name, bad, n, steps);
+  printf("adam %-28s max rel param error vs double after %d steps: %.2e\n", c.name, steps, worst);
+}
+
+struct SgdCase {
+  const char* name;
+  double lr, weight_decay, momentum, dampening;
+  bool nesterov, maximize;
+  double clip;
+};
+
+void test_sgd(const SgdCase& c) {
+  const int n = 2000, steps = 10;
+  Lcg rng{7};
+  std::vector<float> p(n), buf(n, 123.0f);  // garbage before the first step: buf = g must ignore it
+  std::vector<double> pd(n), bufd(n, 0.0);
+  for (int i = 0; i < n; ++i) pd[i] = p[i] = float(rng.normal());
+  const fusedopt::SgdHyper h = fusedopt::sgd_hyper(c.lr, c.weight_decay, c.momentum, c.dampening);
+  const float factor = fusedopt::grad_factor(c.clip != 1.0, float(c.clip), c.maximize);
+  const bool wd = c.weight_decay != 0.0, mom = c.momentum != 0.0;
+
+  int bad = 0;
+  for (int t = 0; t < steps; ++t) {
+    for (int i = 0; i < n; ++i) {
+      float g = float(rng.normal());
+      fusedopt::sgd_element(p[i], fusedopt::prepare_grad(g, factor), buf[i], t == 0, h, wd, mom, c.nesterov);
+
+      double gd = double(g) * c.clip * (c.maximize ? -1.0 : 1.0);
+      if (wd) gd += c.weight_decay * pd[i];
+      if (mom) {
+        bufd[i] = t == 0 ? gd : c.momentum * bufd[i] + (1.0 - c.dampening) * gd;
+        gd = c.nesterov ? gd + c.momentum * bufd[i] : bufd[i];
+      }
+      pd[i] -= c.lr * gd;
+    }
+  }
+  for (int i = 0; i < n; ++i) {
+    bool ok = close(p[i], pd[i], 1e-5, 1e-6) && (!mom || close(buf[i], bufd[i], 1e-5, 1e-6));
+    if (!ok && bad++ < 3) printf("  sgd %s elem %d: p %.9g vs %.9g, buf %.9g vs %.9g\n", c.name, i, p[i], pd[i],
+                                  buf[i], bufd[i]);
+  }
+  EXPECT(bad == 0, "sgd %s: %d of %d elements off after %d steps", c.name, bad, n, steps);
+}
+
+void test_element_details() {
+  using namespace fusedopt;
+  // lerp: both branches, and the endpoints exact.
+  EXPECT(lerp(2.0f, 6.0f, 0.25f) == 3.0f, "small-weight branch");
+  EXPECT(lerp(2.0f, 6.0f, 0.75f) == 5.0f, "large-weight branch");
+  EXPECT(lerp(0.1f, 0.7f, 1.0f) == 0.7f, "weight 1 gives end exactly");
+  EXPECT(lerp(0.1f, 0.7f, 0.0f) == 0.1f, "weight 0 gives start exactly");
+  // Single rounding, as torch computes lerp (a fused multiply-add): the product of two floats is exact in
+  // double, so the double expression below rounds like the fused one (barring double rounding, which these
+  // fixed inputs do not hit).
+  Lcg rng{11};
+  int unfused = 0;
+  for (int k = 0; k < 100000; ++k) {
+    float a = float(rng.normal()), b = float(rng.normal());
+    for (float w : {0.1f, 0.7f}) {
+      double coeff = w < 0.5f ? double(w) : double(w - 1.0f), base = w < 0.5f ? a : b;
+      unfused += lerp(a, b, w) != float(base + coeff * double(b - a));
+    }
+  }
+  EXPECT(unfused == 0, "lerp rounds once: %d of 200000 results differ", unfused);
+  // torch.maximum semantics for amsgrad: NaN from either side wins.
+  float nan = std::numeric_limits<float>::quiet_NaN();
+  EXPECT(maximum(1.0f, 2.0f) == 2.0f && maximum(3.0f, 2.0f) == 3.0f, "maximum");
+  EXPECT(std::isnan(maximum(nan, 2.0f)) && std::isnan(maximum(2.0f, nan)), "maximum propagates NaN");
+  // Gradient preparation.
+  EXPECT(unscale_grad(3.0f, 4.0f) == 0.75f, "unscale divides");
+  EXPECT(grad_factor(false, 0.5f, false) == 1.0f, "no clip, no maximize: factor exactly 1");
+  EXPECT(grad_factor(true, 0.5f, false) == 0.5f && grad_factor(true, 0.5f, true) == -0.5f, "clip and maximize");
+  EXPECT(prepare_grad(3.0f, grad_factor(false, 0.0f, true)) == -3.0f, "maximize negates");
+  // Switched-off terms do not touch the value: no 0 * inf NaN from an absent weight decay, buf = g exactly.
+  float inf = std::numeric_limits<float>::infinity();
+  SgdHyper h{0.5f, 0.0f, 0.9f, 0.7f};
+  float p = inf, buf = 42.0f;
+  sgd_element(p, 1.0f, buf, true, h, false, true, false);
+  EXPECT(buf == 1.0f && p == inf, "first step: buf = g; inf param stays inf (got buf %g, p %g)", buf, p);
+  float q = 1.0f, unused = 0.0f;
+  SgdHyper zero_lr{0.0f, 0.0f, 0.0f, 1.0f};
+  sgd_element(q, 123.0f, unused, false, zero_lr, false, false, false);
+  EXPECT(q == 1.0f, "lr 0 leaves the param");
+  // Adam without amsgrad leaves vmax alone; with it, vmax is the running max.
+  AdamHyper ah{0.1f, 0.999f, 0.001f, 1e-8f, 0.0f, 1.0f};
+  AdamStep as{1e-3f, 1.0f};
+  float ap = 1.0f, am = 0.0f, av = 4.0f, avmax = 9.0f;
+  adam_element(ap, 0.0f, am, av, avmax, ah, as, false, false, false);
+  EXPECT(avmax == 9.0f, "vmax untouched without amsgrad");
+  adam_element(ap, 0.0f, am, av, avmax, ah, as, false, false, true);
+  EXPECT(avmax == 9.0f && av < 4.0f, "amsgrad keeps the larger max");
+  adam_element(ap, nan, am, av, avmax, ah, as, false, false, true);
+  EXPECT(std::isnan(avmax), "amsgrad: a NaN second moment propagates into vmax, as torch.maximum does");
+  // Non-finite detection from the bits.
+  EXPECT(is_nonfinite(inf) && is_nonfinite(-inf) && is_nonfinite(nan), "inf/nan are non-finite");
+  EXPECT(!is_nonfinite(std::numeric_limits<float>::max()) && !is_nonfinite(1e30f) && !is_nonfinite(1e-45f) &&
+             !is_nonfinite(0.0f),
+         "finite values are finite");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Conversions.
+
+uint32_t bits(float x) { return fusedopt::float_bits(x); }
+float from_bits(uint32_t u) { return fusedopt::bits_float(u); }
+
+void expect_bf16(uint32_t in, uint16_t want) {
+  uint16_t got = fusedopt::float_to_bf16(from_bits(in));
+  EXPECT(got == want, "float_to_bf16(0x%08x) = 0x%04x, want 0x%04x", in, got, want);
+}
+
+void expect_fp16(uint32_t in, uint16_t want) {
+  uint16_t got = fusedopt::float_to_fp16(from_bits(in));
+  EXPECT(got == want, "float_to_fp16(0x%08x) = 0x%04x, want 0x%04x", in, got, want);
+}
+
+bool is_nan16(uint16_t h, int exp_bits) {
+  uint16_t exp_mask = exp_bits == 8 ? 0x7F80 : 0x7C00;
+  return (h & exp_mask) == exp_mask && (h & ~exp_mask & 0x7FFF) != 0;
+}
+
+// Independent oracle: the nearest of the two bracketing representable values (ties to the even one). `value`
+// maps infinity to the next power of two past the largest finite value, which is how IEEE defines overflow.
+template <typename Value>
+uint16_t nearest(double x, uint16_t lo, uint16_t hi, Value value) {
+  double dl = std::fabs(x) - std::fabs(value(lo)), dh = std::fabs(value(hi)) - std::fabs(x);
+  if (dl < dh) return lo;
+  if (dh < dl) return hi;
+  return (lo & 1) ? hi : lo;
+}
+
+void test_bf16() {
+  expect_bf16(0x3F800000, 0x3F80);  // 1
+  expect_bf16(0xBF800000, 0xBF80);  // -1
+  expect_bf16(0x80000000, 0x8000);  // -0
+  expect_bf16(0x3F808000, 0x3F80);  // tie, even below
+  expect_bf16(0x3F818000, 0x3F82);  // tie, even above
+  expect_bf16(0x3F808001, 0x3F81);  // just above the tie
+  expect_bf16(0x3F807FFF, 0x3F80);  // just below the tie
+  expect_bf16(0x7F7FFFFF, 0x7F80);  // FLT_MAX rounds to inf
+  expect_bf16(0x7F7F7FFF, 0x7F7F);  // largest finite stays finite
+  expect_bf16(0x7F800000, 0x7F80);  // inf
+  expect_bf16(0xFF800000, 0xFF80);  // -inf
+  expect_bf16(0x00000001, 0x0000);  // smallest float subnormal rounds to 0
+  expect_bf16(0x00018000, 0x0002);  // subnormal tie, even above
+  expect_bf16(0x00008000, 0x0000);  // subnormal tie, even below
+  expect_bf16(0x7FC00000, 0x7FC0);  // quiet NaN
+  expect_bf16(0xFFC00000, 0xFFC0);  // negative NaN keeps its sign
+  // NaNs whose payload sits in the dropped bits must stay NaN (plain rounding would give inf or wrap).
+  for (uint32_t nan : {0x7F800001u, 0x7F80FFFFu, 0x7FFFFFFFu, 0xFFFFFFFFu, 0xFF800001u}) {
+    uint16_t h = fusedopt::float_to_bf16(from_bits(nan));
+    EXPECT(is_nan16(h, 8) && (h >> 15) == (nan >> 31), "float_to_bf16(0x%08x) = 0x%04x is not a NaN of that sign",
+           nan, h);
+  }
+  // Every bf16 value converts to float exactly and back to itself (NaNs: to a NaN).
+  for (uint32_t h = 0; h <= 0xFFFF; ++h) {
+    float f = fusedopt::bf16_to_float(uint16_t(h));
+    EXPECT(bits(f) == h << 16, "bf16_to_float(0x%04x)", h);
+    uint16_t back = fusedopt::float_to_bf16(f);
+    EXPECT(is_nan16(uint16_t(h), 8) ? is_nan16(back, 8) : back == h, "bf16 round trip 0x%04x -> 0x%04x", h, back);
+  }
+  // Many floats against the oracle.
+  Lcg rng{3};
+  auto value = [](uint16_t h) {
+    return (h & 0x7FFF) == 0x7F80 ? std::ldexp(1.0, 128) : double(fusedopt::bf16_to_float(h));
+  };
+  for (int k = 0; k < 2000000; ++k) {
+    uint32_t u = rng.next();
+    if ((u & 0x7F800000u) == 0x7F800000u) continue;  // inf/NaN covered above
+    uint16_t lo = uint16_t(u >> 16), hi = uint16_t(lo + 1);
+    uint16_t want = nearest(double(from_bits(u)), lo, hi, value);
+    expect_bf16(u, want);
+  }
+}
+
+void test_fp16() {
+  expect_fp16(0x3F800000, 0x3C00);  // 1
+  expect_fp16(0x80000000, 0x8000);  // -0
+  expect_fp16(0x477FE000, 0x7BFF);  // 65504, largest finite
+  expect_fp16(0x477FEFFF, 0x7BFF);  // just below the overflow threshold
+  expect_fp16(0x477FF000, 0x7C00);  // 65520: the tie rounds to inf
+  expect_fp16(0x7F7FFFFF, 0x7C00);  // FLT_MAX
+  expect_fp16(0xC77FF000, 0xFC00);  // -65520
+  expect_fp16(0x7F800000, 0x7C00);  // inf
+  expect_fp16(0xFF800000, 0xFC00);  // -inf
+  expect_fp16(0x3F801000, 0x3C00);  // 1 + 2^-11: tie, even below
+  expect_fp16(0x3F803000, 0x3C02);  // 1 + 3 * 2^-11: tie, even above
+  expect_fp16(0x3F801001, 0x3C01);  // just above the tie
+  expect_fp16(0x33800000, 0x0001);  // 2^-24, smallest subnormal
+  expect_fp16(0x33000000, 0x0000);  // 2^-25: tie with 0, even below
+  expect_fp16(0x33000001, 0x0001);  // just above
+  expect_fp16(0x33C00000, 0x0002);  // 3 * 2^-25: tie, even above
+  expect_fp16(0x387FC000, 0x03FF);  // 1023 * 2^-24, largest subnormal
+  expect_fp16(0x387FE000, 0x0400);  // tie between largest subnormal and smallest normal
+  expect_fp16(0x38800000, 0x0400);  // 2^-14, smallest normal
+  expect_fp16(0x2EDBE6FF, 0x0000);  // 1e-10
+  expect_fp16(0x00000001, 0x0000);  // float subnormal
+  expect_fp16(0x7FC00000, 0x7E00);  // quiet NaN
+  expect_fp16(0xFFC00000, 0xFE00);  // negative NaN keeps its sign
+  expect_fp16(0x7FA00000, 0x7F00);  // payload kept, made quiet
+  for (uint32_t nan : {0x7F800001u, 0x7FFFFFFFu, 0xFF800001u}) {
+    uint16_t h = fusedopt::float_to_fp16(from_bits(nan));
+    EXPECT(is_nan16(h, 5) && (h >> 15) == (nan >> 31), "float_to_fp16(0x%08x) = 0x%04x is not a NaN of that sign",
+           nan, h);
+  }
+  EXPECT(bits(fusedopt::fp16_to_float(0x0001)) == 0x33800000, "fp16 smallest subnormal");
+  EXPECT(bits(fusedopt::fp16_to_float(0x03FF)) == 0x387FC000, "fp16 largest subnormal");
+  EXPECT(bits(fusedopt::fp16_to_float(0x8001)) == 0xB3800000, "fp16 negative subnormal");
+  EXPECT(bits(fusedopt::fp16_to_float(0x7BFF)) == 0x477FE000, "fp16 largest finite");
+  EXPECT(bits(fusedopt::fp16_to_float(0x7C00)) == 0x7F800000, "fp16 inf");
+  EXPECT(bits(fusedopt::fp16_to_float(0xFC00)) == 0xFF800000, "fp16 -inf");
+  EXPECT(bits(fusedopt::fp16_to_float(0x7D00)) == 0x7FA00000, "fp16 NaN payload");
+  EXPECT(bits(fusedopt::fp16_to_float(0x8000)) == 0x80000000, "fp16 -0");
+  // Every fp16 value: to float matches the value formula exactly, and converts back to itself (NaNs: a NaN).
+  for (uint32_t h = 0; h <= 0xFFFF; ++h) {
+    float f = fusedopt::fp16_to_float(uint16_t(h));
+    uint32_t e = (h >> 10) & 0x1F, mant = h & 0x3FF;
+    double want = e == 0 ? std::ldexp(double(mant), -24) : std::ldexp(1.0 + mant / 1024.0, int(e) - 15);
+    if (h & 0x8000) want = -want;
+    if (e != 31) EXPECT(double(f) == want && std::signbit(f) == bool(h & 0x8000), "fp16_to_float(0x%04x)", h);
+    uint16_t back = fusedopt::float_to_fp16(f);
+    EXPECT(is_nan16(uint16_t(h), 5) ? is_nan16(back, 5) : back == h, "fp16 round trip 0x%04x -> 0x%04x", h, back);
+  }
+  // Many floats across fp16's range (and beyond it) against the oracle.
+  std::vector<double> finite;  // all non-negative finite fp16 values, ascending
+  for (uint16_t h = 0; h < 0x7C00; ++h) finite.push_back(fusedopt::fp16_to_float(h));
+  auto value = [](uint16_t h) { return h == 0x7C00 ? 65536.0 : double(fusedopt::fp16_to_float(h)); };
+  Lcg rng{5};
+  for (int k = 0; k < 2000000; ++k) {
+    // Exponents from 2^-30 to 2^18 cover zero-rounding, subnormals, normals and overflow.
+    uint32_t u = (rng.next() & 0x807FFFFFu) | ((97u + rng.next() % 49u) << 23);
+    double x = std::fabs(double(from_bits(u)));
+    auto it = std::upper_bound(finite.begin(), finite.end(), x);
+    uint16_t lo = uint16_t(it - finite.begin() - 1), hi = uint16_t(lo + 1);
+    uint16_t want = nearest(x, lo, hi, value) | uint16_t((u >> 16) & 0x8000);
+    expect_fp16(u, want);
+  }
+}
+
+}  // namespace
+
+int main() {
+  const AdamCase adam_cases[] = {
+      {"default", 1e-3, 0.9, 0.999, 1e-8, 0.0, false, false, false, 1.0},
+      {"coupled weight decay", 1e-2, 0.9, 0.999, 1e-8, 0.1, false, false, false, 1.0},
+      {"decoupled weight decay", 1e-2, 0.9, 0.999, 1e-8, 0.1, true, false, false, 1.0},
+      {"amsgrad", 1e-3, 0.9, 0.99, 1e-8, 0.0, false, true, false, 1.0},
+      {"amsgrad maximize decoupled", 1e-3, 0.9, 0.999, 1e-8, 0.05, true, true, true, 1.0},
+      {"beta1 0.3 (lerp branch 2)", 1e-2, 0.3, 0.9, 1e-6, 0.0, false, false, false, 1.0},
+      {"clipped", 1e-3, 0.9, 0.999, 1e-8, 0.01, false, false, false, 0.25},
+  };
+  for (const auto& c : adam_cases) test_adam(c);
+  const SgdCase sgd_cases[] = {
+      {"plain", 0.1, 0.0, 0.0, 0.0, false, false, 1.0},
+      {"weight decay maximize", 0.1, 0.1, 0.0, 0.0, false, true, 1.0},
+      {"momentum", 0.05, 0.0, 0.9, 0.0, false, false, 1.0},
+      {"momentum dampening wd", 0.05, 0.01, 0.9, 0.3, false, false, 1.0},
+      {"nesterov maximize clipped", 0.05, 0.01, 0.9, 0.0, true, true, 0.37},
+  };
+  for (const auto& c : sgd_cases) test_sgd(c);
+  test_element_details();
+  test_bf16();
+  test_fp16();
+  if (failures) {
+    printf("%d check(s) failed\n", failures);
+    return 1;
+  }
+  printf("all math.h checks passed\n");
+  return 0;
+}

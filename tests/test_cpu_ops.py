@@ -1,0 +1,434 @@
+"""The compiled CPU ops (torch.ops.fusedopt.*) against fusedopt.reference, the pure-torch oracle.
+
+Every config runs 10 steps on one call's worth of tensors of mixed sizes and compares params, every state, the
+grads (rewritten when unscaled) and the step counts after each step.
+- fp32 runs free for 10 steps: within 1e-5 relative of the reference (in practice ~1e-7).
+- bf16/fp16 params: both sides compute in fp32 and round once per step, so a param may land one low-precision
+  ulp away when the fp32 values straddle a rounding boundary. Such a param would then drift apart step by
+  step, so the reference is re-synced to the kernel's outputs after each compared step: every step is checked
+  from identical inputs, params to 1 ulp, fp32 states to 1e-5.
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load_reference():
+    try:
+        from fusedopt import reference
+    except ImportError:  # the package's __init__ is being written alongside; the oracle stands alone
+        spec = importlib.util.spec_from_file_location("_fusedopt_reference", ROOT / "fusedopt" / "reference.py")
+        reference = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(reference)
+    return reference
+
+
+def _load_ops():
+    try:
+        import fusedopt._C  # noqa: F401  (registers torch.ops.fusedopt.*)
+    except ImportError:
+        libs = glob.glob(str(ROOT / "fusedopt" / "_C*.so"))
+        assert libs, "fusedopt._C is not built: pip install --no-build-isolation -e ."
+        torch.ops.load_library(libs[0])
+    return torch.ops.fusedopt
+
+
+reference = _load_reference()
+ops = _load_ops()
+
+SHAPES = [(0,), (1,), (4097,), (7, 11, 2), (2**17 + 3,)]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+STEPS = 10
+RTOL, ATOL = 1e-5, 1e-7
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Comparison helpers that say where and how much things differ.
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str, rtol=RTOL, atol=ATOL):
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype, what
+    a, e = actual.double().flatten(), expected.double().flatten()
+    same = (a == e) | (a.isnan() & e.isnan())  # infinities and NaNs included
+    bad = ~((a - e).abs() <= atol + rtol * e.abs()) & ~same
+    if bad.any():
+        idx = bad.nonzero().flatten()
+        i = int(idx[0])
+        rel = ((a - e).abs() / e.abs().clamp_min(1e-30))[bad]
+        raise AssertionError(
+            f"{what}: {len(idx)} of {a.numel()} elements differ (rtol={rtol}, atol={atol}); "
+            f"max abs diff {float((a - e).abs()[bad].max()):.3g}, max rel diff {float(rel.max()):.3g}; "
+            f"first at flat index {i}: {float(a[i])!r} vs expected {float(e[i])!r}"
+        )
+
+
+def ordered_bits(t: torch.Tensor) -> torch.Tensor:
+    """Sign-magnitude bits mapped to integers whose difference counts representable values (ulps)."""
+    bits = t.view(torch.int16).to(torch.int32) & 0xFFFF
+    return torch.where(bits >= 0x8000, -(bits & 0x7FFF), bits)
+
+
+def assert_within_ulp(actual: torch.Tensor, expected: torch.Tensor, what: str, ulps: int = 1):
+    assert actual.dtype == expected.dtype and actual.dtype in (torch.bfloat16, torch.float16), what
+    dist = (ordered_bits(actual) - ordered_bits(expected)).abs().flatten()
+    bad = dist > ulps
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {dist.numel()} elements more than {ulps} ulp apart (max {int(dist.max())}); "
+            f"first at flat index {i}: {float(actual.flatten()[i])!r} vs expected {float(expected.flatten()[i])!r}"
+        )
+
+
+def assert_param_close(actual, expected, what):
+    if actual.dtype == torch.float32:
+        assert_close(actual, expected, what)
+    else:
+        assert_within_ulp(actual, expected, what)
+
+
+def assert_bits_equal(actual: torch.Tensor, expected: torch.Tensor, what: str):
+    int_dtype = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[actual.element_size()]
+    assert torch.equal(actual.view(int_dtype), expected.view(int_dtype)), f"{what} changed"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Problems: one list entry per tensor, the kernel side and the reference side start from identical copies.
+
+
+def randn(shape, dtype, gen, scale=1.0):
+    return (torch.randn(shape, generator=gen) * scale).to(dtype)
+
+
+def make_sgd_state(dtype, momentum, gen, shapes=SHAPES):
+    params = [randn(s, dtype, gen) for s in shapes]
+    bufs = [torch.zeros(s) for s in shapes] if momentum != 0 else []
+    return {"params": params, "momentum_buffers": bufs}
+
+
+def make_adam_state(dtype, amsgrad, gen, shapes=SHAPES):
+    return {
+        "params": [randn(s, dtype, gen) for s in shapes],
+        "exp_avgs": [torch.zeros(s) for s in shapes],
+        "exp_avg_sqs": [torch.zeros(s) for s in shapes],
+        "max_exp_avg_sqs": [torch.zeros(s) for s in shapes] if amsgrad else [],
+        "steps": [torch.tensor(0.0) for _ in shapes],
+    }
+
+
+def clone_state(state):
+    return {k: [t.clone() for t in v] for k, v in state.items()}
+
+
+def copy_state(dst, src):
+    for k in src:
+        for d, s in zip(dst[k], src[k]):
+            d.copy_(s)
+
+
+def compare_state(actual, expected, where):
+    for key in actual:
+        for i, (a, e) in enumerate(zip(actual[key], expected[key])):
+            if key == "params":
+                assert_param_close(a, e, f"{where}: {key}[{i}]")
+            else:
+                assert_close(a, e, f"{where}: {key}[{i}]")
+
+
+def optional_tensors(cfg):
+    grad_scale = torch.tensor(cfg["grad_scale"]) if "grad_scale" in cfg else None
+    clip_coef = torch.tensor(cfg["clip_coef"]) if "clip_coef" in cfg else None
+    found_inf = torch.tensor(cfg["found_inf"]) if "found_inf" in cfg else None
+    return grad_scale, clip_coef, found_inf
+
+
+SGD_CONFIGS = [
+    dict(lr=0.1),
+    dict(lr=0.1, weight_decay=0.1, maximize=True),
+    dict(lr=0.05, momentum=0.9),
+    dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01),
+    dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01, maximize=True),
+    dict(lr=0.05, momentum=0.9, nesterov=True, grad_scale=1024.0, found_inf=0.0),
+    dict(lr=0.05, momentum=0.8, dampening=0.1, clip_coef=0.37, maximize=True),
+    dict(lr=0.05, momentum=0.9, weight_decay=0.05, grad_scale=512.0, clip_coef=0.5),
+]
+
+ADAM_CONFIGS = [
+    dict(lr=1e-3),
+    dict(lr=1e-2, weight_decay=0.1),
+    dict(lr=1e-2, weight_decay=0.1, decoupled=True),
+    dict(lr=1e-3, amsgrad=True),
+    dict(lr=1e-3, amsgrad=True, maximize=True, weight_decay=0.05, decoupled=True),
+    dict(lr=1e-2, beta1=0.3, beta2=0.9, eps=1e-6),  # 1 - beta1 >= 0.5: lerp's other branch
+    dict(lr=1e-3, grad_scale=1024.0, found_inf=0.0),
+    dict(lr=1e-3, clip_coef=0.25, weight_decay=0.01, maximize=True),
+    dict(lr=1e-3, weight_decay=0.01, decoupled=True, amsgrad=True, grad_scale=256.0, clip_coef=0.5),
+]
+
+
+def sgd_args(state, grads, is_first, cfg):
+    momentum = cfg.get("momentum", 0.0)
+    return (state["params"], grads, state["momentum_buffers"], is_first if momentum != 0 else [],
+            cfg["lr"], cfg.get("weight_decay", 0.0), momentum, cfg.get("dampening", 0.0),
+            cfg.get("nesterov", False), cfg.get("maximize", False), *optional_tensors(cfg))
+
+
+def adam_args(state, grads, cfg):
+    return (state["params"], grads, state["exp_avgs"], state["exp_avg_sqs"], state["max_exp_avg_sqs"],
+            state["steps"], cfg["lr"], cfg.get("beta1", 0.9), cfg.get("beta2", 0.999), cfg.get("eps", 1e-8),
+            cfg.get("weight_decay", 0.0), cfg.get("amsgrad", False), cfg.get("maximize", False),
+            cfg.get("decoupled", False), *optional_tensors(cfg))
+
+
+def run_steps(dtype, cfg, make_state, call_op, call_ref, shapes=SHAPES, steps=STEPS):
+    gen = torch.Generator().manual_seed(0)
+    ours = make_state(gen)
+    theirs = clone_state(ours)
+    grad_scale = cfg.get("grad_scale", 1.0)
+    for step in range(steps):
+        grads = [randn(s, dtype, gen, scale=grad_scale) for s in shapes]
+        our_grads = [g.clone() for g in grads]
+        their_grads = [g.clone() for g in grads]
+        call_op(ours, our_grads, step)
+        call_ref(theirs, their_grads, step)
+        where = f"{dtype} {cfg} step {step}"
+        compare_state(ours, theirs, where)
+        for i, (a, e) in enumerate(zip(our_grads, their_grads)):
+            # Unscaled grads are g / grad_scale in fp32, rounded once to the grad dtype on both sides.
+            if dtype == torch.float32:
+                assert_close(a, e, f"{where}: grads[{i}]")
+            else:
+                assert_bits_equal(a, e, f"{where}: grads[{i}]")
+        if dtype != torch.float32:
+            copy_state(theirs, ours)
+
+
+def is_first_for(step, n):
+    # Fresh buffers on the first step; later a mix of fresh and continuing ones within one call.
+    if step == 0:
+        return [True] * n
+    return [step == 4 and i % 2 == 0 for i in range(n)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cfg", SGD_CONFIGS, ids=str)
+def test_sgd_matches_reference(dtype, cfg):
+    momentum = cfg.get("momentum", 0.0)
+    n = len(SHAPES)
+    run_steps(
+        dtype, cfg,
+        lambda gen: make_sgd_state(dtype, momentum, gen),
+        lambda st, g, step: ops.sgd_update(*sgd_args(st, g, is_first_for(step, n), cfg)),
+        lambda st, g, step: reference.sgd_update(*sgd_args(st, g, is_first_for(step, n), cfg)),
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cfg", ADAM_CONFIGS, ids=str)
+def test_adam_matches_reference(dtype, cfg):
+    run_steps(
+        dtype, cfg,
+        lambda gen: make_adam_state(dtype, cfg.get("amsgrad", False), gen),
+        lambda st, g, step: ops.adam_update(*adam_args(st, g, cfg)),
+        lambda st, g, step: reference.adam_update(*adam_args(st, g, cfg)),
+    )
+
+
+def test_adam_many_small_tensors_one_call():
+    # Hundreds of tensors share chunks; a few large ones are split across chunks.
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(int(n),) for n in torch.randint(1, 3000, (300,), generator=gen)] + [(70_000,), (200_001,)]
+    cfg = dict(lr=1e-3, weight_decay=0.01, decoupled=True, clip_coef=0.7)
+    run_steps(
+        torch.float32, cfg,
+        lambda g: make_adam_state(torch.float32, False, g, shapes),
+        lambda st, g, step: ops.adam_update(*adam_args(st, g, cfg)),
+        lambda st, g, step: reference.adam_update(*adam_args(st, g, cfg)),
+        shapes=shapes, steps=3,
+    )
+
+
+def test_results_do_not_depend_on_thread_count():
+    gen = torch.Generator().manual_seed(2)
+    shapes = [(2**17 + 3,), (5000,), (3 * 2**16,)]
+    cfg = dict(lr=1e-3, amsgrad=True)
+    grads = [randn(s, torch.float32, gen) for s in shapes]
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, threads):
+            torch.set_num_threads(n)
+            state = make_adam_state(torch.float32, True, torch.Generator().manual_seed(3), shapes)
+            ops.adam_update(*adam_args(state, [g.clone() for g in grads], cfg))
+            results.append((state, ops.check(grads)))
+    finally:
+        torch.set_num_threads(threads)
+    (s1, c1), (s2, c2) = results
+    for key in s1:
+        for a, b in zip(s1[key], s2[key]):
+            assert_bits_equal(a, b, key)
+    assert_bits_equal(c1, c2, "check")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# found_inf: a skipped step writes nothing at all.
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_found_inf_changes_nothing(dtype):
+    gen = torch.Generator().manual_seed(4)
+    adam = make_adam_state(dtype, True, gen)
+    adam["exp_avgs"] = [randn(s, torch.float32, gen) for s in SHAPES]
+    sgd = make_sgd_state(dtype, 0.9, gen)
+    grads = [randn(s, dtype, gen, scale=100.0) for s in SHAPES]
+    grads[2][5] = float("inf")
+    before = (clone_state(adam), clone_state(sgd), [g.clone() for g in grads])
+    cfg = dict(lr=1e-3, weight_decay=0.1, amsgrad=True, grad_scale=100.0, clip_coef=0.5, found_inf=1.0)
+    ops.adam_update(*adam_args(adam, grads, cfg))
+    cfg = dict(lr=0.1, momentum=0.9, weight_decay=0.1, grad_scale=100.0, clip_coef=0.5, found_inf=1.0)
+    ops.sgd_update(*sgd_args(sgd, grads, [True] * len(SHAPES), cfg))
+    for now, then in zip((adam, sgd), before[:2]):
+        for key in now:
+            for i, (a, b) in enumerate(zip(now[key], then[key])):
+                assert_bits_equal(a, b, f"{key}[{i}]")
+    for i, (a, b) in enumerate(zip(grads, before[2])):
+        assert_bits_equal(a, b, f"grads[{i}]")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# check: sum of squares and the non-finite flag.
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_check_matches_reference(dtype):
+    gen = torch.Generator().manual_seed(5)
+    grads = [randn(s, dtype, gen) for s in SHAPES]
+    got, want = ops.check(grads), reference.check(grads)
+    assert got.dtype == torch.float32 and got.shape == (2,)
+    assert_close(got, want, f"check {dtype}")
+    assert got[1] == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")], ids=str)
+def test_check_flags_nonfinite(dtype, bad):
+    gen = torch.Generator().manual_seed(6)
+    grads = [randn(s, dtype, gen) for s in SHAPES]
+    grads[-1][2**17 + 1] = bad  # in the scalar tail of the last chunk
+    got, want = ops.check(grads), reference.check(grads)
+    assert got[1] == 1 and want[1] == 1
+    assert_close(got[:1], want[:1], f"check {dtype} with {bad}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_check_huge_finite_is_not_nonfinite(dtype):
+    # A finite grad whose square overflows fp32 (or, for fp16, the largest finite value) must not set the flag.
+    huge = 65504.0 if dtype == torch.float16 else 1e30
+    grads = [torch.ones(4097, dtype=dtype), torch.full((100,), huge, dtype=dtype)]
+    got, want = ops.check(grads), reference.check(grads)
+    assert got[1] == 0 and want[1] == 0
+    assert_close(got, want, f"check {dtype} huge")
+
+
+def test_check_mixed_dtypes_in_one_call():
+    gen = torch.Generator().manual_seed(7)
+    grads = [randn(s, dt, gen) for s, dt in zip(SHAPES, [torch.float32, torch.bfloat16, torch.float16] * 2)]
+    assert_close(ops.check(grads), reference.check(grads), "check mixed")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation: a bad argument raises an error naming the problem and changes nothing.
+
+
+def _adam_problem():
+    gen = torch.Generator().manual_seed(8)
+    shapes = [(10,), (20,), (30,)]
+    state = make_adam_state(torch.float32, False, gen, shapes)
+    grads = [randn(s, torch.float32, gen) for s in shapes]
+    return state, grads
+
+
+def _adam_call(state, grad_list, over):
+    args = dict(params=state["params"], grads=grad_list, exp_avgs=state["exp_avgs"], exp_avg_sqs=state["exp_avg_sqs"],
+                max_exp_avg_sqs=state["max_exp_avg_sqs"], steps=state["steps"], amsgrad=False)
+    args.update(over)
+    ops.adam_update(args["params"], args["grads"], args["exp_avgs"], args["exp_avg_sqs"], args["max_exp_avg_sqs"],
+                    args["steps"], 1e-3, 0.9, 0.999, 1e-8, 0.0, args["amsgrad"], False, False, None, None, None)
+
+
+BAD_ADAM_ARGS = {
+    "grads length": (lambda s, g: dict(grads=g[:2]), r"grads has 2 entries, expected 3"),
+    "state dtype": (lambda s, g: dict(exp_avgs=[s["exp_avgs"][0], s["exp_avgs"][1].double(), s["exp_avgs"][2]]),
+                    r"exp_avgs\[1\] has dtype Double"),
+    "state numel": (lambda s, g: dict(exp_avg_sqs=[*s["exp_avg_sqs"][:2], torch.zeros(31)]),
+                    r"exp_avg_sqs\[2\] has 31 elements"),
+    "grad dtype": (lambda s, g: dict(grads=[g[0], g[1].half(), g[2]]), r"grads\[1\] has dtype Half"),
+    "non-contiguous": (lambda s, g: dict(grads=[g[0], g[1], torch.zeros(30, 2)[:, 0]]),
+                       r"grads\[2\] is not contiguous"),
+    "param dtype": (lambda s, g: dict(params=[s["params"][0], s["params"][1].double(), s["params"][2]]),
+                    r"params\[1\] has dtype Double"),
+    "complex": (lambda s, g: dict(params=[s["params"][0].to(torch.complex64), *s["params"][1:]]),
+                r"params\[0\] is complex"),
+    "mixed param dtypes": (lambda s, g: dict(params=[s["params"][0], s["params"][1].bfloat16(), s["params"][2]],
+                                             grads=[g[0], g[1].bfloat16(), g[2]]),
+                           r"params\[1\] has dtype BFloat16 but params\[0\] has Float"),
+    "amsgrad without max": (lambda s, g: dict(amsgrad=True), r"max_exp_avg_sqs has 0 entries, expected 3"),
+    "step dtype": (lambda s, g: dict(steps=[*s["steps"][:2], torch.tensor(0.0, dtype=torch.float64)]),
+                   r"steps\[2\] must be a one-element float32 CPU tensor"),
+    "aliasing": (lambda s, g: dict(exp_avg_sqs=[s["exp_avg_sqs"][0], s["exp_avgs"][1], s["exp_avg_sqs"][2]]),
+                 r"tensors of param 1 .* must not share memory"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ADAM_ARGS), ids=str)
+def test_adam_validation_errors_change_nothing(case):
+    state, grads = _adam_problem()
+    make_override, message = BAD_ADAM_ARGS[case]
+    over = make_override(state, grads)
+    everything = [*state["params"], *state["exp_avgs"], *state["exp_avg_sqs"], *state["steps"], *grads,
+                  *[t for v in over.values() if isinstance(v, list) for t in v]]
+    before = [t.clone() for t in everything]
+    with pytest.raises(RuntimeError, match=message):
+        _adam_call(state, grads, over)
+    for i, (a, b) in enumerate(zip(everything, before)):
+        assert_bits_equal(a, b, f"tensor {i}")
+
+
+def test_sgd_validation_errors():
+    gen = torch.Generator().manual_seed(9)
+    state = make_sgd_state(torch.float32, 0.9, gen, [(10,), (20,)])
+    grads = [randn(s, torch.float32, gen) for s in [(10,), (20,)]]
+    before = [t.clone() for t in [*state["params"], *state["momentum_buffers"]]]
+    with pytest.raises(RuntimeError, match=r"is_first has 1 entries, expected 2"):
+        ops.sgd_update(state["params"], grads, state["momentum_buffers"], [True], 0.1, 0.0, 0.9, 0.0, False, False,
+                       None, None, None)
+    with pytest.raises(RuntimeError, match=r"momentum_buffers\[1\] has dtype BFloat16"):
+        ops.sgd_update(state["params"], grads, [state["momentum_buffers"][0], torch.zeros(20, dtype=torch.bfloat16)],
+                       [True, True], 0.1, 0.0, 0.9, 0.0, False, False, None, None, None)
+    with pytest.raises(RuntimeError, match=r"clip_coef must have one element"):
+        ops.sgd_update(state["params"], grads, state["momentum_buffers"], [True, True], 0.1, 0.0, 0.9, 0.0, False,
+                       False, None, torch.ones(2), None)
+    for a, b in zip([*state["params"], *state["momentum_buffers"]], before):
+        assert_bits_equal(a, b, "sgd state")
+
+
+def test_check_rejects_unsupported_dtype():
+    with pytest.raises(RuntimeError, match=r"grads\[1\] has dtype Double"):
+        ops.check([torch.ones(3), torch.ones(3, dtype=torch.float64)])
+
+
+def test_params_that_require_grad_under_no_grad():
+    # How optimizers call the ops: leaf params that require grad, inside torch.no_grad().
+    p = torch.randn(100, requires_grad=True)
+    ref = p.detach().clone()
+    g = torch.randn(100)
+    with torch.no_grad():
+        ops.sgd_update([p], [g], [], [], 0.1, 0.0, 0.0, 0.0, False, False, None, None, None)
+    assert_close(p.detach(), ref - 0.1 * g, "sgd on a leaf")
