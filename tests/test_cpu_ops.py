@@ -432,3 +432,39 @@ def test_params_that_require_grad_under_no_grad():
     with torch.no_grad():
         ops.sgd_update([p], [g], [], [], 0.1, 0.0, 0.0, 0.0, False, False, None, None, None)
     assert_close(p.detach(), ref - 0.1 * g, "sgd on a leaf")
+
+
+def _ready_case(change=None):
+    params = [torch.zeros(3, 4), torch.zeros(5, dtype=torch.bfloat16), torch.zeros((), dtype=torch.float64)]
+    grads = [torch.ones_like(p) for p in params]
+    if change is not None:
+        change(params, grads)
+    return params, grads
+
+
+def _set(lst, i, value):
+    lst[i] = value
+
+
+@pytest.mark.parametrize("why, change", [
+    ("non-contiguous grad", lambda ps, gs: _set(gs, 0, torch.ones(4, 3).t())),
+    ("non-contiguous param", lambda ps, gs: (_set(ps, 0, torch.zeros(4, 3).t()), _set(gs, 0, torch.ones(3, 4)))),
+    ("grad dtype differs", lambda ps, gs: _set(gs, 1, torch.ones(5))),
+    ("grad shape differs", lambda ps, gs: _set(gs, 0, torch.ones(12))),
+    ("sparse grad", lambda ps, gs: _set(gs, 0, torch.ones(3, 4).to_sparse())),
+    ("complex param", lambda ps, gs: (_set(ps, 0, torch.zeros(2, dtype=torch.complex64)),
+                                      _set(gs, 0, torch.ones(2, dtype=torch.complex64)))),
+    ("integer param", lambda ps, gs: (_set(ps, 0, torch.zeros(2, dtype=torch.int32)),
+                                      _set(gs, 0, torch.ones(2, dtype=torch.int32)))),
+    ("second device", lambda ps, gs: (_set(ps, 2, torch.zeros((), device="meta")),
+                                      _set(gs, 2, torch.ones((), device="meta")))),
+    ("lengths differ", lambda ps, gs: gs.pop()),
+])
+def test_kernel_ready_rejects(why, change):
+    """kernel_ready gates the optimizer's fast path: every reason to take the general path must say False."""
+    assert ops.kernel_ready(*_ready_case())
+    assert not ops.kernel_ready(*_ready_case(change)), why
+
+
+def test_kernel_ready_rejects_empty():
+    assert not ops.kernel_ready([], [])
