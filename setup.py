@@ -41,7 +41,7 @@ def cxx_flags():
 
 
 def extensions():
-    cpu_sources = sources("csrc/bindings.cpp", "csrc/cpu/*.cpp")
+    cpu_sources = sources("csrc/bindings.cpp", "csrc/python.cpp", "csrc/cpu/*.cpp")
     return [
         CppExtension(
             name="fusedopt._C",

@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include "cpu/kernels.h"
+#include "ops.h"
 
 namespace fusedopt {
 namespace {
@@ -116,6 +117,8 @@ std::optional<cpu::GradPrep> grad_prep(const std::optional<Tensor>& grad_scale, 
   if (inf.has_value() && *inf != 0.0f) return std::nullopt;
   return cpu::GradPrep{scale.has_value(), scale.value_or(1.0f), clip.has_value(), clip.value_or(1.0f), maximize};
 }
+
+}  // namespace
 
 Tensor check(TensorList grads) {
   TORCH_CHECK(!grads.empty(), "fusedopt: check needs at least one grad");
@@ -233,8 +236,6 @@ bool kernel_ready(TensorList params, TensorList grads) {
   return true;
 }
 
-}  // namespace
-
 TORCH_LIBRARY(fusedopt, m) {
   // Device-independent (a catch-all kernel): it reads only metadata.
   m.def("kernel_ready(Tensor[] params, Tensor[] grads) -> bool", &kernel_ready);
@@ -257,10 +258,3 @@ TORCH_LIBRARY_IMPL(fusedopt, CPU, m) {
 }
 
 }  // namespace fusedopt
-
-// `import fusedopt._C` loads this library, whose static initializers above register the ops; the module
-// itself is empty, so no pybind11 is needed.
-extern "C" PyObject* PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr, nullptr, nullptr, nullptr, nullptr};
-  return PyModule_Create(&module);
-}

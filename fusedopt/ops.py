@@ -2,7 +2,7 @@
 
 The compiled CPU kernels are ``torch.library`` ops (``torch.ops.fusedopt.*``, schemas in csrc/bindings.cpp);
 this module registers their fake implementations so ``torch.compile`` can trace through them, and maps backend
-names to implementations. Choosing a backend is a dictionary lookup: ``resolve(name, device, dtype)``.
+names to implementations. Eager calls take the same C++ functions through a direct binding (cheaper per tensor). Choosing a backend is a dictionary lookup: ``resolve(name, device, dtype)``.
 """
 from __future__ import annotations
 
@@ -27,11 +27,24 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 BACKENDS: dict[str, types.ModuleType | types.SimpleNamespace] = {"reference": reference}
 
+
+def _eager_or_traced(name: str):
+    """The compiled op ``name``: bound directly in eager mode (pybind11 converts tensor lists several times
+    faster than torch.ops; see csrc/python.cpp), through torch.ops when torch.compile traces the step."""
+    eager, traced = getattr(_C, name), getattr(torch.ops.fusedopt, name)
+
+    def call(*args):
+        return traced(*args) if torch.compiler.is_compiling() else eager(*args)
+
+    call.__name__ = name
+    return call
+
+
 if EXTENSION_ERROR is None:
     BACKENDS["cpu"] = types.SimpleNamespace(
-        check=torch.ops.fusedopt.check,
-        sgd_update=torch.ops.fusedopt.sgd_update,
-        adam_update=torch.ops.fusedopt.adam_update,
+        check=_eager_or_traced("check"),
+        sgd_update=_eager_or_traced("sgd_update"),
+        adam_update=_eager_or_traced("adam_update"),
     )
 
     @torch.library.register_fake("fusedopt::check")
@@ -53,7 +66,7 @@ def kernel_ready(params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
     small. False sends the step through the Python validation (clear errors) and the general path."""
     if EXTENSION_ERROR is not None or torch.compiler.is_compiling():
         return False
-    return torch.ops.fusedopt.kernel_ready(params, grads)
+    return _C.kernel_ready(params, grads)
 
 
 # Which compiled backend serves a device type under backend="auto".

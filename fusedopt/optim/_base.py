@@ -12,7 +12,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -86,6 +86,17 @@ class _KernelLayout:
         if writeback is not None:
             writeback.append((t, tmp))
         return _flat(tmp) if self.flat else tmp
+
+
+def _split_by_dtype(tensors: list[Tensor]) -> dict[torch.dtype, Sequence[int]]:
+    """Indices of ``tensors`` per dtype (one backend call each); cheap in the usual single-dtype case."""
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) == 1:
+        return {dtypes.pop(): range(len(tensors))}
+    index: dict[torch.dtype, list[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        index[t.dtype].append(i)
+    return index
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -276,17 +287,12 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _check(self, grads, device, grad_scale, ready: bool) -> tuple[Tensor, Tensor]:
         """The check pass: global norm (unscaled, pre-clip) and the non-finite flag, both on the device."""
-        by_dtype: dict[torch.dtype, list[Tensor]] = defaultdict(list)
-        if ready:  # contiguous and real already
-            for g in grads:
-                by_dtype[g.dtype].append(g)
-        else:
-            for g in grads:
-                g = torch.view_as_real(g) if g.is_complex() else g
-                by_dtype[g.dtype].append(g if g.is_contiguous() else g.contiguous())
+        if not ready:  # kernels take contiguous real tensors; this pass only reads, so copies need no writeback
+            grads = [g if g.is_contiguous() else g.contiguous()
+                     for g in (torch.view_as_real(g) if g.is_complex() else g for g in grads)]
         total = None
-        for dtype, grads in by_dtype.items():
-            partial = ops.resolve(self.backend, device, dtype).check(grads)
+        for dtype, index in _split_by_dtype(grads).items():
+            partial = ops.resolve(self.backend, device, dtype).check([grads[i] for i in index])
             total = partial if total is None else total + partial
         sumsq, nonfinite = total[0], total[1] > 0
         norm = sumsq.sqrt()
@@ -322,15 +328,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                  fresh: set[Tensor], ready: bool, grads_written: bool) -> list[Bucket]:
         """Split a group's params by dtype into backend calls, with kernel-ready tensor lists."""
         keys = self._state_keys(group)
-        dtypes = {p.dtype for p in params}
-        if len(dtypes) == 1:
-            by_dtype = {dtypes.pop(): range(len(params))}
-        else:
-            by_dtype = defaultdict(list)
-            for i, p in enumerate(params):
-                by_dtype[p.dtype].append(i)
         buckets = []
-        for dtype, index in by_dtype.items():
+        for dtype, index in _split_by_dtype(params).items():
             real_dtype = _REAL_DTYPE.get(dtype, dtype)
             bucket = Bucket(ops.resolve(self.backend, params[index[0]].device, real_dtype))
             bucket.params = [params[i] for i in index]

@@ -1,0 +1,27 @@
+// The ops of fusedopt._C, as C++ functions: bindings.cpp registers them with torch.library (what torch.compile
+// and torch.ops see) and python.cpp binds them directly for eager calls (see python.cpp for why).
+#pragma once
+
+#include <optional>
+
+#include <ATen/core/List.h>
+#include <ATen/core/Tensor.h>
+
+namespace fusedopt {
+
+bool kernel_ready(at::TensorList params, at::TensorList grads);
+
+at::Tensor check(at::TensorList grads);
+
+void sgd_update(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                c10::List<bool> is_first, double lr, double weight_decay, double momentum, double dampening,
+                bool nesterov, bool maximize, const std::optional<at::Tensor>& grad_scale,
+                const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& found_inf);
+
+void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                 at::TensorList max_exp_avg_sqs, at::TensorList steps, double lr, double beta1, double beta2,
+                 double eps, double weight_decay, bool amsgrad, bool maximize, bool decoupled,
+                 const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& clip_coef,
+                 const std::optional<at::Tensor>& found_inf);
+
+}  // namespace fusedopt
