@@ -16,7 +16,7 @@ amsgrad, maximize, decoupled, grad_scale, clip_coef, found_inf)``
     - if ``found_inf`` (a float tensor) is non-zero: nothing is written at all, step counts included;
     - ``g = grad / grad_scale`` when ``grad_scale`` is given, and that unscaled value is written back to ``grad``
       (GradScaler semantics, as torch's fused optimizers do);
-    - ``g = g * clip_coef`` when ``clip_coef`` is given (not written back);
+    - ``g = g * clip_coef`` when ``clip_coef`` is given (not written back), negated for ``maximize``;
     - then the torch.optim single-tensor rule (see the ``_sgd`` and ``_adam`` bodies below).
 
     ``steps`` are 0-dim float32 tensors, incremented here; Adam's bias corrections use the new count, in double.
@@ -48,14 +48,15 @@ def check(grads: list[Tensor]) -> Tensor:
     return torch.stack([sumsq, nonfinite.to(dtype)])
 
 
-def _prepare_grad(grad: Tensor, grad_scale: Tensor | None, clip_coef: Tensor | None, dtype) -> Tensor:
+def _prepare_grad(grad: Tensor, grad_scale: Tensor | None, clip_coef: Tensor | None, maximize: bool,
+                  dtype) -> Tensor:
     g = grad.detach().to(dtype)
     if grad_scale is not None:
         g = g / grad_scale.to(dtype)
         grad.detach().copy_(g)
     if clip_coef is not None:
         g = g * clip_coef.to(dtype)
-    return g
+    return -g if maximize else g
 
 
 def _skipped(found_inf: Tensor | None) -> bool:
@@ -68,10 +69,8 @@ def sgd_update(params, grads, momentum_buffers, is_first, lr, weight_decay, mome
         return
     for i, (p, grad) in enumerate(zip(params, grads, strict=True)):
         dtype = compute_dtype(p.dtype)
-        g = _prepare_grad(grad, grad_scale, clip_coef, dtype)
+        g = _prepare_grad(grad, grad_scale, clip_coef, maximize, dtype)
         p32 = p.detach().to(dtype)
-        if maximize:
-            g = -g
         if weight_decay != 0:
             g = g + weight_decay * p32
         if momentum != 0:
@@ -92,12 +91,10 @@ def adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr
         return
     for i, (p, grad) in enumerate(zip(params, grads, strict=True)):
         dtype = compute_dtype(p.dtype)
-        g = _prepare_grad(grad, grad_scale, clip_coef, dtype)
+        g = _prepare_grad(grad, grad_scale, clip_coef, maximize, dtype)
         p32 = p.detach().to(dtype)
         steps[i] += 1
         step = float(steps[i].item())
-        if maximize:
-            g = -g
         if weight_decay != 0:
             if decoupled:
                 p32 = p32 * (1 - lr * weight_decay)

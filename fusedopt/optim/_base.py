@@ -112,6 +112,9 @@ class FusedOptimizer(torch.optim.Optimizer):
     _EXTRA_ATTRS = ("max_grad_norm", "nonfinite", "backend", "_grad_norm", "_found_nonfinite")
     # Names of per-param state tensors that have the param's shape (kernels update them in place).
     _TENSOR_STATE_KEYS: tuple[str, ...] = ()
+    # Flags that older checkpoints may lack, with the values torch.optim's namesake fills in (not this
+    # optimizer's constructor values).
+    _LEGACY_FLAG_DEFAULTS: dict[str, Any] = {}
 
     def __init__(self, params, defaults: dict, *, max_grad_norm: float | None, nonfinite: str, backend: str):
         if defaults.get("differentiable"):
@@ -140,12 +143,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # Also how load_state_dict installs the loaded groups: subclasses fill flags missing from older
-        # checkpoints with torch's historic values (not this optimizer's constructor values), as torch does.
+        # Also how load_state_dict installs the loaded groups.
         super().__setstate__(state)
         self.__dict__.setdefault("max_grad_norm", None)
         self.__dict__.setdefault("nonfinite", "ignore")
         self.__dict__.setdefault("backend", "auto")
+        for group in self.param_groups:
+            for key, value in self._LEGACY_FLAG_DEFAULTS.items():
+                group.setdefault(key, value)
 
     @property
     def grad_norm(self) -> Tensor | None:
