@@ -4,7 +4,8 @@ The CPU allocator keeps no high-water mark, but the profiler records every alloc
 c10's allocator (all tensors, including those a C++ extension creates with at::empty) as "[memory]" events with
 signed byte counts. The running sum of those, in time order, is the memory the call holds beyond what it was
 handed; its maximum is the peak. Plain malloc inside a kernel is not seen (our kernels only use small stack or
-per-thread buffers).
+per-thread buffers). A free of a block allocated before profiling started is not recorded (c10 warns once, as for
+fusedopt replacing last step's grad_norm), so the peak can only be overstated, by at most that block.
 """
 from __future__ import annotations
 
