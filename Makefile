@@ -14,9 +14,11 @@ $(DEPS): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-# Builds fusedopt._C in place (ninja rebuilds only what changed) and installs the package in editable mode.
+# Builds fusedopt._C in place (ninja under build/ recompiles only what changed; pip's editable build would
+# start from scratch every time) and puts the repository on the venv's path, as an editable install does.
 build: $(DEPS)
-	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	$(PY) setup.py --quiet build_ext --inplace
+	$(PY) -c "import pathlib, site; pathlib.Path(site.getsitepackages()[0], 'fusedopt-repo.pth').write_text('$(CURDIR)\n')"
 
 test: test-cpp test-python
 
