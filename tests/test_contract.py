@@ -1026,3 +1026,26 @@ def test_auto_backend_runs_the_compiled_cpu_kernels(monkeypatch, dtype):
             calls.clear()
             train(opt, params, range(1, 2))
             assert calls == (["check"] if opt.max_grad_norm else []) + [update]
+
+
+def test_missing_extension_is_explained_and_only_auto_falls_back(monkeypatch):
+    """Without the compiled extension: backend="cpu" fails at construction naming the cause and the fix;
+    backend="auto" warns once and runs the reference, with torch's results."""
+    from fusedopt import ops
+    monkeypatch.setattr(ops, "EXTENSION_ERROR", ImportError("simulated: fusedopt._C is not built"))
+    monkeypatch.setattr(ops, "BACKENDS", {"reference": ops.reference})
+    monkeypatch.setattr(ops, "_warned", set())
+    p = torch.nn.Parameter(torch.linspace(-1, 1, 5))
+    with pytest.raises(RuntimeError, match=r"not available.*simulated: fusedopt\._C is not built.*pip install"):
+        fusedopt.AdamW([p], backend="cpu")
+    q = torch.nn.Parameter(p.detach().clone())
+    opt, torch_opt = fusedopt.AdamW([p], backend="auto"), torch.optim.AdamW([q])
+    for step in range(2):
+        p.grad, q.grad = torch.full((5,), 0.5), torch.full((5,), 0.5)
+        if step == 0:
+            with pytest.warns(RuntimeWarning, match="compiled kernels unavailable.*reference"):
+                opt.step()
+        else:
+            opt.step()
+        torch_opt.step()
+    torch.testing.assert_close(p, q, rtol=1e-6, atol=0)

@@ -337,13 +337,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         for dtype, index in _split_by_dtype(params).items():
             real_dtype = _REAL_DTYPE.get(dtype, dtype)
             bucket = Bucket(ops.resolve(self.backend, params[index[0]].device, real_dtype))
-            bucket.params = [params[i] for i in index]
-            bucket.states = [states[i] for i in index]
-            bucket.is_first = [params[i] in fresh for i in index] if fresh else [False] * len(index)
+            whole = len(index) == len(params)  # the usual single-dtype group: no re-indexed copies
+            bucket.params = params if whole else [params[i] for i in index]
+            bucket.states = states if whole else [states[i] for i in index]
+            bucket.is_first = [p in fresh for p in bucket.params] if fresh else [False] * len(index)
             if ready:
                 # States share their param's layout (_init_state, _restore_loaded_state), so contiguous too.
                 bucket.kparams = bucket.params
-                bucket.kgrads = [grads[i] for i in index]
+                bucket.kgrads = grads if whole else [grads[i] for i in index]
                 for key in keys:
                     bucket.kstates[key] = [state[key] for state in bucket.states]
             else:
