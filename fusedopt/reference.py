@@ -59,6 +59,13 @@ def _prepare_grad(grad: Tensor, grad_scale: Tensor | None, clip_coef: Tensor | N
     return -g if maximize else g
 
 
+def _prepared(params, grads, grad_scale, clip_coef, maximize):
+    """(index, param, its value and the prepared grad in the compute dtype) for each param of an update."""
+    for i, (p, grad) in enumerate(zip(params, grads, strict=True)):
+        dtype = compute_dtype(p.dtype)
+        yield i, p, p.detach().to(dtype), _prepare_grad(grad, grad_scale, clip_coef, maximize, dtype)
+
+
 def _skipped(found_inf: Tensor | None) -> bool:
     return found_inf is not None and bool(found_inf.item() != 0)
 
@@ -67,10 +74,7 @@ def sgd_update(params, grads, momentum_buffers, is_first, lr, weight_decay, mome
                maximize, grad_scale=None, clip_coef=None, found_inf=None) -> None:
     if _skipped(found_inf):
         return
-    for i, (p, grad) in enumerate(zip(params, grads, strict=True)):
-        dtype = compute_dtype(p.dtype)
-        g = _prepare_grad(grad, grad_scale, clip_coef, maximize, dtype)
-        p32 = p.detach().to(dtype)
+    for i, p, p32, g in _prepared(params, grads, grad_scale, clip_coef, maximize):
         if weight_decay != 0:
             g = g + weight_decay * p32
         if momentum != 0:
@@ -78,7 +82,7 @@ def sgd_update(params, grads, momentum_buffers, is_first, lr, weight_decay, mome
             if is_first[i]:
                 new_buf = g.clone()
             else:
-                new_buf = buf.to(dtype) * momentum + (1 - dampening) * g
+                new_buf = buf.to(g.dtype) * momentum + (1 - dampening) * g
             buf.copy_(new_buf)
             g = g + momentum * new_buf if nesterov else new_buf
         p.detach().copy_(p32 - lr * g)
@@ -89,10 +93,8 @@ def adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr
                 found_inf=None) -> None:
     if _skipped(found_inf):
         return
-    for i, (p, grad) in enumerate(zip(params, grads, strict=True)):
-        dtype = compute_dtype(p.dtype)
-        g = _prepare_grad(grad, grad_scale, clip_coef, maximize, dtype)
-        p32 = p.detach().to(dtype)
+    for i, p, p32, g in _prepared(params, grads, grad_scale, clip_coef, maximize):
+        dtype = g.dtype
         steps[i] += 1
         step = float(steps[i].item())
         if weight_decay != 0:
