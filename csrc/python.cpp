@@ -1,17 +1,54 @@
 // The Python module fusedopt._C. Loading it runs bindings.cpp's static registrations (torch.ops.fusedopt.*);
-// it also binds the same functions directly. torch.ops converts every tensor of a list argument to an IValue
-// (about 0.25 us each, measured): with thousands of small params and five lists per update that is several
-// milliseconds a step, more than the kernel time. pybind11's tensor casters cost a fraction of that, so eager
-// steps call these; traced code (torch.compile) keeps the torch.ops path and its fake implementations.
+// it also binds the same functions directly for eager calls. The cost of a call with thousands of small
+// tensors is per tensor on the host: torch.ops converts each one to an IValue (~0.25 us), and even pybind11's
+// caster takes a new reference per tensor and, on release, the GIL-checked decref of its PyObject. Here the
+// tensors are borrowed from the caller's lists instead (+0, as c10::MaybeOwned does): the lists keep them alive
+// for the call, which never releases the GIL. Traced code (torch.compile) keeps the torch.ops path.
 #include <torch/extension.h>
 
+#include <string>
 #include <vector>
 
 #include "ops.h"
 
+namespace py = pybind11;
+
 namespace {
 
-using Tensors = std::vector<at::Tensor>;
+using Borrow = c10::MaybeOwnedTraits<at::Tensor>;
+
+class BorrowedTensors {
+ public:
+  BorrowedTensors(py::handle list, const char* what) {
+    PyObject* seq = list.ptr();
+    if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
+      throw py::type_error(std::string("fusedopt: ") + what + " must be a list of tensors, got " +
+                           std::string(py::str(py::type::handle_of(list))));
+    }
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject** items = PySequence_Fast_ITEMS(seq);
+    tensors_.reserve(size_t(n));
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      if (!THPVariable_Check(items[i])) {
+        release();
+        throw py::type_error(std::string("fusedopt: ") + what + "[" + std::to_string(i) + "] is not a tensor");
+      }
+      tensors_.push_back(Borrow::createBorrow(THPVariable_Unpack(items[i])));
+    }
+  }
+  BorrowedTensors(const BorrowedTensors&) = delete;
+  BorrowedTensors& operator=(const BorrowedTensors&) = delete;
+  ~BorrowedTensors() { release(); }
+
+  operator at::TensorList() const { return tensors_; }
+
+ private:
+  void release() {
+    for (at::Tensor& t : tensors_) Borrow::destroyBorrow(t);
+    tensors_.clear();
+  }
+  std::vector<at::Tensor> tensors_;
+};
 
 c10::List<bool> to_list(const std::vector<bool>& flags) {
   c10::List<bool> list;
@@ -23,23 +60,27 @@ c10::List<bool> to_list(const std::vector<bool>& flags) {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.def("kernel_ready", [](const Tensors& params, const Tensors& grads) {
-    return fusedopt::kernel_ready(params, grads);
+  m.def("kernel_ready", [](py::handle params, py::handle grads) {
+    return fusedopt::kernel_ready(BorrowedTensors(params, "params"), BorrowedTensors(grads, "grads"));
   });
-  m.def("check", [](const Tensors& grads) { return fusedopt::check(grads); });
-  m.def("sgd_update", [](const Tensors& params, const Tensors& grads, const Tensors& momentum_buffers,
+  m.def("check", [](py::handle grads) { return fusedopt::check(BorrowedTensors(grads, "grads")); });
+  m.def("sgd_update", [](py::handle params, py::handle grads, py::handle momentum_buffers,
                          const std::vector<bool>& is_first, double lr, double weight_decay, double momentum,
                          double dampening, bool nesterov, bool maximize, const std::optional<at::Tensor>& grad_scale,
                          const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& found_inf) {
-    fusedopt::sgd_update(params, grads, momentum_buffers, to_list(is_first), lr, weight_decay, momentum, dampening,
-                         nesterov, maximize, grad_scale, clip_coef, found_inf);
+    fusedopt::sgd_update(BorrowedTensors(params, "params"), BorrowedTensors(grads, "grads"),
+                         BorrowedTensors(momentum_buffers, "momentum_buffers"), to_list(is_first), lr, weight_decay,
+                         momentum, dampening, nesterov, maximize, grad_scale, clip_coef, found_inf);
   });
-  m.def("adam_update", [](const Tensors& params, const Tensors& grads, const Tensors& exp_avgs,
-                          const Tensors& exp_avg_sqs, const Tensors& max_exp_avg_sqs, const Tensors& steps, double lr,
-                          double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
-                          bool decoupled, const std::optional<at::Tensor>& grad_scale,
-                          const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& found_inf) {
-    fusedopt::adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps,
-                          weight_decay, amsgrad, maximize, decoupled, grad_scale, clip_coef, found_inf);
+  m.def("adam_update", [](py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs,
+                          py::handle max_exp_avg_sqs, py::handle steps, double lr, double beta1, double beta2,
+                          double eps, double weight_decay, bool amsgrad, bool maximize, bool decoupled,
+                          const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& clip_coef,
+                          const std::optional<at::Tensor>& found_inf) {
+    fusedopt::adam_update(BorrowedTensors(params, "params"), BorrowedTensors(grads, "grads"),
+                          BorrowedTensors(exp_avgs, "exp_avgs"), BorrowedTensors(exp_avg_sqs, "exp_avg_sqs"),
+                          BorrowedTensors(max_exp_avg_sqs, "max_exp_avg_sqs"), BorrowedTensors(steps, "steps"), lr,
+                          beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, grad_scale, clip_coef,
+                          found_inf);
   });
 }

@@ -468,3 +468,31 @@ def test_kernel_ready_rejects(why, change):
 
 def test_kernel_ready_rejects_empty():
     assert not ops.kernel_ready([], [])
+
+
+def test_eager_binding_rejects_non_tensor_lists():
+    """The direct (eager) binding borrows tensors from the caller's lists; anything else is a TypeError."""
+    from fusedopt import _C
+    with pytest.raises(TypeError, match="params must be a list of tensors"):
+        _C.kernel_ready(torch.zeros(2), [torch.zeros(2)])
+    with pytest.raises(TypeError, match=r"params\[1\] is not a tensor"):
+        _C.kernel_ready([torch.zeros(2), 3.0], [torch.zeros(2), torch.zeros(2)])
+
+
+def test_eager_binding_equals_torch_ops():
+    """Both entry points run the same C++ function: identical results, bit for bit."""
+    from fusedopt import _C
+    torch.manual_seed(0)
+    base = [torch.randn(s) for s in SHAPES]
+    runs = []
+    for entry in (_C.adam_update, ops.adam_update):
+        p = [t.clone() for t in base]
+        g = [t.sin() for t in base]
+        m, v = [torch.zeros_like(t) for t in base], [torch.zeros_like(t) for t in base]
+        steps = [torch.zeros(()) for _ in base]
+        for _ in range(3):
+            entry(p, g, m, v, [], steps, 1e-2, 0.9, 0.999, 1e-8, 0.1, False, False, True, None,
+                  torch.tensor(0.5), torch.tensor(0.0))
+        runs.append(p + m + v + steps)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
