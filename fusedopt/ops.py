@@ -2,7 +2,8 @@
 
 The compiled CPU kernels are ``torch.library`` ops (``torch.ops.fusedopt.*``, schemas in csrc/bindings.cpp);
 this module registers their fake implementations so ``torch.compile`` can trace through them, and maps backend
-names to implementations. Eager calls take the same C++ functions through a direct binding (cheaper per tensor). Choosing a backend is a dictionary lookup: ``resolve(name, device, dtype)``.
+names to implementations. Eager calls take the same C++ functions through a direct binding (cheaper per
+tensor). Choosing a backend is a dictionary lookup: ``resolve(name, device, dtype)``.
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ BACKENDS: dict[str, types.ModuleType | types.SimpleNamespace] = {"reference": re
 
 
 def _eager_or_traced(name: str):
-    """The compiled op ``name``: bound directly in eager mode (pybind11 converts tensor lists several times
-    faster than torch.ops; see csrc/python.cpp), through torch.ops when torch.compile traces the step."""
+    """The compiled op ``name``: bound directly in eager mode (the binding borrows the tensors of the lists,
+    several times cheaper per tensor than torch.ops; see csrc/python.cpp), through torch.ops when torch.compile
+    traces the step."""
     eager, traced = getattr(_C, name), getattr(torch.ops.fusedopt, name)
 
     def call(*args):
@@ -81,7 +83,8 @@ def check_backend_name(name: str) -> None:
     if name != "auto" and name not in BACKENDS:
         raise RuntimeError(
             f"fusedopt backend {name!r} is not available: the compiled extension fusedopt._C failed to import "
-            f"({EXTENSION_ERROR}). Build it with `pip install --no-build-isolation -e .` (see README), or use "
+            f"({EXTENSION_ERROR}). Build it with `make build` or `pip install --no-build-isolation -e .` (see "
+            f"README), or use "
             f"backend='auto' to fall back to the pure-torch reference."
         )
 

@@ -155,7 +155,8 @@ class FusedOptimizer(torch.optim.Optimizer):
     @property
     def grad_norm(self) -> Tensor | None:
         """Global L2 norm of all grads before clipping (0-dim fp32, fp64 with fp64 grads, on the params'
-        device), from the last step if it computed it (``max_grad_norm`` set or ``nonfinite`` != "ignore"); under GradScaler, unscaled."""
+        device), from the last step if it computed it (``max_grad_norm`` set or ``nonfinite`` != "ignore");
+        under GradScaler, unscaled."""
         return getattr(self, "_grad_norm", None)
 
     @property
