@@ -171,6 +171,46 @@ def test_bf16_state_dtype_leaves_fp64_and_complex_states_alone(dtype, backend):
         assert s["exp_avg"].dtype == dtype and s["exp_avg_sq"].dtype == dtype
 
 
+# --- the reference's checks of the v2 arguments (the oracle other backends are tested against) ---
+REFERENCE_BAD = {
+    "master length": (dict(master_params=[torch.zeros(4)]), r"master_params has 1 entries, expected 2"),
+    "master dtype": (dict(master_params=[torch.zeros(4), torch.zeros(6, dtype=torch.bfloat16)]),
+                     r"master_params\[1\] has dtype torch.bfloat16, expected torch.float32"),
+    "master numel": (dict(master_params=[torch.zeros(4), torch.zeros(7)]),
+                     r"master_params\[1\] has 7 elements but params\[1\] has 6"),
+    "master of fp64": (dict(master_params=[torch.zeros(4), torch.zeros(6)], dtype=torch.float64),
+                       r"params\[0\] is float64"),
+    "lr_tensor numel": (dict(lr_tensor=torch.zeros(2)), r"lr_tensor must be a 1-element float32 tensor"),
+    "lr_tensor dtype": (dict(lr_tensor=torch.zeros((), dtype=torch.float64)),
+                        r"lr_tensor must be a 1-element float32 tensor, got torch.float64"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFERENCE_BAD))
+@pytest.mark.parametrize("algorithm", ["sgd", "adam"])
+def test_reference_rejects_bad_v2_arguments(algorithm, case):
+    from fusedopt import reference
+    over, message = REFERENCE_BAD[case]
+    dtype = over.get("dtype", torch.bfloat16)
+    params = [torch.ones(4, dtype=dtype), torch.ones(6, dtype=dtype)]
+    grads = [torch.ones_like(p) for p in params]
+    states = [torch.zeros(p.shape) for p in params]
+    masters = over.get("master_params", [p.float() for p in params] if dtype != torch.float64 else [])
+    lr_tensor = over.get("lr_tensor")
+    everything = [*params, *grads, *states, *masters]
+    before = [t.clone() for t in everything]
+    with pytest.raises(RuntimeError, match=message):
+        if algorithm == "sgd":
+            reference.sgd_update(params, grads, states, masters, [True, True], 0.1, 0.0, 0.9, 0.0, False, False,
+                                 lr_tensor)
+        else:
+            reference.adam_update(params, grads, states, [s.clone() for s in states], [], masters,
+                                  [torch.zeros(()), torch.zeros(())], 0.1, 0.9, 0.999, 1e-8, 0.0, False, False,
+                                  False, lr_tensor)
+    for i, (a, b) in enumerate(zip(everything, before)):
+        assert_bitwise_equal(a, b, name=f"tensor {i}")
+
+
 # --- constructor ---
 @pytest.mark.parametrize("name", list(FACTORY))
 def test_constructor_rejects_bad_mixed_precision_args(name):
@@ -330,9 +370,10 @@ def test_torch_checkpoint_to_master_weights_and_back(name, backend):
     ours_checkpoint = _save_load(ours.state_dict())
     assert all("master_param" in s for s in ours_checkpoint["state"].values())
 
+    without_masters = {**ours_checkpoint, "state": {k: {key: v for key, v in s.items() if key != "master_param"}
+                                                    for k, s in ours_checkpoint["state"].items()}}
     results = []
-    for checkpoint in (ours_checkpoint, {**ours_checkpoint, "state": {
-            k: {key: v for key, v in s.items() if key != "master_param"} for k, s in ours_checkpoint["state"].items()}}):
+    for checkpoint in (ours_checkpoint, without_masters):
         back_params = flat(clone_params([ours_params]))
         back = torch_cls(back_params, foreach=False, **kwargs)
         back.load_state_dict(copy.deepcopy(checkpoint))
