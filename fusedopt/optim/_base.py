@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from fusedopt import ops
+from fusedopt.optim import _dist
 
 NONFINITE_POLICIES = ("ignore", "skip", "raise")
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -208,6 +209,19 @@ class FusedOptimizer(torch.optim.Optimizer):
         if not all_params:
             return loss
         all_grads = [g for _, grads in per_group for g in grads]
+        # DTensor params (FSDP2, tensor parallel): the kernels take their local shards, and the check pass
+        # reduces over the ranks that shard them (see _dist).
+        reduction = _dist.plan(all_params)
+        if reduction is not None:
+            if not getattr(self, "_dist_checked", False):
+                _dist.check_same_params(self, reduction)
+                self._dist_checked = True
+            per_local = [([_dist.local(p) for p in params], [_dist.local(g) for g in grads])
+                         for params, grads in per_group]
+            all_params = [p for params, _ in per_local for p in params]
+            all_grads = [g for _, grads in per_local for g in grads]
+        else:
+            per_local = per_group
         # Fast path: every grad is valid and every param/grad is a contiguous real tensor (checked in one native
         # call). Otherwise validate in Python (clear errors, before anything changes) and take the general path.
         ready = ops.kernel_ready(all_params, all_grads) or self._validate(per_group)
@@ -222,7 +236,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._found_nonfinite = found_inf > 0
 
         if self.max_grad_norm is not None or self.nonfinite != "ignore":
-            norm, nonfinite = self._check(all_grads, device, grad_scale, ready)
+            norm, nonfinite = self._check(all_grads, device, grad_scale, ready, reduction)
             self._grad_norm = norm
             self._found_nonfinite = nonfinite if found_inf is None else nonfinite | (found_inf > 0)
             if self.nonfinite == "raise":
@@ -236,8 +250,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         fresh: set[Tensor] = set()
         states_per_group = [self._group_states(group, params, fresh)
                             for group, (params, _) in zip(self.param_groups, per_group)]
-        for group, (params, grads), states in zip(self.param_groups, per_group, states_per_group):
-            for bucket in self._buckets(group, params, grads, states, fresh, ready, grad_scale is not None):
+        if reduction is not None:  # kernels get the local shards of params, grads and states
+            fresh_local = {lp for (params, _), (lparams, _) in zip(per_group, per_local)
+                           for p, lp in zip(params, lparams) if p in fresh}
+            states_per_group = [_dist.local_states(states) for states in states_per_group]
+        else:
+            fresh_local = fresh
+        for group, (params, grads), states in zip(self.param_groups, per_local, states_per_group):
+            for bucket in self._buckets(group, params, grads, states, fresh_local, ready, grad_scale is not None):
                 self._update(bucket, group, grad_scale, clip_coef, found_inf)
                 for original, tmp in bucket.writeback:
                     original.copy_(tmp)
@@ -291,20 +311,35 @@ class FusedOptimizer(torch.optim.Optimizer):
             return f"parameter {names[param_index]!r}"
         return f"parameter {param_index} of param group {group_index}"
 
-    def _check(self, grads, device, grad_scale, ready: bool) -> tuple[Tensor, Tensor]:
-        """The check pass: global norm (unscaled, pre-clip) and the non-finite flag, both on the device."""
+    def _check(self, grads, device, grad_scale, ready: bool,
+               reduction: _dist.Reduction | None = None) -> tuple[Tensor, Tensor]:
+        """The check pass: global norm (unscaled, pre-clip) and the non-finite flag, both on the device. With
+        ``reduction`` (DTensor params), ``grads`` are local shards and the sums are all-reduced over the ranks."""
         if not ready:  # kernels take contiguous real tensors; this pass only reads, so copies need no writeback
             grads = [g if g.is_contiguous() else g.contiguous()
                      for g in (torch.view_as_real(g) if g.is_complex() else g for g in grads)]
-        total = None
-        for dtype, index in _split_by_dtype(grads).items():
-            partial = ops.resolve(self.backend, device, dtype).check([grads[i] for i in index])
-            total = partial if total is None else total + partial
+        if reduction is None:
+            total = self._check_sums(grads, device)
+        else:
+            total = None
+            for weight, index in reduction.classes:
+                part = self._check_sums([grads[i] for i in index], device)
+                part = part if weight == 1 else part * weight
+                total = part if total is None else total + part
+            total = reduction.all_reduce(total)
         sumsq, nonfinite = total[0], total[1] > 0
         norm = sumsq.sqrt()
         if grad_scale is not None:
             norm = norm / grad_scale
         return norm, nonfinite
+
+    def _check_sums(self, grads, device) -> Tensor:
+        """[sum of squares, non-finite flag] over ``grads``: one backend call per dtype."""
+        total = None
+        for dtype, index in _split_by_dtype(grads).items():
+            partial = ops.resolve(self.backend, device, dtype).check([grads[i] for i in index])
+            total = partial if total is None else total + partial
+        return total
 
     def _raise_if_nonfinite(self, nonfinite: Tensor, found_inf: Tensor | None) -> None:
         # "raise" must look at the flag on the host. Under GradScaler, inf/NaN in scaled grads is the scaler's
@@ -314,8 +349,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         bad = [self._describe(gi, pi)
                for gi, group in enumerate(self.param_groups)
                for pi, p in enumerate(group["params"])
-               if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
-        raise RuntimeError(f"{type(self).__name__}: non-finite gradient (NaN or inf) in {', '.join(bad)}; "
+               if p.grad is not None and not bool(torch.isfinite(_dist.local(p.grad)).all())]
+        where = ", ".join(bad) or "another rank's shard (DTensor parameters)"
+        raise RuntimeError(f"{type(self).__name__}: non-finite gradient (NaN or inf) in {where}; "
                            f"nothing was updated")
 
     def _group_states(self, group: dict, params: list[Tensor], fresh: set[Tensor]) -> list[dict | None]:
@@ -415,6 +451,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 return
             for pi, (saved_id, p) in enumerate(zip(saved_group["params"], group["params"])):
                 for key, value in state_dict["state"].get(saved_id, {}).items():
+                    if key in self._TENSOR_STATE_KEYS and torch.is_tensor(value):
+                        _dist.check_state_layout(value, p, self._describe(gi, pi), key)
                     if key in self._TENSOR_STATE_KEYS and torch.is_tensor(value) and value.shape != p.shape:
                         raise ValueError(
                             f"loaded state dict does not match {self._describe(gi, pi)}: state {key!r} has shape "
