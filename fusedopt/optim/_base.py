@@ -110,7 +110,7 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # GradScaler hands us grad_scale/found_inf instead of unscaling the grads itself.
     _step_supports_amp_scaling = True
-    _EXTRA_ATTRS = ("max_grad_norm", "nonfinite", "backend", "_grad_norm", "_found_nonfinite")
+    _EXTRA_ATTRS = ("max_grad_norm", "nonfinite", "backend", "_last_step")
     # Names of per-param state tensors that have the param's shape (kernels update them in place).
     _TENSOR_STATE_KEYS: tuple[str, ...] = ()
     # Flags that older checkpoints may lack, with the values torch.optim's namesake fills in (not this
@@ -133,8 +133,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.nonfinite = nonfinite
         self.backend = backend
-        self._grad_norm: Tensor | None = None
-        self._found_nonfinite: Tensor | None = None
+        # grad_norm/found_nonfinite of the last step, in a dict made here: torch.compile (2.13) replays a compiled
+        # step's writes into a dict but drops attribute writes on an Optimizer object.
+        self._last_step: dict[str, Tensor | None] = {"grad_norm": None, "found_nonfinite": None}
 
     # --- attributes that must survive deepcopy/pickle (the base class keeps only defaults/state/groups) ---
     def __getstate__(self) -> dict[str, Any]:
@@ -149,6 +150,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("max_grad_norm", None)
         self.__dict__.setdefault("nonfinite", "ignore")
         self.__dict__.setdefault("backend", "auto")
+        self.__dict__.setdefault("_last_step", {"grad_norm": None, "found_nonfinite": None})
         for group in self.param_groups:
             for key, value in self._LEGACY_FLAG_DEFAULTS.items():
                 group.setdefault(key, value)
@@ -158,13 +160,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         """Global L2 norm of all grads before clipping (0-dim fp32, fp64 with fp64 grads, on the params'
         device), from the last step if it computed it (``max_grad_norm`` set or ``nonfinite`` != "ignore");
         under GradScaler, unscaled."""
-        return getattr(self, "_grad_norm", None)
+        return self._last_step["grad_norm"]
 
     @property
     def found_nonfinite(self) -> Tensor | None:
         """0-dim bool tensor: whether the last step saw a NaN/inf gradient (and so, under "skip" or GradScaler,
         changed nothing)."""
-        return getattr(self, "_found_nonfinite", None)
+        return self._last_step["found_nonfinite"]
 
     def __repr__(self) -> str:
         extras = f"    max_grad_norm: {self.max_grad_norm}\n    nonfinite: {self.nonfinite}\n" \
@@ -202,8 +204,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        self._grad_norm = None
-        self._found_nonfinite = None
+        last = self._last_step
+        last["grad_norm"] = last["found_nonfinite"] = None
         per_group = self._params_with_grads()
         all_params = [p for params, _ in per_group for p in params]
         if not all_params:
@@ -233,12 +235,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         found_inf = None if scaler_found_inf is None else scaler_found_inf.reshape(()).to(torch.float32)
         clip_coef = None
         if found_inf is not None:
-            self._found_nonfinite = found_inf > 0
+            last["found_nonfinite"] = found_inf > 0
 
         if self.max_grad_norm is not None or self.nonfinite != "ignore":
             norm, nonfinite = self._check(all_grads, device, grad_scale, ready, reduction)
-            self._grad_norm = norm
-            self._found_nonfinite = nonfinite if found_inf is None else nonfinite | (found_inf > 0)
+            last["grad_norm"] = norm
+            last["found_nonfinite"] = nonfinite if found_inf is None else nonfinite | (found_inf > 0)
             if self.nonfinite == "raise":
                 self._raise_if_nonfinite(nonfinite, found_inf)
             elif self.nonfinite == "skip":

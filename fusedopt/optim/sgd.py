@@ -81,6 +81,10 @@ class SGD(FusedOptimizer):
     def _after_skippable_first_step(self, fresh: set[Tensor], found_inf: Tensor) -> None:
         # torch starts a momentum buffer as a copy of the first gradient it applies; a skipped first step must
         # leave no buffer behind, or the next step would treat the zeros as history (visible with dampening).
+        # Reading the flag is a host sync, which breaks a torch.compile graph: there, with dampening 0, the zero
+        # buffers stay (the next step's momentum * 0 + g equals g exactly, as a fresh buffer would).
+        if torch.compiler.is_compiling() and all(group["dampening"] == 0 for group in self.param_groups):
+            return
         if bool(found_inf > 0):
             for p in fresh:
                 self.state[p].pop("momentum_buffer", None)
