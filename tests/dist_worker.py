@@ -124,6 +124,20 @@ def fsdp_sgd_clipped(rank):
     train_and_compare(rank, shard, fusedopt.SGD, torch.optim.SGD, SGD, 0.05, keys=("momentum_buffer",))
 
 
+def hsdp_adamw_clipped(rank):
+    """HSDP: a 2-D mesh (replicate 2, shard 1), params placed (Replicate(), Shard(0)). The replicated copies
+    must not be counted twice in the norm."""
+    mesh = init_device_mesh("cpu", (WORLD, 1), mesh_dim_names=("replicate", "shard"))
+
+    def hsdp(model):
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        return fully_shard(model, mesh=mesh)
+
+    train_and_compare(rank, hsdp, fusedopt.AdamW, torch.optim.AdamW, ADAMW, 0.05)
+
+
 def ddp_adamw_clipped(rank):
     train_and_compare(rank, DistributedDataParallel, fusedopt.AdamW, torch.optim.AdamW, ADAMW, 0.05)
 
@@ -273,7 +287,8 @@ def dcp_round_trip(rank):
             assert_close(opt2.state[p2][key], opt.state[p][key], key, rtol=0, atol=0)
 
 
-SCENARIOS = [fsdp_adamw_unclipped, fsdp_adamw_clipped, fsdp_sgd_clipped, ddp_adamw_unclipped, ddp_adamw_clipped,
+SCENARIOS = [fsdp_adamw_unclipped, fsdp_adamw_clipped, fsdp_sgd_clipped, hsdp_adamw_clipped, ddp_adamw_unclipped,
+             ddp_adamw_clipped,
              nonfinite_on_one_rank, replicate_counts_once, mismatched_params, wrong_layout_state_dict,
              dcp_round_trip]
 

@@ -31,8 +31,7 @@ else:  # a build without torch.distributed cannot hold DTensors
     DTensor = ()  # isinstance(x, ()) is always False
 
 
-def is_dtensor(t: Tensor) -> bool:
-    return isinstance(t, DTensor)
+_PLAIN = frozenset((Tensor, torch.nn.Parameter))
 
 
 def local(t: Tensor) -> Tensor:
@@ -92,6 +91,10 @@ def _group_of(mesh) -> object:
 
 def plan(params: Sequence[Tensor]) -> Reduction | None:
     """The reduction for a step over ``params`` (those with grads), or None when none is a DTensor."""
+    # An exact type test in one C-level loop first: isinstance on each Parameter would cost a visible share of
+    # a step over thousands of params.
+    if _PLAIN.issuperset(map(type, params)):
+        return None
     # Meshes compare by their ranks and dim names: each fully_shard call makes its own, equal, mesh object.
     meshes = {p.device_mesh for p in params if isinstance(p, DTensor)}
     if not meshes:
