@@ -287,10 +287,49 @@ def dcp_round_trip(rank):
             assert_close(opt2.state[p2][key], opt.state[p][key], key, rtol=0, atol=0)
 
 
+def full_state_dict_round_trip(rank):
+    """DCP's full (unsharded) optimizer state dict, gathered and loaded back into sharded params."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                         set_optimizer_state_dict)
+
+    model = shard(make_model())
+    opt = fusedopt.AdamW(model.parameters(), **ADAMW, backend="cpu")
+    backward(model, 0, rank)
+    opt.step()
+    options = StateDictOptions(full_state_dict=True)
+    full_sd = get_optimizer_state_dict(model, opt, options=options)
+    assert not any(isinstance(v, DTensor) for s in full_sd["state"].values() for v in s.values())
+    model2 = shard(make_model())
+    opt2 = fusedopt.AdamW(model2.parameters(), **ADAMW, backend="cpu")
+    set_optimizer_state_dict(model2, opt2, full_sd, options=options)
+    for p2, p in zip(model2.parameters(), model.parameters()):
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert isinstance(opt2.state[p2][key], DTensor)
+            assert_close(opt2.state[p2][key], opt.state[p][key], key, rtol=0, atol=0)
+
+
+def nonfinite_raise_on_one_rank(rank):
+    """nonfinite="raise" with a NaN on rank 1 only: every rank raises, nothing changes."""
+    model = shard(make_model())
+    opt = fusedopt.AdamW(model.parameters(), nonfinite="raise", backend="cpu")
+    backward(model, 0, rank)
+    if rank == 1:
+        next(model.parameters()).grad.to_local()[0, 0] = float("inf")
+    before = [p.to_local().clone() for p in model.parameters()]
+    try:
+        opt.step()
+    except RuntimeError as exc:
+        expected = "parameter 0 of param group 0" if rank == 1 else "another rank's shard"
+        assert expected in str(exc), exc
+    else:
+        raise AssertionError("no error for a non-finite gradient on rank 1")
+    assert all(torch.equal(p.to_local(), b) for p, b in zip(model.parameters(), before))
+    assert not opt.state, "state created by a step that raised"
+
+
 SCENARIOS = [fsdp_adamw_unclipped, fsdp_adamw_clipped, fsdp_sgd_clipped, hsdp_adamw_clipped, ddp_adamw_unclipped,
-             ddp_adamw_clipped,
-             nonfinite_on_one_rank, replicate_counts_once, mismatched_params, wrong_layout_state_dict,
-             dcp_round_trip]
+             ddp_adamw_clipped, nonfinite_on_one_rank, nonfinite_raise_on_one_rank, replicate_counts_once, mismatched_params,
+             wrong_layout_state_dict, dcp_round_trip, full_state_dict_round_trip]
 
 
 def run(rank: int, port: int, out_dir: str, names: list[str]) -> None:
