@@ -82,7 +82,6 @@ def test_compiled_step_matches_eager(case, device):
     for i, (p, e) in enumerate(zip(model.parameters(), eager_model.parameters())):
         _assert_same(p, e, clipped, f"param {i}")
         for key, value in eager_opt.state[e].items():
-            # A skipped first step leaves SGD's zero momentum buffer in a compiled step (see SGD), none eagerly.
             _assert_same(opt.state[p][key], value, clipped, f"state {key} of param {i}")
     if clipped:
         _assert_same(opt.grad_norm, eager_opt.grad_norm, True, "grad_norm")
