@@ -37,10 +37,11 @@ ATOL = 1e-7
 
 
 def make_model() -> torch.nn.Module:
-    # 13 and 9 output rows do not divide by 2: uneven shards, one rank's last shard shorter.
+    # 13 and 9 output rows do not divide by 2: uneven shards, one rank's shard shorter; the last layer's one
+    # output row leaves rank 1 an empty shard of its weight and bias.
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(7, 13), torch.nn.Tanh(), torch.nn.Linear(13, 9),
-                               torch.nn.Tanh(), torch.nn.Linear(9, 3))
+                               torch.nn.Tanh(), torch.nn.Linear(9, 1))
 
 
 def shard(model: torch.nn.Module) -> torch.nn.Module:
@@ -54,7 +55,7 @@ def batch(step: int, rank: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The step's global batch (rank None) or this rank's slice of it; a mean loss over equal slices averaged
     over ranks (what FSDP2 and DDP do to grads) equals the mean over the global batch."""
     gen = torch.Generator().manual_seed(1000 + step)
-    x, y = torch.randn(WORLD * BATCH, 7, generator=gen), torch.randn(WORLD * BATCH, 3, generator=gen)
+    x, y = torch.randn(WORLD * BATCH, 7, generator=gen), torch.randn(WORLD * BATCH, 1, generator=gen)
     if rank is None:
         return x, y
     return x[rank * BATCH:(rank + 1) * BATCH], y[rank * BATCH:(rank + 1) * BATCH]

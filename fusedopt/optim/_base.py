@@ -215,9 +215,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         # reduces over the ranks that shard them (see _dist).
         reduction = _dist.plan(all_params)
         if reduction is not None:
-            if not getattr(self, "_dist_checked", False):
+            n_params = sum(len(group["params"]) for group in self.param_groups)
+            if getattr(self, "_dist_checked", None) != n_params:  # first step, or after add_param_group
                 _dist.check_same_params(self, reduction)
-                self._dist_checked = True
+                self._dist_checked = n_params
             per_local = [([_dist.local(p) for p in params], [_dist.local(g) for g in grads])
                          for params, grads in per_group]
             all_params = [p for params, _ in per_local for p in params]
