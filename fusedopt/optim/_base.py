@@ -159,7 +159,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def grad_norm(self) -> Tensor | None:
         """Global L2 norm of all grads before clipping (0-dim fp32, fp64 with fp64 grads, on the params'
         device), from the last step if it computed it (``max_grad_norm`` set or ``nonfinite`` != "ignore");
-        under GradScaler, unscaled."""
+        under GradScaler, unscaled; with DTensor (FSDP2) params, over all ranks' shards."""
         return self._last_step["grad_norm"]
 
     @property
