@@ -184,6 +184,30 @@ def nonfinite_on_one_rank(rank):
     assert all(float(opt.state[p]["step"]) == STEPS - 1 for p in model.parameters())
 
 
+def grad_scaler_inf_on_one_rank(rank):
+    """GradScaler with an inf on rank 1 only, under nonfinite="ignore": every rank skips the step. (The found_inf
+    the scaler hands over is already global: DTensor's dispatch all-reduces it, see found_inf_reduce_handler in
+    torch/distributed/tensor/_dispatch.py; fusedopt needs no collective of its own here.)"""
+    model = shard(make_model())
+    opt = fusedopt.AdamW(model.parameters(), **ADAMW, backend="cpu")
+    scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
+    for step in range(2):
+        x, y = batch(step, rank)
+        scaler.scale(torch.nn.functional.mse_loss(model(x), y)).backward()
+        if step == 1 and rank == 1:
+            next(model.parameters()).grad.to_local()[0, 0] = float("inf")
+        before = [p.to_local().clone() for p in model.parameters()]
+        scaler.step(opt)
+        changed = [not torch.equal(p.to_local(), b) for p, b in zip(model.parameters(), before)]
+        if step == 1:
+            assert bool(opt.found_nonfinite), "rank 1's inf must be seen on every rank"
+            assert not any(changed), "a param changed on a step that rank 1 skipped"
+        else:
+            assert any(changed) and not bool(opt.found_nonfinite)
+        scaler.update()
+        opt.zero_grad()
+
+
 def replicate_counts_once(rank):
     """A Replicate param holds the same grad on both ranks: the global norm counts it once, Shard(0) params
     once per shard; fusedopt's grad_norm equals clip_grad_norm_ over the full tensors."""
@@ -329,8 +353,9 @@ def nonfinite_raise_on_one_rank(rank):
 
 
 SCENARIOS = [fsdp_adamw_unclipped, fsdp_adamw_clipped, fsdp_sgd_clipped, hsdp_adamw_clipped, ddp_adamw_unclipped,
-             ddp_adamw_clipped, nonfinite_on_one_rank, nonfinite_raise_on_one_rank, replicate_counts_once, mismatched_params,
-             wrong_layout_state_dict, dcp_round_trip, full_state_dict_round_trip]
+             ddp_adamw_clipped, nonfinite_on_one_rank, nonfinite_raise_on_one_rank, grad_scaler_inf_on_one_rank,
+             replicate_counts_once, mismatched_params, wrong_layout_state_dict, dcp_round_trip,
+             full_state_dict_round_trip]
 
 
 def run(rank: int, port: int, out_dir: str, names: list[str]) -> None:
