@@ -213,7 +213,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         all_grads = [g for _, grads in per_group for g in grads]
         # DTensor params (FSDP2, tensor parallel): the kernels take their local shards, and the check pass
         # reduces over the ranks that shard them (see _dist).
-        reduction = _dist.plan(all_params)
+        reduction = _dist.plan(all_params, all_grads)
         if reduction is not None:
             n_params = sum(len(group["params"]) for group in self.param_groups)
             if getattr(self, "_dist_checked", None) != n_params:  # first step, or after add_param_group

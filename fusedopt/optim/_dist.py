@@ -89,8 +89,9 @@ def _group_of(mesh) -> object:
     return mesh._flatten().get_group()
 
 
-def plan(params: Sequence[Tensor]) -> Reduction | None:
-    """The reduction for a step over ``params`` (those with grads), or None when none is a DTensor."""
+def plan(params: Sequence[Tensor], grads: Sequence[Tensor]) -> Reduction | None:
+    """The reduction for a step over ``params`` (those with grads) and their ``grads``, or None when no param
+    is a DTensor."""
     # An exact type test in one C-level loop first: isinstance on each Parameter would cost a visible share of
     # a step over thousands of params.
     if _PLAIN.issuperset(map(type, params)):
@@ -107,9 +108,12 @@ def plan(params: Sequence[Tensor]) -> Reduction | None:
     root = roots.pop()
     size = root.size()
     weights: dict[float, list[int]] = {}
-    for i, p in enumerate(params):
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if isinstance(p, DTensor) != isinstance(g, DTensor):
+            raise RuntimeError(f"fusedopt: a parameter and its gradient must both be DTensors or both plain "
+                               f"tensors; got a {_layout(p)} with a {_layout(g)} gradient")
         # A plain tensor among DTensors is taken as replicated over the mesh (an unsharded module).
-        weights.setdefault((_shards(p) if isinstance(p, DTensor) else 1) / size, []).append(i)
+        weights.setdefault((_shards(g) if isinstance(g, DTensor) else 1) / size, []).append(i)
     return Reduction(_group_of(root), sorted(weights.items()))
 
 
