@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from fusedopt import ops
+from fusedopt.optim import _dist
 
 NONFINITE_POLICIES = ("ignore", "skip", "raise")
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -124,8 +125,7 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # GradScaler hands us grad_scale/found_inf instead of unscaling the grads itself.
     _step_supports_amp_scaling = True
-    _EXTRA_ATTRS = ("max_grad_norm", "nonfinite", "backend", "master_weights", "state_dtype", "_grad_norm",
-                    "_found_nonfinite")
+    _EXTRA_ATTRS = ("max_grad_norm", "nonfinite", "backend", "master_weights", "state_dtype", "_last_step")
     # Names of per-param state tensors that have the param's shape (kernels update them in place).
     _TENSOR_STATE_KEYS: tuple[str, ...] = ()
     # Flags that older checkpoints may lack, with the values torch.optim's namesake fills in (not this
@@ -155,8 +155,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.backend = backend
         self.master_weights = master_weights
         self.state_dtype = state_dtype
-        self._grad_norm: Tensor | None = None
-        self._found_nonfinite: Tensor | None = None
+        # grad_norm/found_nonfinite of the last step, in a dict made here: torch.compile (2.13) replays a compiled
+        # step's writes into a dict but drops attribute writes on an Optimizer object.
+        self._last_step: dict[str, Tensor | None] = {"grad_norm": None, "found_nonfinite": None}
 
     # --- attributes that must survive deepcopy/pickle (the base class keeps only defaults/state/groups) ---
     def __getstate__(self) -> dict[str, Any]:
@@ -173,6 +174,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("backend", "auto")
         self.__dict__.setdefault("master_weights", False)
         self.__dict__.setdefault("state_dtype", None)
+        self.__dict__.setdefault("_last_step", {"grad_norm": None, "found_nonfinite": None})
         for group in self.param_groups:
             for key, value in self._LEGACY_FLAG_DEFAULTS.items():
                 group.setdefault(key, value)
@@ -181,14 +183,14 @@ class FusedOptimizer(torch.optim.Optimizer):
     def grad_norm(self) -> Tensor | None:
         """Global L2 norm of all grads before clipping (0-dim fp32, fp64 with fp64 grads, on the params'
         device), from the last step if it computed it (``max_grad_norm`` set or ``nonfinite`` != "ignore");
-        under GradScaler, unscaled."""
-        return getattr(self, "_grad_norm", None)
+        under GradScaler, unscaled; with DTensor (FSDP2) params, over all ranks' shards."""
+        return self._last_step["grad_norm"]
 
     @property
     def found_nonfinite(self) -> Tensor | None:
         """0-dim bool tensor: whether the last step saw a NaN/inf gradient (and so, under "skip" or GradScaler,
         changed nothing)."""
-        return getattr(self, "_found_nonfinite", None)
+        return self._last_step["found_nonfinite"]
 
     def __repr__(self) -> str:
         extras = f"    max_grad_norm: {self.max_grad_norm}\n    nonfinite: {self.nonfinite}\n" \
@@ -247,13 +249,27 @@ class FusedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        self._grad_norm = None
-        self._found_nonfinite = None
+        last = self._last_step
+        last["grad_norm"] = last["found_nonfinite"] = None
         per_group = self._params_with_grads()
         all_params = [p for params, _ in per_group for p in params]
         if not all_params:
             return loss
         all_grads = [g for _, grads in per_group for g in grads]
+        # DTensor params (FSDP2, tensor parallel): the kernels take their local shards, and the check pass
+        # reduces over the ranks that shard them (see _dist).
+        reduction = _dist.plan(all_params, all_grads)
+        if reduction is not None:
+            n_params = sum(len(group["params"]) for group in self.param_groups)
+            if getattr(self, "_dist_checked", None) != n_params:  # first step, or after add_param_group
+                _dist.check_same_params(self, reduction)
+                self._dist_checked = n_params
+            per_local = [([_dist.local(p) for p in params], [_dist.local(g) for g in grads])
+                         for params, grads in per_group]
+            all_params = [p for params, _ in per_local for p in params]
+            all_grads = [g for _, grads in per_local for g in grads]
+        else:
+            per_local = per_group
         # Fast path: every grad is valid and every param/grad is a contiguous real tensor (checked in one native
         # call). Otherwise validate in Python (clear errors, before anything changes) and take the general path.
         ready = ops.kernel_ready(all_params, all_grads) or self._validate(per_group)
@@ -265,12 +281,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         found_inf = None if scaler_found_inf is None else scaler_found_inf.reshape(()).to(torch.float32)
         clip_coef = None
         if found_inf is not None:
-            self._found_nonfinite = found_inf > 0
+            last["found_nonfinite"] = found_inf > 0
 
         if self.max_grad_norm is not None or self.nonfinite != "ignore":
-            norm, nonfinite = self._check(all_grads, device, grad_scale, ready)
-            self._grad_norm = norm
-            self._found_nonfinite = nonfinite if found_inf is None else nonfinite | (found_inf > 0)
+            norm, nonfinite = self._check(all_grads, device, grad_scale, ready, reduction)
+            last["grad_norm"] = norm
+            last["found_nonfinite"] = nonfinite if found_inf is None else nonfinite | (found_inf > 0)
             if self.nonfinite == "raise":
                 self._raise_if_nonfinite(nonfinite, found_inf)
             elif self.nonfinite == "skip":
@@ -282,8 +298,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         fresh: set[Tensor] = set()
         states_per_group = [self._group_states(group, params, fresh)
                             for group, (params, _) in zip(self.param_groups, per_group)]
-        for group, (params, grads), states in zip(self.param_groups, per_group, states_per_group):
-            for bucket in self._buckets(group, params, grads, states, fresh, ready, grad_scale is not None):
+        if reduction is not None:  # kernels get the local shards of params, grads and states
+            fresh_local = {lp for (params, _), (lparams, _) in zip(per_group, per_local)
+                           for p, lp in zip(params, lparams) if p in fresh}
+            states_per_group = [_dist.local_states(states) for states in states_per_group]
+        else:
+            fresh_local = fresh
+        for group, (params, grads), states in zip(self.param_groups, per_local, states_per_group):
+            for bucket in self._buckets(group, params, grads, states, fresh_local, ready, grad_scale is not None):
                 self._update(bucket, group, grad_scale, clip_coef, found_inf)
                 for original, tmp in bucket.writeback:
                     original.copy_(tmp)
@@ -337,20 +359,35 @@ class FusedOptimizer(torch.optim.Optimizer):
             return f"parameter {names[param_index]!r}"
         return f"parameter {param_index} of param group {group_index}"
 
-    def _check(self, grads, device, grad_scale, ready: bool) -> tuple[Tensor, Tensor]:
-        """The check pass: global norm (unscaled, pre-clip) and the non-finite flag, both on the device."""
+    def _check(self, grads, device, grad_scale, ready: bool,
+               reduction: _dist.Reduction | None = None) -> tuple[Tensor, Tensor]:
+        """The check pass: global norm (unscaled, pre-clip) and the non-finite flag, both on the device. With
+        ``reduction`` (DTensor params), ``grads`` are local shards and the sums are all-reduced over the ranks."""
         if not ready:  # kernels take contiguous real tensors; this pass only reads, so copies need no writeback
             grads = [g if g.is_contiguous() else g.contiguous()
                      for g in (torch.view_as_real(g) if g.is_complex() else g for g in grads)]
-        total = None
-        for dtype, index in _split_by_dtype(grads).items():
-            partial = ops.resolve(self.backend, device, dtype).check([grads[i] for i in index])
-            total = partial if total is None else total + partial
+        if reduction is None:
+            total = self._check_sums(grads, device)
+        else:
+            total = None
+            for weight, index in reduction.classes:
+                part = self._check_sums([grads[i] for i in index], device)
+                part = part if weight == 1 else part * weight
+                total = part if total is None else total + part
+            total = reduction.all_reduce(total)
         sumsq, nonfinite = total[0], total[1] > 0
         norm = sumsq.sqrt()
         if grad_scale is not None:
             norm = norm / grad_scale
         return norm, nonfinite
+
+    def _check_sums(self, grads, device) -> Tensor:
+        """[sum of squares, non-finite flag] over ``grads``: one backend call per dtype."""
+        total = None
+        for dtype, index in _split_by_dtype(grads).items():
+            partial = ops.resolve(self.backend, device, dtype).check([grads[i] for i in index])
+            total = partial if total is None else total + partial
+        return total
 
     def _raise_if_nonfinite(self, nonfinite: Tensor, found_inf: Tensor | None) -> None:
         # "raise" must look at the flag on the host. Under GradScaler, inf/NaN in scaled grads is the scaler's
@@ -360,8 +397,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         bad = [self._describe(gi, pi)
                for gi, group in enumerate(self.param_groups)
                for pi, p in enumerate(group["params"])
-               if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
-        raise RuntimeError(f"{type(self).__name__}: non-finite gradient (NaN or inf) in {', '.join(bad)}; "
+               if p.grad is not None and not bool(torch.isfinite(_dist.local(p.grad)).all())]
+        where = ", ".join(bad) or "another rank's shard (DTensor parameters)"
+        raise RuntimeError(f"{type(self).__name__}: non-finite gradient (NaN or inf) in {where}; "
                            f"nothing was updated")
 
     def _group_states(self, group: dict, params: list[Tensor], fresh: set[Tensor]) -> list[dict | None]:
@@ -482,6 +520,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 return
             for pi, (saved_id, p) in enumerate(zip(saved_group["params"], group["params"])):
                 for key, value in state_dict["state"].get(saved_id, {}).items():
+                    if key in self._TENSOR_STATE_KEYS and torch.is_tensor(value):
+                        _dist.check_state_layout(value, p, self._describe(gi, pi), key)
                     if (key in self._TENSOR_STATE_KEYS or key == MASTER_KEY) and torch.is_tensor(value) \
                             and value.shape != p.shape:
                         raise ValueError(
