@@ -1,0 +1,143 @@
+"""Adam / AdamW as Triton kernels: math.h's adam_element, over all tensors of a call in two launches.
+
+1. ``_adam_steps_kernel`` (one program per TENSOR_BLOCK tensors): unless found_inf, increments every step count
+   on the device. 2. ``_adam_kernel`` (one program per BLOCK elements of one tensor): reads its tensor's new step
+   and computes the bias corrections from it in float64, then updates the elements. A skipped step (found_inf
+   != 0) masks every load and store off: nothing is written.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fusedopt.triton import _multi_tensor as mt
+from fusedopt.triton.math import (as_pointer, lerp, load_float, maximum, not_skipped, pow_int, prepare_grad,
+                                  scalar_f64, splat_load, store_float)
+
+# Record of tensor i: numel, then the addresses of param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master, step
+# (absent lists repeat the param's address; constexpr flags keep the kernel from touching them).
+_RECORD = 8
+
+
+@triton.jit(do_not_specialize=["n_tensors"])  # any count, one compilation
+def _adam_steps_kernel(records, n_tensors, found_inf_ptr, HAS_FOUND_INF: tl.constexpr, RECORD: tl.constexpr,
+                       TENSOR_BLOCK: tl.constexpr):
+    t = tl.program_id(0) * TENSOR_BLOCK + tl.arange(0, TENSOR_BLOCK)
+    mask = t < n_tensors
+    mask = not_skipped(mask, found_inf_ptr, t, HAS_FOUND_INF)
+    step_ptrs = tl.load(records + t * RECORD + 7, mask=mask, other=0).to(tl.pointer_type(tl.float32))
+    step = tl.load(step_ptrs, mask=mask, other=0.0)
+    tl.store(step_ptrs, step + 1.0, mask=mask)
+
+
+@triton.jit
+def _adam_kernel(records, work, lr: "fp64", beta1: "fp64", beta2: "fp64", eps: "fp64", weight_decay: "fp64",
+                 lr_ptr, grad_scale_ptr, clip_coef_ptr, found_inf_ptr,
+                 P_KIND: tl.constexpr, S_KIND: tl.constexpr, HAS_MASTER: tl.constexpr, HAS_LR_TENSOR: tl.constexpr,
+                 HAS_GRAD_SCALE: tl.constexpr, HAS_CLIP: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
+                 AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr, RECORD: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    item = tl.program_id(0).to(tl.int64)
+    t = tl.load(work + 2 * item)
+    offs = tl.load(work + 2 * item + 1) + tl.arange(0, BLOCK)
+    record = records + t * RECORD
+    mask = offs < tl.load(record)
+    mask = not_skipped(mask, found_inf_ptr, offs, HAS_FOUND_INF)
+
+    # Hyperparameters as math.h's adam_hyper/adam_step compute them on the host: in double, rounded to float.
+    if HAS_LR_TENSOR:
+        lr64 = tl.load(lr_ptr).to(tl.float64)
+    else:
+        lr64 = scalar_f64(lr)
+    beta1_64 = scalar_f64(beta1)
+    beta2_64 = scalar_f64(beta2)
+    wd64 = scalar_f64(weight_decay)
+    lerp_weight = (1.0 - beta1_64).to(tl.float32)
+    beta2_f = beta2_64.to(tl.float32)
+    one_minus_beta2 = (1.0 - beta2_64).to(tl.float32)
+    eps_f = scalar_f64(eps).to(tl.float32)
+    wd_f = wd64.to(tl.float32)
+    decay = (1.0 - lr64 * wd64).to(tl.float32)
+    step = tl.load(tl.load(record + 7).to(tl.pointer_type(tl.float32)))  # already incremented
+    step_size = (lr64 / (1.0 - pow_int(beta1_64, step))).to(tl.float32)
+    bc2_sqrt = tl.sqrt(1.0 - pow_int(beta2_64, step)).to(tl.float32)  # float64 sqrt is IEEE-rounded
+
+    p_ptr = as_pointer(tl.load(record + 1), P_KIND)
+    g_ptr = as_pointer(tl.load(record + 2), P_KIND)
+    m_ptr = as_pointer(tl.load(record + 3), S_KIND)
+    v_ptr = as_pointer(tl.load(record + 4), S_KIND)
+    g = load_float(g_ptr, offs, mask, P_KIND)
+    g = prepare_grad(g, grad_scale_ptr, clip_coef_ptr, g_ptr, offs, mask, P_KIND, HAS_GRAD_SCALE, HAS_CLIP,
+                     MAXIMIZE)
+    if HAS_MASTER:
+        master_ptr = as_pointer(tl.load(record + 6), 0)
+        p = load_float(master_ptr, offs, mask, 0)
+    else:
+        p = load_float(p_ptr, offs, mask, P_KIND)
+    m = load_float(m_ptr, offs, mask, S_KIND)
+    v = load_float(v_ptr, offs, mask, S_KIND)
+
+    # adam_element; `weight_decay != 0` is a runtime test, so a scheduler may move it to or from 0 freely.
+    if DECOUPLED:
+        p = tl.where(wd64 != 0.0, p * decay, p)
+    else:
+        g = tl.where(wd64 != 0.0, g + wd_f * p, g)
+    m = lerp(m, g, lerp_weight)
+    v = v * beta2_f + one_minus_beta2 * g * g
+    vhat = v
+    if AMSGRAD:
+        vmax_ptr = as_pointer(tl.load(record + 5), S_KIND)
+        vmax = maximum(load_float(vmax_ptr, offs, mask, S_KIND), v)
+        store_float(vmax_ptr, offs, vmax, mask, S_KIND)
+        vhat = vmax
+    denom = tl.div_rn(tl.sqrt_rn(vhat), bc2_sqrt) + eps_f
+    p = p - step_size * tl.div_rn(m, denom)
+
+    store_float(m_ptr, offs, m, mask, S_KIND)
+    store_float(v_ptr, offs, v, mask, S_KIND)
+    if HAS_MASTER:
+        store_float(master_ptr, offs, p, mask, 0)
+    store_float(p_ptr, offs, p, mask, P_KIND)
+
+
+def adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, steps, lr, beta1, beta2,
+                eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor=None, grad_scale=None, clip_coef=None,
+                found_inf=None) -> None:
+    device = mt.check_params(params, grads, _adam_kernel)
+    states = {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
+    if amsgrad:
+        states["max_exp_avg_sqs"] = max_exp_avg_sqs
+    if device is None:
+        for what, lst in {**states, "master_params": master_params, "steps": steps}.items():
+            mt.check_length(len(lst), 0, what)
+        return
+    state_dtype = mt.check_states(params, states)
+    has_master = mt.check_master(params, master_params)
+    mt.check_length(len(steps), len(params), "steps")
+    for i, s in enumerate(steps):
+        if s.device != device or s.dtype != torch.float32 or s.numel() != 1:
+            mt._fail(f"steps[{i}] must be a one-element float32 tensor on {device}, got {s.dtype} with "
+                     f"{s.numel()} elements on {s.device}")
+    for i in range(len(params)):
+        mt.check_disjoint(i, [params[i], grads[i], *(lst[i] for lst in states.values()),
+                              *([master_params[i]] if has_master else [])])
+    mt.check_optional(device, lr_tensor, grad_scale, clip_coef, found_inf)
+
+    block = mt.block_size(_adam_kernel)
+    columns = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else params,
+               master_params if has_master else params, steps]
+    records, work, n_work = mt.tables(device, columns, [p.numel() for p in params], block)
+    dummy = records
+    mt.launch(_adam_steps_kernel, (triton.cdiv(len(params), mt.TENSOR_BLOCK),), records, len(params),
+              mt.pointer_or_dummy(found_inf, dummy), HAS_FOUND_INF=found_inf is not None, RECORD=_RECORD,
+              TENSOR_BLOCK=mt.TENSOR_BLOCK)
+    if n_work == 0:
+        return
+    mt.launch(_adam_kernel, (n_work,), records, work, float(lr), float(beta1), float(beta2), float(eps),
+              float(weight_decay), mt.pointer_or_dummy(lr_tensor, dummy), mt.pointer_or_dummy(grad_scale, dummy),
+              mt.pointer_or_dummy(clip_coef, dummy), mt.pointer_or_dummy(found_inf, dummy),
+              P_KIND=mt.KIND[params[0].dtype], S_KIND=mt.KIND[state_dtype], HAS_MASTER=has_master,
+              HAS_LR_TENSOR=lr_tensor is not None, HAS_GRAD_SCALE=grad_scale is not None,
+              HAS_CLIP=clip_coef is not None, HAS_FOUND_INF=found_inf is not None, AMSGRAD=bool(amsgrad),
+              MAXIMIZE=bool(maximize), DECOUPLED=bool(decoupled), RECORD=_RECORD, BLOCK=block)
