@@ -1,8 +1,8 @@
 """Adam / AdamW as Triton kernels: math.h's adam_element, over all tensors of a call in two launches.
 
 1. ``_adam_steps_kernel`` (one program per TENSOR_BLOCK tensors): unless found_inf, increments every step count
-   on the device. 2. ``_adam_kernel`` (one program per BLOCK elements of one tensor): reads its tensor's new step
-   and computes the bias corrections from it in float64, then updates the elements. A skipped step (found_inf
+   on the device, and from the new count computes each tensor's bias corrections in float64 into a scratch
+   table. 2. ``_adam_kernel`` (one program per BLOCK elements of one tensor): the element update. A skipped step (found_inf
    != 0) masks every load and store off: nothing is written.
 """
 from __future__ import annotations
@@ -21,18 +21,27 @@ _RECORD = 8
 
 
 @triton.jit(do_not_specialize=["n_tensors"])  # any count, one compilation
-def _adam_steps_kernel(records, n_tensors, found_inf_ptr, HAS_FOUND_INF: tl.constexpr, RECORD: tl.constexpr,
+def _adam_steps_kernel(records, n_tensors, bias, lr: "fp64", beta1: "fp64", beta2: "fp64", lr_ptr, found_inf_ptr,
+                       HAS_LR_TENSOR: tl.constexpr, HAS_FOUND_INF: tl.constexpr, RECORD: tl.constexpr,
                        TENSOR_BLOCK: tl.constexpr):
     t = tl.program_id(0) * TENSOR_BLOCK + tl.arange(0, TENSOR_BLOCK)
     mask = t < n_tensors
-    mask = not_skipped(mask, found_inf_ptr, t, HAS_FOUND_INF)
     step_ptrs = tl.load(records + t * RECORD + 7, mask=mask, other=0).to(tl.pointer_type(tl.float32))
-    step = tl.load(step_ptrs, mask=mask, other=0.0)
-    tl.store(step_ptrs, step + 1.0, mask=mask)
+    step = tl.load(step_ptrs, mask=mask, other=0.0) + 1.0
+    tl.store(step_ptrs, step, mask=not_skipped(mask, found_inf_ptr, t, HAS_FOUND_INF))
+    # math.h's adam_step, in double from the incremented count as the host computes it there.
+    if HAS_LR_TENSOR:
+        lr64 = splat_load(lr_ptr, t).to(tl.float64)
+    else:
+        lr64 = scalar_f64(lr)
+    step_size = lr64 / (1.0 - pow_int(scalar_f64(beta1), step))
+    bc2_sqrt = tl.sqrt(1.0 - pow_int(scalar_f64(beta2), step))  # float64 sqrt is IEEE-rounded
+    tl.store(bias + 2 * t, step_size.to(tl.float32), mask=mask)
+    tl.store(bias + 2 * t + 1, bc2_sqrt.to(tl.float32), mask=mask)
 
 
 @triton.jit
-def _adam_kernel(records, work, lr: "fp64", beta1: "fp64", beta2: "fp64", eps: "fp64", weight_decay: "fp64",
+def _adam_kernel(records, work, bias, lr: "fp64", beta1: "fp64", beta2: "fp64", eps: "fp64", weight_decay: "fp64",
                  lr_ptr, grad_scale_ptr, clip_coef_ptr, found_inf_ptr,
                  P_KIND: tl.constexpr, S_KIND: tl.constexpr, HAS_MASTER: tl.constexpr, HAS_LR_TENSOR: tl.constexpr,
                  HAS_GRAD_SCALE: tl.constexpr, HAS_CLIP: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
@@ -45,23 +54,21 @@ def _adam_kernel(records, work, lr: "fp64", beta1: "fp64", beta2: "fp64", eps: "
     mask = offs < tl.load(record)
     mask = not_skipped(mask, found_inf_ptr, offs, HAS_FOUND_INF)
 
-    # Hyperparameters as math.h's adam_hyper/adam_step compute them on the host: in double, rounded to float.
+    # Hyperparameters as math.h's adam_hyper computes them on the host: in double, rounded to float.
     if HAS_LR_TENSOR:
         lr64 = tl.load(lr_ptr).to(tl.float64)
     else:
         lr64 = scalar_f64(lr)
-    beta1_64 = scalar_f64(beta1)
     beta2_64 = scalar_f64(beta2)
     wd64 = scalar_f64(weight_decay)
-    lerp_weight = (1.0 - beta1_64).to(tl.float32)
+    lerp_weight = (1.0 - scalar_f64(beta1)).to(tl.float32)
     beta2_f = beta2_64.to(tl.float32)
     one_minus_beta2 = (1.0 - beta2_64).to(tl.float32)
     eps_f = scalar_f64(eps).to(tl.float32)
     wd_f = wd64.to(tl.float32)
     decay = (1.0 - lr64 * wd64).to(tl.float32)
-    step = tl.load(tl.load(record + 7).to(tl.pointer_type(tl.float32)))  # already incremented
-    step_size = (lr64 / (1.0 - pow_int(beta1_64, step))).to(tl.float32)
-    bc2_sqrt = tl.sqrt(1.0 - pow_int(beta2_64, step)).to(tl.float32)  # float64 sqrt is IEEE-rounded
+    step_size = tl.load(bias + 2 * t)
+    bc2_sqrt = tl.load(bias + 2 * t + 1)
 
     p_ptr = as_pointer(tl.load(record + 1), P_KIND)
     g_ptr = as_pointer(tl.load(record + 2), P_KIND)
@@ -129,14 +136,16 @@ def adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_pa
                master_params if has_master else params, steps]
     records, work, n_work = mt.tables(device, columns, [p.numel() for p in params], block)
     dummy = records
-    mt.launch(_adam_steps_kernel, (triton.cdiv(len(params), mt.TENSOR_BLOCK),), records, len(params),
-              mt.pointer_or_dummy(found_inf, dummy), HAS_FOUND_INF=found_inf is not None, RECORD=_RECORD,
-              TENSOR_BLOCK=mt.TENSOR_BLOCK)
+    lr_arg, found_inf_arg = mt.pointer_or_dummy(lr_tensor, dummy), mt.pointer_or_dummy(found_inf, dummy)
+    bias = torch.empty((len(params), 2), dtype=torch.float32, device=device)  # step_size, bc2_sqrt per tensor
+    mt.launch(_adam_steps_kernel, (triton.cdiv(len(params), mt.TENSOR_BLOCK),), records, len(params), bias,
+              float(lr), float(beta1), float(beta2), lr_arg, found_inf_arg, HAS_LR_TENSOR=lr_tensor is not None,
+              HAS_FOUND_INF=found_inf is not None, RECORD=_RECORD, TENSOR_BLOCK=mt.TENSOR_BLOCK)
     if n_work == 0:
         return
-    mt.launch(_adam_kernel, (n_work,), records, work, float(lr), float(beta1), float(beta2), float(eps),
-              float(weight_decay), mt.pointer_or_dummy(lr_tensor, dummy), mt.pointer_or_dummy(grad_scale, dummy),
-              mt.pointer_or_dummy(clip_coef, dummy), mt.pointer_or_dummy(found_inf, dummy),
+    mt.launch(_adam_kernel, (n_work,), records, work, bias, float(lr), float(beta1), float(beta2), float(eps),
+              float(weight_decay), lr_arg, mt.pointer_or_dummy(grad_scale, dummy),
+              mt.pointer_or_dummy(clip_coef, dummy), found_inf_arg,
               P_KIND=mt.KIND[params[0].dtype], S_KIND=mt.KIND[state_dtype], HAS_MASTER=has_master,
               HAS_LR_TENSOR=lr_tensor is not None, HAS_GRAD_SCALE=grad_scale is not None,
               HAS_CLIP=clip_coef is not None, HAS_FOUND_INF=found_inf is not None, AMSGRAD=bool(amsgrad),
