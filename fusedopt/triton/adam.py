@@ -5,7 +5,6 @@
    table. 2. ``_adam_kernel`` (one program per BLOCK elements of one tensor): the element update. A skipped step (found_inf
    != 0) masks every load and store off: nothing is written.
 """
-from __future__ import annotations
 
 import torch
 import triton

@@ -4,7 +4,6 @@ Deterministic: each program writes the partial sum (fp32, one tl.sum over its BL
 exponent field of its block to its own slot; one more program adds the partials in order, in float64 (as the CPU
 kernel adds its chunk partials in double). One launch per grad dtype plus one, whatever the number of grads.
 """
-from __future__ import annotations
 
 import torch
 import triton

@@ -1,6 +1,5 @@
 """SGD as a Triton kernel: math.h's sgd_element over all tensors of a call in one launch (one program per BLOCK
 elements of one tensor). A skipped step (found_inf != 0) masks every load and store off: nothing is written."""
-from __future__ import annotations
 
 import triton
 import triton.language as tl
