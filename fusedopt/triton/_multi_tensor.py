@@ -10,6 +10,7 @@ copies nothing to the device. Nothing in a step reads a device value on the host
 from __future__ import annotations
 
 from collections import OrderedDict
+from operator import attrgetter
 
 import torch
 from torch import Tensor
@@ -46,15 +47,20 @@ def launch(kernel, grid, *args, **meta):
         kernel[grid](*args, **meta, num_warps=NUM_WARPS, enable_fp_fusion=False)
 
 
-def tables(device: torch.device, columns: list[list[Tensor]], numels: list[int], block: int,
-           extra: tuple[int, ...] = ()) -> tuple[Tensor, Tensor, int]:
+def tables(device: torch.device, columns: list[list[Tensor]], numels: tuple[int, ...], block: int,
+           extra: tuple[int, ...] = (), disjoint: list[list[Tensor]] = ()) -> tuple[Tensor, Tensor, int]:
     """(records, work, number of work items) on ``device``. Tensor ``i``'s record is ``[numel, address of
-    columns[0][i], columns[1][i], ..., extra[i]]``; work item ``k`` is ``[tensor index, first element]``."""
-    key = (device, block, tuple(numels), extra, tuple(tuple(t.data_ptr() for t in col) for col in columns))
+    columns[0][i], columns[1][i], ..., extra[i]]``; work item ``k`` is ``[tensor index, first element]``. The tensors
+    of one param in the ``disjoint`` lists (some of ``columns``) must not overlap in memory: checked when the
+    tables are built, as it depends on nothing but the key (addresses, sizes, dtypes)."""
+    key = (device, block, numels, extra, tuple(tuple(map(Tensor.data_ptr, col)) for col in columns),
+           tuple(col[0].dtype for col in columns if col))
     hit = _tables.get(key)
     if hit is not None:
         _tables.move_to_end(key)
         return hit
+    if disjoint:
+        check_disjoint(disjoint)
     records = []
     for i, numel in enumerate(numels):
         records.append(numel)
@@ -78,7 +84,10 @@ def clear_cache() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Validation: every argument, before anything is written, with errors in the C++ ops' words.
+# Validation: every argument, before anything is written, with errors in the C++ ops' words. Each list is checked
+# as a whole with C-level map()s (a few tenths of a microsecond per tensor); only when that fails does a loop over
+# its tensors find the first bad one for the message. Overlap depends only on addresses and sizes, the tables'
+# cache key, so it is checked when tables are built.
 
 
 def _fail(message: str):
@@ -99,79 +108,81 @@ def check_device(device: torch.device, kernel) -> None:
     _fail(f"the Triton backend cannot run tensors on {device}")
 
 
-def check_dense(t: Tensor, what: str, i: int, device: torch.device) -> None:
-    if t.layout != torch.strided:
-        _fail(f"{what}[{i}] is {t.layout}; sparse tensors are not supported")
-    if t.device != device:
-        _fail(f"{what}[{i}] is on {t.device}, expected {device}")
-    if t.is_complex():
-        _fail(f"{what}[{i}] is complex ({t.dtype}), which is not supported")
-    if not t.is_contiguous():
-        _fail(f"{what}[{i}] is not contiguous")
-
-
 def check_length(got: int, want: int, what: str) -> None:
     if got != want:
         _fail(f"{what} has {got} entries, expected {want} (one per param)")
 
 
-def check_like(t: Tensor, param: Tensor, dtype: torch.dtype, what: str, i: int) -> None:
-    check_dense(t, what, i, param.device)
-    if t.dtype != dtype:
-        _fail(f"{what}[{i}] has dtype {t.dtype}, expected {dtype}")
-    if t.numel() != param.numel():
-        _fail(f"{what}[{i}] has {t.numel()} elements but params[{i}] has {param.numel()}")
+_DEVICE, _DTYPE, _LAYOUT = attrgetter("device"), attrgetter("dtype"), attrgetter("layout")
 
 
-def check_params(params: list[Tensor], grads: list[Tensor], kernel) -> torch.device | None:
-    """Params and grads of an update; returns their device (None for an empty call)."""
+def check_list(tensors: list[Tensor], what: str, device: torch.device, dtypes: tuple, numels: tuple | None,
+               length: int | None = None, numels_of_params: bool = True) -> torch.dtype:
+    """``tensors`` are dense contiguous real tensors on ``device``, of one dtype among ``dtypes``, with ``numels``
+    elements each (one list entry per param); returns their dtype."""
+    if length is not None:
+        check_length(len(tensors), length, what)
+    if (set(map(_DEVICE, tensors)) == {device} and set(map(_LAYOUT, tensors)) == {torch.strided}
+            and len(found := set(map(_DTYPE, tensors))) == 1 and next(iter(found)) in dtypes
+            and all(map(Tensor.is_contiguous, tensors))
+            and (numels is None or tuple(map(Tensor.numel, tensors)) == numels)):
+        return tensors[0].dtype
+    for i, t in enumerate(tensors):  # find the first bad tensor, for the message
+        if t.layout != torch.strided:
+            _fail(f"{what}[{i}] is {t.layout}; sparse tensors are not supported")
+        if t.device != device:
+            _fail(f"{what}[{i}] is on {t.device}, expected {device}")
+        if t.is_complex():
+            _fail(f"{what}[{i}] is complex ({t.dtype}), which is not supported")
+        if not t.is_contiguous():
+            _fail(f"{what}[{i}] is not contiguous")
+        if t.dtype not in dtypes:
+            _fail(f"{what}[{i}] has dtype {t.dtype}, expected {' or '.join(map(str, dtypes))}")
+        if t.dtype != tensors[0].dtype:
+            _fail(f"{what}[{i}] has dtype {t.dtype} but {what}[0] has {tensors[0].dtype}; one call takes one "
+                  f"dtype per list")
+        if numels is not None and t.numel() != numels[i]:
+            _fail(f"{what}[{i}] has {t.numel()} elements but " +
+                  (f"params[{i}] has {numels[i]}" if numels_of_params else f"must have {numels[i]}"))
+    raise AssertionError("unreachable: the list check failed but no tensor is bad")
+
+
+def check_params(params: list[Tensor], grads: list[Tensor], kernel) -> tuple[torch.device, tuple] | None:
+    """Params and grads of an update; returns their device and numels (None for an empty call)."""
     check_length(len(grads), len(params), "grads")
     if not params:
         return None
     device = params[0].device
     check_device(device, kernel)
-    for i, (p, g) in enumerate(zip(params, grads)):
-        check_dense(p, "params", i, device)
-        if p.dtype not in KIND:
-            _fail(f"params[{i}] has dtype {p.dtype}; the Triton kernels take float32, bfloat16 or float16")
-        if p.dtype != params[0].dtype:
-            _fail(f"params[{i}] has dtype {p.dtype} but params[0] has {params[0].dtype}; one call takes one "
-                  f"param dtype")
-        check_like(g, p, p.dtype, "grads", i)
-    return device
+    dtype = check_list(params, "params", device, tuple(KIND), None)
+    numels = tuple(map(Tensor.numel, params))
+    check_list(grads, "grads", device, (dtype,), numels)
+    return device, numels
 
 
-def check_states(params: list[Tensor], columns: dict[str, list[Tensor]]) -> torch.dtype:
-    """State lists (each one per param), all float32 or all bfloat16 within a call; returns that dtype."""
-    state_dtype = None
-    for what, states in columns.items():
-        check_length(len(states), len(params), what)
-        for i, (s, p) in enumerate(zip(states, params)):
-            if state_dtype is None:
-                state_dtype = s.dtype
-                if s.dtype not in (torch.float32, torch.bfloat16):
-                    _fail(f"{what}[{i}] has dtype {s.dtype}; states are float32 or bfloat16")
-            check_like(s, p, state_dtype, what, i)
-    return state_dtype or torch.float32
+def check_states(states: dict[str, list[Tensor]], device: torch.device, numels: tuple) -> torch.dtype:
+    """State lists, one tensor per param, all float32 or all bfloat16 within a call; returns that dtype."""
+    dtypes = (torch.float32, torch.bfloat16)
+    for what, tensors in states.items():
+        dtypes = (check_list(tensors, what, device, dtypes, numels, len(numels)),)
+    return dtypes[0] if states else torch.float32
 
 
-def check_master(params: list[Tensor], master_params: list[Tensor]) -> bool:
-    if not master_params:
-        return False
-    check_length(len(master_params), len(params), "master_params")
-    for i, (m, p) in enumerate(zip(master_params, params)):
-        check_like(m, p, torch.float32, "master_params", i)
-    return True
+def check_master(master_params: list[Tensor], device: torch.device, numels: tuple) -> bool:
+    if master_params:
+        check_list(master_params, "master_params", device, (torch.float32,), numels, len(numels))
+    return bool(master_params)
 
 
-def check_disjoint(i: int, tensors: list[Tensor]) -> None:
-    # The kernels read and write a param's tensors in one pass with no alias checks: their memory must not
-    # overlap.
-    spans = [(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in tensors if t.numel()]
-    for a in range(len(spans)):
-        for b in range(a + 1, len(spans)):
-            if spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]:
-                _fail(f"the tensors of param {i} (param, grad, master copy and states) must not share memory")
+def check_disjoint(columns: list[list[Tensor]]) -> None:
+    """The tensors of one param (one per column) must not overlap: the kernels read and write them in one pass
+    with no alias checks."""
+    for i, tensors in enumerate(zip(*columns)):
+        spans = {(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in tensors if t.numel()}
+        spans = sorted(spans)
+        if len(spans) < sum(1 for t in tensors if t.numel()) or any(
+                b[0] < a[1] for a, b in zip(spans, spans[1:])):
+            _fail(f"the tensors of param {i} (param, grad, master copy and states) must not share memory")
 
 
 def check_scalar(t: Tensor | None, what: str, device: torch.device, float32_only: bool = False) -> None:

@@ -110,30 +110,25 @@ def _adam_kernel(records, work, bias, lr: "fp64", beta1: "fp64", beta2: "fp64", 
 def adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, steps, lr, beta1, beta2,
                 eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor=None, grad_scale=None, clip_coef=None,
                 found_inf=None) -> None:
-    device = mt.check_params(params, grads, _adam_kernel)
+    checked = mt.check_params(params, grads, _adam_kernel)
     states = {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
     if amsgrad:
         states["max_exp_avg_sqs"] = max_exp_avg_sqs
-    if device is None:
+    if checked is None:
         for what, lst in {**states, "master_params": master_params, "steps": steps}.items():
             mt.check_length(len(lst), 0, what)
         return
-    state_dtype = mt.check_states(params, states)
-    has_master = mt.check_master(params, master_params)
-    mt.check_length(len(steps), len(params), "steps")
-    for i, s in enumerate(steps):
-        if s.device != device or s.dtype != torch.float32 or s.numel() != 1:
-            mt._fail(f"steps[{i}] must be a one-element float32 tensor on {device}, got {s.dtype} with "
-                     f"{s.numel()} elements on {s.device}")
-    for i in range(len(params)):
-        mt.check_disjoint(i, [params[i], grads[i], *(lst[i] for lst in states.values()),
-                              *([master_params[i]] if has_master else [])])
+    device, numels = checked
+    state_dtype = mt.check_states(states, device, numels)
+    has_master = mt.check_master(master_params, device, numels)
+    mt.check_list(steps, "steps", device, (torch.float32,), (1,) * len(numels), len(numels), numels_of_params=False)
     mt.check_optional(device, lr_tensor, grad_scale, clip_coef, found_inf)
 
     block = mt.block_size(_adam_kernel)
     columns = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else params,
                master_params if has_master else params, steps]
-    records, work, n_work = mt.tables(device, columns, [p.numel() for p in params], block)
+    disjoint = [params, grads, *states.values(), *([master_params] if has_master else [])]
+    records, work, n_work = mt.tables(device, columns, numels, block, disjoint=disjoint)
     dummy = records
     lr_arg, found_inf_arg = mt.pointer_or_dummy(lr_tensor, dummy), mt.pointer_or_dummy(found_inf, dummy)
     bias = torch.empty((len(params), 2), dtype=torch.float32, device=device)  # step_size, bc2_sqrt per tensor

@@ -49,15 +49,17 @@ def check(grads: list[torch.Tensor]) -> torch.Tensor:
     device = grads[0].device
     mt.check_device(device, _partials_kernel)
     by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for i, g in enumerate(grads):
-        mt.check_dense(g, "grads", i, device)
-        if g.dtype not in mt.KIND:
-            mt._fail(f"grads[{i}] has dtype {g.dtype}; the Triton kernels take float32, bfloat16 or float16")
+    for g in grads:
         by_dtype.setdefault(g.dtype, []).append(g)
+    for dtype, group in by_dtype.items():
+        if dtype not in mt.KIND:
+            i = next(i for i, g in enumerate(grads) if g.dtype == dtype)
+            mt._fail(f"grads[{i}] has dtype {dtype}; the Triton kernels take float32, bfloat16 or float16")
+        mt.check_list(group, "grads", device, (dtype,), None)
     block = mt.block_size(_partials_kernel)
     launches = []
     for dtype, group in by_dtype.items():
-        records, work, n_work = mt.tables(device, [group], [g.numel() for g in group], block)
+        records, work, n_work = mt.tables(device, [group], tuple(map(torch.Tensor.numel, group)), block)
         launches.append((dtype, records, work, n_work))
     n_partials = sum(n for *_, n in launches)
     partials = torch.empty((max(n_partials, 1), 2), dtype=torch.float32, device=device)

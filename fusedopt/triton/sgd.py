@@ -69,27 +69,26 @@ def _sgd_kernel(records, work, lr: "fp64", weight_decay: "fp64", momentum: "fp64
 
 def sgd_update(params, grads, momentum_buffers, master_params, is_first, lr, weight_decay, momentum, dampening,
                nesterov, maximize, lr_tensor=None, grad_scale=None, clip_coef=None, found_inf=None) -> None:
-    device = mt.check_params(params, grads, _sgd_kernel)
+    checked = mt.check_params(params, grads, _sgd_kernel)
     has_momentum = momentum != 0
     # Without momentum the buffers and is_first are unused (empty, by convention).
     states = {"momentum_buffers": momentum_buffers} if has_momentum else {}
-    if device is None:
+    if checked is None:
         for what, lst in {**states, "master_params": master_params}.items():
             mt.check_length(len(lst), 0, what)
         return
-    state_dtype = mt.check_states(params, states)
-    has_master = mt.check_master(params, master_params)
+    device, numels = checked
+    state_dtype = mt.check_states(states, device, numels)
+    has_master = mt.check_master(master_params, device, numels)
     if has_momentum:
         mt.check_length(len(is_first), len(params), "is_first")
-    for i in range(len(params)):
-        mt.check_disjoint(i, [params[i], grads[i], *(lst[i] for lst in states.values()),
-                              *([master_params[i]] if has_master else [])])
     mt.check_optional(device, lr_tensor, grad_scale, clip_coef, found_inf)
 
     block = mt.block_size(_sgd_kernel)
     columns = [params, grads, momentum_buffers if has_momentum else params, master_params if has_master else params]
     first = tuple(int(bool(f)) for f in is_first) if has_momentum else (0,) * len(params)
-    records, work, n_work = mt.tables(device, columns, [p.numel() for p in params], block, extra=first)
+    disjoint = [params, grads, *states.values(), *([master_params] if has_master else [])]
+    records, work, n_work = mt.tables(device, columns, numels, block, extra=first, disjoint=disjoint)
     if n_work == 0:
         return
     dummy = records
