@@ -309,8 +309,13 @@ MATRIX = [pytest.param(alg, config, dtype, id=f"{config_id(alg, config)}-{_dtype
 
 @pytest.mark.parametrize("alg,config,dtype", MATRIX)
 def test_matches_torch(alg, config, backend, dtype):
+    assert_matches_torch(alg, config, backend, dtype)
+
+
+def assert_matches_torch(alg, config, backend: str, dtype, steps: int = STEPS) -> None:
+    """``steps`` of fusedopt on ``backend`` against torch.optim (test_triton.py reuses it with fewer steps)."""
     groups = make_params(dtype)
-    grads = make_grads(dtype)
+    grads = make_grads(dtype, steps)
     fused = run_fused(alg, config, backend, clone_params(groups), grads)
     if dtype not in LOW_PRECISION:
         expected = run_torch(alg, config, clone_params(groups), grads)

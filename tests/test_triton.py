@@ -21,6 +21,8 @@ import math
 import pytest
 import torch
 
+import test_parity
+from configs import ALL_CONFIGS, config_id
 from fusedopt import ops, reference
 from helpers import assert_bitwise_equal, assert_close, assert_within_ulps, require_backend
 
@@ -227,6 +229,23 @@ def test_bf16_param_rounds_to_nearest_even():
 
 def _truncate_bf16(x):
     return ((x.cpu().view(torch.int32) >> 16) << 16).view(torch.float32).to(torch.bfloat16).to(x.device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Through the optimizer classes: every config of the shared tables (configs.py, fusedopt's and torch's optim_db)
+# against torch.optim, with test_parity's params (two groups, odd shapes and layouts), grads and tolerances, in
+# fewer steps (the interpreter is slow).
+
+OPTIMIZER_STEPS = 3
+
+
+@pytest.mark.parametrize("alg,config,dtype", [
+    pytest.param(alg, config, dtype, id=f"{config_id(alg, config)}-{_name(dtype)}")
+    for dtype in DTYPES for alg, config in ALL_CONFIGS])
+def test_optimizer_matches_torch(alg, config, dtype):
+    if DEVICE.type != "cpu":
+        pytest.skip("test_parity's params are CPU tensors; on a GPU the op-level tests above cover the kernels")
+    test_parity.assert_matches_torch(alg, config, "triton", dtype, steps=OPTIMIZER_STEPS)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import triton.language as tl
 
 from fusedopt.triton import _multi_tensor as mt
 from fusedopt.triton.math import (as_pointer, lerp, load_float, maximum, not_skipped, pow_int, prepare_grad,
-                                  scalar_f64, splat_load, store_float)
+                                  splat_load, store_float)
 
 # Record of tensor i: numel, then the addresses of param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master, step
 # (absent lists repeat the param's address; constexpr flags keep the kernel from touching them).
@@ -32,9 +32,9 @@ def _adam_steps_kernel(records, n_tensors, bias, lr: "fp64", beta1: "fp64", beta
     if HAS_LR_TENSOR:
         lr64 = splat_load(lr_ptr, t).to(tl.float64)
     else:
-        lr64 = scalar_f64(lr)
-    step_size = lr64 / (1.0 - pow_int(scalar_f64(beta1), step))
-    bc2_sqrt = tl.sqrt(1.0 - pow_int(scalar_f64(beta2), step))  # float64 sqrt is IEEE-rounded
+        lr64 = tl.full((), lr, tl.float64)
+    step_size = lr64 / (1.0 - pow_int(tl.full((), beta1, tl.float64), step))
+    bc2_sqrt = tl.sqrt(1.0 - pow_int(tl.full((), beta2, tl.float64), step))  # float64 sqrt is IEEE-rounded
     tl.store(bias + 2 * t, step_size.to(tl.float32), mask=mask)
     tl.store(bias + 2 * t + 1, bc2_sqrt.to(tl.float32), mask=mask)
 
@@ -53,17 +53,18 @@ def _adam_kernel(records, work, bias, lr: "fp64", beta1: "fp64", beta2: "fp64", 
     mask = offs < tl.load(record)
     mask = not_skipped(mask, found_inf_ptr, offs, HAS_FOUND_INF)
 
-    # Hyperparameters as math.h's adam_hyper computes them on the host: in double, rounded to float.
+    # Hyperparameters as math.h's adam_hyper computes them on the host: in double, rounded to float. (Compiled,
+    # the float64 arguments are float64 scalars already; interpreted, Python floats: `full` types both.)
     if HAS_LR_TENSOR:
         lr64 = tl.load(lr_ptr).to(tl.float64)
     else:
-        lr64 = scalar_f64(lr)
-    beta2_64 = scalar_f64(beta2)
-    wd64 = scalar_f64(weight_decay)
-    lerp_weight = (1.0 - scalar_f64(beta1)).to(tl.float32)
+        lr64 = tl.full((), lr, tl.float64)
+    beta2_64 = tl.full((), beta2, tl.float64)
+    wd64 = tl.full((), weight_decay, tl.float64)
+    lerp_weight = (1.0 - tl.full((), beta1, tl.float64)).to(tl.float32)
     beta2_f = beta2_64.to(tl.float32)
     one_minus_beta2 = (1.0 - beta2_64).to(tl.float32)
-    eps_f = scalar_f64(eps).to(tl.float32)
+    eps_f = tl.full((), eps, tl.float64).to(tl.float32)
     wd_f = wd64.to(tl.float32)
     decay = (1.0 - lr64 * wd64).to(tl.float32)
     step_size = tl.load(bias + 2 * t)

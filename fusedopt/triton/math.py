@@ -18,20 +18,16 @@ F16 = 2
 
 
 @triton.jit
-def memory_type(KIND: tl.constexpr):
-    """The pointer element type the kernels use for a tensor of ``KIND`` (bf16 as its uint16 bits)."""
-    if KIND == 1:
-        return tl.uint16
-    elif KIND == 2:
-        return tl.float16
-    else:
-        return tl.float32
-
-
-@triton.jit
 def as_pointer(address, KIND: tl.constexpr):
-    """An int64 address from a table as a pointer to elements of ``KIND``."""
-    return address.to(tl.pointer_type(memory_type(KIND)))
+    """An int64 address from a table as a pointer to the elements of a ``KIND`` tensor (bf16 as its uint16
+    bits)."""
+    if KIND == 1:
+        element = tl.uint16
+    elif KIND == 2:
+        element = tl.float16
+    else:
+        element = tl.float32
+    return address.to(tl.pointer_type(element))
 
 
 @triton.jit
@@ -90,13 +86,6 @@ def not_skipped(mask, found_inf_ptr, offs, HAS_FOUND_INF: tl.constexpr):
     if HAS_FOUND_INF:
         mask = mask & (splat_load(found_inf_ptr, offs).to(tl.float32) == 0.0)
     return mask
-
-
-@triton.jit
-def scalar_f64(x):
-    """A float64 kernel argument as a float64 scalar: compiled kernels get it typed by the ``"fp64"`` annotation,
-    the interpreter as a Python float; ``full`` makes both a float64 value."""
-    return tl.full((), x, tl.float64)
 
 
 @triton.jit

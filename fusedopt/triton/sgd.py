@@ -5,7 +5,7 @@ import triton
 import triton.language as tl
 
 from fusedopt.triton import _multi_tensor as mt
-from fusedopt.triton.math import (as_pointer, load_float, not_skipped, prepare_grad, scalar_f64, splat_load,
+from fusedopt.triton.math import (as_pointer, load_float, not_skipped, prepare_grad, splat_load,
                                   store_float)
 
 # Record of tensor i: numel, then the addresses of param, grad, momentum_buffer, master, then is_first (0/1).
@@ -31,11 +31,11 @@ def _sgd_kernel(records, work, lr: "fp64", weight_decay: "fp64", momentum: "fp64
     if HAS_LR_TENSOR:
         lr_f = tl.load(lr_ptr).to(tl.float32)
     else:
-        lr_f = scalar_f64(lr).to(tl.float32)
-    wd64 = scalar_f64(weight_decay)
+        lr_f = tl.full((), lr, tl.float64).to(tl.float32)
+    wd64 = tl.full((), weight_decay, tl.float64)
     wd_f = wd64.to(tl.float32)
-    momentum_f = scalar_f64(momentum).to(tl.float32)
-    one_minus_dampening = (1.0 - scalar_f64(dampening)).to(tl.float32)
+    momentum_f = tl.full((), momentum, tl.float64).to(tl.float32)
+    one_minus_dampening = (1.0 - tl.full((), dampening, tl.float64)).to(tl.float32)
 
     p_ptr = as_pointer(tl.load(record + 1), P_KIND)
     g_ptr = as_pointer(tl.load(record + 2), P_KIND)
