@@ -2,8 +2,10 @@
 
 1. ``_adam_steps_kernel`` (one program per TENSOR_BLOCK tensors): unless found_inf, increments every step count
    on the device, and from the new count computes each tensor's bias corrections in float64 into a scratch
-   table. 2. ``_adam_kernel`` (one program per BLOCK elements of one tensor): the element update. A skipped step (found_inf
-   != 0) masks every load and store off: nothing is written.
+   table.
+2. ``_adam_kernel`` (one program per BLOCK elements of one tensor): the element update.
+
+A skipped step (found_inf != 0) masks every load and store of the caller's tensors off: nothing is written.
 """
 
 import torch
