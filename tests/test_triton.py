@@ -16,7 +16,12 @@ Tolerances (why):
 - against the compiled CPU backend: bit for bit (both evaluate math.h in the same order with the same
   roundings), params, states, grads and step counts.
 """
+import json
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -556,6 +561,30 @@ def test_hyperparameter_changes_never_recompile_on_gpu():
     for cfg in SCHEDULES["adam"][1:]:
         call(ft, "adam", state, grads, cfg, [])
     assert [len(k.device_caches[device][0]) for k in kernels] == before
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Compiled for a GPU (no GPU needed): the kernels go through Triton's whole compiler and ptxas for sm_90, and the
+# PTX evaluates math.h's roundings: no contraction (the only fp32 fma are lerp's two per element, selected
+# between), correctly rounded fp32 division and square root, float64 bias corrections.
+
+
+def test_kernels_compile_for_gpu_with_mathh_roundings():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, str(root / "tests" / "triton_ptx.py")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, f in facts.items():
+        assert f["div_approx"] == f["sqrt_approx"] == f["rcp_approx"] == 0, (name, f)
+    per_thread = facts["adam_bf16_master_amsgrad"]["elements_per_thread"]
+    adam = facts["adam_bf16_master_amsgrad"]
+    assert adam["fma_f32"] == 2 * per_thread, adam  # lerp only
+    assert adam["div_rn_f32"] == 3 * per_thread and adam["sqrt_rn_f32"] == per_thread, adam  # unscale, 2 in denom
+    assert facts["sgd_fp32_nesterov"]["fma_f32"] == 0 and facts["sgd_fp32_nesterov"]["div_rn_f32"] == per_thread
+    assert facts["adam_steps"]["fp64_sqrt"] >= 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
