@@ -16,6 +16,7 @@ Tolerances (why):
 - against the compiled CPU backend: bit for bit (both evaluate math.h in the same order with the same
   roundings), params, states, grads and step counts.
 """
+import dataclasses
 import json
 import math
 import os
@@ -27,7 +28,7 @@ import pytest
 import torch
 
 import test_parity
-from configs import ALL_CONFIGS, REPRESENTATIVE, config_id
+from configs import ALL_CONFIGS, REPRESENTATIVE, config_id, select
 from fusedopt import ops, reference
 from helpers import assert_bitwise_equal, assert_close, assert_within_ulps, require_backend
 
@@ -259,6 +260,35 @@ def test_optimizer_matches_torch(alg, config, dtype):
     if DEVICE.type != "cpu":
         pytest.skip("test_parity's params are CPU tensors; on a GPU the op-level tests above cover the kernels")
     test_parity.assert_matches_torch(alg, config, "triton", dtype, steps=OPTIMIZER_STEPS, specs=OPTIMIZER_PARAMS)
+
+
+MIXED_PRECISION = {"master": dict(master_weights=True), "bf16-states": dict(state_dtype=torch.bfloat16),
+                   "master-bf16-states": dict(master_weights=True, state_dtype=torch.bfloat16)}
+
+
+@pytest.mark.parametrize("dtype,mode", [(torch.bfloat16, m) for m in MIXED_PRECISION] + [(torch.float16, "master")],
+                         ids=lambda x: _name(x) if isinstance(x, torch.dtype) else x)
+@pytest.mark.parametrize("alg,config", select("SGD-fusedopt:dampening", "Adam-fusedopt:everything",
+                                              "AdamW-fusedopt:clip_active"), ids=lambda x: getattr(x, "id", None))
+def test_optimizer_mixed_precision_equals_cpu(alg, config, dtype, mode):
+    """master_weights / state_dtype through the optimizer classes: params and every state entry (the fp32
+    masters, bf16 states, step counts) bit for bit equal to the CPU backend's."""
+    if DEVICE.type != "cpu":
+        pytest.skip("compares with the CPU backend on CPU tensors")
+    require_backend("cpu")
+    config = dataclasses.replace(config, extras={**config.extras, **MIXED_PRECISION[mode]})
+    groups = test_parity.make_params(dtype, specs=OPTIMIZER_PARAMS)
+    grads = test_parity.make_grads(dtype, OPTIMIZER_STEPS, specs=OPTIMIZER_PARAMS)
+    runs = [test_parity.run_fused(alg, config, backend, test_parity.clone_params(groups), grads)
+            for backend in ("triton", "cpu")]
+    for i, (a, b) in enumerate(zip(runs[0].params, runs[1].params, strict=True)):
+        assert_bitwise_equal(a, b, name=f"param {i}")
+    for i, (sa, sb) in enumerate(zip(runs[0].states, runs[1].states, strict=True)):
+        assert sorted(sa) == sorted(sb), f"state keys of param {i}"
+        if mode.startswith("master") and sb:
+            assert "master_param" in sb, f"param {i} has no master copy"
+        for key in sb:
+            assert_bitwise_equal(sa[key], sb[key], name=f"state[{i}][{key!r}]")
 
 
 # ---------------------------------------------------------------------------------------------------------------
