@@ -7,8 +7,10 @@ tensor). Choosing a backend is a dictionary lookup: ``resolve(name, device, dtyp
 """
 from __future__ import annotations
 
+import importlib.util
 import types
 import warnings
+from typing import Optional
 
 import torch
 
@@ -21,7 +23,7 @@ try:
 except ImportError as exc:  # not built, or built against another torch
     EXTENSION_ERROR = exc
 
-BACKEND_NAMES = ("auto", "cpu", "reference")
+BACKEND_NAMES = ("auto", "cpu", "reference", "triton")
 # dtypes the compiled kernels take (fp32 math); others (fp64, and complex via view_as_real of fp64) go to the
 # reference path, which computes in the param's own precision.
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -66,6 +68,76 @@ if EXTENSION_ERROR is None:
         return None
 
 
+# --- Triton: imported on first use (importing triton costs ~0.7 s). Its kernels run CUDA tensors, and CPU tensors
+# under the Triton interpreter (TRITON_INTERPRET=1 set before fusedopt.triton is first imported). Each function is a
+# torch.library custom op, so torch.compile traces a step through it (the kernels stay opaque to the compiler).
+TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
+
+
+def _triton():
+    import fusedopt.triton
+
+    return fusedopt.triton
+
+
+if TRITON_AVAILABLE:
+    @torch.library.custom_op("fusedopt::triton_check", mutates_args=())
+    def _triton_check(grads: list[torch.Tensor]) -> torch.Tensor:
+        return _triton().check(grads)
+
+    @_triton_check.register_fake
+    def _triton_check_fake(grads):
+        return grads[0].new_empty((2,), dtype=torch.float32)
+
+    @torch.library.custom_op("fusedopt::triton_sgd_update",
+                             mutates_args=("params", "grads", "momentum_buffers", "master_params"))
+    def _triton_sgd_update(params: list[torch.Tensor], grads: list[torch.Tensor],
+                           momentum_buffers: list[torch.Tensor], master_params: list[torch.Tensor],
+                           is_first: list[bool], lr: float, weight_decay: float, momentum: float, dampening: float,
+                           nesterov: bool, maximize: bool, lr_tensor: Optional[torch.Tensor],
+                           grad_scale: Optional[torch.Tensor], clip_coef: Optional[torch.Tensor],
+                           found_inf: Optional[torch.Tensor]) -> None:
+        _triton().sgd_update(params, grads, momentum_buffers, master_params, is_first, lr, weight_decay, momentum,
+                             dampening, nesterov, maximize, lr_tensor, grad_scale, clip_coef, found_inf)
+
+    @_triton_sgd_update.register_fake
+    def _triton_sgd_update_fake(*args):
+        return None
+
+    @torch.library.custom_op("fusedopt::triton_adam_update",
+                             mutates_args=("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs",
+                                           "master_params", "steps"))
+    def _triton_adam_update(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+                            exp_avg_sqs: list[torch.Tensor], max_exp_avg_sqs: list[torch.Tensor],
+                            master_params: list[torch.Tensor], steps: list[torch.Tensor], lr: float, beta1: float,
+                            beta2: float, eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
+                            decoupled: bool, lr_tensor: Optional[torch.Tensor], grad_scale: Optional[torch.Tensor],
+                            clip_coef: Optional[torch.Tensor], found_inf: Optional[torch.Tensor]) -> None:
+        _triton().adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, steps, lr,
+                              beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor, grad_scale,
+                              clip_coef, found_inf)
+
+    @_triton_adam_update.register_fake
+    def _triton_adam_update_fake(*args):
+        return None
+
+    def _triton_entry(name: str, op):
+        """Eager calls go straight to the launcher (no dispatcher round trip); torch.compile sees the op."""
+        def call(*args):
+            if torch.compiler.is_compiling():
+                return op(*args)
+            return getattr(_triton(), name)(*args)
+
+        call.__name__ = name
+        return call
+
+    BACKENDS["triton"] = types.SimpleNamespace(
+        check=_triton_entry("check", _triton_check),
+        sgd_update=_triton_entry("sgd_update", _triton_sgd_update),
+        adam_update=_triton_entry("adam_update", _triton_adam_update),
+    )
+
+
 def kernel_ready(params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
     """True when every grad is valid for its param (dtype, shape, device, dense) and every param and grad is a
     contiguous real tensor on one device: checked in one native call, so the step's per-param Python work stays
@@ -84,6 +156,9 @@ def check_backend_name(name: str) -> None:
     """Validate a user's ``backend=`` argument at construction time."""
     if name not in BACKEND_NAMES:
         raise ValueError(f"Invalid backend: {name!r}; expected one of {', '.join(map(repr, BACKEND_NAMES))}")
+    if name == "triton" and not TRITON_AVAILABLE:
+        raise RuntimeError("fusedopt backend 'triton' is not available: the triton package is not installed "
+                           "(pip install triton==3.9.0, the version requirements.txt pins)")
     if name != "auto" and name not in BACKENDS:
         raise RuntimeError(
             f"fusedopt backend {name!r} is not available: the compiled extension fusedopt._C failed to import "
@@ -108,6 +183,8 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype):
         elif name == "reference":
             _warn_once(device.type, f"fusedopt: no compiled kernels for {device.type} tensors yet; using the "
                                     f"slow pure-torch reference")
+    elif name == "triton":
+        _triton().check_device(device)  # CUDA compiled, CPU interpreted: each only in its mode
     elif name != "reference" and _KERNEL_FOR_DEVICE.get(device.type) != name:
         raise RuntimeError(f"fusedopt backend {name!r} cannot run tensors on device {device}")
     return BACKENDS[name]

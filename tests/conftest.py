@@ -1,8 +1,19 @@
 """Fixtures shared by the test files. ``backend`` runs a test once per fusedopt backend; the compiled one must
-exist: a missing or broken extension fails the "cpu" cases instead of skipping them."""
-import pytest
+exist: a missing or broken extension fails the "cpu" cases instead of skipping them.
 
-from helpers import require_backend
+Without a GPU, the Triton backend's tests (test_triton.py, its own file: the interpreter is too slow for the
+shared ``backend`` matrix) run its kernels on CPU tensors under the Triton interpreter, which must be chosen
+before anything imports triton: it is set here, at collection, and only then. No other test file runs Triton
+kernels, and torch's CPU compiler (inductor's C++ backend) does not use Triton, so they are unaffected."""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from helpers import require_backend  # noqa: E402
 
 BACKEND_NAMES = ("reference", "cpu")
 

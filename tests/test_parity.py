@@ -259,17 +259,17 @@ def _scale(t: Tensor) -> float:
     return float(finite.abs().max()) if finite.numel() else 0.0
 
 
-def assert_low_precision_bound(fused: Run, torch_lp: Run, truth: Run, dtype) -> None:
+def assert_low_precision_bound(fused: Run, torch_lp: Run, truth: Run, dtype, names=PARAM_NAMES) -> None:
     """err(fused) <= 2 * err(torch_lp) + one ``dtype`` ulp at the truth's largest magnitude, for the params and
     for each state entry, where err is the largest abs error against the fp32 truth over all elements of that
     quantity in the run (all params pooled, all exp_avg pooled, ...: a one-element tensor's error is a single
     sample, where torch can get lucky). Step counts must be exact."""
     quantities = {"params": (fused.params, torch_lp.params, truth.params)}
     for i, (sf, st, se) in enumerate(zip(fused.states, torch_lp.states, truth.states, strict=True)):
-        assert sorted(sf) == sorted(se), f"state keys of {PARAM_NAMES[i]!r}: {sorted(sf)} vs torch's {sorted(se)}"
+        assert sorted(sf) == sorted(se), f"state keys of {names[i]!r}: {sorted(sf)} vs torch's {sorted(se)}"
         for key in se:
             if key == "step":
-                assert_bitwise_equal(sf[key], se[key], name=f"state[{PARAM_NAMES[i]!r}]['step']")
+                assert_bitwise_equal(sf[key], se[key], name=f"state[{names[i]!r}]['step']")
                 continue
             for pooled, value in zip(quantities.setdefault(key, ([], [], [])), (sf[key], st[key], se[key])):
                 pooled.append(value)
@@ -309,18 +309,25 @@ MATRIX = [pytest.param(alg, config, dtype, id=f"{config_id(alg, config)}-{_dtype
 
 @pytest.mark.parametrize("alg,config,dtype", MATRIX)
 def test_matches_torch(alg, config, backend, dtype):
-    groups = make_params(dtype)
-    grads = make_grads(dtype)
+    assert_matches_torch(alg, config, backend, dtype)
+
+
+def assert_matches_torch(alg, config, backend: str, dtype, steps: int = STEPS, specs=PARAM_SPECS) -> None:
+    """``steps`` of fusedopt on ``backend`` against torch.optim (test_triton.py reuses it with fewer steps and
+    params)."""
+    names = [name for group in specs for name, _, _ in group]
+    groups = make_params(dtype, specs=specs)
+    grads = make_grads(dtype, steps, specs=specs)
     fused = run_fused(alg, config, backend, clone_params(groups), grads)
     if dtype not in LOW_PRECISION:
         expected = run_torch(alg, config, clone_params(groups), grads)
-        assert_runs_close(fused, expected, dtype, tol=fp64_tolerance(config, dtype))
+        assert_runs_close(fused, expected, dtype, names=names, tol=fp64_tolerance(config, dtype))
         return
     truth = run_torch(alg, config, clone_params(groups, torch.float32),
                       [[g.float() for g in step] for step in grads], dtype=dtype)
     torch_lp = run_torch(alg, config, clone_params(groups), grads)
-    assert_low_precision_bound(fused, torch_lp, truth, dtype)
-    for name, state in zip(PARAM_NAMES, fused.states):
+    assert_low_precision_bound(fused, torch_lp, truth, dtype, names=names)
+    for name, state in zip(names, fused.states):
         for key, value in state.items():
             assert value.dtype == torch.float32, f"state[{name!r}][{key!r}] of a {dtype} param is {value.dtype}"
     for step, (nf, nt) in enumerate(zip(fused.norms, truth.norms, strict=True)):

@@ -1,0 +1,130 @@
+"""Per-element rules of csrc/include/fusedopt/math.h as ``@triton.jit`` functions, in the same order of
+operations: one rounding per operation (launch with ``enable_fp_fusion=False``, the counterpart of
+``-ffp-contract=off``), divisions and square roots correctly rounded (``div_rn``/``sqrt_rn``; Triton's ``/`` and
+``sqrt`` are approximate on NVIDIA GPUs), and ``fma`` only where math.h writes one (lerp).
+
+Low-precision values move as their 16 bits (the kernels view bf16 memory as uint16) and convert with math.h's
+bit formulas: the interpreter's own fp32->bf16 cast truncates instead of rounding, the formulas round to
+nearest even on every target, so interpreter and GPU give the same bits. fp16 uses Triton's cast, which rounds
+to nearest even on the GPU (cvt.rn) and in the interpreter (numpy), as math.h's float_to_fp16 does.
+"""
+import triton
+import triton.language as tl
+
+# Element kinds of a tensor in memory (constexpr switches of the kernels).
+F32 = 0
+BF16 = 1
+F16 = 2
+
+
+@triton.jit
+def as_pointer(address, KIND: tl.constexpr):
+    """An int64 address from a table as a pointer to the elements of a ``KIND`` tensor (bf16 as its uint16
+    bits)."""
+    if KIND == 1:
+        element = tl.uint16
+    elif KIND == 2:
+        element = tl.float16
+    else:
+        element = tl.float32
+    return address.to(tl.pointer_type(element))
+
+
+@triton.jit
+def is_nonfinite(x):
+    # Exponent all ones: inf or NaN, read from the bits as math.h does.
+    return (x.to(tl.uint32, bitcast=True) & 0x7F800000) == 0x7F800000
+
+
+@triton.jit
+def bf16_to_float(h):
+    return (h.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def float_to_bf16(x):
+    u = x.to(tl.uint32, bitcast=True)
+    # Round to nearest even: add just under half an ulp plus the lowest kept bit, then drop the low 16 bits.
+    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    # A NaN could round to inf (or wrap): keep its sign and top payload and force the quiet bit instead.
+    nan = (u >> 16) | 0x0040
+    is_nan = (u & 0x7FFFFFFF) > 0x7F800000
+    return tl.where(is_nan, nan, rounded).to(tl.uint16)
+
+
+@triton.jit
+def load_float(ptr, offs, mask, KIND: tl.constexpr):
+    """Elements of a ``KIND`` tensor as fp32."""
+    x = tl.load(ptr + offs, mask=mask, other=0)
+    if KIND == 1:
+        return bf16_to_float(x)
+    else:
+        return x.to(tl.float32)
+
+
+@triton.jit
+def store_float(ptr, offs, x, mask, KIND: tl.constexpr):
+    """fp32 values stored into a ``KIND`` tensor, rounded to nearest even."""
+    if KIND == 1:
+        tl.store(ptr + offs, float_to_bf16(x), mask=mask)
+    elif KIND == 2:
+        tl.store(ptr + offs, x.to(tl.float16), mask=mask)
+    else:
+        tl.store(ptr + offs, x, mask=mask)
+
+
+@triton.jit
+def splat_load(ptr, offs):
+    """The value at ``ptr`` in every lane of ``offs``'s shape. Flags that mask a vector are compared as vectors:
+    the interpreter mis-types comparisons of 0-d values (their result cannot be combined with a mask)."""
+    return tl.load(ptr + tl.zeros_like(offs))
+
+
+@triton.jit
+def not_skipped(mask, found_inf_ptr, offs, HAS_FOUND_INF: tl.constexpr):
+    """``mask`` with every lane off when found_inf != 0: a skipped step loads and stores nothing."""
+    if HAS_FOUND_INF:
+        mask = mask & (splat_load(found_inf_ptr, offs).to(tl.float32) == 0.0)
+    return mask
+
+
+@triton.jit
+def lerp(start, end, weight):
+    # torch.lerp: two branches so that weight 1 gives exactly `end`, each a single fused multiply-add.
+    return tl.where(weight < 0.5, tl.fma(weight, end - start, start), tl.fma(weight - 1.0, end - start, end))
+
+
+@triton.jit
+def maximum(a, b):
+    # torch.maximum: a NaN in either operand wins.
+    return tl.where((a != a) | (a > b), a, b)
+
+
+@triton.jit
+def pow_int(base, n):
+    """``base ** n`` (float64) for an integral float32 count ``n`` < 2^32, by repeated squaring: no libdevice
+    (the interpreter lacks it), within a few float64 ulps of Python's ``base ** n`` (far below float32's)."""
+    k = n.to(tl.int64)
+    result = tl.full(base.shape, 1.0, tl.float64)
+    for _ in tl.static_range(32):
+        result = tl.where((k & 1) != 0, result * base, result)
+        base = base * base
+        k = k >> 1
+    return result
+
+
+@triton.jit
+def prepare_grad(g, grad_scale_ptr, clip_coef_ptr, grads_ptr, offs, mask, G_KIND: tl.constexpr,
+                 HAS_GRAD_SCALE: tl.constexpr, HAS_CLIP: tl.constexpr, MAXIMIZE: tl.constexpr):
+    """GradScaler unscale (written back to the grad), then clip and maximize as one factor (math.h's
+    unscale_grad, grad_factor, prepare_grad)."""
+    if HAS_GRAD_SCALE:
+        g = tl.div_rn(g, tl.load(grad_scale_ptr).to(tl.float32))
+        store_float(grads_ptr, offs, g, mask, G_KIND)
+    if HAS_CLIP:
+        factor = tl.load(clip_coef_ptr).to(tl.float32)
+    else:
+        factor = tl.full((), 1.0, tl.float32)
+    if MAXIMIZE:
+        factor = -factor
+    return g * factor
