@@ -68,6 +68,8 @@ def plot_sweep(data: dict[str, Any], path: str | os.PathLike) -> bool:
                         "k--", lw=1.2, label=f"roofline ({roof[0]['roofline_probe']}, ~{gbs:.0f} GB/s)")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
+            ax.set_xticks(sorted({d["n_params"] for d in rows}))
+            ax.minorticks_off()
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_params(int(v))))
             ax.grid(True, which="major", alpha=0.3)
             ax.set_title(f"{OPTIMS[optim].label}: {JOB_TITLE[job]}", fontsize=10)
@@ -117,7 +119,7 @@ def plot_speedup(data: dict[str, Any], path: str | os.PathLike) -> bool:
         ax.set_xticklabels([f"{case}\n{OPTIMS[optim].label}" for case, optim in groups], fontsize=8)
         ax.set_ylim(0, top * 1.15)
         ax.set_ylabel("speedup over torch's fastest (x)")
-        ax.set_title(JOB_TITLE[job] + ("  (torch: clip_grad_norm_ + isfinite sync; fusedopt: max_grad_norm + "
+        ax.set_title(JOB_TITLE[job] + ("\n(torch: clip_grad_norm_ + isfinite sync + step; fusedopt: max_grad_norm + "
                                        "nonfinite='skip')" if job != "update" else ""), fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8, ncol=len(impls), loc="upper left")
