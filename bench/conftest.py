@@ -16,19 +16,16 @@ def pytest_addoption(parser):
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's own configure reads the option
 def pytest_configure(config):
     opt = config.option
+    # The sizes, read by test_optim_steps.py (through the config: two conftest modules may be loaded at once).
+    timed = getattr(opt, "benchmark_only", False)
+    config.fusedopt_bench_size = opt.bench_size or ("default" if timed else "quick")
     if not (getattr(opt, "benchmark_only", False) or getattr(opt, "benchmark_enable", False)
             or getattr(opt, "benchmark_skip", False)):
         opt.benchmark_disable = True
 
 
 def pytest_report_header(config):
-    return f"fusedopt bench: {bench_size(config)} sizes, " + (
+    return f"fusedopt bench: {config.fusedopt_bench_size} sizes, " + (
         "timed" if config.getoption("benchmark_only", False) else "each run once as a check (timing off; "
         "--benchmark-only times them)")
 
-
-def bench_size(config) -> str:
-    size = config.getoption("bench_size")
-    if size is None:
-        size = "default" if config.getoption("benchmark_only", False) else "quick"
-    return size

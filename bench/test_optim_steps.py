@@ -10,7 +10,6 @@ import re
 import pytest
 import torch
 
-from conftest import bench_size
 from fusedopt.bench import cases, impls, runner
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -20,7 +19,7 @@ BACKENDS, _ = impls.fusedopt_backends(DEVICE)
 def pytest_generate_tests(metafunc):
     if "impl" not in metafunc.fixturenames:
         return
-    size = bench_size(metafunc.config)
+    size = metafunc.config.fusedopt_bench_size  # set by bench/conftest.py
     params, ids = [], []
     for suite in cases.SUITES:
         for case in cases.select(suite, quick=size == "quick", full=size == "full"):

@@ -254,7 +254,8 @@ def test_run_group_checks_interleaves_and_profiles():
 
 def test_a_row_that_disagrees_is_wrong_and_not_timed():
     calls: list[str] = []
-    fakes = [_fake("torch for-loop", _sgd_like(calls, "ref")), _fake("fusedopt double-lr", _sgd_like(calls, "bad", 2e-2)),
+    fakes = [_fake("torch for-loop", _sgd_like(calls, "ref")),
+             _fake("fusedopt double-lr", _sgd_like(calls, "bad", 2e-2)),
              _fake("fusedopt close", _sgd_like(calls, "ok", 1e-2 * (1 + 1e-3)))]
     result = runner.run_group(TINY, "sgd", fakes, rounds=2, warmup=0, **SMALL_RUN)
     ref, bad, close = result.rows
@@ -350,8 +351,11 @@ def _fake_group(suite="model", name="fake", n=10**6, optim="adamw", ours=(0.002,
     multiplied by `torch_scale`; ours are fusedopt's bare update."""
     case = cases.Case(name, ((n,),), f"{n} params", suite=suite)
     noop = lambda params, max_norm: None  # noqa: E731
-    mk = lambda name, clipped=False, **kw: Impl(name, optim, "torch" if name.startswith("torch") else "fusedopt",  # noqa: E731
-                                               name.split()[1], clipped, noop, **kw)
+
+    def mk(name, clipped=False, **kw):
+        return Impl(name, optim, "torch" if name.startswith("torch") else "fusedopt", name.split()[1], clipped, noop,
+                    **kw)
+
     ts = lambda *xs: [x * torch_scale for x in xs]  # noqa: E731
     rows = [
         runner.RowResult(mk("torch for-loop"), times=ts(0.008, 0.008, 0.008), peak_extra_bytes=0),

@@ -40,7 +40,7 @@ CHECK_ULPS = 8
 # rows whose clip_grad_norm_ rescales .grad in place see it settle at the clip norm after one step instead of
 # shrinking towards denormals (slow on CPUs) step after step.
 CLIP_FRACTION = 0.5
-# Rounds that can be one group's progress: check, warm-up, each timed round, the profiled step.
+# Progress ticks per group besides one per timed round: the check step, the warm-up, the profiled step.
 EXTRA_TICKS = 3
 
 
