@@ -545,6 +545,11 @@ def test_quick_run_writes_json_and_plots_and_replots(tmp_path, capsys):
     assert (tmp_path / "out" / "run-sweep.png").exists() and (tmp_path / "out" / "run-speedup.png").exists()
     assert cli.main(["plot", str(path), "--out", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again-speedup.png").read_bytes()[:8] == PNG_MAGIC
+    capsys.readouterr()
+    assert cli.main(["plot", str(path), "--out", str(tmp_path / "md"), "--markdown"]) == 0
+    md = capsys.readouterr().out
+    assert "| implementation | B/param |" in md and "| --- | ---: |" in md and "| params | roofline |" in md
+    assert data["verdict"] in md
     assert cli.main(["--compare", str(path), str(path)]) == 0
     assert "B's median time is 1.00x A's" in capsys.readouterr().out
 

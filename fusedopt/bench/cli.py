@@ -1,7 +1,7 @@
 """`python -m fusedopt.bench`: time optimizer steps of torch and fusedopt side by side against a roofline.
 
     python -m fusedopt.bench [--suite model,sweep,many-small] [--optim sgd,adam,adamw] [--full] ...
-    python -m fusedopt.bench plot FILE.json            re-plot a saved run
+    python -m fusedopt.bench plot FILE.json [--markdown]  re-plot a saved run (and print its tables as markdown)
     python -m fusedopt.bench --compare A.json B.json   the change from run A to run B
 """
 from __future__ import annotations
@@ -136,10 +136,13 @@ def plot_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m fusedopt.bench plot", description="re-plot a saved run")
     p.add_argument("json", metavar="FILE.json")
     p.add_argument("--out", metavar="STEM", help="PNG path stem (default: the JSON path without .json)")
+    p.add_argument("--markdown", action="store_true", help="also print the run's tables and verdict as markdown")
     args = p.parse_args(argv)
     from .plot import plot_all
 
     data = report.load_json(args.json)
+    if args.markdown:
+        print(report.format_run(data["rows"], markdown=True) + "\n\n" + data["verdict"] + "\n")
     stem = args.out or str(Path(args.json).with_suffix(""))
     for path in plot_all(data, stem):
         print(path)

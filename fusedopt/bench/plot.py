@@ -46,7 +46,8 @@ def plot_sweep(data: dict[str, Any], path: str | os.PathLike) -> bool:
         return False
     optims = list(dict.fromkeys(d["optim"] for d in rows))
     colors = _colors(rows)
-    fig, axes = plt.subplots(len(JOBS), len(optims), figsize=(5.2 * len(optims), 8.5), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(len(JOBS), len(optims), figsize=(max(8.0, 5.2 * len(optims)), 9.0), squeeze=False,
+                             sharex=True)
     for i, job in enumerate(JOBS):
         for j, optim in enumerate(optims):
             ax = axes[i][j]
@@ -78,8 +79,8 @@ def plot_sweep(data: dict[str, Any], path: str | os.PathLike) -> bool:
             if i == len(JOBS) - 1:
                 ax.set_xlabel("params in the one tensor")
             ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(_title(data, "Sweep: one fp32 tensor; flat = per-step overhead, parallel to the roofline = "
-                              "bandwidth-bound"), fontsize=10)
+    fig.suptitle(_title(data, "Sweep, one fp32 tensor") + "\nflat: per-step overhead; parallel to the roofline: "
+                 "bandwidth-bound", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

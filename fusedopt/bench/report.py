@@ -119,7 +119,10 @@ def _num(x: float | None, fmt: str, suffix: str = "") -> str:
     return "-" if x is None else format(x, fmt) + suffix
 
 
-def _grid(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+def _grid(header: Sequence[str], body: Sequence[Sequence[str]], markdown: bool = False) -> list[str]:
+    if markdown:  # GitHub tables: text left, numbers right
+        return ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)] + [
+            "| " + " | ".join(r) + " |" for r in body]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
             for r in [header, *body]]
@@ -133,7 +136,7 @@ def group_header(d: dict[str, Any]) -> str:
     return text
 
 
-def format_group(rows: Sequence[dict[str, Any]]) -> str:
+def format_group(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
     """One group's rows (one case, one optimizer); wrong and skipped rows are listed after the table."""
     gpu = any(d["launches"] is not None for d in rows)
     header = ["implementation", "B/param", "median", "p20-p80", "GB/s", "of roof"]
@@ -152,12 +155,12 @@ def format_group(rows: Sequence[dict[str, Any]]) -> str:
             extra += f" ({d['peak_extra_fraction']:.0%})"
         cells += [extra, _num(d["speedup_vs_torch_best"], ".2f", "x")]
         body.append(cells)
-    lines = [group_header(rows[0])] + _grid(header, body)
+    lines = [group_header(rows[0])] + ([""] if markdown else []) + _grid(header, body, markdown)
     lines += [f"  {d['status'].upper()}: {d['impl']}: {d['reason']}" for d in rows if d["status"] != "ok"]
     return "\n".join(lines)
 
 
-def format_sweep(rows: Sequence[dict[str, Any]]) -> str:
+def format_sweep(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
     """The sweep condensed, per optimizer and job: a line per size, a column per implementation with its median
     step time and (in brackets) its fraction of the roofline; the first column is the roofline's own time."""
     out = []
@@ -181,9 +184,19 @@ def format_sweep(rows: Sequence[dict[str, Any]]) -> str:
                         cells.append(f"{fmt_time(d['median_s'])} ({_num(d['roofline_fraction'], '.2f')})")
                 body.append(cells)
             out.append(f"sweep | {OPTIMS[optim].label} | {job} | median step time (fraction of the roofline)")
-            out += _grid(["params", "roofline"] + impls, body)
+            out += ([""] if markdown else []) + _grid(["params", "roofline"] + impls, body, markdown)
             out.append("")
     return "\n".join(out).rstrip()
+
+
+def format_run(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
+    """Every group's table, then the sweep's; as GitHub markdown for the README with `markdown`."""
+    groups = list(dict.fromkeys((d["case"], d["optim"]) for d in rows if d["suite"] != "sweep"))
+    parts = [format_group([d for d in rows if (d["case"], d["optim"]) == g], markdown) for g in groups]
+    sweep = [d for d in rows if d["suite"] == "sweep"]
+    if sweep:
+        parts.append(format_sweep(sweep, markdown))
+    return "\n\n".join(parts)
 
 
 # --- verdict ---------------------------------------------------------------------------------------------------
@@ -220,8 +233,9 @@ def _suite_sentence(rows: Sequence[dict[str, Any]], suite: str) -> str | None:
         return f"{where} no fusedopt row ran."
     speedups = [d["speedup_vs_torch_best"] for d in ours.values() if d["speedup_vs_torch_best"] is not None]
     text = (f"{where}, fusedopt's clipped, checked step ({', '.join(sorted({d['variant'] for d in ours.values()}))}) "
-            f"ran {_span(speedups, '.2f', 'x')} (geometric mean {_geomean(speedups):.2f}x) as fast as torch's "
-            f"fastest clip_grad_norm_ + isfinite + optimizer")
+            f"ran {_span(speedups, '.2f', 'x')}"
+            + (f" (geometric mean {_geomean(speedups):.2f}x)" if len(speedups) > 1 else "")
+            + " as fast as torch's fastest clip_grad_norm_ + isfinite + optimizer")
     fr = [d["roofline_fraction"] for d in ours.values() if d["roofline_fraction"] is not None]
     tfr = [d["roofline_fraction"] for d in theirs.values() if d["roofline_fraction"] is not None]
     if fr and tfr:
