@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fusedopt.bench import cases, cli, gpu, impls, memory, plot, progress, report, roofline, runner, timing
+from fusedopt.bench import cases, cli, gpu, impls, machine, memory, plot, progress, report, roofline, runner, timing
 from fusedopt.bench.impls import Impl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,6 +150,13 @@ def test_peak_extra_bytes_sees_temporaries_and_not_in_place_work():
     assert nbytes <= peak < nbytes + 4096
     assert memory.peak_extra_bytes(lambda: x.add_(1.0)) < 64  # a wrapped scalar at most
     assert memory.peak_extra_bytes(lambda: (x + 1) * 2) >= 2 * x.nbytes  # two temporaries alive at once
+
+
+def test_others_cpu_share_counts_another_process():
+    share = machine.OthersCpuShare()
+    subprocess.run([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 0.6: pass"],
+                   check=True)
+    assert share.stop() > 0.3  # one busy core of two, less the interpreter's start-up
 
 
 # --- GPU launch and sync counting, on recorded profiler events --------------------------------------------------
@@ -502,6 +509,23 @@ def test_progress_bar():
     bar.message("hello")
     lines = out.getvalue().splitlines()
     assert len(lines) == 12 and lines[-1] == "hello"  # not a terminal: the first tick, then a line per tenth
+
+
+def test_progress_bar_redraws_in_place_on_a_terminal():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    bar = progress.Progress(3, out)
+    bar("a")
+    bar("b")
+    bar.message("table follows")
+    bar("c")
+    bar.close()
+    text = out.getvalue()
+    assert text.count("\r") == 5 and "\rtable follows\n\r" in text  # 3 redraws; the message clears the line
+    assert "100% 0 s  c" in text and text.endswith("\n")
 
 
 # --- CLI -------------------------------------------------------------------------------------------------------
