@@ -31,6 +31,8 @@ test-cpp:
 	cmake --build build/cmake -j $(MAX_JOBS)
 	ctest --test-dir build/cmake --output-on-failure
 
+# The default benchmark run (README, "Benchmark"): tables, a verdict, JSON and PNGs under bench/results/.
+# Options go through BENCH_ARGS, e.g. `make bench BENCH_ARGS="--suite sweep --optim adamw"`.
 bench: build
 	$(PY) -m fusedopt.bench $(BENCH_ARGS)
 

@@ -1,7 +1,9 @@
-"""The benchmark harness's own logic: shape tables, byte accounting, roofline math, interleaving, memory
-accounting, the report, and a --quick end-to-end run."""
+"""The benchmark harness's own logic, on tiny sizes: shape tables, byte accounting, roofline math, timing helpers,
+the check step and wrong rows, launch/sync counting on recorded profiler events, the report, the verdict, JSON,
+plots, compare, the progress bar, the CLI, and the pytest-benchmark entry points' collection."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import subprocess
@@ -11,52 +13,86 @@ from pathlib import Path
 import pytest
 import torch
 
-from fusedopt.bench import cases, cli, impls, machine, memory, report, roofline, runner, timing
-from fusedopt.bench.impls import BASELINE, Impl
+from fusedopt.bench import cases, cli, gpu, impls, machine, memory, plot, progress, report, roofline, runner, timing
+from fusedopt.bench.impls import Impl
 
 REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 # --- cases -----------------------------------------------------------------------------------------------------
 
-def test_gpt2_small_is_148_tensors_and_124_4m_params():
-    case = cases.CASES["gpt2-small"]
-    assert case.n_tensors == 148
-    assert case.n_params == 124_439_808
-    assert case.shapes[:2] == ((50257, 768), (1024, 768))
-    assert case.shapes[2:14] == ((768,), (768,), (768, 2304), (2304,), (768, 768), (768,), (768,), (768,),
+def test_model_cases_at_full_size():
+    gpt2, llama, resnet = (cases.model_case(m, 1) for m in cases.MODELS.values())
+    assert (gpt2.n_tensors, gpt2.n_params) == (148, 124_439_808)
+    assert gpt2.shapes[:2] == ((50257, 768), (1024, 768))
+    assert gpt2.shapes[2:14] == ((768,), (768,), (768, 2304), (2304,), (768, 768), (768,), (768,), (768,),
                                  (768, 3072), (3072,), (3072, 768), (768,))
-    assert case.shapes[-2:] == ((768,), (768,))
+    assert (llama.n_tensors, llama.n_params) == (201, 1_100_048_384)  # TinyLlama-1.1B
+    assert llama.shapes[1:10] == ((2048, 2048), (256, 2048), (256, 2048), (2048, 2048), (5632, 2048),
+                                  (5632, 2048), (2048, 5632), (2048,), (2048,))
+    assert (resnet.n_tensors, resnet.n_params) == (161, 25_557_032)  # torchvision's resnet50
+    assert resnet.shapes[0] == (64, 3, 7, 7) and resnet.shapes[-2:] == ((1000, 2048), (1000,))
+    assert all(150 <= c.n_tensors <= 300 or c is gpt2 for c in (gpt2, llama, resnet))
+    assert all(c.scale == 1 and c.full_params is None for c in (gpt2, llama, resnet))
 
 
-def test_many_small_is_4096_tensors_of_4096():
-    case = cases.CASES["many-small"]
-    assert case.shapes == ((4096,),) * 4096
-    assert case.n_params == 4096 * 4096
+def test_scaling_keeps_every_tensor_and_says_so():
+    for m in cases.MODELS.values():
+        full, half = cases.model_case(m, 1), cases.model_case(m, 2)
+        assert half.n_tensors == full.n_tensors and half.full_params == full.n_params
+        assert 0.2 < half.n_params / full.n_params < 0.3  # widths halved: about a quarter of the params
+        assert "scaled to 1/2" in half.description and f"{full.n_params / 1e6:.1f}M" in half.description
 
 
-def test_quick_cases_mirror_full_ones():
-    assert cases.QUICK_CASES.keys() == cases.CASES.keys()
-    assert cases.QUICK_CASES["gpt2-small"].n_tensors == 148
-    assert all(q.n_params < 10**6 for q in cases.QUICK_CASES.values())
-    assert [c.name for c in cases.select("all", quick=True)] == list(cases.CASES)
-    assert cases.select("many-small", quick=False) == [cases.CASES["many-small"]]
+def test_select_suites_and_memory_fit():
+    model = cases.select("model")
+    assert [c.name for c in model] == list(cases.MODELS)
+    assert [c.scale for c in model] == [m.default_scale for m in cases.MODELS.values()]
+    assert all(c.scale == 1 for c in cases.select("model", full=True))
+    # A case that does not fit is halved in width until it does.
+    small = cases.select("model", full=True, fits=lambda c: c.n_params < 50e6)
+    assert [c.scale for c in small] == [2, 8, 1]
+    assert cases.select("many-small")[0].shapes == ((4096,),) * 4096
+    assert cases.select("many-small", quick=True)[0].n_params == 64 * 256
+    sweep = cases.select("sweep")
+    assert [c.n_params for c in sweep] == [4**k * 1024 for k in range(8)]  # 1K .. 16M
+    assert all(c.n_tensors == 1 and c.suite == "sweep" for c in sweep)
+    assert [c.n_params for c in cases.select("sweep", full=True, fits=lambda c: c.n_params <= 2**20)][-1] == 2**20
+    assert [c.n_params for c in cases.select("sweep", sweep_max=5000)] == [1024, 4096]
+    assert all(c.n_params < 10**6 for s in cases.SUITES for c in cases.select(s, quick=True))
+    with pytest.raises(KeyError, match="unknown suite"):
+        cases.select("bogus")
 
 
 # --- byte accounting and roofline math -------------------------------------------------------------------------
 
-def test_bytes_per_param():
-    assert roofline.ADAMW_UPDATE_BYTES == 28
-    assert roofline.CLIPPED_CHECKED_ADAMW_BYTES == 32
-    by_name = {i.name: i for i in impls.IMPLS}
-    assert by_name[BASELINE].bytes_per_param == 32
-    assert by_name["fusedopt.AdamW(cpu)"].bytes_per_param == 32
-    assert by_name["AdamW(fused), no clip/check"].bytes_per_param == 28
+def test_bytes_per_param_from_algorithm_and_dtypes():
+    assert roofline.update_bytes("sgd") == 20  # read p, g, buf; write p, buf
+    assert roofline.update_bytes("adam") == roofline.update_bytes("adamw") == 28  # read p, g, m, v; write p, m, v
+    assert roofline.job_bytes("adamw", clipped=True) == 32  # DESIGN.md's floor
+    assert roofline.job_bytes("sgd", clipped=True) == 24
+    # bf16 params and grads, fp32 states: 2*2 + 2 + 2*2*4 (+ one more grad read when clipped)
+    assert roofline.job_bytes("adam", clipped=False, param_size=2, state_size=4) == 22
+    assert roofline.job_bytes("adam", clipped=True, param_size=2, state_size=4) == 24
+    by = {i.name: i for i in impls.impls_for("adamw", ["cpu"])}
+    assert by["torch fused"].bytes_per_param(torch.float32) == 28
+    assert by["fusedopt cpu + clip/check"].bytes_per_param(torch.float32) == 32
+    assert by["torch fused"].bytes_per_param(torch.bfloat16) == 14  # torch keeps states in the param dtype
+    assert by["fusedopt cpu"].bytes_per_param(torch.bfloat16) == 22
 
 
-def test_probe_bytes_and_kernels():
-    p = roofline.Probes(array_bytes=4096)
-    assert p.nbytes == 12 * 1024
+def test_gbps_and_roofline_fraction():
+    assert roofline.gbps(32e9, 2.0) == pytest.approx(16.0)
+    # 10 GB at a 50 GB/s roofline takes 0.2 s; taking 0.4 s is half the roofline.
+    assert roofline.roofline_fraction(10e9, 0.4, 50.0) == pytest.approx(0.5)
+    assert roofline.roofline_seconds(10e9, 50.0) == pytest.approx(0.2)
+
+
+def test_cpu_probes():
+    p = roofline.Probes("cpu", array_bytes=4096)
+    assert p.roofline == "triad" and p.names == ("triad", "axpy")
+    assert p.nbytes("triad") == 12 * 1024 and p.nbytes("axpy") == 12 * 1024
     p.triad()
     torch.testing.assert_close(p.a, p.b + 0.5 * p.c)
     before = p.a.clone()
@@ -66,12 +102,12 @@ def test_probe_bytes_and_kernels():
         p.fn("copy")
 
 
-def test_gbps_and_roofline_fraction():
-    assert roofline.gbps(32e9, 2.0) == pytest.approx(16.0)
-    # 10 GB at a 50 GB/s roofline takes 0.2 s; taking 0.4 s is half the roofline.
-    assert roofline.roofline_fraction(10e9, 0.4, 50.0) == pytest.approx(0.5)
-    n = 124_439_808
-    assert roofline.roofline_fraction(32 * n, 0.1, 40.0) == pytest.approx((32 * n / 40e9) / 0.1)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the device-to-device copy probe needs a CUDA device")
+def test_gpu_probe_is_a_copy():
+    p = roofline.Probes("cuda", array_bytes=4096)
+    assert p.roofline == "copy" and p.names == ("copy",) and p.nbytes("copy") == 8 * 1024
+    p.copy()
+    torch.testing.assert_close(p.a, p.b)
 
 
 # --- timing ----------------------------------------------------------------------------------------------------
@@ -80,16 +116,24 @@ def test_round_robin_rotates_through_every_position():
     items = ["a", "b", "c", "d"]
     sched = timing.round_robin(items, 8)
     assert sched[0] == items and sched[1] == ["b", "c", "d", "a"]
-    assert all(sorted(r) == items for r in sched)
     for pos in range(len(items)):
         assert sorted(r[pos] for r in sched) == sorted(items * 2)
     assert timing.round_robin([], 2) == [[], []]
 
 
-def test_paired_speedup_is_median_of_per_round_ratios():
+def test_paired_speedup_percentile_and_repeats():
     assert timing.paired_speedup([2.0, 2.0, 2.0], [1.0, 1.0, 4.0]) == pytest.approx(2.0)
     with pytest.raises(ValueError):
         timing.paired_speedup([1.0], [1.0, 2.0])
+    xs = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert timing.percentile(xs, 50) == 3.0 and timing.percentile(xs, 20) == pytest.approx(1.8)
+    assert timing.percentile(xs, 80) == pytest.approx(4.2) and timing.percentile([7.0], 20) == 7.0
+    with pytest.raises(ValueError):
+        timing.percentile([], 50)
+    assert timing.repeats_for(1.0) == 1 and timing.repeats_for(1e-4) == 20 and timing.repeats_for(1e-9) == 200
+    calls = []
+    assert timing.time_once(lambda: calls.append(1), lambda: calls.append("sync"), repeat=3) >= 0
+    assert calls == ["sync", 1, 1, 1, "sync"]
 
 
 # --- memory ----------------------------------------------------------------------------------------------------
@@ -105,123 +149,7 @@ def test_peak_extra_bytes_sees_temporaries_and_not_in_place_work():
     peak = memory.peak_extra_bytes(lambda: torch.empty(nbytes // 4))
     assert nbytes <= peak < nbytes + 4096
     assert memory.peak_extra_bytes(lambda: x.add_(1.0)) < 64  # a wrapped scalar at most
-    # Two temporaries alive at once count together; one freed before the next does not.
-    assert memory.peak_extra_bytes(lambda: (x + 1) * 2) >= 2 * x.nbytes
-
-
-# --- runner, with fake implementations -------------------------------------------------------------------------
-
-TINY = cases.Case("tiny", ((4, 3), (5,)), "two small tensors")
-SMALL_RUN = dict(probe_bytes=1 << 16, flush_bytes=1 << 16, log=lambda msg: None)
-
-
-def _recording(name: str, calls: list[str], scale: float = 0.5, rewrite: bool = False):
-    def setup(params):
-        def step():
-            calls.append(name)
-            with torch.no_grad():
-                for p in params:
-                    p.sub_(p.grad * 1e-3)
-                    if rewrite:
-                        p.grad.mul_(scale)
-        return step
-    return setup
-
-
-def _failing(params):
-    raise RuntimeError("kernel not built")
-
-
-def test_run_case_interleaves_and_rotates():
-    calls: list[str] = []
-    fakes = [Impl(BASELINE, _recording("A", calls)), Impl("B", _recording("B", calls))]
-    runner.run_case(TINY, fakes, rounds=4, warmup=0, **SMALL_RUN)
-    # items [A, B, triad, axpy] rotated each round, then one profiled step each
-    assert calls == ["A", "B", "B", "A", "A", "B", "A", "B", "A", "B"]
-
-
-def test_run_case_restores_rewritten_grads_and_compares_params():
-    seen: list[float] = []
-
-    def setup(params):
-        def step():
-            seen.append(float(sum(p.grad.abs().sum() for p in params)))
-            for p in params:
-                p.grad.mul_(1e-4)  # as clip_grad_norm_ does
-            with torch.no_grad():
-                for p in params:
-                    p.sub_(p.grad)
-        return step
-
-    fakes = [Impl(BASELINE, setup, rewrites_grads=True), Impl("drifts", _recording("d", []))]
-    result = runner.run_case(TINY, fakes, rounds=3, warmup=2, **SMALL_RUN)
-    assert len(seen) == 2 + 3 + 1 and max(seen) == pytest.approx(min(seen))
-    base, drifts = result.rows
-    assert len(base.times) == 3 and base.max_abs_diff == 0.0 and base.steps == 6
-    assert drifts.max_abs_diff > 0  # a different update, caught
-    assert set(result.probes) == {"triad", "axpy"} and all(len(p.times) == 9 for p in result.probes.values())
-
-
-def test_run_case_skips_only_optional_failures():
-    fakes = [Impl(BASELINE, _recording("A", [])), Impl("wip", _failing, optional=True)]
-    result = runner.run_case(TINY, fakes, rounds=2, warmup=1, **SMALL_RUN)
-    assert result.rows[1].skipped == "RuntimeError: kernel not built" and result.rows[1].times == []
-    with pytest.raises(RuntimeError, match="kernel not built"):
-        runner.run_case(TINY, [Impl("required", _failing)], rounds=1, warmup=0, **SMALL_RUN)
-
-
-# --- report ----------------------------------------------------------------------------------------------------
-
-def _fake_result() -> runner.CaseResult:
-    case = cases.Case("fake", ((1000,),), "1000 params")
-    rows = [
-        runner.RowResult(Impl(BASELINE, _failing), times=[0.004, 0.002, 0.004], peak_extra_bytes=0, max_abs_diff=0.0),
-        runner.RowResult(Impl(report.FUSEDOPT, _failing), times=[0.002, 0.002, 0.001], peak_extra_bytes=400,
-                         max_abs_diff=1e-3),
-        runner.RowResult(Impl(report.FOREACH, _failing), times=[], skipped="ImportError: no"),
-        runner.RowResult(Impl(report.UNCLIPPED, _failing, clipped=False), times=[0.0005, 0.001, 0.001]),
-    ]
-    probes = {"triad": runner.ProbeResult("triad", 12_000, [1e-6, 2e-6]),
-              "axpy": runner.ProbeResult("axpy", 12_000, [0.5e-6, 0.5e-6])}
-    return runner.CaseResult(case, rows, probes, wall_s=1.0)
-
-
-def test_summarize_numbers():
-    base, ours, skipped, unclipped = report.summarize(_fake_result())
-    assert base["triad_best_gbps"] == pytest.approx(12.0) and base["triad_median_gbps"] == pytest.approx(8.0)
-    assert base["median_s"] == 0.004 and base["best_s"] == 0.002
-    assert base["gbps_best"] == pytest.approx(32_000 / 0.002 / 1e9)
-    assert base["roofline_fraction"] == pytest.approx((32_000 / 12e9) / 0.002)
-    assert base["axpy_fraction"] == pytest.approx((32_000 / 24e9) / 0.002)
-    assert ours["speedup_vs_baseline"] == pytest.approx(2.0)  # ratios 2, 1, 4
-    assert ours["peak_extra_fraction"] == pytest.approx(0.1)
-    assert skipped["median_s"] is None and skipped["speedup_vs_baseline"] is None
-    assert skipped["skipped"] == "ImportError: no"
-    assert unclipped["bytes_per_param"] == 28 and unclipped["gbps_best"] == pytest.approx(28_000 / 0.0005 / 1e9)
-
-
-def test_table_and_verdict():
-    rows = report.summarize(_fake_result())
-    table = report.format_table(rows)
-    assert "fake: 1 tensors, 1,000 params" in table
-    assert "2.00x" in table and f"skipped {report.FOREACH}: ImportError: no" in table
-    text = report.verdict(rows)
-    assert "2.00x as fast as" in text
-    assert "2.00x the median time of torch's fused update alone" in text
-    assert "Warning" in text and report.FUSEDOPT in text  # max|dp| 1e-3 is above the tolerance
-    assert "noisy" in text  # triad median is 67% of its best
-    assert "Other processes" not in text
-
-
-def test_verdict_tolerance_grows_with_steps_and_busy_runs_are_flagged():
-    assert report.param_tolerance(10) == pytest.approx(1e-5)  # lr 1e-3
-    result = _fake_result()
-    result.rows[1].max_abs_diff, result.rows[1].steps = 5e-6, 10
-    result.others_cpu_share = 0.5
-    text = report.verdict(report.summarize(result))
-    assert "Warning" not in text
-    assert "Other processes used up to 50% of the CPUs" in text
-    assert "Other processes took 50% of the CPUs" in report.format_table(report.summarize(result))
+    assert memory.peak_extra_bytes(lambda: (x + 1) * 2) >= 2 * x.nbytes  # two temporaries alive at once
 
 
 def test_others_cpu_share_counts_another_process():
@@ -231,32 +159,449 @@ def test_others_cpu_share_counts_another_process():
     assert share.stop() > 0.3  # one busy core of two, less the interpreter's start-up
 
 
-# --- end to end ------------------------------------------------------------------------------------------------
+# --- GPU launch and sync counting, on recorded profiler events --------------------------------------------------
 
-def test_quick_run_in_process_writes_json(tmp_path, capsys):
-    path = tmp_path / "out" / "bench.json"
-    assert cli.main(["--quick", "--case", "many-small", "--repeats", "2", "--warmup", "1", "--json", str(path)]) == 0
+R = gpu.Record
+# What kineto records for torch's clip_grad_norm_ + isfinite + bool() + a fused update (names as CUPTI gives them).
+TORCH_CLIPPED_STEP = [
+    R("aten::_foreach_norm", "cpu_op"), R("cudaLaunchKernel", "cuda_runtime"),
+    R("void at::native::multi_tensor_apply_kernel<...>", "kernel"),
+    R("cudaLaunchKernel", "cuda_runtime"), R("void at::native::lpnorm_cleanup<...>", "kernel"),
+    R("aten::stack", "cpu_op"), R("cudaLaunchKernel", "cuda_runtime"), R("CatArrayBatchedCopy", "kernel"),
+    R("cudaLaunchKernel", "cuda_runtime"), R("reduce_kernel<...>", "kernel"),
+    R("aten::_foreach_mul_", "cpu_op"), R("cudaLaunchKernel", "cuda_runtime"), R("multi_tensor_apply_kernel", "kernel"),
+    R("aten::isfinite", "cpu_op"), R("cudaLaunchKernel", "cuda_runtime"), R("isfinite_kernel", "kernel"),
+    R("aten::is_nonzero", "cpu_op"), R("cudaMemcpyAsync", "cuda_runtime"),
+    R("Memcpy DtoH (Device -> Pageable)", "gpu_memcpy"), R("cudaStreamSynchronize", "cuda_runtime"),
+    R("Stream Sync", "cuda_sync"),  # the same wait, seen from the device: not counted again
+    R("aten::_fused_adamw_", "cpu_op"), R("cudaLaunchKernel", "cuda_runtime"), R("FusedAdamMathFunctor", "kernel"),
+    R("[memory]", "cpu_instant_event"),
+]
+
+
+def test_count_launches_and_syncs_from_device_kernels():
+    c = gpu.count(TORCH_CLIPPED_STEP)
+    assert (c.launches, c.syncs, c.launches_from) == (7, 1, "device kernels")
+
+
+def test_count_falls_back_to_host_launch_calls_without_device_activities():
+    host_only = [r for r in TORCH_CLIPPED_STEP if r.activity not in ("kernel", "gpu_memcpy", "cuda_sync")]
+    host_only += [R("cuLaunchKernel", "cuda_driver"), R("cudaDeviceSynchronize", "cuda_runtime")]  # e.g. Triton
+    c = gpu.count(host_only)
+    assert (c.launches, c.syncs, c.launches_from) == (8, 2, "host launch calls")
+    assert gpu.count([]) == gpu.Counts(0, 0, "device kernels")
+    # A synchronize made by an op on the CPU side is not a host API call, and a blocking memcpy is a sync.
+    assert gpu.count([R("cudaStreamSynchronize", "cpu_op"), R("cudaMemcpy", "cuda_runtime")]).syncs == 1
+
+
+def test_records_of_reads_kineto_events():
+    class Event:
+        def __init__(self, name, activity):
+            self._n, self._a = name, activity
+
+        def name(self):
+            return self._n
+
+        def activity_type(self):
+            return self._a
+
+    assert gpu.records_of([Event("k", "kernel")]) == [R("k", "kernel")]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="counting launches on a real trace needs a CUDA device")
+def test_count_step_on_a_real_gpu():
+    x = torch.zeros(1 << 20, device="cuda")
+    assert gpu.count_step(lambda: x.add_(1.0)) == gpu.Counts(1, 0, "device kernels")
+    c = gpu.count_step(lambda: bool(x.sum() > 0))
+    assert c.launches >= 2 and c.syncs == 1
+    assert gpu.peak_extra_bytes(lambda: x + 1) >= x.nbytes
+
+
+# --- runner: the check step, wrong rows, interleaving ----------------------------------------------------------
+
+TINY = cases.Case("tiny", ((4, 3), (5,)), "two small tensors")
+SMALL_RUN = dict(probes=roofline.Probes("cpu", 1 << 16), flush=timing.CacheFlusher(1 << 16), log=lambda msg: None)
+
+
+def _sgd_like(calls: list[str], name: str, lr: float = 1e-2):
+    """A plain gradient step, recording its calls; the same lr gives the same result as another of its kind."""
+    def setup(params, max_norm):
+        def step():
+            calls.append(name)
+            with torch.no_grad():
+                for p in params:
+                    p.sub_(lr * p.grad)
+        return step
+    return setup
+
+
+def _fake(name: str, setup, clipped=False, **kw) -> Impl:
+    family = "torch" if name.startswith("torch") else "fusedopt"
+    return Impl(name, "sgd", family, name.split()[1], clipped, setup, **kw)
+
+
+def test_run_group_checks_interleaves_and_profiles():
+    calls: list[str] = []
+    fakes = [_fake("torch for-loop", _sgd_like(calls, "A")), _fake("fusedopt x", _sgd_like(calls, "B"))]
+    ticks: list[str] = []
+    result = runner.run_group(TINY, "sgd", fakes, rounds=4, warmup=1, tick=ticks.append, **SMALL_RUN)
+    # check step, warm-up, then [A, B, triad, axpy] rotated each round (tiny steps repeat), then one profiled step.
+    a, b = result.rows
+    assert calls[:4] == ["A", "B", "A", "B"]
+    assert a.repeat > 1 and a.steps == 1 + 1 + 4 * a.repeat + 1 and len(a.times) == 4
+    order = [c for c in calls[4:-2]]
+    assert order[0] == "A" and order[a.repeat] == "B"  # round 1 starts with A, round 2 with B
+    assert calls[-2:] == ["A", "B"]
+    assert a.check_error == 0.0 and b.check_error == 0.0 and b.wrong is None
+    assert b.peak_extra_bytes is not None and b.launches is None  # no launches counted on a CPU
+    assert set(result.probes) == {"triad", "axpy"} and all(len(p.times) == 4 for p in result.probes.values())
+    assert result.roofline == "triad" and result.max_norm > 0
+    assert len(ticks) == 4 + runner.EXTRA_TICKS
+
+
+def test_a_row_that_disagrees_is_wrong_and_not_timed():
+    calls: list[str] = []
+    fakes = [_fake("torch for-loop", _sgd_like(calls, "ref")),
+             _fake("fusedopt double-lr", _sgd_like(calls, "bad", 2e-2)),
+             _fake("fusedopt close", _sgd_like(calls, "ok", 1e-2 * (1 + 1e-3)))]
+    result = runner.run_group(TINY, "sgd", fakes, rounds=2, warmup=0, **SMALL_RUN)
+    ref, bad, close = result.rows
+    assert bad.wrong is not None and "torch for-loop" in bad.wrong and bad.check_error > 1
+    assert bad.times == [] and bad.peak_extra_bytes is None and calls.count("bad") == 1
+    assert close.wrong is None and close.check_error < 1 and len(close.times) == 2
+    rows = report.summarize(result)
+    assert rows[1]["status"] == "wrong" and rows[1]["median_s"] is None and "differ" in rows[1]["reason"]
+
+
+def test_compare_updates():
+    init = [torch.ones(3), torch.zeros(0)]
+    ref = [torch.tensor([0.9, 1.1, 1.0]), torch.zeros(0)]
+    assert runner.compare_updates(init, ref, ref) == 0.0
+    assert runner.compare_updates(init, ref, [ref[0] * (1 + 1e-7), ref[1]]) < 1  # rounding of p
+    assert runner.compare_updates(init, ref, [torch.tensor([0.95, 1.1, 1.0]), ref[1]]) > 1  # half the update
+    assert runner.compare_updates(init, ref, [torch.tensor([0.9, 1.1, 1.0 + 1e-6]), ref[1]]) < 1  # within atol
+    assert runner.compare_updates(init, ref, [torch.tensor([0.9, math.nan, 1.0]), ref[1]]) == math.inf
+
+
+def test_clip_rows_get_their_own_grads_restored_after_the_check_step():
+    seen: list[float] = []
+
+    def rewriting(params, max_norm):
+        def step():
+            seen.append(float(sum(p.grad.abs().sum() for p in params)))
+            for p in params:
+                p.grad.mul_(0.5)  # as clip_grad_norm_ does
+        return step
+
+    def reads(params, max_norm):
+        def step():
+            seen.append(float(sum(p.grad.abs().sum() for p in params)))
+        return step
+
+    fakes = [_fake("torch for-loop", rewriting, rewrites_grads=True), _fake("fusedopt reads", reads)]
+    runner.run_group(TINY, "sgd", fakes, rounds=1, warmup=0, **SMALL_RUN)
+    # check step: both see the same grads; the reader's grads are never the rewritten ones
+    assert seen[0] == pytest.approx(seen[1])
+    assert seen[-1] == pytest.approx(seen[1])
+
+
+def test_optional_rows_are_skipped_with_the_reason_and_torch_errors_propagate():
+    def failing(params, max_norm):
+        raise RuntimeError("kernel not built")
+
+    fakes = [_fake("torch for-loop", _sgd_like([], "A")), _fake("fusedopt wip", failing, optional=True)]
+    result = runner.run_group(TINY, "sgd", fakes, rounds=1, warmup=0, **SMALL_RUN)
+    assert result.rows[1].skipped == "RuntimeError: kernel not built" and result.rows[1].times == []
+    assert report.summarize(result)[1]["status"] == "skipped"
+    with pytest.raises(RuntimeError, match="kernel not built"):
+        runner.run_group(TINY, "sgd", [_fake("torch for-loop", failing)], rounds=1, warmup=0, **SMALL_RUN)
+    with pytest.raises(RuntimeError, match="reference row"):
+        runner.run_group(TINY, "sgd", [_fake("fusedopt alone", _sgd_like([], "B"))], rounds=1, warmup=0, **SMALL_RUN)
+
+
+def test_real_implementations_agree_with_torch_on_a_tiny_case():
+    backends, excluded = impls.fusedopt_backends(torch.device("cpu"))
+    assert "reference" in excluded and "triton" not in backends
+    for optim in impls.OPTIMS:
+        odd = cases.Case("odd", ((4097,), (3, 5), (1,)), "odd sizes")
+        result = runner.run_group(odd, optim, impls.impls_for(optim, backends), rounds=1, warmup=0, **SMALL_RUN)
+        assert all(r.wrong is None and r.skipped is None for r in result.rows), [
+            (r.impl.name, r.wrong, r.skipped) for r in result.rows]
+
+
+def test_backends_come_from_ops_and_leave_out_the_reference_and_triton_on_cpu(monkeypatch):
+    from fusedopt import ops
+
+    monkeypatch.setitem(ops.BACKENDS, "triton", object())
+    monkeypatch.setitem(ops.BACKENDS, "cuda", object())
+    real_resolve = ops.resolve
+
+    def resolve(name, device, dtype):
+        if name == "cuda" and device.type != "cuda":
+            raise RuntimeError("cannot run tensors on device cpu")
+        return real_resolve(name, device, dtype)
+
+    monkeypatch.setattr(ops, "resolve", resolve)
+    names, excluded = impls.fusedopt_backends(torch.device("cpu"))
+    assert "reference" not in names and "triton" not in names and "cuda" not in names
+    assert "interpreter" in excluded["triton"] and "cannot run" in excluded["cuda"]
+    rows = impls.impls_for("adam", names)
+    assert [i.name for i in rows[:3]] == ["torch for-loop", "torch foreach", "torch fused"]
+    assert sum(i.clipped for i in rows) == len(rows) // 2
+
+
+# --- report ----------------------------------------------------------------------------------------------------
+
+def _fake_group(suite="model", name="fake", n=10**6, optim="adamw", ours=(0.002, 0.002, 0.001),
+                probe_times=(1e-6, 2e-6, 2e-6), torch_scale=1.0) -> runner.GroupResult:
+    """Rows of one group with made-up times: the probe moves 12 KB (6 GB/s median by default); torch's times are
+    multiplied by `torch_scale`; ours are fusedopt's bare update."""
+    case = cases.Case(name, ((n,),), f"{n} params", suite=suite)
+    noop = lambda params, max_norm: None  # noqa: E731
+
+    def mk(name, clipped=False, **kw):
+        return Impl(name, optim, "torch" if name.startswith("torch") else "fusedopt", name.split()[1], clipped, noop,
+                    **kw)
+
+    ts = lambda *xs: [x * torch_scale for x in xs]  # noqa: E731
+    rows = [
+        runner.RowResult(mk("torch for-loop"), times=ts(0.008, 0.008, 0.008), peak_extra_bytes=0),
+        runner.RowResult(mk("torch fused"), times=ts(0.004, 0.002, 0.004), peak_extra_bytes=0),
+        runner.RowResult(mk("fusedopt cpu", fp32_states=True), times=list(ours), peak_extra_bytes=400_000),
+        runner.RowResult(mk("torch fused + clip/check", True), times=ts(0.006, 0.006, 0.006), peak_extra_bytes=4000),
+        runner.RowResult(mk("fusedopt cpu + clip/check", True, fp32_states=True),
+                         times=[1.5 * t for t in ours]),
+        runner.RowResult(mk("fusedopt broken + clip/check", True), wrong="after one step, params differ"),
+        runner.RowResult(mk("fusedopt gone"), skipped="ImportError: no"),
+    ]
+    probes = {"triad": runner.ProbeResult("triad", 12_000, list(probe_times)),
+              "axpy": runner.ProbeResult("axpy", 12_000, [1e-6])}
+    return runner.GroupResult(case, optim, "cpu", rows, probes, "triad", 1.0, 1.0, others_cpu_share=0.01)
+
+
+def test_summarize_numbers():
+    rows = report.summarize(_fake_group())
+    assert all(set(d) == set(report.ROW_KEYS) for d in rows)
+    loop, fused, ours, fused_c, ours_c, broken, gone = rows
+    assert fused["roofline_gbps"] == pytest.approx(6.0) and fused["roofline_best_gbps"] == pytest.approx(12.0)
+    assert fused["median_s"] == 0.004 and fused["p20_s"] == pytest.approx(0.0028) and fused["best_s"] == 0.002
+    assert fused["bytes_per_param"] == 28 and fused["bytes_per_step"] == 28_000_000
+    assert fused["gbps"] == pytest.approx(28e6 / 0.004 / 1e9)
+    assert fused["roofline_fraction"] == pytest.approx((28e6 / 6e9) / 0.004)
+    assert fused["torch_best"] == "torch fused" and fused["speedup_vs_torch_best"] == 1.0
+    assert loop["speedup_vs_torch_best"] == pytest.approx(0.5)  # ratios 0.5, 0.25, 0.5
+    assert ours["speedup_vs_torch_best"] == pytest.approx(2.0)  # ratios 2, 1, 4
+    assert ours["peak_extra_fraction"] == pytest.approx(0.1)
+    assert ours_c["bytes_per_param"] == 32 and ours_c["torch_best"] == "torch fused + clip/check"
+    assert ours_c["speedup_vs_torch_best"] == pytest.approx(2.0)
+    assert broken["status"] == "wrong" and broken["median_s"] is None and broken["speedup_vs_torch_best"] is None
+    assert gone["status"] == "skipped" and gone["reason"] == "ImportError: no"
+
+
+def test_format_group():
+    text = report.format_group(report.summarize(_fake_group()))
+    assert text.splitlines()[0].startswith("1000000 params | AdamW | roofline: triad 6.0 GB/s median, 12.0 best")
+    assert "launches" not in text  # CPU rows: no launch/sync columns
+    assert "fusedopt cpu + clip/check" in text and "2.00x" in text and "391 KiB (10%)" in text
+    assert "WRONG: fusedopt broken + clip/check: after one step" in text
+    assert "SKIPPED: fusedopt gone: ImportError: no" in text
+    group = _fake_group()
+    group.rows[2].launches, group.rows[2].syncs = 3, 0
+    gpu_text = report.format_group(report.summarize(group))
+    assert "launches" in gpu_text and "syncs" in gpu_text
+
+
+def _sweep_rows() -> list[dict]:
+    rows = []
+    # Roofline 8 GB/s. fusedopt's clipped step (1.5x its bare update) is overhead-bound at 1K (0.41 of the roofline
+    # at 10 us), bandwidth-bound from 64K; torch's fastest only reaches half the roofline at 4M.
+    for n, ours, torch_scale in ((1024, 10e-6 / 1.5, 100e-6 / 6e-3), (65536, 300e-6 / 1.5, 1e-3 / 6e-3),
+                                 (2**22, 20e-3 / 1.5, 30e-3 / 6e-3)):
+        rows += report.summarize(_fake_group("sweep", f"sweep-{n}", n, ours=(ours,) * 3, probe_times=(1.5e-6,) * 3,
+                                             torch_scale=torch_scale))
+    return rows
+
+
+def test_format_sweep_and_verdict_sentences():
+    rows = _sweep_rows()
+    table = report.format_sweep(rows)
+    assert "sweep | AdamW | update" in table and "sweep | AdamW | clip+check+update" in table
+    assert "1.02K" in table and "4.19M" in table and "wrong" in table
+    model = report.summarize(_fake_group())
+    text = report.verdict(model + rows, excluded={"reference": "the pure-torch oracle"})
+    assert "\n" not in text  # one paragraph
+    assert "On the model suite (1000000 params; AdamW), fusedopt's clipped, checked step (cpu) ran 2.00x" in text
+    assert "at 1.78 of the roofline (torch's fastest: 0.89)" in text
+    assert "its bare update ran 2.00x torch's fastest bare update" in text
+    assert "torch's fastest reaches half the roofline from 4.19M params on and fusedopt from 65.5K params on" in text
+    assert "at 1.02K params a step is per-step overhead: fusedopt 10 us, torch 100 us" in text
+    assert "row(s) disagreed with torch" in text and "fusedopt broken + clip/check" in text
+    assert "Skipped after an error: fusedopt gone" in text
+    assert "Backends left out: reference (the pure-torch oracle)" in text
+    assert "noisy" in text and "Other processes" not in text
+
+
+def test_verdict_flags_busy_machines_and_missing_fusedopt():
+    group = _fake_group()
+    group.others_cpu_share = 0.5
+    group.rows = group.rows[:2] + group.rows[3:4]
+    text = report.verdict(report.summarize(group))
+    assert "no fusedopt row ran" in text and "Other processes used up to 50% of the CPUs" in text
+    assert report.verdict([]) == "No rows ran."
+
+
+# --- JSON, compare, plots --------------------------------------------------------------------------------------
+
+def _saved(tmp_path, name="a.json", rows=None) -> Path:
+    env = report.environment(torch.device("cpu"), ["cpu"], {"reference": "oracle"})
+    rows = rows if rows is not None else report.summarize(_fake_group()) + _sweep_rows()
+    path = tmp_path / name
+    report.write_json(path, env, dict(repeats=3), rows, report.verdict(rows))
+    return path
+
+
+def test_json_schema_round_trip_and_validation(tmp_path):
+    data = report.load_json(_saved(tmp_path))
+    assert data["schema"] == report.SCHEMA and set(report.ENV_KEYS) <= data["env"].keys()
+    assert data["env"]["device_type"] == "cpu" and data["env"]["cpu_count"] >= 1
+    assert data["env"]["fusedopt_backends"] == ["cpu"] and data["verdict"]
+    assert report.machine_slug(data["env"]) == f"cpu-{data['env']['cpu_count']}core"
+    assert report.machine_slug(dict(device_type="cuda", device_name="NVIDIA H100 80GB HBM3")) == "nvidia-h100-80gb-hbm3"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(dict(schema=2, env={}, config={}, rows=[{"case": "x"}], verdict="")))
+    with pytest.raises(ValueError, match="env lacks 'date'.*rows\\[0\\] lacks"):
+        report.load_json(bad)
+    bad.write_text(json.dumps(dict(schema=1)))
+    with pytest.raises(ValueError, match="schema is 1"):
+        report.load_json(bad)
+
+
+def test_compare_two_runs(tmp_path):
+    a = report.load_json(_saved(tmp_path, "a.json"))
+    faster = report.summarize(_fake_group(ours=(0.001, 0.001, 0.001)))
+    b = report.load_json(_saved(tmp_path, "b.json", faster))
+    text = report.compare(a, b)
+    assert "fake adamw fusedopt cpu " in text and "-50.0% *" in text  # 2 ms -> 1 ms, ranges apart
+    assert "fake adamw torch fused " in text and "+0.0%" in text
+    assert "rows in common" in text
+    assert "No rows in common" in report.compare(a, dict(b, rows=[]))
+
+
+def test_plots_are_written_from_json(tmp_path):
+    data = report.load_json(_saved(tmp_path))
+    paths = plot.plot_all(data, tmp_path / "run")
+    assert [p.name for p in paths] == ["run-sweep.png", "run-speedup.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 10_000
+    only_model = dict(data, rows=[d for d in data["rows"] if d["suite"] != "sweep"])
+    assert [p.name for p in plot.plot_all(only_model, tmp_path / "m")] == ["m-speedup.png"]
+
+
+# --- progress bar ----------------------------------------------------------------------------------------------
+
+def test_progress_bar():
+    assert progress.render(5, 10, "x", 10.0, width=10) == "[#####.....]  50% 10 s, ~10 s left  x"
+    assert progress.render(10, 10, "done", 3.0, width=4).startswith("[####] 100% 3 s  done")
+    out = io.StringIO()
+    bar = progress.Progress(20, out)
+    for i in range(20):
+        bar(f"step {i}")
+    bar.message("hello")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 12 and lines[-1] == "hello"  # not a terminal: the first tick, then a line per tenth
+
+
+def test_progress_bar_redraws_in_place_on_a_terminal():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    bar = progress.Progress(3, out)
+    bar("a")
+    bar("b")
+    bar.message("table follows")
+    bar("c")
+    bar.close()
+    text = out.getvalue()
+    assert text.count("\r") == 5 and "\rtable follows\n\r" in text  # 3 redraws; the message clears the line
+    assert "100% 0 s  c" in text and text.endswith("\n")
+
+
+# --- CLI -------------------------------------------------------------------------------------------------------
+
+def test_arguments():
+    args = cli.parse_args(["--device", "cpu"])
+    assert args.suite == list(cases.SUITES) and args.optim == ["sgd", "adam", "adamw"] and args.repeats == 7
+    assert cli.parse_args(["--suite", "sweep,model", "--optim", "adamw", "--quick"]).suite == ["sweep", "model"]
+    for bad in (["--repeats", "0"], ["--suite", "bogus"], ["--optim", "lamb"], ["--sweep-max", "10"]):
+        with pytest.raises(SystemExit):
+            cli.parse_args(bad)
+
+
+def test_plan_scales_to_memory_and_says_so(monkeypatch):
+    case = cases.model_case(cases.MODELS["gpt2-small"], 1)
+    # AdamW, 8 rows: 8 * (p, m, v) + 3 clip rows' grads + grads + initial params = 29 fp32 tensors
+    assert cli.group_bytes(case, "adamw", 8, 3) == 29 * 4 * case.n_params
+    monkeypatch.setattr(cli, "available_bytes", lambda device: 2 * 29 * 4 * 40_000_000)
+    args = cli.parse_args(["--device", "cpu", "--full", "--optim", "adamw"])
+    groups = cli.plan(args, torch.device("cpu"), ["cpu"])
+    model = [c for c, _ in groups if c.suite == "model"]
+    assert [c.scale for c in model] == [2, 8, 1]
+    assert max(c.n_params for c, _ in groups if c.suite == "sweep") == 4**7 * 1024
+    text = cli.describe_plan(args, groups)
+    assert "scaled to 1/2" in text and "what memory allows" not in text and "memory allows" in text
+
+
+def test_quick_run_writes_json_and_plots_and_replots(tmp_path, capsys):
+    path = tmp_path / "out" / "run.json"
+    assert cli.main(["--quick", "--device", "cpu", "--suite", "many-small,sweep", "--optim", "adamw",
+                     "--sweep-max", "4096", "--repeats", "2", "--json", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "many-small: 64 tensors" in out and BASELINE in out
-    data = json.loads(path.read_text())
-    assert {"date", "torch", "cpu_count", "platform", "git_sha", "fusedopt", "loadavg"} <= data["env"].keys()
+    assert "Plan: AdamW on" in out and "64 tensors of 256 params" in out and "Verdict: " in out
+    assert "sweep | AdamW | update" in out and f"wrote {path}" in out
+    data = report.load_json(path)
     assert data["config"]["repeats"] == 2 and data["config"]["quick"] is True
-    assert [r["impl"] for r in data["rows"]] == [i.name for i in impls.IMPLS]
-    for r in data["rows"]:
-        assert r["case"] == "many-small" and r["n_params"] == 64 * 256
-        assert r["skipped"] is not None or (len(r["times_s"]) == 2 and math.isfinite(r["gbps_best"]))
+    assert {d["case"] for d in data["rows"]} == {"many-small", "sweep-1024", "sweep-4096"}
+    for d in data["rows"]:
+        assert d["status"] == "ok", d
+        assert len(d["times_s"]) == 2 and math.isfinite(d["gbps"]) and d["p20_s"] <= d["median_s"] <= d["p80_s"]
+    assert (tmp_path / "out" / "run-sweep.png").exists() and (tmp_path / "out" / "run-speedup.png").exists()
+    assert cli.main(["plot", str(path), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again-speedup.png").read_bytes()[:8] == PNG_MAGIC
+    capsys.readouterr()
+    assert cli.main(["plot", str(path), "--out", str(tmp_path / "md"), "--markdown"]) == 0
+    md = capsys.readouterr().out
+    assert "| implementation | B/param |" in md and "| --- | ---: |" in md and "| params | roofline |" in md
+    assert data["verdict"] in md
+    assert cli.main(["--compare", str(path), str(path)]) == 0
+    assert "B's median time is 1.00x A's" in capsys.readouterr().out
 
 
 def test_quick_run_as_module():
-    proc = subprocess.run([sys.executable, "-m", "fusedopt.bench", "--quick", "--case", "gpt2-small",
-                           "--repeats", "1", "--warmup", "0"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "fusedopt.bench", "--quick", "--device", "cpu", "--suite", "sweep",
+                           "--sweep-max", "1024", "--optim", "sgd", "--repeats", "1", "--warmup", "0"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "gpt2-small: 148 tensors" in proc.stdout
-    assert "STAGE:" not in proc.stderr  # kineto chatter filtered
-    assert "Other processes took" in proc.stdout
+    assert "sweep | SGD (Nesterov) | clip+check+update" in proc.stdout
+    assert "STAGE:" not in proc.stderr and "100%" in proc.stderr  # kineto chatter filtered; the bar on stderr
+    assert "wrote" not in proc.stdout  # --quick writes no JSON unless asked
 
 
-def test_bad_arguments_are_rejected():
-    with pytest.raises(SystemExit):
-        cli.parse_args(["--repeats", "0"])
-    assert cli.parse_args(["--quick"]).repeats == 3 and cli.parse_args([]).repeats == 15
+def test_pytest_benchmark_entry_points_are_collected_only_from_bench():
+    def collect(*args):
+        proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        return proc.returncode, proc.stdout
+
+    rc, out = collect("bench")
+    assert rc == 0, out
+    assert "test_optim_steps.py::test_step[many-small-adamw-fusedopt_cpu_clip_check]" in out
+    # Without --benchmark-only a bench test runs once, as a check against torch, and prints no timing table.
+    proc = subprocess.run([sys.executable, "-m", "pytest", "bench", "-p", "no:cacheprovider",
+                           "-k", "many-small-adamw-fusedopt_cpu_clip"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout
+    assert "fusedopt bench: quick sizes, each run once as a check" in proc.stdout and "Mean" not in proc.stdout
+    n = len(cases.select("model", quick=True)) + 1 + len(cases.select("sweep", quick=True))
+    assert f"{n * 3 * len(impls.impls_for('sgd', impls.fusedopt_backends(torch.device('cpu'))[0]))} tests" in out

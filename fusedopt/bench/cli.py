@@ -1,51 +1,204 @@
-"""`python -m fusedopt.bench`: time one full clipped, checked AdamW step per implementation and case."""
+"""`python -m fusedopt.bench`: time optimizer steps of torch and fusedopt side by side against a roofline.
+
+    python -m fusedopt.bench [--suite model,sweep,many-small] [--optim sgd,adam,adamw] [--full] ...
+    python -m fusedopt.bench plot FILE.json [--markdown]  re-plot a saved run (and print its tables as markdown)
+    python -m fusedopt.bench --compare A.json B.json   the change from run A to run B
+"""
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
 
 from . import cases, report
-from .impls import IMPLS
-from .runner import run_case
+from .impls import OPTIMS, fusedopt_backends, impls_for
+from .progress import Progress
+from .roofline import STATES, Probes
+from .runner import EXTRA_TICKS, run_group
+from .timing import CACHE_FLUSH_BYTES, CacheFlusher
 
+REPO = Path(__file__).resolve().parents[2]
+# Share of the available memory one group's tensors may take (the machine is shared; the OS needs the rest).
+MEMORY_SHARE = {"cpu": 0.5, "cuda": 0.8}
 # --quick shrinks everything so the whole path runs in seconds (tests); its numbers mean nothing.
-QUICK = dict(probe_bytes=4 * 2**20, flush_bytes=2**20)
+QUICK_PROBE_BYTES = 4 * 2**20
+QUICK_FLUSH_BYTES = 2**20
+
+
+def _csv(choices: Sequence[str]):
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(choices)}; got {text!r}")
+        return items
+    return parse
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m fusedopt.bench", description=__doc__)
-    p.add_argument("--case", choices=[*cases.CASES, "all"], default="all")
+    p = argparse.ArgumentParser(prog="python -m fusedopt.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", type=_csv(cases.SUITES), default=list(cases.SUITES),
+                   help="comma-separated suites (default: all: model,sweep,many-small)")
+    p.add_argument("--optim", type=_csv(list(OPTIMS)), default=list(OPTIMS),
+                   help="comma-separated optimizers (default: sgd,adam,adamw)")
+    p.add_argument("--full", action="store_true",
+                   help="model cases at full size and the sweep up to the largest size memory allows (the default "
+                        "run scales what its time budget cannot afford, and says so)")
+    p.add_argument("--sweep-max", type=int, default=None, help="largest sweep size in params")
     p.add_argument("--repeats", type=int, default=None,
-                   help="timed rounds; each round runs every implementation once (default 15, 3 with --quick)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per implementation first")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, for testing the harness")
-    p.add_argument("--json", metavar="PATH", help="also write the rows and the environment as JSON")
+                   help="timed rounds; each round runs every implementation once (default 7, 3 with --quick)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per implementation after the check step")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for testing the harness; writes no JSON unless "
+                                                        "--json is given")
+    p.add_argument("--json", metavar="PATH", help="where to write the JSON (default: bench/results/MACHINE-DATE.json)")
+    p.add_argument("--no-json", action="store_true", help="write no JSON (and so no plots)")
+    p.add_argument("--no-plot", action="store_true", help="write no PNG plots next to the JSON")
+    p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="show the change between two saved runs")
     args = p.parse_args(argv)
     if args.repeats is None:
-        args.repeats = 3 if args.quick else 15
+        args.repeats = 3 if args.quick else 7
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
+    if args.sweep_max is not None and args.sweep_max < cases.SWEEP_MIN:
+        p.error(f"--sweep-max must be at least {cases.SWEEP_MIN}")
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
 
 
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30  # unknown: assume a small machine
+
+
+def group_bytes(case: cases.Case, optim: str, n_impls: int, n_rewriting: int) -> int:
+    """Memory one group holds: per row its params and states, the clip rows their own grads, plus the shared grads
+    and the initial params (kept for the check step)."""
+    per_tensor = case.n_params * case.dtype.itemsize
+    return per_tensor * (n_impls * (1 + STATES[optim]) + n_rewriting + 2)
+
+
+def plan(args: argparse.Namespace, device: torch.device, backends: list[str]) -> list[tuple[cases.Case, str]]:
+    budget = MEMORY_SHARE[device.type] * available_bytes(device)
+    impl_sets = {o: impls_for(o, backends) for o in args.optim}
+
+    def fits(case: cases.Case) -> bool:
+        return all(group_bytes(case, o, len(i), sum(x.rewrites_grads for x in i)) <= budget
+                   for o, i in impl_sets.items())
+
+    groups = []
+    for suite in args.suite:
+        for case in cases.select(suite, quick=args.quick, full=args.full, sweep_max=args.sweep_max, fits=fits):
+            groups += [(case, optim) for optim in args.optim]
+    return groups
+
+
+def describe_plan(args: argparse.Namespace, groups: list[tuple[cases.Case, str]]) -> str:
+    lines = []
+    for suite in args.suite:
+        sel = list(dict.fromkeys(c for c, _ in groups if c.suite == suite))
+        if not sel:
+            lines.append(f"  {suite}: nothing fits in memory")
+        elif suite == "sweep":
+            why = "--sweep-max" if args.sweep_max else "memory allows" if args.full else "the default time budget; " \
+                  "--full goes up to what memory allows"
+            lines.append(f"  sweep: one tensor of {report.fmt_params(sel[0].n_params)} to "
+                         f"{report.fmt_params(sel[-1].n_params)} params, x{cases.SWEEP_STEP} per size ({why})")
+        else:
+            lines += [f"  {suite}: {c.description}" for c in sel]
+    scaled = any(c.scale > 1 for c, _ in groups)
+    note = " Scaled cases keep every tensor and shrink the widths; --full runs full sizes where memory allows." \
+        if scaled else ""
+    return (f"Plan: {', '.join(OPTIMS[o].label for o in args.optim)} on\n" + "\n".join(lines) +
+            f"\n{args.repeats} interleaved rounds after a check step and {args.warmup} warm-up step(s).{note}")
+
+
+def default_json_path(env: dict[str, Any]) -> Path:
+    root = REPO if (REPO / "bench").is_dir() else Path.cwd()
+    return root / "bench" / "results" / f"{report.machine_slug(env)}-{env['date'][:10]}.json"
+
+
+def plot_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m fusedopt.bench plot", description="re-plot a saved run")
+    p.add_argument("json", metavar="FILE.json")
+    p.add_argument("--out", metavar="STEM", help="PNG path stem (default: the JSON path without .json)")
+    p.add_argument("--markdown", action="store_true", help="also print the run's tables and verdict as markdown")
+    args = p.parse_args(argv)
+    from .plot import plot_all
+
+    data = report.load_json(args.json)
+    if args.markdown:
+        print(report.format_run(data["rows"], markdown=True) + "\n\n" + data["verdict"] + "\n")
+    stem = args.out or str(Path(args.json).with_suffix(""))
+    for path in plot_all(data, stem):
+        print(path)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["plot"]:
+        return plot_main(argv[1:])
     args = parse_args(argv)
+    if args.compare:
+        print(report.compare(report.load_json(args.compare[0]), report.load_json(args.compare[1])))
+        return 0
     start = time.perf_counter()
-    env = report.environment()
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 -- progress apart from the results
-    sizes = QUICK if args.quick else {}
-    rows = []
-    for case in cases.select(args.case, args.quick):
-        result = run_case(case, IMPLS, rounds=args.repeats, warmup=args.warmup, log=log, **sizes)
-        case_rows = report.summarize(result)
-        rows += case_rows
-        print(report.format_table(case_rows) + "\n", flush=True)
-    print(report.verdict(rows))
+    device = torch.device(args.device)
+    backends, excluded = fusedopt_backends(device)
+    env = report.environment(device, backends, excluded)
+    groups = plan(args, device, backends)
+    print(f"{env['device_name']}, {env['cpu_count']} cores, torch {env['torch']}; fusedopt backends: "
+          f"{', '.join(backends) or 'none'}" + (f" (left out: {', '.join(excluded)})" if excluded else ""))
+    print(describe_plan(args, groups) + "\n", flush=True)
+
+    progress = Progress(len(groups) * (args.repeats + EXTRA_TICKS))
+    probes = Probes(device, QUICK_PROBE_BYTES if args.quick else None)
+    flush = CacheFlusher(QUICK_FLUSH_BYTES if args.quick else CACHE_FLUSH_BYTES) if device.type == "cpu" else None
+    rows: list[dict[str, Any]] = []
+    for case, optim in groups:
+        result = run_group(case, optim, impls_for(optim, backends), rounds=args.repeats, warmup=args.warmup,
+                           device=device, probes=probes, flush=flush, log=progress.message, tick=progress)
+        group_rows = report.summarize(result)
+        rows += group_rows
+        if case.suite != "sweep":
+            progress.message("")
+            print(report.format_group(group_rows) + "\n", flush=True)
+        del result
+        gc.collect()
+    progress.close()
+    del probes, flush
+    sweep = [d for d in rows if d["suite"] == "sweep"]
+    if sweep:
+        print(report.format_sweep(sweep) + "\n")
+    text = report.verdict(rows, excluded)
     elapsed = time.perf_counter() - start
-    print(f"\n({args.repeats} interleaved rounds after {args.warmup} warm-up steps; {elapsed:.0f} s in all)")
-    if args.json:
-        config = dict(case=args.case, repeats=args.repeats, warmup=args.warmup, quick=args.quick, wall_s=elapsed)
-        report.write_json(args.json, env, config, rows)
+    print("Verdict: " + text)
+    print(f"\n({args.repeats} interleaved rounds per group; {elapsed:.0f} s in all)")
+    if not args.no_json and (args.json or not args.quick):
+        path = Path(args.json) if args.json else default_json_path(env)
+        config = dict(suites=args.suite, optims=args.optim, full=args.full, sweep_max=args.sweep_max,
+                      repeats=args.repeats, warmup=args.warmup, quick=args.quick, wall_s=elapsed,
+                      argv=list(argv))
+        report.write_json(path, env, config, rows, text)
+        print(f"wrote {path}")
+        if not args.no_plot:
+            from .plot import plot_all
+
+            for png in plot_all(report.load_json(path), path.with_suffix("")):
+                print(f"wrote {png}")
     return 0

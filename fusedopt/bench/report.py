@@ -1,160 +1,319 @@
-"""From timings to numbers people read: flat rows (also the JSON), a table, a verdict, the environment."""
+"""From timings to numbers people read: flat rows (also the JSON), tables, the verdict, the environment, and the
+comparison of two saved runs."""
 from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
-from .impls import ADAMW_HYPERPARAMS, BASELINE
-from .roofline import ROOFLINE, gbps, roofline_fraction
-from .runner import CaseResult
-from .timing import median, paired_speedup
+from .impls import OPTIMS
+from .roofline import gbps, roofline_fraction
+from .runner import GroupResult
+from .timing import median, paired_speedup, percentile
 
-FUSEDOPT = "fusedopt.AdamW(cpu)"
-FOREACH = "clip+isfinite+AdamW(foreach)"
-UNCLIPPED = "AdamW(fused), no clip/check"
-# Params of the full-job rows should agree after the run: all start equal and take the same steps. An AdamW step
-# moves a param by about lr at most, so allow 1e-3 of that per step. Adam barely sees the clip coefficient except
-# where |g * clip_coef| is near eps, which is where this catches a wrong one; torch's own fp32 global norm is off
-# by ~1e-3 relative on GPT-2 small, which moves those params by ~2e-4 lr per step.
-PARAM_TOLERANCE_PER_STEP = 1e-3
-# Below this triad median/best ratio the run is called noisy in the verdict.
-NOISY_TRIAD = 0.8
+SCHEMA = 2
+# Below this probe median/best ratio the run is called noisy in the verdict.
+NOISY_PROBE = 0.8
 # Above this share of all CPUs taken by other processes during the rounds the run is called busy.
 BUSY_SHARE = 0.05
+# A row reaches the bandwidth-bound regime, for the verdict's sweep sentence, at this fraction of the roofline.
+BANDWIDTH_BOUND = 0.5
+
+ROW_KEYS = (
+    "suite", "case", "case_description", "scale", "optim", "impl", "family", "variant", "job", "device", "dtype",
+    "n_params", "n_tensors", "status", "reason", "bytes_per_param", "bytes_per_step", "samples", "repeat",
+    "median_s", "p20_s", "p80_s", "best_s", "gbps", "roofline_probe", "roofline_gbps", "roofline_best_gbps",
+    "roofline_fraction", "launches", "syncs", "peak_extra_bytes", "peak_extra_fraction", "torch_best",
+    "speedup_vs_torch_best", "check_error", "steps", "others_cpu_share", "times_s",
+)
 
 
-def summarize(result: CaseResult) -> list[dict[str, Any]]:
-    """One flat dict per implementation; None where a row was skipped or a number does not apply."""
+def summarize(result: GroupResult) -> list[dict[str, Any]]:
+    """One flat dict per implementation (keys: ROW_KEYS); None where a number does not apply or was not measured.
+
+    Time is per step; GB/s and the roofline fraction use the median step time, the bytes the row's job must move
+    at least (`bytes_per_param`, from the algorithm and dtypes) and the median rate of the roofline probe timed in
+    the same rounds. The speedup is the median over rounds of (torch's best row's time / this row's time), torch's
+    best being the torch row of the same job with the lowest median."""
     case = result.case
-    probes: dict[str, Any] = {}
-    for p in result.probes.values():
-        probes[f"{p.name}_best_gbps"] = gbps(p.nbytes, min(p.times))
-        probes[f"{p.name}_median_gbps"] = gbps(p.nbytes, median(p.times))
-    baseline = next((r for r in result.rows if r.impl.name == BASELINE and r.times), None)
+    probe = result.probes.get(result.roofline)
+    roof = gbps(probe.nbytes, median(probe.times)) if probe and probe.times else None
+    roof_best = gbps(probe.nbytes, min(probe.times)) if probe and probe.times else None
+    timed = [r for r in result.rows if r.times]
+    best_torch = {}
+    for job in {r.impl.job for r in result.rows}:
+        torch_rows = [r for r in timed if r.impl.family == "torch" and r.impl.job == job]
+        if torch_rows:
+            best_torch[job] = min(torch_rows, key=lambda r: median(r.times))
     param_bytes = case.n_params * case.dtype.itemsize
     out = []
     for row in result.rows:
-        d: dict[str, Any] = dict(
-            case=case.name, impl=row.impl.name, n_params=case.n_params, n_tensors=case.n_tensors,
-            bytes_per_param=row.impl.bytes_per_param, rounds=len(row.times), skipped=row.skipped, **probes,
-            median_s=None, best_s=None, gbps_median=None, gbps_best=None, roofline_fraction=None,
-            axpy_fraction=None, speedup_vs_baseline=None, peak_extra_bytes=row.peak_extra_bytes,
-            peak_extra_fraction=None, max_abs_diff_vs_baseline=row.max_abs_diff, steps=row.steps,
-            others_cpu_share=result.others_cpu_share, times_s=list(row.times))
+        impl = row.impl
+        bpp = impl.bytes_per_param(case.dtype)
+        status = "wrong" if row.wrong else "skipped" if row.skipped else "ok" if row.times else "skipped"
+        d: dict[str, Any] = dict.fromkeys(ROW_KEYS)
+        d.update(
+            suite=case.suite, case=case.name, case_description=case.description, scale=case.scale,
+            optim=result.optim, impl=impl.name, family=impl.family, variant=impl.variant, job=impl.job,
+            device=result.device, dtype=str(case.dtype).removeprefix("torch."), n_params=case.n_params,
+            n_tensors=case.n_tensors, status=status, reason=row.wrong or row.skipped, bytes_per_param=bpp,
+            bytes_per_step=bpp * case.n_params, samples=len(row.times), repeat=row.repeat,
+            roofline_probe=result.roofline, roofline_gbps=roof, roofline_best_gbps=roof_best,
+            launches=row.launches, syncs=row.syncs, peak_extra_bytes=row.peak_extra_bytes,
+            check_error=row.check_error, steps=row.steps, others_cpu_share=result.others_cpu_share,
+            times_s=list(row.times))
         if row.times:
-            nbytes = row.impl.bytes_per_param * case.n_params
-            best = min(row.times)
-            d.update(median_s=median(row.times), best_s=best, gbps_median=gbps(nbytes, median(row.times)),
-                     gbps_best=gbps(nbytes, best),
-                     roofline_fraction=roofline_fraction(nbytes, best, probes[f"{ROOFLINE}_best_gbps"]),
-                     axpy_fraction=roofline_fraction(nbytes, best, probes["axpy_best_gbps"]))
-            if baseline is not None:
-                d["speedup_vs_baseline"] = paired_speedup(baseline.times, row.times)
-        if row.peak_extra_bytes is not None:
+            med = median(row.times)
+            d.update(median_s=med, p20_s=percentile(row.times, 20), p80_s=percentile(row.times, 80),
+                     best_s=min(row.times), gbps=gbps(d["bytes_per_step"], med))
+            if roof:
+                d["roofline_fraction"] = roofline_fraction(d["bytes_per_step"], med, roof)
+            best = best_torch.get(impl.job)
+            if best is not None:
+                d["torch_best"] = best.impl.name
+                d["speedup_vs_torch_best"] = paired_speedup(best.times, row.times)
+        if row.peak_extra_bytes is not None and param_bytes:
             d["peak_extra_fraction"] = row.peak_extra_bytes / param_bytes
         out.append(d)
     return out
 
 
-def _num(x: float | None, fmt: str) -> str:
-    return "-" if x is None else format(x, fmt)
+# --- formatting ------------------------------------------------------------------------------------------------
+
+def fmt_time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s / 1e-9:.3g} ns"
 
 
-def _mib(nbytes: int | None, fraction: float | None) -> str:
-    return "-" if nbytes is None else f"{nbytes / 2**20:,.1f} MiB ({fraction:.0%})"
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    if n == 0:
+        return "0"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} B"
 
 
-COLUMNS = ("implementation", "B/p", "median ms", "best ms", "best GB/s", "of triad", "of axpy", "speedup",
-           "peak extra mem", "max|dp|")
+def fmt_params(n: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
 
 
-def _cells(d: dict[str, Any]) -> tuple[str, ...]:
-    ms = lambda s: _num(s * 1e3, ".1f")  # noqa: E731
-    speedup = d["speedup_vs_baseline"]
-    return (d["impl"], str(d["bytes_per_param"]), ms(d["median_s"]), ms(d["best_s"]), _num(d["gbps_best"], ".1f"),
-            _num(d["roofline_fraction"], ".2f"), _num(d["axpy_fraction"], ".2f"),
-            "-" if speedup is None else f"{speedup:.2f}x", _mib(d["peak_extra_bytes"], d["peak_extra_fraction"]),
-            _num(d["max_abs_diff_vs_baseline"], ".1e"))
+def _num(x: float | None, fmt: str, suffix: str = "") -> str:
+    return "-" if x is None else format(x, fmt) + suffix
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Rows of one case. GB/s and the roofline fractions use each row's best time and B/p (its floor of bytes per
-    param); speedup is the median of per-round ratios against the baseline; peak extra memory is also given as a
-    share of the param bytes. Skipped rows follow."""
-    d = rows[0]
-    head = (f"{d['case']}: {d['n_tensors']} tensors, {d['n_params']:,} params. Roofline: triad "
-            f"{d['triad_best_gbps']:.1f} GB/s best ({d['triad_median_gbps']:.1f} median); in-place axpy "
-            f"{d['axpy_best_gbps']:.1f} GB/s best ({d['axpy_median_gbps']:.1f} median)")
+def _grid(header: Sequence[str], body: Sequence[Sequence[str]], markdown: bool = False) -> list[str]:
+    if markdown:  # GitHub tables: text left, numbers right
+        return ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)] + [
+            "| " + " | ".join(r) + " |" for r in body]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            for r in [header, *body]]
+
+
+def group_header(d: dict[str, Any]) -> str:
+    text = (f"{d['case_description']} | {OPTIMS[d['optim']].label} | roofline: {d['roofline_probe']} "
+            f"{_num(d['roofline_gbps'], '.1f')} GB/s median, {_num(d['roofline_best_gbps'], '.1f')} best")
     if d["others_cpu_share"] is not None:
-        head += f". Other processes took {d['others_cpu_share']:.0%} of the CPUs during the rounds"
-    body = [COLUMNS] + [_cells(d) for d in rows if d["skipped"] is None]
-    widths = [max(len(r[i]) for r in body) for i in range(len(COLUMNS))]
-    lines = [head] + ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                      for r in body]
-    return "\n".join(lines + [f"skipped {d['impl']}: {d['skipped']}" for d in rows if d["skipped"] is not None])
+        text += f" | other processes took {d['others_cpu_share']:.0%} of the CPUs"
+    return text
 
 
-def _by_impl(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {d["impl"]: d for d in rows}
+def format_group(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
+    """One group's rows (one case, one optimizer); wrong and skipped rows are listed after the table."""
+    gpu = any(d["launches"] is not None for d in rows)
+    header = ["implementation", "B/param", "median", "p20-p80", "GB/s", "of roof"]
+    header += ["launches", "syncs"] if gpu else []
+    header += ["peak extra", "vs torch best"]
+    body = []
+    for d in rows:
+        if d["status"] != "ok":
+            continue
+        cells = [d["impl"], str(d["bytes_per_param"]), fmt_time(d["median_s"]),
+                 f"{fmt_time(d['p20_s'])}-{fmt_time(d['p80_s'])}", _num(d["gbps"], ".1f"),
+                 _num(d["roofline_fraction"], ".2f")]
+        cells += [_num(d["launches"], "d"), _num(d["syncs"], "d")] if gpu else []
+        extra = fmt_bytes(d["peak_extra_bytes"])
+        if d["peak_extra_fraction"]:
+            extra += f" ({d['peak_extra_fraction']:.0%})"
+        cells += [extra, _num(d["speedup_vs_torch_best"], ".2f", "x")]
+        body.append(cells)
+    lines = [group_header(rows[0])] + ([""] if markdown else []) + _grid(header, body, markdown)
+    lines += [f"  {d['status'].upper()}: {d['impl']}: {d['reason']}" for d in rows if d["status"] != "ok"]
+    return "\n".join(lines)
 
 
-def _case_verdict(rows: Sequence[dict[str, Any]]) -> str:
-    rows_by = _by_impl(rows)
-    base, ours, foreach, unclipped = (rows_by.get(k) for k in (BASELINE, FUSEDOPT, FOREACH, UNCLIPPED))
-    name = rows[0]["case"]
-    if base is None or base["median_s"] is None:
-        return f"On {name} the baseline {BASELINE} did not run, so there is nothing to compare against."
-    if ours is None or ours["median_s"] is None:
-        why = "skipped, reason above" if ours is not None else "not selected"
-        full = [d for d in rows if d["bytes_per_param"] == base["bytes_per_param"] and d["median_s"] is not None]
-        best = min(full, key=lambda d: d["median_s"])
-        return (f"On {name} fusedopt did not run ({why}); the fastest torch way to do the full job is {best['impl']} "
-                f"at {best['roofline_fraction']:.2f} of the triad roofline.")
-    text = (f"On {name}, fusedopt.AdamW's clipped, checked step is {ours['speedup_vs_baseline']:.2f}x as fast as "
-            f"clip_grad_norm_ + isfinite + AdamW(fused=True) ({ours['median_s'] * 1e3:.1f} vs "
-            f"{base['median_s'] * 1e3:.1f} ms median) and reaches {ours['roofline_fraction']:.2f} of the triad "
-            f"roofline ({ours['axpy_fraction']:.2f} of in-place axpy) against the baseline's "
-            f"{base['roofline_fraction']:.2f} ({base['axpy_fraction']:.2f})")
-    if unclipped is not None and unclipped["median_s"] is not None:
-        ratio = ours["median_s"] / unclipped["median_s"]
-        text += f"; it takes {ratio:.2f}x the median time of torch's fused update alone, with no clip or check"
-    if ours["peak_extra_bytes"] is not None and foreach is not None and foreach["peak_extra_bytes"] is not None:
-        text += (f"; it allocates {ours['peak_extra_fraction']:.1%} of the param bytes during a step, torch's "
-                 f"foreach path {foreach['peak_extra_fraction']:.0%}")
+def format_sweep(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
+    """The sweep condensed, per optimizer and job: a line per size, a column per implementation with its median
+    step time and (in brackets) its fraction of the roofline; the first column is the roofline's own time."""
+    out = []
+    for optim in dict.fromkeys(d["optim"] for d in rows):
+        for job in ("update", "clip+check+update"):
+            sel = [d for d in rows if d["optim"] == optim and d["job"] == job]
+            if not sel:
+                continue
+            impls = list(dict.fromkeys(d["impl"] for d in sel))
+            by = {(d["n_params"], d["impl"]): d for d in sel}
+            body = []
+            for n in sorted({d["n_params"] for d in sel}):
+                any_row = next(d for d in sel if d["n_params"] == n)
+                roof = any_row["roofline_gbps"]
+                cells = [fmt_params(n), fmt_time(any_row["bytes_per_step"] / (roof * 1e9)) if roof else "-"]
+                for name in impls:
+                    d = by.get((n, name))
+                    if d is None or d["status"] != "ok":
+                        cells.append("-" if d is None else d["status"])
+                    else:
+                        cells.append(f"{fmt_time(d['median_s'])} ({_num(d['roofline_fraction'], '.2f')})")
+                body.append(cells)
+            out.append(f"sweep | {OPTIMS[optim].label} | {job} | median step time (fraction of the roofline)")
+            out += ([""] if markdown else []) + _grid(["params", "roofline"] + impls, body, markdown)
+            out.append("")
+    return "\n".join(out).rstrip()
+
+
+def format_run(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
+    """Every group's table, then the sweep's; as GitHub markdown for the README with `markdown`."""
+    groups = list(dict.fromkeys((d["case"], d["optim"]) for d in rows if d["suite"] != "sweep"))
+    parts = [format_group([d for d in rows if (d["case"], d["optim"]) == g], markdown) for g in groups]
+    sweep = [d for d in rows if d["suite"] == "sweep"]
+    if sweep:
+        parts.append(format_sweep(sweep, markdown))
+    return "\n\n".join(parts)
+
+
+# --- verdict ---------------------------------------------------------------------------------------------------
+
+def _geomean(xs: Sequence[float]) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def _span(xs: Sequence[float], fmt: str, suffix: str = "") -> str:
+    lo, hi = min(xs), max(xs)
+    return f"{lo:{fmt}}{suffix}" if f"{lo:{fmt}}" == f"{hi:{fmt}}" else f"{lo:{fmt}}{suffix} to {hi:{fmt}}{suffix}"
+
+
+def _best_rows(rows: Iterable[dict[str, Any]], family: str, job: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (case, optim): the row of `family` doing `job` with the lowest median time."""
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for d in rows:
+        if d["family"] == family and d["job"] == job and d["status"] == "ok":
+            key = (d["case"], d["optim"])
+            if key not in best or d["median_s"] < best[key]["median_s"]:
+                best[key] = d
+    return best
+
+
+def _suite_sentence(rows: Sequence[dict[str, Any]], suite: str) -> str | None:
+    sel = [d for d in rows if d["suite"] == suite]
+    if not sel:
+        return None
+    cases = list(dict.fromkeys(d["case_description"] for d in sel))
+    optims = ", ".join(OPTIMS[o].label for o in dict.fromkeys(d["optim"] for d in sel))
+    ours, theirs = _best_rows(sel, "fusedopt", "clip+check+update"), _best_rows(sel, "torch", "clip+check+update")
+    where = f"On the {suite} suite ({'; '.join(cases)}; {optims})"
+    if not ours:
+        return f"{where} no fusedopt row ran."
+    speedups = [d["speedup_vs_torch_best"] for d in ours.values() if d["speedup_vs_torch_best"] is not None]
+    text = (f"{where}, fusedopt's clipped, checked step ({', '.join(sorted({d['variant'] for d in ours.values()}))}) "
+            f"ran {_span(speedups, '.2f', 'x')}"
+            + (f" (geometric mean {_geomean(speedups):.2f}x)" if len(speedups) > 1 else "")
+            + " as fast as torch's fastest clip_grad_norm_ + isfinite + optimizer")
+    fr = [d["roofline_fraction"] for d in ours.values() if d["roofline_fraction"] is not None]
+    tfr = [d["roofline_fraction"] for d in theirs.values() if d["roofline_fraction"] is not None]
+    if fr and tfr:
+        text += f", at {_span(fr, '.2f')} of the roofline (torch's fastest: {_span(tfr, '.2f')})"
+    bare = [d["speedup_vs_torch_best"] for d in _best_rows(sel, "fusedopt", "update").values()
+            if d["speedup_vs_torch_best"] is not None]
+    if bare:
+        text += f"; its bare update ran {_span(bare, '.2f', 'x')} torch's fastest bare update"
     return text + "."
 
 
-def param_tolerance(steps: int) -> float:
-    return PARAM_TOLERANCE_PER_STEP * ADAMW_HYPERPARAMS["lr"] * steps
+def _crossover(rows: Sequence[dict[str, Any]]) -> int | None:
+    """The smallest size from which the row stays at or above BANDWIDTH_BOUND of the roofline."""
+    found = None
+    for d in sorted(rows, key=lambda d: -d["n_params"]):
+        if d["roofline_fraction"] is None or d["roofline_fraction"] < BANDWIDTH_BOUND:
+            break
+        found = d["n_params"]
+    return found
 
 
-def verdict(rows: Sequence[dict[str, Any]]) -> str:
-    """One paragraph over all cases, with warnings that change how far the numbers can be trusted."""
-    cases = list(dict.fromkeys(d["case"] for d in rows))
-    parts = [_case_verdict([d for d in rows if d["case"] == c]) for c in cases]
-    for d in rows:
-        diff, tol = d["max_abs_diff_vs_baseline"], param_tolerance(d["steps"])
-        if diff is not None and diff > tol:
-            parts.append(f"Warning: on {d['case']}, {d['impl']} ended {diff:.1e} away from the baseline's params "
-                         f"(tolerance {tol:.1e}), so its time may not be that of a correct step.")
+def _sweep_sentence(rows: Sequence[dict[str, Any]]) -> str | None:
+    sel = [d for d in rows if d["suite"] == "sweep" and d["job"] == "clip+check+update" and d["status"] == "ok"]
+    if not sel:
+        return None
+    optim = "adamw" if any(d["optim"] == "adamw" for d in sel) else sel[0]["optim"]
+    sel = [d for d in sel if d["optim"] == optim]
+    ours, theirs = _best_rows(sel, "fusedopt", sel[0]["job"]), _best_rows(sel, "torch", sel[0]["job"])
+    sizes = sorted({d["n_params"] for d in sel})
+    smallest, largest = sizes[0], sizes[-1]
+
+    def by_size(best: dict) -> list[dict[str, Any]]:
+        return [d for (case, _), d in best.items()]
+
+    def reach(best: dict) -> str:
+        n = _crossover(by_size(best))
+        return f"from {fmt_params(n)} params on" if n is not None else f"at no size up to {fmt_params(largest)}"
+
+    small_t = [d for d in by_size(theirs) if d["n_params"] == smallest]
+    text = (f"In the sweep (one tensor of {fmt_params(smallest)} to {fmt_params(largest)} params, "
+            f"{OPTIMS[optim].label}, clipped and checked), torch's fastest reaches half the roofline "
+            f"{reach(theirs)}")
+    if ours:
+        small_o = [d for d in by_size(ours) if d["n_params"] == smallest]
+        text += f" and fusedopt {reach(ours)}"
+        if small_o and small_t:
+            text += (f"; at {fmt_params(smallest)} params a step is per-step overhead: fusedopt "
+                     f"{fmt_time(small_o[0]['median_s'])}, torch {fmt_time(small_t[0]['median_s'])}")
+    return text + "."
+
+
+def verdict(rows: Sequence[dict[str, Any]], excluded: dict[str, str] | None = None) -> str:
+    """One paragraph over the whole run, with the warnings that change how far the numbers can be trusted."""
+    parts = [s for s in (_suite_sentence(rows, "model"), _suite_sentence(rows, "many-small"), _sweep_sentence(rows))
+             if s]
+    wrong = [d for d in rows if d["status"] == "wrong"]
+    if wrong:
+        parts.append(f"{len(wrong)} row(s) disagreed with torch after one step and were not timed: "
+                     + "; ".join(f"{d['impl']} ({d['case']}, {d['optim']})" for d in wrong[:5])
+                     + ("; ..." if len(wrong) > 5 else "") + ".")
+    skipped = sorted({d["impl"] for d in rows if d["status"] == "skipped"})
+    if skipped:
+        parts.append(f"Skipped after an error: {', '.join(skipped)}.")
+    if excluded:
+        parts.append("Backends left out: " + "; ".join(f"{k} ({v})" for k, v in excluded.items()) + ".")
     shares = [d["others_cpu_share"] for d in rows if d["others_cpu_share"] is not None]
     if shares and max(shares) > BUSY_SHARE:
         parts.append(f"Other processes used up to {max(shares):.0%} of the CPUs during the timed rounds; they stall "
                      f"torch's per-tensor parallel loops far more than long passes, so rerun on a quiet machine.")
-    noisy = {c: d["triad_median_gbps"] / d["triad_best_gbps"] for c in cases for d in rows if d["case"] == c}
-    worst = min(noisy.values()) if noisy else 1.0
-    if worst < NOISY_TRIAD:
-        parts.append(f"Memory bandwidth was noisy (triad median down to {worst:.0%} of its best), so trust the "
-                     f"paired speedups more than absolute times.")
-    return " ".join(parts)
+    ratios = [d["roofline_gbps"] / d["roofline_best_gbps"] for d in rows if d["roofline_gbps"] and
+              d["roofline_best_gbps"]]
+    if ratios and min(ratios) < NOISY_PROBE:
+        parts.append(f"Memory bandwidth was noisy (roofline probe median down to {min(ratios):.0%} of its best), "
+                     f"so trust the paired speedups more than absolute times.")
+    return " ".join(parts) if parts else "No rows ran."
 
+
+# --- environment, JSON -----------------------------------------------------------------------------------------
 
 def _git(*args: str) -> str | None:
     try:
@@ -165,22 +324,106 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def environment() -> dict[str, Any]:
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+def machine_slug(env: dict[str, Any]) -> str:
+    """A file-name-safe machine label: "cpu-2core" or, say, "nvidia-h100-80gb-hbm3"."""
+    if env["device_type"] == "cuda":
+        return re.sub(r"[^a-z0-9]+", "-", env["device_name"].lower()).strip("-")
+    return f"cpu-{env['cpu_count']}core"
+
+
+def environment(device: torch.device, backends: Sequence[str] = (), excluded: dict[str, str] | None = None
+                ) -> dict[str, Any]:
     status = _git("status", "--porcelain")
     try:
-        import fusedopt
-        fusedopt_version = getattr(fusedopt, "__version__", "unknown")
-    except Exception as exc:  # the package is optional here; its absence is recorded, not fatal
-        fusedopt_version = f"unavailable: {type(exc).__name__}: {exc}"
+        import triton
+        triton_version = triton.__version__
+    except Exception:  # not installed: recorded as None
+        triton_version = None
     return dict(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        torch=torch.__version__, fusedopt=fusedopt_version, python=platform.python_version(),
-        platform=platform.platform(), processor=platform.processor() or platform.machine(),
-        cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), loadavg=list(os.getloadavg()),
-        git_sha=_git("rev-parse", "HEAD"), git_dirty=None if status is None else bool(status))
+        device_type=device.type, device_name=device_name(device), cpu_name=cpu_name(), cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(), torch=torch.__version__, cuda=torch.version.cuda,
+        triton=triton_version, python=platform.python_version(), platform=platform.platform(),
+        loadavg=list(os.getloadavg()), git_sha=_git("rev-parse", "HEAD"),
+        git_dirty=None if status is None else bool(status), fusedopt_backends=list(backends),
+        fusedopt_excluded=dict(excluded or {}))
+
+
+ENV_KEYS = ("date", "device_type", "device_name", "cpu_count", "torch", "cuda", "triton", "git_sha")
 
 
 def write_json(path: str | os.PathLike, env: dict[str, Any], config: dict[str, Any],
-               rows: Sequence[dict[str, Any]]) -> None:
+               rows: Sequence[dict[str, Any]], verdict_text: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(dict(env=env, config=config, rows=list(rows)), indent=1) + "\n")
+    data = dict(schema=SCHEMA, env=env, config=config, verdict=verdict_text, rows=list(rows))
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def load_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A saved run, validated: a clear error names what is missing instead of a KeyError deep in a plot."""
+    data = json.loads(Path(path).read_text())
+    problems = validate(data)
+    if problems:
+        raise ValueError(f"{path} is not a fusedopt.bench result: {'; '.join(problems)}")
+    return data
+
+
+def validate(data: Any) -> list[str]:
+    if not isinstance(data, dict):
+        return ["the top level is not an object"]
+    if data.get("schema") != SCHEMA:
+        return [f"schema is {data.get('schema')!r}, expected {SCHEMA}"]
+    problems = [f"missing top-level key {k!r}" for k in ("env", "config", "rows", "verdict") if k not in data]
+    if problems:
+        return problems
+    problems += [f"env lacks {k!r}" for k in ENV_KEYS if k not in data["env"]]
+    for i, row in enumerate(data["rows"]):
+        missing = [k for k in ROW_KEYS if k not in row]
+        if missing:
+            problems.append(f"rows[{i}] lacks {', '.join(missing)}")
+            break
+    return problems
+
+
+# --- compare ---------------------------------------------------------------------------------------------------
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Rows present in both runs, matched by (case, optimizer, implementation): medians, the change of B against A,
+    and '*' where the p20-p80 ranges do not overlap (a change larger than either run's spread)."""
+    key = lambda d: (d["case"], d["optim"], d["impl"])  # noqa: E731
+    rows_a = {key(d): d for d in a["rows"] if d["status"] == "ok"}
+    body, ratios = [], []
+    for d in b["rows"]:
+        old = rows_a.get(key(d))
+        if old is None or d["status"] != "ok":
+            continue
+        ratios.append(d["median_s"] / old["median_s"])
+        change = ratios[-1] - 1
+        separate = d["p80_s"] < old["p20_s"] or d["p20_s"] > old["p80_s"]
+        body.append([f"{d['case']} {d['optim']} {d['impl']}", fmt_time(old["median_s"]), fmt_time(d["median_s"]),
+                     f"{change:+.1%}{' *' if separate else '  '}",
+                     _num(old["speedup_vs_torch_best"], ".2f", "x"), _num(d["speedup_vs_torch_best"], ".2f", "x")])
+    ea, eb = a["env"], b["env"]
+    lines = [f"A: {ea['date']} {ea['device_name']} git {str(ea['git_sha'])[:10]}",
+             f"B: {eb['date']} {eb['device_name']} git {str(eb['git_sha'])[:10]}"]
+    if not body:
+        return "\n".join(lines + ["No rows in common."])
+    lines += _grid(["case optim implementation", "A median", "B median", "B vs A", "A vs torch best",
+                    "B vs torch best"], body)
+    lines.append(f"{len(body)} rows in common; B's median time is {_geomean(ratios):.2f}x A's (geometric mean); "
+                 f"* marks rows whose p20-p80 ranges do not overlap.")
+    return "\n".join(lines)

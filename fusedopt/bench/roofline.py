@@ -9,16 +9,24 @@ from typing import Callable
 
 import torch
 
-FP32 = 4
-# AdamW update: read p, g, m, v; write p, m, v.
-ADAMW_UPDATE_BYTES = 7 * FP32
-# Global-norm clipping plus the non-finite check need every grad read once before the update may start.
-CHECK_PASS_BYTES = 1 * FP32
-CLIPPED_CHECKED_ADAMW_BYTES = ADAMW_UPDATE_BYTES + CHECK_PASS_BYTES
-PROBE_ARRAY_BYTES = 256 * 2**20
-# Both probes count 12 B/element (two reads, one write), as STREAM does.
-PROBE_BYTES_PER_ELEMENT = 3 * FP32
-ROOFLINE = "triad"
+# State tensors each update rule reads and writes per param (SGD with momentum: the momentum buffer).
+STATES = {"sgd": 1, "adam": 2, "adamw": 2}
+
+
+def update_bytes(optim: str, param_size: int = 4, grad_size: int | None = None, state_size: int | None = None) -> int:
+    """Bytes per param one update pass must move: read p, g and every state, write p and every state. Sizes are
+    the dtypes' itemsizes; grads default to the param dtype, states too."""
+    grad_size = param_size if grad_size is None else grad_size
+    state_size = param_size if state_size is None else state_size
+    return 2 * param_size + grad_size + 2 * STATES[optim] * state_size
+
+
+def job_bytes(optim: str, clipped: bool, param_size: int = 4, grad_size: int | None = None,
+              state_size: int | None = None) -> int:
+    """The floor of a whole step: the update, plus one read of every grad before it when the step clips to a global
+    norm and checks for non-finite grads (both need all grads seen before any param may change)."""
+    grad_size = param_size if grad_size is None else grad_size
+    return update_bytes(optim, param_size, grad_size, state_size) + (grad_size if clipped else 0)
 
 
 def gbps(nbytes: float, seconds: float) -> float:
@@ -30,23 +38,40 @@ def roofline_fraction(nbytes: float, seconds: float, roof_gbps: float) -> float:
     return nbytes / (roof_gbps * 1e9) / seconds
 
 
+def roofline_seconds(nbytes: float, roof_gbps: float) -> float:
+    return nbytes / (roof_gbps * 1e9)
+
+
+PROBE_ARRAY_BYTES = {"cpu": 256 * 2**20, "cuda": 1024 * 2**20}
+# The probe whose best rate is the roofline, per device type.
+ROOFLINE = {"cpu": "triad", "cuda": "copy"}
+
+
 class Probes:
     """Streaming kernels on fp32 arrays of `array_bytes` each; one call is one timed sample.
 
-    `triad` (a = b + s*c) is the roofline, by the STREAM convention. But writing `a` without reading it costs a
-    write-allocate read on most CPUs, so 16 B/element really move while 12 are counted. `axpy` (a += s*b) reads
-    what it writes, as an optimizer step does with p, m and v; it shows the ceiling for in-place kernels, which
-    is why a step can score above 1.0 of the triad roofline.
+    CPU: `triad` (a = b + s*c, 12 B/element counted, by the STREAM convention) is the roofline. Writing `a`
+    without reading it costs a write-allocate read on most CPUs, so 16 B/element really move while 12 are counted.
+    `axpy` (a += s*b, 12 B/element) reads what it writes, as an optimizer step does with p and its states; it
+    shows the ceiling for in-place kernels, which is why a step can score above 1.0 of the triad roofline.
+    GPU: `copy` (device-to-device, 8 B/element: one read, one write), the usual bandwidth ceiling there.
     """
 
-    NAMES = (ROOFLINE, "axpy")
+    BYTES_PER_ELEMENT = {"triad": 12, "axpy": 12, "copy": 8}
 
-    def __init__(self, array_bytes: int = PROBE_ARRAY_BYTES):
-        numel = array_bytes // FP32
-        self.a = torch.zeros(numel)
-        self.b = torch.rand(numel)
-        self.c = torch.rand(numel)
-        self.nbytes = PROBE_BYTES_PER_ELEMENT * numel
+    def __init__(self, device: torch.device | str = "cpu", array_bytes: int | None = None):
+        device = torch.device(device)
+        kind = "cuda" if device.type == "cuda" else "cpu"
+        self.roofline = ROOFLINE[kind]
+        self.names = ("triad", "axpy") if kind == "cpu" else ("copy",)
+        numel = (array_bytes or PROBE_ARRAY_BYTES[kind]) // 4
+        self.numel = numel
+        self.a = torch.zeros(numel, device=device)
+        self.b = torch.rand(numel, device=device)
+        self.c = torch.rand(numel, device=device) if kind == "cpu" else None
+
+    def nbytes(self, name: str) -> int:
+        return self.BYTES_PER_ELEMENT[name] * self.numel
 
     def triad(self) -> None:
         torch.add(self.b, self.c, alpha=0.5, out=self.a)
@@ -54,7 +79,10 @@ class Probes:
     def axpy(self) -> None:
         self.a.add_(self.b, alpha=0.5)
 
+    def copy(self) -> None:
+        self.a.copy_(self.b)
+
     def fn(self, name: str) -> Callable[[], None]:
-        if name not in self.NAMES:
+        if name not in self.names:
             raise KeyError(name)
         return getattr(self, name)

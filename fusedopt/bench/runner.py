@@ -1,8 +1,17 @@
-"""Runs one case: builds every implementation's tensors once, warms up, times interleaved rounds, then measures
-peak step memory and checks that all implementations of the full job ended at the same params."""
+"""Runs one group (a case and an optimizer) over all implementations:
+
+1. builds every implementation over its own copy of the same params (grads shared where nobody writes them);
+2. the check step: one step each from identical params and grads, compared with torch's for-loop doing the same
+   job; a row that disagrees is marked wrong and not timed;
+3. warm-up steps, which also decide how many back-to-back steps one sample takes (tiny steps are repeated);
+4. interleaved rounds: every round times every implementation and the bandwidth probes once, in an order rotated
+   each round, so drifts and bursts of noise hit all alike;
+5. one more step each, measured for peak extra memory (and on a GPU, kernel launches and host syncs).
+"""
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -11,23 +20,42 @@ import torch
 from torch import Tensor
 
 from .cases import Case
-from .impls import BASELINE, IMPLS, Impl
+from .impls import Impl, reference_of
 from .machine import OthersCpuShare
-from .memory import peak_extra_bytes
-from .roofline import PROBE_ARRAY_BYTES, Probes
-from .timing import CACHE_FLUSH_BYTES, CacheFlusher, round_robin, time_once
+from .memory import peak_extra_bytes as cpu_peak_extra_bytes
+from .roofline import Probes
+from .timing import CacheFlusher, repeats_for, round_robin, time_once
 
 Log = Callable[[str], None]
+Tick = Callable[[str], None]
+
+# The check step compares each param's change against the reference's change: within CHECK_RTOL of it per
+# element, plus CHECK_ATOL of the largest reference change (a different but legitimate rounding of the global
+# norm moves every update of a clipped step by up to ~1e-3 relative on 100M params), plus a few ulps of the
+# param itself (rounding p + dp).
+CHECK_RTOL = 1e-2
+CHECK_ATOL = 1e-3
+CHECK_ULPS = 8
+# Clip to half the initial global norm: the clip is active (a row that ignores it is caught by the check), and the
+# rows whose clip_grad_norm_ rescales .grad in place see it settle at the clip norm after one step instead of
+# shrinking towards denormals (slow on CPUs) step after step.
+CLIP_FRACTION = 0.5
+# Progress ticks per group besides one per timed round: the check step, the warm-up, the profiled step.
+EXTRA_TICKS = 3
 
 
 @dataclass
 class RowResult:
     impl: Impl
-    times: list[float] = field(default_factory=list)  # one step per round, in round order
+    times: list[float] = field(default_factory=list)  # seconds per step, one sample per round, in round order
+    repeat: int = 1  # back-to-back steps per sample
     peak_extra_bytes: int | None = None
-    max_abs_diff: float | None = None  # params after the run vs the baseline's (clipped rows only)
+    launches: int | None = None  # per step, GPU only
+    syncs: int | None = None  # per step, GPU only
+    check_error: float | None = None  # worst |change - reference change| / allowed, from the check step
     steps: int = 0  # all steps taken, untimed ones included
     skipped: str | None = None
+    wrong: str | None = None
 
 
 @dataclass
@@ -38,34 +66,24 @@ class ProbeResult:
 
 
 @dataclass
-class CaseResult:
+class GroupResult:
     case: Case
+    optim: str
+    device: str
     rows: list[RowResult]
     probes: dict[str, ProbeResult]
+    roofline: str  # name of the probe whose best rate is the roofline
+    max_norm: float
     wall_s: float
     others_cpu_share: float | None = None  # of all CPUs, by other processes during the timed rounds
 
 
 @dataclass
 class _Live:
-    """One implementation's tensors and step, kept alive for the whole case."""
+    """One implementation's tensors and step, kept alive for the whole group."""
     row: RowResult
     params: list[Tensor]
     step: Callable[[], None]
-    restore: Callable[[], None] | None
-
-    def run(self, measure: Callable[[Callable[[], None]], object] = lambda step: step()) -> object:
-        """One step through `measure`, which calls it (and may time or profile it); grads restored after."""
-        result = measure(self.step)
-        self.row.steps += 1
-        if self.restore is not None:
-            self.restore()
-        return result
-
-
-def _copy_all(dst: Sequence[Tensor], src: Sequence[Tensor]) -> None:
-    for d, s in zip(dst, src):
-        d.copy_(s)
 
 
 @contextlib.contextmanager
@@ -81,79 +99,137 @@ def _skip_if_optional(row: RowResult, log: Log) -> Iterator[None]:
         log(f"  skipping {row.impl.name}: {row.skipped}")
 
 
-def run_case(case: Case, impls: Sequence[Impl] = IMPLS, *, rounds: int, warmup: int,
-             probe_bytes: int = PROBE_ARRAY_BYTES, probe_calls: int = 3, flush_bytes: int = CACHE_FLUSH_BYTES,
-             seed: int = 0, log: Log = print) -> CaseResult:
+def _flat(tensors: Sequence[Tensor]) -> Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
+
+
+def compare_updates(init: Sequence[Tensor], reference: Sequence[Tensor], got: Sequence[Tensor]) -> float:
+    """Worst ratio, over all elements, of |got's change - reference's change| to what is allowed (see CHECK_*);
+    above 1 is wrong, inf when got is not finite where the reference is. On one flat copy each: a handful of large
+    ops, not a dozen per tensor (each op can stall on a busy machine)."""
+    with torch.no_grad():
+        i, r, g = _flat(init), _flat(reference), _flat(got)
+        if not r.numel():
+            return 0.0
+        change = (r - i).abs_()  # exact where |change| << |p| (Sterbenz), else within the ulp term below
+        allowed = torch.maximum(r.abs(), g.abs()).mul_(CHECK_ULPS * torch.finfo(r.dtype).eps)
+        allowed.add_(change, alpha=CHECK_RTOL).add_(CHECK_ATOL * float(change.max()))
+        worst = float((g - r).abs_().div_(allowed.clamp_min_(torch.finfo(r.dtype).tiny)).max())
+        return worst if math.isfinite(worst) else math.inf
+
+
+def _copy_all(dst: Sequence[Tensor], src: Sequence[Tensor]) -> None:
+    with torch.no_grad():
+        for d, s in zip(dst, src):
+            d.copy_(s)
+
+
+def run_group(case: Case, optim: str, impls: Sequence[Impl], *, rounds: int, warmup: int,
+              device: torch.device | str = "cpu", probes: Probes | None = None, flush: CacheFlusher | None = None,
+              seed: int = 0, log: Log = print, tick: Tick = lambda label: None) -> GroupResult:
     start = time.perf_counter()
-    log(f"{case.name}: building {len(impls)} implementations over {case.n_tensors} tensors, "
-        f"{case.n_params:,} params")
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    label = f"{case.name} {optim}"
     gen = torch.Generator().manual_seed(seed)
-    init = [torch.randn(s, generator=gen, dtype=case.dtype).mul_(0.02) for s in case.shapes]
-    # Finite grads, so every guarded step runs; never written by the rows that only read them.
-    grads = [torch.randn(s, generator=gen, dtype=case.dtype) for s in case.shapes]
-    # Memory: the interleaved rounds need every implementation alive at once, so each owns its params and optimizer
-    # state (p, m, v: 12 B/param; 1.5 GB for GPT-2 small). Grads are shared, since no step here reads what another
-    # wrote: rows that only read grads use `grads` itself; the rows whose clip_grad_norm_ rescales grads in place
-    # share one `scratch` copy, restored from `grads` after each of their steps and outside the timed region.
-    # Without the restore, grads would shrink by the clip coefficient (~1e-4 here) every step and soon be
-    # denormals, which are slow on CPU. The cache flush before each sample hides the restore from the next step.
-    scratch = [g.clone() for g in grads] if any(i.rewrites_grads for i in impls) else None
+    init = [torch.randn(s, generator=gen, dtype=case.dtype).mul_(0.02).to(device) for s in case.shapes]
+    # Finite grads, so every guarded step runs; shared by all rows that only read them.
+    grads = [torch.randn(s, generator=gen, dtype=case.dtype).to(device) for s in case.shapes]
+    max_norm = CLIP_FRACTION * float(torch.linalg.vector_norm(torch.stack(
+        [torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads])))
+    # Memory: the interleaved rounds need every implementation alive at once, so each owns its params and
+    # optimizer state. Rows whose clip_grad_norm_ rewrites grads each get their own copy.
     rows = [RowResult(impl) for impl in impls]
     live: dict[str, _Live] = {}
     for row in rows:
         impl = row.impl
         with _skip_if_optional(row, log):
             params = [p.clone().requires_grad_() for p in init]
-            for p, g in zip(params, scratch if impl.rewrites_grads else grads):
-                p.grad = g
-            restore = (lambda: _copy_all(scratch, grads)) if impl.rewrites_grads else None
-            live[impl.name] = _Live(row, params, impl.setup(params), restore)
-    del init
-    probes = Probes(probe_bytes)
-    probe_results = {name: ProbeResult(name, probes.nbytes, []) for name in Probes.NAMES}
-    flush = CacheFlusher(flush_bytes)
+            for p, g in zip(params, grads):
+                p.grad = g.clone() if impl.rewrites_grads else g
+            live[impl.name] = _Live(row, params, impl.setup(params, max_norm))
 
     def drop(name: str) -> None:
         if live[name].row.skipped is not None:
             del live[name]
 
-    log(f"{case.name}: warm-up, {warmup} step(s) each")
-    for name in Probes.NAMES:
-        probes.fn(name)()
+    def restore_grads(entry: _Live) -> None:
+        if entry.row.impl.rewrites_grads:
+            _copy_all([p.grad for p in entry.params], grads)
+
+    # 2. The check step, from identical params and grads.
     for name in list(live):
         with _skip_if_optional(live[name].row, log):
-            for _ in range(warmup):
-                live[name].run()
+            live[name].step()
+            live[name].row.steps += 1
+            restore_grads(live[name])
         drop(name)
+    for name, entry in list(live.items()):
+        ref_name = reference_of(entry.row.impl)
+        if ref_name not in live:
+            raise RuntimeError(f"{label}: the reference row {ref_name!r} is missing, so nothing can be checked")
+        entry.row.check_error = compare_updates(init, live[ref_name].params, entry.params)
+        if not entry.row.check_error <= 1.0:
+            entry.row.wrong = (f"after one step, params differ from {ref_name}'s by {entry.row.check_error:.3g}x "
+                               f"the tolerance")
+            log(f"  WRONG {entry.row.impl.name} on {label}: {entry.row.wrong}; not timed")
+    for name in [n for n, e in live.items() if e.row.wrong is not None]:
+        del live[name]
+    del init
+    tick(f"{label}: checked")
 
+    # 3. Warm-up, then as many back-to-back steps per sample as make it last MIN_SAMPLE_S.
+    for name in list(live):
+        entry = live[name]
+        with _skip_if_optional(entry.row, log):
+            last = None
+            for _ in range(warmup):
+                last = time_once(entry.step, sync)
+                entry.row.steps += 1
+            entry.row.repeat = repeats_for(last) if last is not None else 1
+        drop(name)
+    probe_results: dict[str, ProbeResult] = {}
+    if probes is not None:
+        probe_results = {n: ProbeResult(n, probes.nbytes(n), []) for n in probes.names}
+        for n in probes.names:
+            probes.fn(n)()
+    tick(f"{label}: warmed up")
+
+    # 4. Interleaved rounds.
     others = OthersCpuShare()
-    schedule = round_robin([row.impl.name for row in rows] + list(Probes.NAMES), rounds)
-    for r, order in enumerate(schedule):
-        log(f"{case.name}: round {r + 1}/{rounds}")
+    for r, order in enumerate(round_robin([row.impl.name for row in rows] + list(probe_results), rounds)):
         for name in order:
             if name in probe_results:
-                for _ in range(probe_calls):
+                if flush is not None:
                     flush()
-                    probe_results[name].times.append(time_once(probes.fn(name)))
+                probe_results[name].times.append(time_once(probes.fn(name), sync))
             elif name in live:
-                with _skip_if_optional(live[name].row, log):
-                    flush()
-                    live[name].row.times.append(live[name].run(time_once))
+                entry = live[name]
+                with _skip_if_optional(entry.row, log):
+                    if flush is not None:
+                        flush()
+                    entry.row.times.append(time_once(entry.step, sync, entry.row.repeat))
+                    entry.row.steps += entry.row.repeat
                 drop(name)
-    others_cpu_share = others.stop()
-    del probes, flush
+        tick(f"{label}: round {r + 1}/{rounds}")
+    others_cpu_share = others.stop() if device.type == "cpu" else None
 
-    log(f"{case.name}: peak memory of one more step each (profiler)")
+    # 5. Peak memory (and launches, syncs) of one more step each.
     for name in list(live):
-        with _skip_if_optional(live[name].row, log):
-            live[name].row.peak_extra_bytes = live[name].run(peak_extra_bytes)
-        drop(name)
+        entry = live[name]
+        with _skip_if_optional(entry.row, log):
+            if device.type == "cuda":
+                from . import gpu
 
-    # Every live row took the same number of steps from the same params and grads, so the full-job rows must agree.
-    if BASELINE in live:
-        reference = live[BASELINE].params
-        with torch.no_grad():
-            for entry in live.values():
-                if entry.row.impl.clipped:
-                    entry.row.max_abs_diff = max(float((p - q).abs().max()) for p, q in zip(entry.params, reference))
-    return CaseResult(case, rows, probe_results, time.perf_counter() - start, others_cpu_share)
+                entry.row.peak_extra_bytes = gpu.peak_extra_bytes(entry.step)
+                counts = gpu.count_step(entry.step)
+                entry.row.launches, entry.row.syncs = counts.launches, counts.syncs
+                entry.row.steps += 2
+            else:
+                entry.row.peak_extra_bytes = cpu_peak_extra_bytes(entry.step)
+                entry.row.steps += 1
+        drop(name)
+    tick(f"{label}: profiled")
+    roofline = probes.roofline if probes is not None else ""
+    return GroupResult(case, optim, device.type, rows, probe_results, roofline, max_norm,
+                       time.perf_counter() - start, others_cpu_share)

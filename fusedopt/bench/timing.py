@@ -28,14 +28,42 @@ class CacheFlusher:
         self.buf.add_(1.0)
 
 
-def time_once(fn: Callable[[], object]) -> float:
+def time_once(fn: Callable[[], object], sync: Callable[[], None] = lambda: None, repeat: int = 1) -> float:
+    """Seconds per call of `repeat` back-to-back calls, as the host sees them: `sync` waits for a device before the
+    clock starts and before it stops, so queued work is neither carried in nor left out."""
+    sync()
     start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    for _ in range(repeat):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / repeat
+
+
+# Samples shorter than this are repeated back to back (small steps; the timer and the sync would dominate them).
+MIN_SAMPLE_S = 2e-3
+MAX_REPEAT = 200
+
+
+def repeats_for(step_s: float, min_sample_s: float = MIN_SAMPLE_S, max_repeat: int = MAX_REPEAT) -> int:
+    """Calls per sample, so that one sample lasts about `min_sample_s`."""
+    if step_s <= 0:
+        return max_repeat
+    return max(1, min(max_repeat, round(min_sample_s / step_s + 0.5)))
 
 
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
+
+
+def percentile(xs: Sequence[float], q: float) -> float:
+    """Linear interpolation between the order statistics (numpy's default), q in [0, 100]."""
+    if not xs:
+        raise ValueError("percentile of no samples")
+    s = sorted(xs)
+    pos = (len(s) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 def paired_speedup(baseline: Sequence[float], other: Sequence[float]) -> float:

@@ -1,0 +1,141 @@
+"""PNG plots from a saved run's JSON (matplotlib, Agg backend: no display needed).
+
+- `<stem>-sweep.png`: time per step against params for the sweep, log-log, one panel per optimizer and job, the
+  p20-p80 band shaded, and the roofline (the job's bytes at the probe's median rate) drawn as a dashed line. Where
+  the curves run flat, per-step overhead dominates; where they run parallel to the roofline, bandwidth does.
+- `<stem>-speedup.png`: speedup over torch's fastest implementation of the same job, bars per case and optimizer
+  (model and many-small suites), one panel per job; the line at 1 is torch's best.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+from .impls import OPTIMS  # noqa: E402
+from .report import fmt_params  # noqa: E402
+
+JOBS = ("update", "clip+check+update")
+JOB_TITLE = {"update": "bare update", "clip+check+update": "clip + non-finite check + update"}
+TORCH_COLORS = {"for-loop": "#9e9e9e", "foreach": "#5b8fd9", "fused": "#1a3e8c"}
+FUSEDOPT_COLORS = ("#d9480f", "#2b8a3e", "#862e9c", "#e8590c")
+
+
+def _colors(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Colour by variant, the same for both jobs: greys and blues for torch, warm colours for fusedopt."""
+    backends = sorted({d["variant"] for d in rows if d["family"] == "fusedopt"})
+    out = dict(TORCH_COLORS)
+    out.update({b: FUSEDOPT_COLORS[i % len(FUSEDOPT_COLORS)] for i, b in enumerate(backends)})
+    return out
+
+
+def _title(data: dict[str, Any], what: str) -> str:
+    env = data["env"]
+    return f"{what}: {env['device_name']} ({env['cpu_count']} cores), torch {env['torch']}, {env['date'][:10]}"
+
+
+def plot_sweep(data: dict[str, Any], path: str | os.PathLike) -> bool:
+    rows = [d for d in data["rows"] if d["suite"] == "sweep"]
+    if not rows:
+        return False
+    optims = list(dict.fromkeys(d["optim"] for d in rows))
+    colors = _colors(rows)
+    fig, axes = plt.subplots(len(JOBS), len(optims), figsize=(max(8.0, 5.2 * len(optims)), 9.0), squeeze=False,
+                             sharex=True)
+    for i, job in enumerate(JOBS):
+        for j, optim in enumerate(optims):
+            ax = axes[i][j]
+            sel = [d for d in rows if d["optim"] == optim and d["job"] == job]
+            for impl in dict.fromkeys(d["impl"] for d in sel):
+                pts = sorted((d for d in sel if d["impl"] == impl and d["status"] == "ok"), key=lambda d: d["n_params"])
+                if not pts:
+                    continue
+                x = [d["n_params"] for d in pts]
+                fam = pts[0]["family"]
+                ax.plot(x, [d["median_s"] for d in pts], marker="o", ms=3, color=colors[pts[0]["variant"]],
+                        lw=2.2 if fam == "fusedopt" else 1.4, label=impl.replace(" + clip/check", ""))
+                ax.fill_between(x, [d["p20_s"] for d in pts], [d["p80_s"] for d in pts], alpha=0.2,
+                                color=colors[pts[0]["variant"]], lw=0)
+            roof = sorted({d["n_params"]: d for d in sel if d["roofline_gbps"]}.values(), key=lambda d: d["n_params"])
+            if roof:
+                gbs = roof[-1]["roofline_gbps"]
+                ax.plot([d["n_params"] for d in roof], [d["bytes_per_step"] / (d["roofline_gbps"] * 1e9) for d in roof],
+                        "k--", lw=1.2, label=f"roofline ({roof[0]['roofline_probe']}, ~{gbs:.0f} GB/s)")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xticks(sorted({d["n_params"] for d in rows}))
+            ax.minorticks_off()
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_params(int(v))))
+            ax.grid(True, which="major", alpha=0.3)
+            ax.set_title(f"{OPTIMS[optim].label}: {JOB_TITLE[job]}", fontsize=10)
+            if j == 0:
+                ax.set_ylabel("time per step (s), median; band p20-p80")
+            if i == len(JOBS) - 1:
+                ax.set_xlabel("params in the one tensor")
+            ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(_title(data, "Sweep, one fp32 tensor") + "\nflat: per-step overhead; parallel to the roofline: "
+                 "bandwidth-bound", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_speedup(data: dict[str, Any], path: str | os.PathLike) -> bool:
+    rows = [d for d in data["rows"] if d["suite"] != "sweep"]
+    if not rows:
+        return False
+    groups = list(dict.fromkeys((d["case"], d["optim"]) for d in rows))
+    colors = _colors(rows)
+    fig, axes = plt.subplots(len(JOBS), 1, figsize=(max(8.0, 1.05 * len(groups) + 2), 8.5), squeeze=False)
+    for i, job in enumerate(JOBS):
+        ax = axes[i][0]
+        sel = [d for d in rows if d["job"] == job]
+        impls = list(dict.fromkeys(d["impl"] for d in sel))
+        width = 0.8 / max(1, len(impls))
+        by = {(d["case"], d["optim"], d["impl"]): d for d in sel}
+        top = 1.0
+        for k, impl in enumerate(impls):
+            xs, ys = [], []
+            for g, (case, optim) in enumerate(groups):
+                d = by.get((case, optim, impl))
+                if d is not None and d["speedup_vs_torch_best"] is not None:
+                    xs.append(g + (k - (len(impls) - 1) / 2) * width)
+                    ys.append(d["speedup_vs_torch_best"])
+            if not xs:
+                continue
+            top = max(top, *ys)
+            variant = next(d["variant"] for d in sel if d["impl"] == impl)
+            bars = ax.bar(xs, ys, width * 0.95, color=colors[variant], label=impl.replace(" + clip/check", ""))
+            if impl.startswith("fusedopt"):
+                ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels([f"{case}\n{OPTIMS[optim].label}" for case, optim in groups], fontsize=8)
+        ax.set_ylim(0, top * 1.15)
+        ax.set_ylabel("speedup over torch's fastest (x)")
+        ax.set_title(JOB_TITLE[job] + ("\n(torch: clip_grad_norm_ + isfinite sync + step; fusedopt: max_grad_norm + "
+                                       "nonfinite='skip')" if job != "update" else ""), fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8, ncol=len(impls), loc="upper left")
+    fig.suptitle(_title(data, "Speedup, median of per-round ratios"), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_all(data: dict[str, Any], stem: str | os.PathLike) -> list[Path]:
+    """Every plot the run's rows allow, as `<stem>-sweep.png` and `<stem>-speedup.png`; returns the paths."""
+    out = []
+    for suffix, fn in (("sweep", plot_sweep), ("speedup", plot_speedup)):
+        path = Path(f"{stem}-{suffix}.png")
+        if fn(data, path):
+            out.append(path)
+    return out
