@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include "fusedopt/multi_tensor.cuh"
+#include "dispatch.cuh"
 #include "kernels.h"
 
 namespace fusedopt::cuda {
@@ -91,8 +92,6 @@ __global__ void __launch_bounds__(kThreads) adam_blocks(const __grid_constant__ 
   });
 }
 
-int elem_bytes(Dtype d) { return d == Dtype::Float32 ? 4 : 2; }
-
 template <typename P, typename S>
 void run(const AdamArgs& args, const AdamScalars& scalars, cudaStream_t stream) {
   const int pb = elem_bytes(args.param_dtype), sb = elem_bytes(args.state_dtype);
@@ -119,15 +118,6 @@ void run(const AdamArgs& args, const AdamScalars& scalars, cudaStream_t stream) 
       });
 }
 
-template <typename P>
-void run_states(const AdamArgs& args, const AdamScalars& scalars, cudaStream_t stream) {
-  if (args.state_dtype == Dtype::BFloat16) {
-    run<P, BF16>(args, scalars, stream);
-  } else {
-    run<P, F32>(args, scalars, stream);
-  }
-}
-
 }  // namespace
 
 void adam_update(const AdamArgs& args, cudaStream_t stream) {
@@ -142,11 +132,9 @@ void adam_update(const AdamArgs& args, cudaStream_t stream) {
   const AdamScalars scalars{args.lr,          args.beta1,     args.beta2,         args.eps,
                             args.weight_decay, args.weight_decay != 0.0, args.decoupled, args.amsgrad,
                             args.maximize,    !args.master_params.empty(), args.scalars};
-  switch (args.param_dtype) {
-    case Dtype::Float32: run_states<F32>(args, scalars, stream); break;
-    case Dtype::BFloat16: run_states<BF16>(args, scalars, stream); break;
-    case Dtype::Float16: run_states<F16>(args, scalars, stream); break;
-  }
+  with_storage(args.param_dtype, args.state_dtype, [&](auto p, auto s) {
+    run<decltype(p), decltype(s)>(args, scalars, stream);
+  });
 }
 
 }  // namespace fusedopt::cuda

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include "fusedopt/multi_tensor.cuh"
+#include "dispatch.cuh"
 #include "kernels.h"
 
 namespace fusedopt::cuda {
@@ -67,8 +68,6 @@ __global__ void __launch_bounds__(kThreads) sgd_blocks(const __grid_constant__ S
   });
 }
 
-int elem_bytes(Dtype d) { return d == Dtype::Float32 ? 4 : 2; }
-
 template <typename P, typename S>
 void run(const SgdArgs& args, const SgdScalars& scalars, cudaStream_t stream) {
   const int pb = elem_bytes(args.param_dtype), sb = elem_bytes(args.state_dtype);
@@ -93,15 +92,6 @@ void run(const SgdArgs& args, const SgdScalars& scalars, cudaStream_t stream) {
       });
 }
 
-template <typename P>
-void run_states(const SgdArgs& args, const SgdScalars& scalars, cudaStream_t stream) {
-  if (args.state_dtype == Dtype::BFloat16) {
-    run<P, BF16>(args, scalars, stream);
-  } else {
-    run<P, F32>(args, scalars, stream);
-  }
-}
-
 }  // namespace
 
 void sgd_update(const SgdArgs& args, cudaStream_t stream) {
@@ -109,11 +99,9 @@ void sgd_update(const SgdArgs& args, cudaStream_t stream) {
                            args.dampening, args.weight_decay != 0.0, args.momentum != 0.0,
                            args.nesterov, args.maximize,      !args.master_params.empty(),
                            args.scalars};
-  switch (args.param_dtype) {
-    case Dtype::Float32: run_states<F32>(args, scalars, stream); break;
-    case Dtype::BFloat16: run_states<BF16>(args, scalars, stream); break;
-    case Dtype::Float16: run_states<F16>(args, scalars, stream); break;
-  }
+  with_storage(args.param_dtype, args.state_dtype, [&](auto p, auto s) {
+    run<decltype(p), decltype(s)>(args, scalars, stream);
+  });
 }
 
 }  // namespace fusedopt::cuda

@@ -8,25 +8,13 @@
 #include <map>
 #include <vector>
 
+#include "expect.h"
 #include "fusedopt/chunk_table.h"
 
 namespace {
 
 using namespace fusedopt::mt;
 
-int failures = 0;
-
-#define EXPECT(cond, ...)                                       \
-  do {                                                          \
-    if (!(cond)) {                                              \
-      ++failures;                                               \
-      if (failures <= 30) {                                     \
-        printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);  \
-        printf(__VA_ARGS__);                                    \
-        printf("\n");                                           \
-      }                                                         \
-    }                                                           \
-  } while (0)
 
 using SmallTable = Table<3, 5, 7>;
 

@@ -16,11 +16,7 @@
 #include <utility>
 #include <vector>
 
-#ifdef __CUDACC__
-#define FUSEDOPT_HD __host__ __device__
-#else
-#define FUSEDOPT_HD
-#endif
+#include "fusedopt/math.h"  // FUSEDOPT_HD
 
 namespace fusedopt::mt {
 
