@@ -25,3 +25,25 @@ void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp
                  const std::optional<at::Tensor>& found_inf);
 
 }  // namespace fusedopt
+
+#ifdef FUSEDOPT_CUDA
+// The CUDA implementations (csrc/cuda/bindings_cuda.cpp), same contract, in a build with the CUDA kernels.
+namespace fusedopt::cuda_ops {
+
+at::Tensor check(at::TensorList grads);
+
+void sgd_update(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                at::TensorList master_params, c10::List<bool> is_first, double lr, double weight_decay,
+                double momentum, double dampening, bool nesterov, bool maximize,
+                const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& grad_scale,
+                const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& found_inf);
+
+void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                 at::TensorList max_exp_avg_sqs, at::TensorList master_params, at::TensorList steps, double lr,
+                 double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
+                 bool decoupled, const std::optional<at::Tensor>& lr_tensor,
+                 const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& clip_coef,
+                 const std::optional<at::Tensor>& found_inf);
+
+}  // namespace fusedopt::cuda_ops
+#endif

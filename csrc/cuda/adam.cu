@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(kThreads) adam_blocks(const __grid_constant__ 
 
 template <typename P, typename S>
 void run(const AdamArgs& args, const AdamScalars& scalars, cudaStream_t stream) {
-  const int pb = elem_bytes(args.param_dtype), sb = elem_bytes(args.state_dtype);
+  const int pb = elem_bytes(args.dtype), sb = elem_bytes(args.state_dtype);
   launch_tables<AdamTable>(
       args.numels,
       [&](int64_t i) {
@@ -132,7 +132,7 @@ void adam_update(const AdamArgs& args, cudaStream_t stream) {
   const AdamScalars scalars{args.lr,          args.beta1,     args.beta2,         args.eps,
                             args.weight_decay, args.weight_decay != 0.0, args.decoupled, args.amsgrad,
                             args.maximize,    !args.master_params.empty(), args.scalars};
-  with_storage(args.param_dtype, args.state_dtype, [&](auto p, auto s) {
+  with_storage(args.dtype, args.state_dtype, [&](auto p, auto s) {
     run<decltype(p), decltype(s)>(args, scalars, stream);
   });
 }

@@ -37,9 +37,10 @@ void check(const std::vector<GradView>& grads, float* workspace, float* out, cud
 // One entry per param in every non-empty list; numels[i] elements each. States are all state_dtype (fp32 or
 // bf16); master_params (fp32) is empty or full.
 struct SgdArgs {
-  Dtype param_dtype = Dtype::Float32;
+  Dtype dtype = Dtype::Float32;
   Dtype state_dtype = Dtype::Float32;
-  std::vector<void*> params, grads, momentum_buffers, master_params;
+  std::vector<void*> params, grads, momentum_buffers;
+  std::vector<float*> master_params;  // empty: no master copy
   std::vector<uint8_t> is_first;
   std::vector<int64_t> numels;
   double lr = 0, weight_decay = 0, momentum = 0, dampening = 0;
@@ -50,9 +51,10 @@ struct SgdArgs {
 void sgd_update(const SgdArgs& args, cudaStream_t stream);
 
 struct AdamArgs {
-  Dtype param_dtype = Dtype::Float32;
+  Dtype dtype = Dtype::Float32;
   Dtype state_dtype = Dtype::Float32;
-  std::vector<void*> params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params;
+  std::vector<void*> params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs;
+  std::vector<float*> master_params;  // empty: no master copy
   std::vector<float*> steps;  // device floats, incremented on the device unless the step is skipped
   std::vector<int64_t> numels;
   double lr = 0, beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0;

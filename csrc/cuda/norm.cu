@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include "fusedopt/multi_tensor.cuh"
+#include "dispatch.cuh"
 #include "kernels.h"
 
 namespace fusedopt::cuda {
@@ -87,8 +88,6 @@ std::vector<int64_t> numels_of(const std::vector<GradView>& grads) {
   for (const GradView& g : grads) numels.push_back(g.numel);
   return numels;
 }
-
-int elem_bytes(Dtype d) { return d == Dtype::Float32 ? 4 : 2; }
 
 }  // namespace
 

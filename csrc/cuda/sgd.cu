@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(kThreads) sgd_blocks(const __grid_constant__ S
 
 template <typename P, typename S>
 void run(const SgdArgs& args, const SgdScalars& scalars, cudaStream_t stream) {
-  const int pb = elem_bytes(args.param_dtype), sb = elem_bytes(args.state_dtype);
+  const int pb = elem_bytes(args.dtype), sb = elem_bytes(args.state_dtype);
   launch_tables<SgdTable>(
       args.numels,
       [&](int64_t i) {
@@ -99,7 +99,7 @@ void sgd_update(const SgdArgs& args, cudaStream_t stream) {
                            args.dampening, args.weight_decay != 0.0, args.momentum != 0.0,
                            args.nesterov, args.maximize,      !args.master_params.empty(),
                            args.scalars};
-  with_storage(args.param_dtype, args.state_dtype, [&](auto p, auto s) {
+  with_storage(args.dtype, args.state_dtype, [&](auto p, auto s) {
     run<decltype(p), decltype(s)>(args, scalars, stream);
   });
 }
