@@ -49,7 +49,8 @@ $(CUDA_DEPS): requirements.txt requirements-cuda.txt
 test-cuda-build:
 	@if command -v nvcc > /dev/null 2>&1; then \
 		$(MAKE) --no-print-directory cuda-build && \
-		cd $(CUDA_BUILD)/lib.* && $(CURDIR)/$(CUDA_PY) -m pytest $(CURDIR)/tests/test_cuda.py -q -ra -p no:cacheprovider; \
+		cd $(CUDA_BUILD)/lib.* && $(CURDIR)/$(CUDA_PY) -m pytest $(CURDIR)/tests/test_cuda_build.py \
+			$(CURDIR)/tests/test_cuda.py -q -ra -p no:cacheprovider; \
 	else \
 		echo "test-cuda-build skipped: no nvcc on the PATH (the CUDA kernels were not compiled)"; \
 	fi

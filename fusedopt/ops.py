@@ -110,9 +110,10 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype):
     if name == "auto":
         name = _KERNEL_FOR_DEVICE.get(device.type, "reference")
         if name not in BACKENDS:
+            why = EXTENSION_ERROR if EXTENSION_ERROR is not None else f"fusedopt._C was built without {name} kernels"
             _warn_once(
-                "no-extension",
-                f"fusedopt: compiled kernels unavailable ({EXTENSION_ERROR}); using the slow pure-torch reference",
+                f"no-{name}-kernels",
+                f"fusedopt: compiled kernels unavailable ({why}); using the slow pure-torch reference",
             )
             name = "reference"
         elif name == "reference":
