@@ -46,24 +46,25 @@ $(CUDA_DEPS): requirements.txt requirements-cuda.txt
 	$(CUDA_PY) -m pip install --quiet -r requirements-cuda.txt $$(grep -v -e '^torch==' -e '^#' requirements.txt)
 	touch $@
 
+# CUDA_HOME for the CUDA build: the toolkit folder of the nvcc on the PATH (which may be a wrapper script), as
+# nvcc itself reports it (recursively expanded: nvcc runs only in the recipes that use it).
+NVCC_HOME = $(realpath $(shell nvcc --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^\#\$$ _HERE_=//p' | head -n 1)/..)
+
 test-cuda-build:
 	@if command -v nvcc > /dev/null 2>&1; then \
 		$(MAKE) --no-print-directory cuda-build && \
-		cd $(CUDA_BUILD)/lib.* && $(CURDIR)/$(CUDA_PY) -m pytest $(CURDIR)/tests/test_cuda_build.py \
-			$(CURDIR)/tests/test_cuda.py -q -ra -p no:cacheprovider; \
+		cd $(CUDA_BUILD)/lib.* && CUDA_HOME=$(NVCC_HOME) PYTHONPATH=$$PWD $(CURDIR)/$(CUDA_PY) -m pytest \
+			$(CURDIR)/tests/test_cuda_build.py $(CURDIR)/tests/test_cuda.py -q -ra -p no:cacheprovider; \
 	else \
 		echo "test-cuda-build skipped: no nvcc on the PATH (the CUDA kernels were not compiled)"; \
 	fi
 
 # Builds into $(CUDA_BUILD)/lib.*/fusedopt (Python files and _C), then checks the import and the registrations.
-# CUDA_HOME: the toolkit folder of the nvcc on the PATH (which may be a wrapper script), as nvcc reports it.
 cuda-build: $(CUDA_DEPS)
-	@home=$$(nvcc --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$$ _HERE_=//p' | head -n 1); \
-	export CUDA_HOME=$$(cd "$$home/.." && pwd); echo "CUDA_HOME=$$CUDA_HOME"; \
-	start=$$(date +%s); \
-	FUSEDOPT_CUDA=1 $(CUDA_PY) setup.py --quiet build --build-base $(CUDA_BUILD) && \
+	@echo "CUDA_HOME=$(NVCC_HOME)"; start=$$(date +%s); \
+	CUDA_HOME=$(NVCC_HOME) FUSEDOPT_CUDA=1 $(CUDA_PY) setup.py --quiet build --build-base $(CUDA_BUILD) && \
 	echo "CUDA build: $$(( $$(date +%s) - start )) s" && \
-	cd $(CUDA_BUILD)/lib.* && $(CURDIR)/$(CUDA_PY) $(CURDIR)/tests/check_cuda_build.py $(CURDIR)/$(CUDA_BUILD)
+	cd $(CUDA_BUILD)/lib.* && PYTHONPATH=$$PWD $(CURDIR)/$(CUDA_PY) $(CURDIR)/tests/check_cuda_build.py $(CURDIR)/$(CUDA_BUILD)
 
 # On a GPU machine: the op-level CUDA tests under compute-sanitizer (memcheck, then racecheck and synccheck for
 # the reductions' shared memory). No caching allocator, so that an access past a tensor hits unallocated memory.
@@ -71,7 +72,7 @@ SANITIZE_TESTS ?= test_op_
 COMPUTE_SANITIZER ?= $(shell $(CUDA_PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/nvidia/cu13/bin/compute-sanitizer
 cuda-sanitize: cuda-build
 	cd $(CUDA_BUILD)/lib.* && for tool in memcheck racecheck synccheck; do \
-		PYTORCH_NO_CUDA_MEMORY_CACHING=1 $(COMPUTE_SANITIZER) --tool $$tool --error-exitcode 1 \
+		PYTHONPATH=$$PWD PYTORCH_NO_CUDA_MEMORY_CACHING=1 $(COMPUTE_SANITIZER) --tool $$tool --error-exitcode 1 \
 			$(CURDIR)/$(CUDA_PY) -m pytest $(CURDIR)/tests/test_cuda.py -q -x -p no:cacheprovider \
 			-k "$(SANITIZE_TESTS)" || exit 1; \
 	done

@@ -2,7 +2,7 @@
 the extension imports against the CUDA torch, registers a CUDA kernel for every op, and the Python layer offers
 backend="cuda". Prints each source file's compile time from ninja's log.
 
-    python tests/check_cuda_build.py BUILD_BASE    (cwd: BUILD_BASE/lib.*, so that its fusedopt is imported)
+    cd BUILD_BASE/lib.* && PYTHONPATH=$PWD python tests/check_cuda_build.py BUILD_BASE   (imports its fusedopt)
 """
 import os
 import sys

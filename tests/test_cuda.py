@@ -78,7 +78,7 @@ def _op_inputs(kind: str, dtype, state_dtype, master: bool, device, many: int, s
     if master:
         inputs["master_params"] = [p.float() + 1e-3 * torch.randn(p.shape, generator=gen).to(device)
                                    for p in inputs["params"]]
-        inputs["params"] = [m.to(dtype) for m in inputs["master_params"]]
+        inputs["params"] = [m.to(dtype, copy=True) for m in inputs["master_params"]]
         inputs["params"][MISALIGNED] = _misaligned_copy(inputs["params"][MISALIGNED])
     if kind == "sgd":
         inputs["momentum_buffers"] = [t(n, i, state_dtype, scale=0.5) for i, n in enumerate(sizes)]
@@ -157,7 +157,7 @@ def test_op_matches_cpu_and_reference(kind, dtype, state_dtype, master, lr_tenso
     scale = grad_scale or 1.0
     for step in range(3):
         grads = _grads(cuda_in["params"], step, scale=scale)
-        cpu_grads, ref_grads = [g.cpu() for g in grads], [g.cpu() for g in grads]
+        cpu_grads, ref_grads = ([g.to("cpu", copy=True) for g in grads] for _ in range(2))
         is_first = [step == 0 and i % 2 == 0 for i in range(len(grads))]
         kwargs = dict(is_first=is_first, lr_tensor=lr_tensor, grad_scale=grad_scale, clip_coef=clip_coef,
                       found_inf=found_inf)
@@ -194,7 +194,7 @@ def test_adam_without_amsgrad_and_empty_lists():
     grads = _grads(cuda_in["params"], 0)
     kwargs = dict(is_first=[], lr_tensor=None, grad_scale=None, clip_coef=None, found_inf=None, amsgrad=False)
     _call(ops.BACKENDS["cuda"], "adam", cuda_in, grads, device=CUDA, **kwargs)
-    _call(ops.BACKENDS["cpu"], "adam", cpu_in, [g.cpu() for g in grads], device="cpu", **kwargs)
+    _call(ops.BACKENDS["cpu"], "adam", cpu_in, [g.to("cpu", copy=True) for g in grads], device="cpu", **kwargs)
     for key in ("params", "exp_avgs", "exp_avg_sqs", "steps"):
         for i, (x, xc) in enumerate(zip(cuda_in[key], cpu_in[key])):
             assert_bitwise_equal(x.cpu(), xc, name=f"{key}[{i}]")

@@ -51,9 +51,16 @@ def test_setup_cpu_build_unchanged_without_cuda():
         assert result.returncode == 0 and result.stdout.strip().endswith("fusedopt"), result.stderr
 
 
-@pytest.mark.skipif(torch.version.cuda is None, reason="the arch list is parsed only for a CUDA torch build")
+def _toolkit() -> str | None:
+    """The CUDA toolkit folder torch's cpp_extension found, if it is a real one (make sets CUDA_HOME)."""
+    from torch.utils.cpp_extension import CUDA_HOME
+    return CUDA_HOME if CUDA_HOME and (Path(CUDA_HOME) / "include" / "cuda_runtime.h").exists() else None
+
+
+@pytest.mark.skipif(torch.version.cuda is None or _toolkit() is None,
+                    reason="the arch list is parsed only for a CUDA build: a CUDA torch and a toolkit (CUDA_HOME)")
 def test_setup_rejects_a_bad_arch_list():
-    result = _setup_py({"FUSEDOPT_CUDA": "1", "FUSEDOPT_CUDA_ARCHS": "sm_90"})
+    result = _setup_py({"FUSEDOPT_CUDA": "1", "FUSEDOPT_CUDA_ARCHS": "sm_90", "CUDA_HOME": _toolkit()})
     assert result.returncode != 0 and "FUSEDOPT_CUDA_ARCHS must list architectures" in result.stderr + result.stdout
 
 
