@@ -3,7 +3,6 @@
 #include <Python.h>
 #include <stdint.h>
 
-#include <initializer_list>
 #include <optional>
 #include <string>
 #include <vector>
@@ -63,13 +62,13 @@ struct Span {
 
 // The kernels read and write a param's tensors in one pass with no runtime alias checks: their memory must not
 // overlap.
-void check_disjoint(std::initializer_list<Span> spans, size_t i) {
+void check_disjoint(const std::vector<Span>& spans, size_t i) {
   for (auto a = spans.begin(); a != spans.end(); ++a) {
     for (auto b = a + 1; b != spans.end(); ++b) {
       auto a0 = reinterpret_cast<uintptr_t>(a->data), b0 = reinterpret_cast<uintptr_t>(b->data);
       bool overlap = a0 < b0 + b->bytes && b0 < a0 + a->bytes;
       TORCH_CHECK(!overlap, "fusedopt: the tensors of param ", i,
-                  " (param, grad and its states) must not share memory");
+                  " (param, grad, master copy and states) must not share memory");
     }
   }
 }
@@ -82,6 +81,15 @@ std::optional<float> read_scalar(const std::optional<Tensor>& t, const char* wha
   TORCH_CHECK(at::isFloatingType(t->scalar_type()), "fusedopt: ", what, " must be a floating tensor, got ",
               t->scalar_type());
   return float(t->item().toDouble());
+}
+
+// lr_tensor: a one-element float32 tensor on the params' device (CPU here, so reading it costs no sync). Its
+// value replaces the float lr.
+double learning_rate(double lr, const std::optional<Tensor>& lr_tensor) {
+  if (!lr_tensor.has_value()) return lr;
+  TORCH_CHECK(lr_tensor->scalar_type() == at::kFloat, "fusedopt: lr_tensor must be float32, got ",
+              lr_tensor->scalar_type());
+  return double(*read_scalar(lr_tensor, "lr_tensor"));
 }
 
 // Validates params and grads and fills the fields every update shares.
@@ -102,10 +110,47 @@ void fill_params(Args& args, TensorList params, TensorList grads) {
   }
 }
 
-// An fp32 state tensor of param i; returns its data.
-float* state_data(const Tensor& t, const Tensor& param, const char* what, size_t i) {
-  check_like(t, param, at::kFloat, what, i);
-  return static_cast<float*>(t.data_ptr());
+// The dtype every state tensor of one call shares (float32 or bfloat16), taken from the first state given.
+struct StateDtype {
+  std::optional<at::ScalarType> dtype;
+
+  // Validates state tensor `t` of param i and returns its data.
+  void* data(const Tensor& t, const Tensor& param, const char* what, size_t i) {
+    check_dense(t, what, i);
+    if (!dtype) {
+      TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, "fusedopt: ", what, "[", i,
+                  "] has dtype ", t.scalar_type(), "; optimizer states are float32 or bfloat16");
+      dtype = t.scalar_type();
+    }
+    TORCH_CHECK(t.scalar_type() == *dtype, "fusedopt: ", what, "[", i, "] has dtype ", t.scalar_type(),
+                " but the other states of this call have ", *dtype, "; one call takes one state dtype");
+    check_like(t, param, *dtype, what, i);
+    return t.data_ptr();
+  }
+
+  cpu::Dtype kernel_dtype() const {
+    return dtype == at::kBFloat16 ? cpu::Dtype::BFloat16 : cpu::Dtype::Float32;
+  }
+};
+
+// The master copies: none, or one float32 tensor per param with its numel.
+template <typename Args>
+void fill_master_params(Args& args, TensorList params, TensorList master_params) {
+  if (master_params.empty()) return;
+  check_length(master_params.size(), params.size(), "master_params");
+  for (size_t i = 0; i < params.size(); ++i) {
+    check_like(master_params[i], params[i], at::kFloat, "master_params", i);
+    args.master_params.push_back(static_cast<float*>(master_params[i].data_ptr()));
+  }
+}
+
+// The memory of param i besides its states: param, grad and (when given) master copy.
+template <typename Args>
+std::vector<Span> param_spans(const Args& args, const Tensor& param, size_t i) {
+  const int64_t p_bytes = args.numels[i] * param.element_size();
+  std::vector<Span> spans{{args.params[i], p_bytes}, {args.grads[i], p_bytes}};
+  if (!args.master_params.empty()) spans.push_back({args.master_params[i], args.numels[i] * 4});
+  return spans;
 }
 
 // The optional tensor arguments, read on the host; nullopt when found_inf says to skip the step.
@@ -136,33 +181,35 @@ Tensor check(TensorList grads) {
   return out;
 }
 
-void sgd_update(TensorList params, TensorList grads, TensorList momentum_buffers, c10::List<bool> is_first,
-                double lr, double weight_decay, double momentum, double dampening, bool nesterov, bool maximize,
+void sgd_update(TensorList params, TensorList grads, TensorList momentum_buffers, TensorList master_params,
+                c10::List<bool> is_first, double lr, double weight_decay, double momentum, double dampening,
+                bool nesterov, bool maximize, const std::optional<Tensor>& lr_tensor,
                 const std::optional<Tensor>& grad_scale, const std::optional<Tensor>& clip_coef,
                 const std::optional<Tensor>& found_inf) {
   cpu::SgdArgs args;
   fill_params(args, params, grads);
+  fill_master_params(args, params, master_params);
+  StateDtype state;
   // Without momentum the buffers and is_first are unused (empty, by convention).
   if (momentum != 0.0) {
     check_length(momentum_buffers.size(), params.size(), "momentum_buffers");
     check_length(is_first.size(), params.size(), "is_first");
-    for (size_t i = 0; i < params.size(); ++i) {
-      float* buf = state_data(momentum_buffers[i], params[i], "momentum_buffers", i);
-      const int64_t p_bytes = args.numels[i] * params[i].element_size(), s_bytes = args.numels[i] * 4;
-      check_disjoint({{args.params[i], p_bytes}, {args.grads[i], p_bytes}, {buf, s_bytes}}, i);
+  }
+  for (size_t i = 0; i < params.size(); ++i) {
+    std::vector<Span> spans = param_spans(args, params[i], i);
+    if (momentum != 0.0) {
+      void* buf = state.data(momentum_buffers[i], params[i], "momentum_buffers", i);
+      spans.push_back({buf, args.numels[i] * momentum_buffers[i].element_size()});
       args.momentum_buffers.push_back(buf);
       args.is_first.push_back(is_first.get(i) ? 1 : 0);
     }
-  } else {
-    for (size_t i = 0; i < params.size(); ++i) {
-      const int64_t p_bytes = args.numels[i] * params[i].element_size();
-      check_disjoint({{args.params[i], p_bytes}, {args.grads[i], p_bytes}}, i);
-    }
+    check_disjoint(spans, i);
   }
+  args.lr = learning_rate(lr, lr_tensor);
   std::optional<cpu::GradPrep> prep = grad_prep(grad_scale, clip_coef, found_inf, maximize);
   if (!prep) return;  // skipped step: nothing is written
+  args.state_dtype = state.kernel_dtype();
   args.grad = *prep;
-  args.lr = lr;
   args.weight_decay = weight_decay;
   args.momentum = momentum;
   args.dampening = dampening;
@@ -171,30 +218,31 @@ void sgd_update(TensorList params, TensorList grads, TensorList momentum_buffers
 }
 
 void adam_update(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-                 TensorList max_exp_avg_sqs, TensorList steps, double lr, double beta1, double beta2, double eps,
-                 double weight_decay, bool amsgrad, bool maximize, bool decoupled,
-                 const std::optional<Tensor>& grad_scale, const std::optional<Tensor>& clip_coef,
-                 const std::optional<Tensor>& found_inf) {
+                 TensorList max_exp_avg_sqs, TensorList master_params, TensorList steps, double lr, double beta1,
+                 double beta2, double eps, double weight_decay, bool amsgrad, bool maximize, bool decoupled,
+                 const std::optional<Tensor>& lr_tensor, const std::optional<Tensor>& grad_scale,
+                 const std::optional<Tensor>& clip_coef, const std::optional<Tensor>& found_inf) {
   cpu::AdamArgs args;
   fill_params(args, params, grads);
+  fill_master_params(args, params, master_params);
   check_length(exp_avgs.size(), params.size(), "exp_avgs");
   check_length(exp_avg_sqs.size(), params.size(), "exp_avg_sqs");
   check_length(steps.size(), params.size(), "steps");
   // Without amsgrad max_exp_avg_sqs is unused (empty, by convention).
   if (amsgrad) check_length(max_exp_avg_sqs.size(), params.size(), "max_exp_avg_sqs");
+  StateDtype state;
   for (size_t i = 0; i < params.size(); ++i) {
-    float* m = state_data(exp_avgs[i], params[i], "exp_avgs", i);
-    float* v = state_data(exp_avg_sqs[i], params[i], "exp_avg_sqs", i);
-    const int64_t p_bytes = args.numels[i] * params[i].element_size(), s_bytes = args.numels[i] * 4;
+    std::vector<Span> spans = param_spans(args, params[i], i);
+    void* m = state.data(exp_avgs[i], params[i], "exp_avgs", i);
+    void* v = state.data(exp_avg_sqs[i], params[i], "exp_avg_sqs", i);
+    const int64_t s_bytes = args.numels[i] * exp_avgs[i].element_size();
+    spans.insert(spans.end(), {{m, s_bytes}, {v, s_bytes}});
     if (amsgrad) {
-      float* vmax = state_data(max_exp_avg_sqs[i], params[i], "max_exp_avg_sqs", i);
-      check_disjoint({{args.params[i], p_bytes}, {args.grads[i], p_bytes}, {m, s_bytes}, {v, s_bytes},
-                      {vmax, s_bytes}},
-                     i);
+      void* vmax = state.data(max_exp_avg_sqs[i], params[i], "max_exp_avg_sqs", i);
+      spans.push_back({vmax, s_bytes});
       args.max_exp_avg_sqs.push_back(vmax);
-    } else {
-      check_disjoint({{args.params[i], p_bytes}, {args.grads[i], p_bytes}, {m, s_bytes}, {v, s_bytes}}, i);
     }
+    check_disjoint(spans, i);
     args.exp_avgs.push_back(m);
     args.exp_avg_sqs.push_back(v);
     const Tensor& s = steps[i];
@@ -205,10 +253,11 @@ void adam_update(TensorList params, TensorList grads, TensorList exp_avgs, Tenso
                 " elements");
     args.steps.push_back(static_cast<float*>(s.data_ptr()));
   }
+  args.lr = learning_rate(lr, lr_tensor);
   std::optional<cpu::GradPrep> prep = grad_prep(grad_scale, clip_coef, found_inf, maximize);
   if (!prep) return;  // skipped step: nothing is written
+  args.state_dtype = state.kernel_dtype();
   args.grad = *prep;
-  args.lr = lr;
   args.beta1 = beta1;
   args.beta2 = beta2;
   args.eps = eps;
@@ -241,14 +290,15 @@ TORCH_LIBRARY(fusedopt, m) {
   m.def("kernel_ready(Tensor[] params, Tensor[] grads) -> bool", &kernel_ready);
   m.def("check(Tensor[] grads) -> Tensor");
   m.def(
-      "sgd_update(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, bool[] is_first, "
-      "float lr, float weight_decay, float momentum, float dampening, bool nesterov, bool maximize, "
-      "Tensor? grad_scale, Tensor? clip_coef, Tensor? found_inf) -> ()");
+      "sgd_update(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, "
+      "Tensor(d!)[] master_params, bool[] is_first, float lr, float weight_decay, float momentum, "
+      "float dampening, bool nesterov, bool maximize, Tensor? lr_tensor, Tensor? grad_scale, Tensor? clip_coef, "
+      "Tensor? found_inf) -> ()");
   m.def(
       "adam_update(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, "
-      "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] steps, float lr, float beta1, float beta2, float eps, "
-      "float weight_decay, bool amsgrad, bool maximize, bool decoupled, Tensor? grad_scale, Tensor? clip_coef, "
-      "Tensor? found_inf) -> ()");
+      "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] master_params, Tensor(g!)[] steps, float lr, float beta1, "
+      "float beta2, float eps, float weight_decay, bool amsgrad, bool maximize, bool decoupled, "
+      "Tensor? lr_tensor, Tensor? grad_scale, Tensor? clip_coef, Tensor? found_inf) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(fusedopt, CPU, m) {

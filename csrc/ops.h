@@ -14,13 +14,15 @@ bool kernel_ready(at::TensorList params, at::TensorList grads);
 at::Tensor check(at::TensorList grads);
 
 void sgd_update(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                c10::List<bool> is_first, double lr, double weight_decay, double momentum, double dampening,
-                bool nesterov, bool maximize, const std::optional<at::Tensor>& grad_scale,
+                at::TensorList master_params, c10::List<bool> is_first, double lr, double weight_decay,
+                double momentum, double dampening, bool nesterov, bool maximize,
+                const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& grad_scale,
                 const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& found_inf);
 
 void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-                 at::TensorList max_exp_avg_sqs, at::TensorList steps, double lr, double beta1, double beta2,
-                 double eps, double weight_decay, bool amsgrad, bool maximize, bool decoupled,
+                 at::TensorList max_exp_avg_sqs, at::TensorList master_params, at::TensorList steps, double lr,
+                 double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
+                 bool decoupled, const std::optional<at::Tensor>& lr_tensor,
                  const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& clip_coef,
                  const std::optional<at::Tensor>& found_inf);
 

@@ -64,23 +64,27 @@ PYBIND11_MODULE(_C, m) {
     return fusedopt::kernel_ready(BorrowedTensors(params, "params"), BorrowedTensors(grads, "grads"));
   });
   m.def("check", [](py::handle grads) { return fusedopt::check(BorrowedTensors(grads, "grads")); });
-  m.def("sgd_update", [](py::handle params, py::handle grads, py::handle momentum_buffers,
+  m.def("sgd_update", [](py::handle params, py::handle grads, py::handle momentum_buffers, py::handle master_params,
                          const std::vector<bool>& is_first, double lr, double weight_decay, double momentum,
-                         double dampening, bool nesterov, bool maximize, const std::optional<at::Tensor>& grad_scale,
-                         const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& found_inf) {
+                         double dampening, bool nesterov, bool maximize, const std::optional<at::Tensor>& lr_tensor,
+                         const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& clip_coef,
+                         const std::optional<at::Tensor>& found_inf) {
     fusedopt::sgd_update(BorrowedTensors(params, "params"), BorrowedTensors(grads, "grads"),
-                         BorrowedTensors(momentum_buffers, "momentum_buffers"), to_list(is_first), lr, weight_decay,
-                         momentum, dampening, nesterov, maximize, grad_scale, clip_coef, found_inf);
+                         BorrowedTensors(momentum_buffers, "momentum_buffers"),
+                         BorrowedTensors(master_params, "master_params"), to_list(is_first), lr, weight_decay,
+                         momentum, dampening, nesterov, maximize, lr_tensor, grad_scale, clip_coef, found_inf);
   });
   m.def("adam_update", [](py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs,
-                          py::handle max_exp_avg_sqs, py::handle steps, double lr, double beta1, double beta2,
-                          double eps, double weight_decay, bool amsgrad, bool maximize, bool decoupled,
+                          py::handle max_exp_avg_sqs, py::handle master_params, py::handle steps, double lr,
+                          double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
+                          bool decoupled, const std::optional<at::Tensor>& lr_tensor,
                           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& clip_coef,
                           const std::optional<at::Tensor>& found_inf) {
     fusedopt::adam_update(BorrowedTensors(params, "params"), BorrowedTensors(grads, "grads"),
                           BorrowedTensors(exp_avgs, "exp_avgs"), BorrowedTensors(exp_avg_sqs, "exp_avg_sqs"),
-                          BorrowedTensors(max_exp_avg_sqs, "max_exp_avg_sqs"), BorrowedTensors(steps, "steps"), lr,
-                          beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, grad_scale, clip_coef,
-                          found_inf);
+                          BorrowedTensors(max_exp_avg_sqs, "max_exp_avg_sqs"),
+                          BorrowedTensors(master_params, "master_params"), BorrowedTensors(steps, "steps"), lr,
+                          beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor, grad_scale,
+                          clip_coef, found_inf);
   });
 }

@@ -28,7 +28,8 @@ from helpers import assert_bitwise_equal, assert_close, require_backend, snapsho
 TORCH = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
 FUSED = {"SGD": fusedopt.SGD, "Adam": fusedopt.Adam, "AdamW": fusedopt.AdamW}
 NAMES = tuple(TORCH)
-EXTRAS = (("max_grad_norm", None), ("nonfinite", "ignore"), ("backend", "auto"))
+EXTRAS = (("max_grad_norm", None), ("nonfinite", "ignore"), ("backend", "auto"), ("master_weights", False),
+          ("state_dtype", None))
 # The contract's fp32 tolerance: 1e-5 relative to each tensor's scale (so near-zero elements do not dominate).
 RTOL = 1e-5
 
@@ -188,7 +189,7 @@ def assert_same_error(torch_fn, ours_fn) -> None:
 # --- signatures and constructor errors -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", NAMES)
-def test_signature_is_torchs_plus_three_keyword_only_extras(name):
+def test_signature_is_torchs_plus_keyword_only_extras(name):
     def shape(cls):
         return [(p.name, p.kind, p.default) for p in inspect.signature(cls).parameters.values()]
 
@@ -727,17 +728,38 @@ def test_found_inf_step_changes_nothing_like_torch_fused(name, backend):
         assert_bitwise_equal(p.grad, g_before, name="grad (not unscaled on a skipped step)")
     assert bool(opt.found_nonfinite)
     if name == "SGD":
-        # no history: the next real step starts the momentum buffer as torch's first step does
-        assert all("momentum_buffer" not in s for s in opt.state.values())
-        del opt.grad_scale, opt.found_inf
-        reference = TORCH[name](clone_params(before["params"]), **kwargs)
-        set_grads(reference.param_groups[0]["params"], 1)
-        reference.step()
-        opt.step()
-        assert_matches_torch(opt, params, reference, reference.param_groups[0]["params"], groups=False)
+        _next_step_starts_momentum_like_torch(opt, params, before, kwargs)
     else:
         assert_state_dict_like(opt.state_dict(), torch_opt.state_dict(), rtol=0.0)
         assert all(float(s["step"]) == 0 for s in opt.state.values())
+
+
+def _next_step_starts_momentum_like_torch(opt, params, before, kwargs):
+    """After a skipped first SGD step the next real step starts the momentum buffer as torch's first step does.
+    With dampening == 0 a zero buffer stays (no host read of found_inf): momentum * 0 + g is bitwise g, torch's
+    fresh buffer. With dampening it would be (1 - dampening) * g, so no buffer may be left."""
+    if kwargs.get("dampening", 0) == 0:
+        assert all(not s["momentum_buffer"].any() for s in opt.state.values())
+    else:
+        assert all("momentum_buffer" not in s for s in opt.state.values())
+    del opt.grad_scale, opt.found_inf
+    reference = torch.optim.SGD(clone_params(before["params"]), **kwargs)
+    set_grads(reference.param_groups[0]["params"], 1)
+    reference.step()
+    opt.step()
+    assert_matches_torch(opt, params, reference, reference.param_groups[0]["params"], groups=False)
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01),
+                                    dict(lr=0.05, momentum=0.9, nesterov=True)], ids=["dampening", "nesterov"])
+def test_skipped_first_sgd_step_then_like_torch(kwargs, backend):
+    torch_opt, torch_params, opt, params = torch_and_ours("SGD", kwargs, backend)
+    set_grads(params, 1)
+    before = _frozen(opt)
+    opt.grad_scale = torch.full((), 4.0)
+    opt.found_inf = torch.ones(())
+    opt.step()
+    _next_step_starts_momentum_like_torch(opt, params, before, kwargs)
 
 
 # --- LR schedulers ---------------------------------------------------------------------------------------------

@@ -3,10 +3,11 @@
 Every config runs 10 steps on one call's worth of tensors of mixed sizes and compares params, every state, the
 grads (rewritten when unscaled) and the step counts after each step.
 - fp32 runs free for 10 steps: within 1e-5 relative of the reference (in practice ~1e-7).
-- bf16/fp16 params: both sides compute in fp32 and round once per step, so a param may land one low-precision
-  ulp away when the fp32 values straddle a rounding boundary. Such a param would then drift apart step by
-  step, so the reference is re-synced to the kernel's outputs after each compared step: every step is checked
-  from identical inputs, params to 1 ulp, fp32 states to 1e-5.
+- bf16/fp16 params, bf16 states: both sides compute in fp32 and round once per step, so a value may land one
+  low-precision ulp away when the fp32 values straddle a rounding boundary. Such a param would then drift apart
+  step by step, so the reference is re-synced to the kernel's outputs after each compared step: every step is
+  checked from identical inputs, low-precision params and states to 1 ulp, fp32 states and masters to 1e-5.
+- master_params (contract v2): the params are exactly their fp32 masters rounded to nearest even, on both sides.
 """
 from __future__ import annotations
 
@@ -107,18 +108,25 @@ def randn(shape, dtype, gen, scale=1.0):
     return (torch.randn(shape, generator=gen) * scale).to(dtype)
 
 
-def make_sgd_state(dtype, momentum, gen, shapes=SHAPES):
+def masters_of(params, master):
+    """fp32 master copies of ``params`` (copies even for fp32 params), or none."""
+    return [p.to(torch.float32, copy=True) for p in params] if master else []
+
+
+def make_sgd_state(dtype, momentum, gen, shapes=SHAPES, master=False, state_dtype=torch.float32):
     params = [randn(s, dtype, gen) for s in shapes]
-    bufs = [torch.zeros(s) for s in shapes] if momentum != 0 else []
-    return {"params": params, "momentum_buffers": bufs}
+    bufs = [torch.zeros(s, dtype=state_dtype) for s in shapes] if momentum != 0 else []
+    return {"params": params, "momentum_buffers": bufs, "master_params": masters_of(params, master)}
 
 
-def make_adam_state(dtype, amsgrad, gen, shapes=SHAPES):
+def make_adam_state(dtype, amsgrad, gen, shapes=SHAPES, master=False, state_dtype=torch.float32):
+    params = [randn(s, dtype, gen) for s in shapes]
     return {
-        "params": [randn(s, dtype, gen) for s in shapes],
-        "exp_avgs": [torch.zeros(s) for s in shapes],
-        "exp_avg_sqs": [torch.zeros(s) for s in shapes],
-        "max_exp_avg_sqs": [torch.zeros(s) for s in shapes] if amsgrad else [],
+        "params": params,
+        "exp_avgs": [torch.zeros(s, dtype=state_dtype) for s in shapes],
+        "exp_avg_sqs": [torch.zeros(s, dtype=state_dtype) for s in shapes],
+        "max_exp_avg_sqs": [torch.zeros(s, dtype=state_dtype) for s in shapes] if amsgrad else [],
+        "master_params": masters_of(params, master),
         "steps": [torch.tensor(0.0) for _ in shapes],
     }
 
@@ -136,10 +144,9 @@ def copy_state(dst, src):
 def compare_state(actual, expected, where):
     for key in actual:
         for i, (a, e) in enumerate(zip(actual[key], expected[key])):
-            if key == "params":
-                assert_param_close(a, e, f"{where}: {key}[{i}]")
-            else:
-                assert_close(a, e, f"{where}: {key}[{i}]")
+            assert_param_close(a, e, f"{where}: {key}[{i}]")
+    for i, (p, m) in enumerate(zip(actual["params"], actual["master_params"])):
+        assert_bits_equal(p, m.to(p.dtype), f"{where}: params[{i}] vs its rounded master")
 
 
 def optional_tensors(cfg):
@@ -147,6 +154,14 @@ def optional_tensors(cfg):
     clip_coef = torch.tensor(cfg["clip_coef"]) if "clip_coef" in cfg else None
     found_inf = torch.tensor(cfg["found_inf"]) if "found_inf" in cfg else None
     return grad_scale, clip_coef, found_inf
+
+
+def lr_args(cfg):
+    """(lr, lr_tensor): with ``lr_tensor`` in cfg the rate comes from a tensor and the float is a decoy that
+    must be ignored."""
+    if cfg.get("lr_tensor"):
+        return 123.0, torch.tensor([cfg["lr"]], dtype=torch.float32)
+    return cfg["lr"], None
 
 
 SGD_CONFIGS = [
@@ -158,6 +173,7 @@ SGD_CONFIGS = [
     dict(lr=0.05, momentum=0.9, nesterov=True, grad_scale=1024.0, found_inf=0.0),
     dict(lr=0.05, momentum=0.8, dampening=0.1, clip_coef=0.37, maximize=True),
     dict(lr=0.05, momentum=0.9, weight_decay=0.05, grad_scale=512.0, clip_coef=0.5),
+    dict(lr=0.05, momentum=0.9, weight_decay=0.01, lr_tensor=True),
 ]
 
 ADAM_CONFIGS = [
@@ -170,21 +186,25 @@ ADAM_CONFIGS = [
     dict(lr=1e-3, grad_scale=1024.0, found_inf=0.0),
     dict(lr=1e-3, clip_coef=0.25, weight_decay=0.01, maximize=True),
     dict(lr=1e-3, weight_decay=0.01, decoupled=True, amsgrad=True, grad_scale=256.0, clip_coef=0.5),
+    dict(lr=1e-2, weight_decay=0.1, decoupled=True, lr_tensor=True),
 ]
 
 
 def sgd_args(state, grads, is_first, cfg):
     momentum = cfg.get("momentum", 0.0)
-    return (state["params"], grads, state["momentum_buffers"], is_first if momentum != 0 else [],
-            cfg["lr"], cfg.get("weight_decay", 0.0), momentum, cfg.get("dampening", 0.0),
-            cfg.get("nesterov", False), cfg.get("maximize", False), *optional_tensors(cfg))
+    lr, lr_tensor = lr_args(cfg)
+    return (state["params"], grads, state["momentum_buffers"], state["master_params"],
+            is_first if momentum != 0 else [], lr, cfg.get("weight_decay", 0.0), momentum,
+            cfg.get("dampening", 0.0), cfg.get("nesterov", False), cfg.get("maximize", False), lr_tensor,
+            *optional_tensors(cfg))
 
 
 def adam_args(state, grads, cfg):
+    lr, lr_tensor = lr_args(cfg)
     return (state["params"], grads, state["exp_avgs"], state["exp_avg_sqs"], state["max_exp_avg_sqs"],
-            state["steps"], cfg["lr"], cfg.get("beta1", 0.9), cfg.get("beta2", 0.999), cfg.get("eps", 1e-8),
-            cfg.get("weight_decay", 0.0), cfg.get("amsgrad", False), cfg.get("maximize", False),
-            cfg.get("decoupled", False), *optional_tensors(cfg))
+            state["master_params"], state["steps"], lr, cfg.get("beta1", 0.9), cfg.get("beta2", 0.999),
+            cfg.get("eps", 1e-8), cfg.get("weight_decay", 0.0), cfg.get("amsgrad", False),
+            cfg.get("maximize", False), cfg.get("decoupled", False), lr_tensor, *optional_tensors(cfg))
 
 
 def run_steps(dtype, cfg, make_state, call_op, call_ref, shapes=SHAPES, steps=STEPS):
@@ -206,7 +226,7 @@ def run_steps(dtype, cfg, make_state, call_op, call_ref, shapes=SHAPES, steps=ST
                 assert_close(a, e, f"{where}: grads[{i}]")
             else:
                 assert_bits_equal(a, e, f"{where}: grads[{i}]")
-        if dtype != torch.float32:
+        if any(t.dtype != torch.float32 for ts in ours.values() for t in ts):
             copy_state(theirs, ours)
 
 
@@ -239,6 +259,62 @@ def test_adam_matches_reference(dtype, cfg):
         lambda st, g, step: ops.adam_update(*adam_args(st, g, cfg)),
         lambda st, g, step: reference.adam_update(*adam_args(st, g, cfg)),
     )
+
+
+# Contract v2: fp32 master copies and bf16 states, alone and together, on every param dtype. A subset of the
+# configs above covers every structural switch of the kernels (momentum, nesterov, dampening, unscaling, weight
+# decay, decoupled, amsgrad, lr_tensor).
+MIXED = [(True, torch.float32), (False, torch.bfloat16), (True, torch.bfloat16)]
+MIXED_IDS = ["master", "bf16-states", "master-bf16-states"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("master, state_dtype", MIXED, ids=MIXED_IDS)
+@pytest.mark.parametrize("cfg", [SGD_CONFIGS[i] for i in (1, 3, 5, 8)], ids=str)
+def test_sgd_mixed_precision_matches_reference(dtype, master, state_dtype, cfg):
+    momentum = cfg.get("momentum", 0.0)
+    n = len(SHAPES)
+    run_steps(
+        dtype, cfg,
+        lambda gen: make_sgd_state(dtype, momentum, gen, master=master, state_dtype=state_dtype),
+        lambda st, g, step: ops.sgd_update(*sgd_args(st, g, is_first_for(step, n), cfg)),
+        lambda st, g, step: reference.sgd_update(*sgd_args(st, g, is_first_for(step, n), cfg)),
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("master, state_dtype", MIXED, ids=MIXED_IDS)
+@pytest.mark.parametrize("cfg", [ADAM_CONFIGS[i] for i in (2, 8, 9)], ids=str)
+def test_adam_mixed_precision_matches_reference(dtype, master, state_dtype, cfg):
+    run_steps(
+        dtype, cfg,
+        lambda gen: make_adam_state(dtype, cfg.get("amsgrad", False), gen, master=master, state_dtype=state_dtype),
+        lambda st, g, step: ops.adam_update(*adam_args(st, g, cfg)),
+        lambda st, g, step: reference.adam_update(*adam_args(st, g, cfg)),
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_master_params_hold_what_the_param_cannot(dtype):
+    """An update far below the param's ulp: without a master the param never moves; with one the master
+    accumulates it and the param follows once it crosses a rounding boundary, as the reference says."""
+    cfg = dict(lr=1e-4)
+    shapes = [(4097,)]
+    for master in (False, True):
+        state = make_sgd_state(dtype, 0.0, torch.Generator().manual_seed(0), shapes, master=master)
+        state["params"][0].fill_(1.0)
+        for m in state["master_params"]:
+            m.fill_(1.0)
+        ref = clone_state(state)
+        for _ in range(100):
+            ops.sgd_update(*sgd_args(state, [torch.ones(4097, dtype=dtype)], [], cfg))
+            reference.sgd_update(*sgd_args(ref, [torch.ones(4097, dtype=dtype)], [], cfg))
+        compare_state(state, ref, f"master={master}")
+        if master:
+            assert_close(state["master_params"][0], torch.full((4097,), 1.0 - 100 * 1e-4), "master", rtol=1e-5)
+            assert float(state["params"][0][0]) < 1.0
+        else:
+            assert float(state["params"][0][0]) == 1.0
 
 
 def test_adam_many_small_tensors_one_call():
@@ -282,17 +358,19 @@ def test_results_do_not_depend_on_thread_count():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_found_inf_changes_nothing(dtype):
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_found_inf_changes_nothing(dtype, state_dtype):
     gen = torch.Generator().manual_seed(4)
-    adam = make_adam_state(dtype, True, gen)
-    adam["exp_avgs"] = [randn(s, torch.float32, gen) for s in SHAPES]
-    sgd = make_sgd_state(dtype, 0.9, gen)
+    adam = make_adam_state(dtype, True, gen, master=True, state_dtype=state_dtype)
+    adam["exp_avgs"] = [randn(s, state_dtype, gen) for s in SHAPES]
+    sgd = make_sgd_state(dtype, 0.9, gen, master=True, state_dtype=state_dtype)
     grads = [randn(s, dtype, gen, scale=100.0) for s in SHAPES]
     grads[2][5] = float("inf")
     before = (clone_state(adam), clone_state(sgd), [g.clone() for g in grads])
     cfg = dict(lr=1e-3, weight_decay=0.1, amsgrad=True, grad_scale=100.0, clip_coef=0.5, found_inf=1.0)
     ops.adam_update(*adam_args(adam, grads, cfg))
-    cfg = dict(lr=0.1, momentum=0.9, weight_decay=0.1, grad_scale=100.0, clip_coef=0.5, found_inf=1.0)
+    cfg = dict(lr=0.1, momentum=0.9, weight_decay=0.1, grad_scale=100.0, clip_coef=0.5, found_inf=1.0,
+               lr_tensor=True)
     ops.sgd_update(*sgd_args(sgd, grads, [True] * len(SHAPES), cfg))
     for now, then in zip((adam, sgd), before[:2]):
         for key in now:
@@ -357,10 +435,20 @@ def _adam_problem():
 
 def _adam_call(state, grad_list, over):
     args = dict(params=state["params"], grads=grad_list, exp_avgs=state["exp_avgs"], exp_avg_sqs=state["exp_avg_sqs"],
-                max_exp_avg_sqs=state["max_exp_avg_sqs"], steps=state["steps"], amsgrad=False)
+                max_exp_avg_sqs=state["max_exp_avg_sqs"], master_params=state["master_params"], steps=state["steps"],
+                amsgrad=False, lr_tensor=None)
     args.update(over)
     ops.adam_update(args["params"], args["grads"], args["exp_avgs"], args["exp_avg_sqs"], args["max_exp_avg_sqs"],
-                    args["steps"], 1e-3, 0.9, 0.999, 1e-8, 0.0, args["amsgrad"], False, False, None, None, None)
+                    args["master_params"], args["steps"], 1e-3, 0.9, 0.999, 1e-8, 0.0, args["amsgrad"], False, False,
+                    args["lr_tensor"], None, None, None)
+
+
+def _masters(s, i=None, value=None):
+    """Valid fp32 master copies of the problem's params, entry ``i`` replaced by ``value``."""
+    masters = [p.clone() for p in s["params"]]
+    if i is not None:
+        masters[i] = value
+    return masters
 
 
 BAD_ADAM_ARGS = {
@@ -384,6 +472,30 @@ BAD_ADAM_ARGS = {
                    r"steps\[2\] must be a one-element float32 CPU tensor"),
     "aliasing": (lambda s, g: dict(exp_avg_sqs=[s["exp_avg_sqs"][0], s["exp_avgs"][1], s["exp_avg_sqs"][2]]),
                  r"tensors of param 1 .* must not share memory"),
+    # contract v2
+    "master length": (lambda s, g: dict(master_params=_masters(s)[:1]), r"master_params has 1 entries, expected 3"),
+    "master dtype": (lambda s, g: dict(master_params=_masters(s, 0, torch.zeros(10, dtype=torch.bfloat16))),
+                     r"master_params\[0\] has dtype BFloat16, expected Float"),
+    "master numel": (lambda s, g: dict(master_params=_masters(s, 2, torch.zeros(31))),
+                     r"master_params\[2\] has 31 elements but params\[2\] has 30"),
+    "master non-contiguous": (lambda s, g: dict(master_params=_masters(s, 1, torch.zeros(20, 2)[:, 0])),
+                              r"master_params\[1\] is not contiguous"),
+    "master is the param": (lambda s, g: dict(master_params=_masters(s, 1, s["params"][1])),
+                            r"tensors of param 1 \(param, grad, master copy and states\) must not share memory"),
+    "master is a state": (lambda s, g: dict(master_params=_masters(s, 2, s["exp_avgs"][2])),
+                          r"tensors of param 2 .* must not share memory"),
+    "fp16 states": (lambda s, g: dict(exp_avgs=[t.half() for t in s["exp_avgs"]],
+                                      exp_avg_sqs=[t.half() for t in s["exp_avg_sqs"]]),
+                    r"exp_avgs\[0\] has dtype Half; optimizer states are float32 or bfloat16"),
+    "mixed state dtypes": (lambda s, g: dict(exp_avg_sqs=[*s["exp_avg_sqs"][:2], s["exp_avg_sqs"][2].bfloat16()]),
+                           r"exp_avg_sqs\[2\] has dtype BFloat16 but the other states of this call have Float"),
+    "mixed state dtypes, bf16 first": (
+        lambda s, g: dict(exp_avgs=[t.bfloat16() for t in s["exp_avgs"]]),
+        r"exp_avg_sqs\[0\] has dtype Float but the other states of this call have BFloat16"),
+    "lr_tensor numel": (lambda s, g: dict(lr_tensor=torch.tensor([1e-3, 1e-3])),
+                        r"lr_tensor must have one element, got 2"),
+    "lr_tensor dtype": (lambda s, g: dict(lr_tensor=torch.tensor(1e-3, dtype=torch.float64)),
+                        r"lr_tensor must be float32, got Double"),
 }
 
 
@@ -401,22 +513,59 @@ def test_adam_validation_errors_change_nothing(case):
         assert_bits_equal(a, b, f"tensor {i}")
 
 
+def test_lr_tensor_on_another_device_is_rejected():
+    """Through torch.ops a tensor on another device would dispatch elsewhere; the eager binding calls the CPU
+    function directly, which must name the problem."""
+    from fusedopt import _C
+    state, grads = _adam_problem()
+    before = [t.clone() for t in [*state["params"], *state["steps"]]]
+    lr = torch.tensor(1e-3, device="meta")
+    with pytest.raises(RuntimeError, match=r"lr_tensor is on meta, expected cpu"):
+        _C.adam_update(state["params"], grads, state["exp_avgs"], state["exp_avg_sqs"], [], [], state["steps"], 1e-3,
+                       0.9, 0.999, 1e-8, 0.0, False, False, False, lr, None, None, None)
+    with pytest.raises(RuntimeError, match=r"lr_tensor is on meta, expected cpu"):
+        _C.sgd_update(state["params"], grads, [], [], [], 0.1, 0.0, 0.0, 0.0, False, False, lr, None, None, None)
+    for a, b in zip([*state["params"], *state["steps"]], before):
+        assert_bits_equal(a, b, "state")
+
+
 def test_sgd_validation_errors():
     gen = torch.Generator().manual_seed(9)
-    state = make_sgd_state(torch.float32, 0.9, gen, [(10,), (20,)])
-    grads = [randn(s, torch.float32, gen) for s in [(10,), (20,)]]
-    before = [t.clone() for t in [*state["params"], *state["momentum_buffers"]]]
+    state = make_sgd_state(torch.bfloat16, 0.9, gen, [(10,), (20,)], master=True)
+    grads = [randn(s, torch.bfloat16, gen) for s in [(10,), (20,)]]
+    everything = [*state["params"], *state["momentum_buffers"], *state["master_params"], *grads]
+    before = [t.clone() for t in everything]
+
+    def call(buffers=state["momentum_buffers"], masters=state["master_params"], is_first=(True, True), momentum=0.9,
+             lr_tensor=None, clip_coef=None, grad_list=grads):
+        ops.sgd_update(state["params"], grad_list, buffers, masters, list(is_first), 0.1, 0.0, momentum, 0.0, False,
+                       False, lr_tensor, None, clip_coef, None)
+
     with pytest.raises(RuntimeError, match=r"is_first has 1 entries, expected 2"):
-        ops.sgd_update(state["params"], grads, state["momentum_buffers"], [True], 0.1, 0.0, 0.9, 0.0, False, False,
-                       None, None, None)
-    with pytest.raises(RuntimeError, match=r"momentum_buffers\[1\] has dtype BFloat16"):
-        ops.sgd_update(state["params"], grads, [state["momentum_buffers"][0], torch.zeros(20, dtype=torch.bfloat16)],
-                       [True, True], 0.1, 0.0, 0.9, 0.0, False, False, None, None, None)
+        call(is_first=[True])
+    with pytest.raises(RuntimeError, match=r"momentum_buffers\[1\] has dtype BFloat16 but the other states"):
+        call(buffers=[state["momentum_buffers"][0], torch.zeros(20, dtype=torch.bfloat16)])
+    with pytest.raises(RuntimeError, match=r"momentum_buffers\[0\] has dtype Half; optimizer states are float32"):
+        call(buffers=[torch.zeros(10, dtype=torch.float16), torch.zeros(20, dtype=torch.float16)])
     with pytest.raises(RuntimeError, match=r"clip_coef must have one element"):
-        ops.sgd_update(state["params"], grads, state["momentum_buffers"], [True, True], 0.1, 0.0, 0.9, 0.0, False,
-                       False, None, torch.ones(2), None)
-    for a, b in zip([*state["params"], *state["momentum_buffers"]], before):
-        assert_bits_equal(a, b, "sgd state")
+        call(clip_coef=torch.ones(2))
+    with pytest.raises(RuntimeError, match=r"master_params\[1\] has dtype BFloat16, expected Float"):
+        call(masters=[state["master_params"][0], torch.zeros(20, dtype=torch.bfloat16)])
+    with pytest.raises(RuntimeError, match=r"master_params has 3 entries, expected 2"):
+        call(masters=[*state["master_params"], torch.zeros(1)])
+    # Without momentum the buffers are unused, but master copies are still checked, overlap included.
+    shared = torch.zeros(10)  # a master whose memory starts with the bf16 grad's
+    with pytest.raises(RuntimeError, match=r"tensors of param 0 .* must not share memory"):
+        call(buffers=[], is_first=[], momentum=0.0, masters=[shared, state["master_params"][1]],
+             grad_list=[shared.view(torch.bfloat16)[:10], grads[1]])
+    with pytest.raises(RuntimeError, match=r"master_params\[0\] has 1 elements but params\[0\] has 10"):
+        call(momentum=0.0, masters=[torch.zeros(1), state["master_params"][1]])
+    with pytest.raises(RuntimeError, match=r"lr_tensor must be float32, got BFloat16"):
+        call(lr_tensor=torch.tensor([0.1], dtype=torch.bfloat16))
+    with pytest.raises(RuntimeError, match=r"lr_tensor must have one element, got 0"):
+        call(lr_tensor=torch.zeros(0))
+    for i, (a, b) in enumerate(zip(everything, before)):
+        assert_bits_equal(a, b, f"sgd tensor {i}")
 
 
 def test_check_rejects_unsupported_dtype():
@@ -430,7 +579,7 @@ def test_params_that_require_grad_under_no_grad():
     ref = p.detach().clone()
     g = torch.randn(100)
     with torch.no_grad():
-        ops.sgd_update([p], [g], [], [], 0.1, 0.0, 0.0, 0.0, False, False, None, None, None)
+        ops.sgd_update([p], [g], [], [], [], 0.1, 0.0, 0.0, 0.0, False, False, None, None, None, None)
     assert_close(p.detach(), ref - 0.1 * g, "sgd on a leaf")
 
 
@@ -491,7 +640,7 @@ def test_eager_binding_equals_torch_ops():
         m, v = [torch.zeros_like(t) for t in base], [torch.zeros_like(t) for t in base]
         steps = [torch.zeros(()) for _ in base]
         for _ in range(3):
-            entry(p, g, m, v, [], steps, 1e-2, 0.9, 0.999, 1e-8, 0.1, False, False, True, None,
+            entry(p, g, m, v, [], [], steps, 1e-2, 0.9, 0.999, 1e-8, 0.1, False, False, True, None, None,
                   torch.tensor(0.5), torch.tensor(0.0))
         runs.append(p + m + v + steps)
     for a, b in zip(*runs):

@@ -21,27 +21,27 @@ FUSEDOPT_INLINE void adam_fp32(float* __restrict__ p, float* __restrict__ g, flo
   }
 }
 
-// One segment of one tensor; bf16/fp16 params and grads go through fp32 blocks.
+// One segment of one tensor; bf16/fp16 params and grads, and bf16 states, go through fp32 blocks.
 template <typename S, bool UNSCALE, bool WD, bool DECOUPLED, bool AMSGRAD>
-FUSEDOPT_CLONES void adam_segment(void* param, void* grad, float* exp_avg, float* exp_avg_sq, float* max_exp_avg_sq,
-                                  int64_t begin, int64_t end, AdamHyper hyper, AdamStep step, float grad_scale,
-                                  float factor) {
-  for_fp32_blocks<S, UNSCALE>(param, grad, begin, end, [&](float* p, float* g, int64_t off, int64_t n)
-                                                           FUSEDOPT_LAMBDA_INLINE {
-    adam_fp32<UNSCALE, WD, DECOUPLED, AMSGRAD>(p, g, exp_avg + off, exp_avg_sq + off,
-                                               AMSGRAD ? max_exp_avg_sq + off : nullptr, n, hyper, step,
-                                               grad_scale, factor);
+FUSEDOPT_CLONES void adam_segment(const ParamSpan<3>& span, bool bf16_states, int64_t begin, int64_t end,
+                                  AdamHyper hyper, AdamStep step, float grad_scale, float factor) {
+  for_fp32_blocks<S, UNSCALE>(span, bf16_states, begin, end,
+                              [&](float* p, float* g, const std::array<float*, 3>& st, int64_t n)
+                                  FUSEDOPT_LAMBDA_INLINE {
+    adam_fp32<UNSCALE, WD, DECOUPLED, AMSGRAD>(p, g, st[0], st[1], st[2], n, hyper, step, grad_scale, factor);
   });
 }
 
 template <typename S, bool UNSCALE, bool WD, bool DECOUPLED, bool AMSGRAD>
 void run(const AdamArgs& a, const AdamHyper& hyper, const std::vector<AdamStep>& steps, float factor) {
   ChunkTable table(a.numels);
+  const bool bf16_states = a.state_dtype == Dtype::BFloat16;
   table.parallel_for_each([&](int64_t, const Segment& s) {
     int64_t t = s.tensor;
-    adam_segment<S, UNSCALE, WD, DECOUPLED, AMSGRAD>(
-        a.params[t], a.grads[t], a.exp_avgs[t], a.exp_avg_sqs[t], AMSGRAD ? a.max_exp_avg_sqs[t] : nullptr, s.begin,
-        s.end, hyper, steps[t], a.grad.grad_scale, factor);
+    const ParamSpan<3> span{a.params[t], a.grads[t], a.master_params.empty() ? nullptr : a.master_params[t],
+                            {a.exp_avgs[t], a.exp_avg_sqs[t], AMSGRAD ? a.max_exp_avg_sqs[t] : nullptr}};
+    adam_segment<S, UNSCALE, WD, DECOUPLED, AMSGRAD>(span, bf16_states, s.begin, s.end, hyper, steps[t],
+                                                     a.grad.grad_scale, factor);
   });
 }
 

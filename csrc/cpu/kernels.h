@@ -33,12 +33,17 @@ struct GradPrep {
   bool maximize;
 };
 
-// Params and grads share `dtype`; states are fp32; every list has one entry per param (numels[i] elements).
+// Params and grads share `dtype`; states are all `state_dtype` (Float32 or BFloat16); every list has one entry
+// per param (numels[i] elements) or is empty where unused. With master_params, the update reads and writes the
+// fp32 master copy and stores its new value, rounded to `dtype`, into the param. lr is a host double (the CPU
+// op reads a lr_tensor on the host: no sync on CPU).
 struct SgdArgs {
   Dtype dtype;
+  Dtype state_dtype = Dtype::Float32;
   std::vector<void*> params;
   std::vector<void*> grads;
-  std::vector<float*> momentum_buffers;  // empty when momentum == 0
+  std::vector<float*> master_params;     // empty: no master copy
+  std::vector<void*> momentum_buffers;   // empty when momentum == 0
   std::vector<uint8_t> is_first;
   std::vector<int64_t> numels;
   double lr, weight_decay, momentum, dampening;
@@ -50,11 +55,13 @@ void sgd_update(const SgdArgs& args);
 
 struct AdamArgs {
   Dtype dtype;
+  Dtype state_dtype = Dtype::Float32;
   std::vector<void*> params;
   std::vector<void*> grads;
-  std::vector<float*> exp_avgs;
-  std::vector<float*> exp_avg_sqs;
-  std::vector<float*> max_exp_avg_sqs;  // empty unless amsgrad
+  std::vector<float*> master_params;    // empty: no master copy
+  std::vector<void*> exp_avgs;
+  std::vector<void*> exp_avg_sqs;
+  std::vector<void*> max_exp_avg_sqs;  // empty unless amsgrad
   std::vector<float*> steps;            // one float each, incremented here
   std::vector<int64_t> numels;
   double lr, beta1, beta2, eps, weight_decay;

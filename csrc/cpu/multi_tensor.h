@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <type_traits>
 #include <vector>
@@ -72,25 +73,59 @@ FUSEDOPT_INLINE void store_block(const float* __restrict__ src, typename S::stor
   for (int64_t i = 0; i < n; ++i) dst[i] = S::store(src[i]);
 }
 
-// Runs body(p, g, offset, n) over elements [begin, end) of one param/grad pair with p and g as fp32 arrays:
-// the tensors themselves for fp32, else stack buffers converted in and out block by block (g is converted
-// back only when the body rewrites it, i.e. when grads are unscaled).
-template <typename S, bool WRITE_GRAD, typename Body>
-FUSEDOPT_INLINE void for_fp32_blocks(void* param, void* grad, int64_t begin, int64_t end, const Body& body) {
-  auto* p = static_cast<typename S::storage*>(param);
-  auto* g = static_cast<typename S::storage*>(grad);
-  if constexpr (std::is_same_v<S, F32>) {
-    body(p + begin, g + begin, begin, end - begin);
-  } else {
-    alignas(64) float pf[kBlockElems];
-    alignas(64) float gf[kBlockElems];
-    for (int64_t off = begin; off < end; off += kBlockElems) {
-      int64_t n = std::min(kBlockElems, end - off);
-      load_block<S>(p + off, pf, n);
+// The memory of one param's update: its param and grad (storage S), an optional fp32 master copy, and NSTATES
+// states (fp32 or bf16, one dtype per call; nullptr for a state the rule does not use).
+template <size_t NSTATES>
+struct ParamSpan {
+  void* param;
+  void* grad;
+  float* master;  // nullptr: the param itself holds the value
+  std::array<void*, NSTATES> states;
+};
+
+// Runs body(p, g, states, n) over elements [begin, end) of one param with every array as fp32: fp32 tensors in
+// place, anything else through stack buffers converted in and out block by block (g is converted back only
+// when the body rewrites it, i.e. when grads are unscaled). With a master copy the value is read from and
+// written to the master, and the param receives the new value rounded to S (to nearest even) in the same pass.
+// The all-fp32 case runs as one block, so its loop is the plain vectorized kernel.
+template <typename S, bool WRITE_GRAD, size_t NSTATES, typename Body>
+FUSEDOPT_INLINE void for_fp32_blocks(const ParamSpan<NSTATES>& a, bool bf16_states, int64_t begin, int64_t end,
+                                     const Body& body) {
+  constexpr bool kF32 = std::is_same_v<S, F32>;
+  auto* p = static_cast<typename S::storage*>(a.param);
+  auto* g = static_cast<typename S::storage*>(a.grad);
+  const int64_t block = kF32 && !bf16_states ? end - begin : kBlockElems;
+  alignas(64) float pf[kF32 ? 1 : kBlockElems];
+  alignas(64) float gf[kF32 ? 1 : kBlockElems];
+  alignas(64) float sf[NSTATES][kBlockElems];
+  for (int64_t off = begin; off < end; off += block) {
+    const int64_t n = std::min(block, end - off);
+    float* pw = a.master != nullptr ? a.master + off : pf;
+    float* gw = gf;
+    if constexpr (kF32) {
+      if (a.master == nullptr) pw = p + off;
+      gw = g + off;
+    } else {
+      if (a.master == nullptr) load_block<S>(p + off, pf, n);
       load_block<S>(g + off, gf, n);
-      body(pf, gf, off, n);
-      store_block<S>(pf, p + off, n);
-      if constexpr (WRITE_GRAD) store_block<S>(gf, g + off, n);
+    }
+    std::array<float*, NSTATES> sw{};
+    for (size_t k = 0; k < NSTATES; ++k) {
+      if (a.states[k] == nullptr) continue;
+      if (bf16_states) {
+        load_block<BF16>(static_cast<uint16_t*>(a.states[k]) + off, sf[k], n);
+        sw[k] = sf[k];
+      } else {
+        sw[k] = static_cast<float*>(a.states[k]) + off;
+      }
+    }
+    body(pw, gw, sw, n);
+    if (a.master != nullptr || !kF32) store_block<S>(pw, p + off, n);
+    if constexpr (WRITE_GRAD && !kF32) store_block<S>(gf, g + off, n);
+    if (bf16_states) {
+      for (size_t k = 0; k < NSTATES; ++k) {
+        if (a.states[k] != nullptr) store_block<BF16>(sf[k], static_cast<uint16_t*>(a.states[k]) + off, n);
+      }
     }
   }
 }

@@ -21,26 +21,27 @@ FUSEDOPT_INLINE void sgd_fp32(float* __restrict__ p, float* __restrict__ g, floa
   }
 }
 
-// One segment of one tensor; bf16/fp16 params and grads go through fp32 blocks.
+// One segment of one tensor; bf16/fp16 params and grads, and bf16 buffers, go through fp32 blocks.
 template <typename S, bool UNSCALE, bool WD, bool MOMENTUM, bool NESTEROV>
-FUSEDOPT_CLONES void sgd_segment(void* param, void* grad, float* momentum_buffer, bool first, int64_t begin,
-                                 int64_t end, SgdHyper hyper, float grad_scale, float factor) {
-  for_fp32_blocks<S, UNSCALE>(param, grad, begin, end, [&](float* p, float* g, int64_t off, int64_t n)
-                                                           FUSEDOPT_LAMBDA_INLINE {
-    sgd_fp32<UNSCALE, WD, MOMENTUM, NESTEROV>(p, g, MOMENTUM ? momentum_buffer + off : nullptr, n, first, hyper,
-                                              grad_scale, factor);
+FUSEDOPT_CLONES void sgd_segment(const ParamSpan<1>& span, bool bf16_states, bool first, int64_t begin, int64_t end,
+                                 SgdHyper hyper, float grad_scale, float factor) {
+  for_fp32_blocks<S, UNSCALE>(span, bf16_states, begin, end,
+                              [&](float* p, float* g, const std::array<float*, 1>& buf, int64_t n)
+                                  FUSEDOPT_LAMBDA_INLINE {
+    sgd_fp32<UNSCALE, WD, MOMENTUM, NESTEROV>(p, g, buf[0], n, first, hyper, grad_scale, factor);
   });
 }
 
 template <typename S, bool UNSCALE, bool WD, bool MOMENTUM, bool NESTEROV>
 void run(const SgdArgs& a, const SgdHyper& hyper, float factor) {
   ChunkTable table(a.numels);
+  const bool bf16_states = a.state_dtype == Dtype::BFloat16;
   table.parallel_for_each([&](int64_t, const Segment& s) {
     int64_t t = s.tensor;
-    sgd_segment<S, UNSCALE, WD, MOMENTUM, NESTEROV>(a.params[t], a.grads[t],
-                                                    MOMENTUM ? a.momentum_buffers[t] : nullptr,
-                                                    MOMENTUM && a.is_first[t], s.begin, s.end, hyper,
-                                                    a.grad.grad_scale, factor);
+    const ParamSpan<1> span{a.params[t], a.grads[t], a.master_params.empty() ? nullptr : a.master_params[t],
+                            {MOMENTUM ? a.momentum_buffers[t] : nullptr}};
+    sgd_segment<S, UNSCALE, WD, MOMENTUM, NESTEROV>(span, bf16_states, MOMENTUM && a.is_first[t], s.begin, s.end,
+                                                    hyper, a.grad.grad_scale, factor);
   });
 }
 

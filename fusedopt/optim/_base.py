@@ -3,8 +3,12 @@
 ``step()`` flows one way: validate every param and grad (raise before anything changes) -> check pass (global
 sum of squares and non-finite flag, only when clipping or a non-finite policy needs it) -> lazy state creation
 -> one update call per (param group, dtype) bucket on the chosen backend. The clip coefficient, the skip flag
-and the GradScaler scale stay tensors on the params' device: nothing in the step reads them on the host except
-``nonfinite="raise"`` (which must), the reference backend, and a param's first SGD momentum step under "skip".
+and the GradScaler scale stay tensors on the params' device, and so does a tensor lr (passed as ``lr_tensor``):
+nothing in the step reads them on the host except ``nonfinite="raise"`` (which must), the reference backend, and
+a param's first SGD momentum step with ``dampening != 0`` that may be skipped (see ``SGD``).
+
+Mixed precision (``master_weights``, ``state_dtype``): the fp32 master copy of a bf16/fp16 param is its state
+entry ``"master_param"``; the kernels read the value from it and write both it and the rounded param.
 """
 from __future__ import annotations
 
@@ -28,8 +32,18 @@ _REAL_DTYPE = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 CLIP_EPS = 1e-6
 
 
-def state_dtype(param: Tensor) -> torch.dtype:
-    """Optimizer state is fp32 for bf16/fp16 params (math is fp32 anyway), else the param's dtype."""
+# What the state_dtype argument may be: None (the default below), or a dtype for the states of real
+# bf16/fp16/fp32 params.
+STATE_DTYPES = (None, torch.float32, torch.bfloat16)
+MASTER_KEY = "master_param"
+
+
+def state_dtype(param: Tensor, requested: torch.dtype | None = None) -> torch.dtype:
+    """Optimizer state is fp32 for bf16/fp16 params (math is fp32 anyway), else the param's dtype; the
+    optimizer's ``state_dtype`` (``requested``) overrides that for real bf16/fp16/fp32 params. fp64 and complex
+    params keep states of their own dtype (their math is fp64, or runs on the real view)."""
+    if requested is not None and param.dtype in (torch.float32, *LOW_PRECISION):
+        return requested
     return torch.float32 if param.dtype in LOW_PRECISION else param.dtype
 
 
@@ -55,6 +69,7 @@ class Bucket:
     kparams: list[Tensor] = field(default_factory=list)
     kgrads: list[Tensor] = field(default_factory=list)
     kstates: dict[str, list[Tensor]] = field(default_factory=lambda: defaultdict(list))
+    kmasters: list[Tensor] = field(default_factory=list)  # fp32 master copies (master_params), or none
     is_first: list[bool] = field(default_factory=list)  # state created this step (no history yet)
     writeback: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (original, temporary) pairs
 
@@ -109,14 +124,16 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # GradScaler hands us grad_scale/found_inf instead of unscaling the grads itself.
     _step_supports_amp_scaling = True
-    _EXTRA_ATTRS = ("max_grad_norm", "nonfinite", "backend", "_grad_norm", "_found_nonfinite")
+    _EXTRA_ATTRS = ("max_grad_norm", "nonfinite", "backend", "master_weights", "state_dtype", "_grad_norm",
+                    "_found_nonfinite")
     # Names of per-param state tensors that have the param's shape (kernels update them in place).
     _TENSOR_STATE_KEYS: tuple[str, ...] = ()
     # Flags that older checkpoints may lack, with the values torch.optim's namesake fills in (not this
     # optimizer's constructor values).
     _LEGACY_FLAG_DEFAULTS: dict[str, Any] = {}
 
-    def __init__(self, params, defaults: dict, *, max_grad_norm: float | None, nonfinite: str, backend: str):
+    def __init__(self, params, defaults: dict, *, max_grad_norm: float | None, nonfinite: str, backend: str,
+                 master_weights: bool = False, state_dtype: torch.dtype | None = None):
         if defaults.get("differentiable"):
             raise RuntimeError(f"{type(self).__name__} does not support differentiable=True: fusedopt updates "
                                f"in place outside autograd; use torch.optim for differentiable optimizers")
@@ -127,11 +144,17 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}")
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"Invalid nonfinite value: {nonfinite!r}; expected 'ignore', 'skip' or 'raise'")
+        if not isinstance(master_weights, bool):
+            raise TypeError(f"master_weights must be True or False, got {master_weights!r}")
+        if not any(state_dtype is d for d in STATE_DTYPES):
+            raise ValueError(f"Invalid state_dtype: {state_dtype!r}; expected None, torch.float32 or torch.bfloat16")
         ops.check_backend_name(backend)
         super().__init__(params, defaults)
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.nonfinite = nonfinite
         self.backend = backend
+        self.master_weights = master_weights
+        self.state_dtype = state_dtype
         self._grad_norm: Tensor | None = None
         self._found_nonfinite: Tensor | None = None
 
@@ -148,6 +171,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("max_grad_norm", None)
         self.__dict__.setdefault("nonfinite", "ignore")
         self.__dict__.setdefault("backend", "auto")
+        self.__dict__.setdefault("master_weights", False)
+        self.__dict__.setdefault("state_dtype", None)
         for group in self.param_groups:
             for key, value in self._LEGACY_FLAG_DEFAULTS.items():
                 group.setdefault(key, value)
@@ -167,7 +192,8 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         extras = f"    max_grad_norm: {self.max_grad_norm}\n    nonfinite: {self.nonfinite}\n" \
-                 f"    backend: {self.backend}\n"
+                 f"    backend: {self.backend}\n    master_weights: {self.master_weights}\n" \
+                 f"    state_dtype: {self.state_dtype}\n"
         text = super().__repr__()
         return text[:-1] + extras + ")" if text.endswith(")") else text
 
@@ -184,6 +210,26 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _state_keys(self, group: dict) -> tuple[str, ...]:
         """State entries passed to the kernel for this group, in the kernel's argument order."""
         raise NotImplementedError
+
+    def _new_state(self, param: Tensor) -> Tensor:
+        """A zero state tensor for ``param``: its layout, and the dtype ``state_dtype`` says."""
+        return torch.zeros_like(param, dtype=state_dtype(param, self.state_dtype), memory_format=torch.preserve_format)
+
+    def _keeps_master(self, param_dtype: torch.dtype) -> bool:
+        """Whether params of this dtype get an fp32 master copy (only bf16/fp16 ones need it)."""
+        return self.master_weights and param_dtype in LOW_PRECISION
+
+    @staticmethod
+    def _lr(group: dict, device: torch.device) -> tuple[float, Tensor | None]:
+        """``(lr, lr_tensor)`` for an update call. A tensor lr is passed as a 1-element fp32 tensor on the params'
+        device, never read on the host: as is when it already is one (so in-place scheduler updates are seen),
+        else converted for this call. The float lr is then ignored by the backends."""
+        lr = group["lr"]
+        if not torch.is_tensor(lr):
+            return float(lr), None
+        if lr.dtype != torch.float32 or lr.device != device:
+            lr = lr.to(device=device, dtype=torch.float32)
+        return 0.0, lr
 
     def _update(self, bucket: Bucket, group: dict, grad_scale, clip_coef, found_inf) -> None:
         raise NotImplementedError
@@ -328,6 +374,13 @@ class FusedOptimizer(torch.optim.Optimizer):
             if state:  # a stateless algorithm (SGD without momentum) leaves no empty entry behind
                 self.state[p] = states[i] = state
                 fresh.add(p)
+        if self.master_weights:
+            # Created from the param on its first step, also for states loaded from a torch checkpoint.
+            for i, p in enumerate(params):
+                if self._keeps_master(p.dtype) and MASTER_KEY not in (states[i] or ()):
+                    state = states[i] if states[i] is not None else {}
+                    state[MASTER_KEY] = torch.empty_like(p, dtype=torch.float32).copy_(p)
+                    self.state[p] = states[i] = state
         return states
 
     def _buckets(self, group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict | None],
@@ -342,12 +395,16 @@ class FusedOptimizer(torch.optim.Optimizer):
             bucket.params = params if whole else [params[i] for i in index]
             bucket.states = states if whole else [states[i] for i in index]
             bucket.is_first = [p in fresh for p in bucket.params] if fresh else [False] * len(index)
+            master = self._keeps_master(dtype)
             if ready:
-                # States share their param's layout (_init_state, _restore_loaded_state), so contiguous too.
+                # States and master copies share their param's layout (_init_state, _group_states,
+                # _restore_loaded_state), so contiguous too.
                 bucket.kparams = bucket.params
                 bucket.kgrads = grads if whole else [grads[i] for i in index]
                 for key in keys:
                     bucket.kstates[key] = [state[key] for state in bucket.states]
+                if master:
+                    bucket.kmasters = [state[MASTER_KEY] for state in bucket.states]
             else:
                 for i in index:
                     layout = _KernelLayout(params[i])
@@ -355,13 +412,15 @@ class FusedOptimizer(torch.optim.Optimizer):
                     bucket.kgrads.append(layout.view(grads[i], bucket.writeback if grads_written else None))
                     for key in keys:
                         bucket.kstates[key].append(layout.view(states[i][key], bucket.writeback))
+                    if master:
+                        bucket.kmasters.append(layout.view(states[i][MASTER_KEY], bucket.writeback))
             buckets.append(bucket)
         return buckets
 
     @staticmethod
     def _hyper(value) -> float:
-        """A hyperparameter as a host float (a 1-element tensor lr is read here, as torch's non-capturable
-        paths do)."""
+        """A hyperparameter as a host float (1-element tensor betas or weight_decay are read here, as torch's
+        non-capturable paths do; a tensor lr is not, see ``_lr``)."""
         return float(value.item()) if torch.is_tensor(value) else float(value)
 
     # --- state_dict: torch's format; fp32 state for low-precision params; shapes checked first ---
@@ -387,8 +446,10 @@ class FusedOptimizer(torch.optim.Optimizer):
                 handle.remove()
 
     def _restore_loaded_state(self, state_dict: dict) -> None:
-        """``step`` becomes a 0-dim fp32 tensor on the param's device; state tensors get the param's layout, and
-        stay fp32 for bf16/fp16 params (the base class cast them to the param's dtype)."""
+        """``step`` becomes a 0-dim fp32 tensor on the param's device; state tensors get the param's layout and
+        ``state_dtype``'s dtype (fp32 for bf16/fp16 params by default: the base class cast them to the param's
+        dtype, so they are taken again from the saved values). A saved master copy is restored in fp32 when
+        this optimizer keeps one for the param, and dropped otherwise (the param itself is the value then)."""
         saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         for saved_id, p in zip(saved_ids, params):
@@ -401,10 +462,16 @@ class FusedOptimizer(torch.optim.Optimizer):
                     state[key] = torch.as_tensor(float(value), dtype=torch.float32, device=p.device) \
                         if not torch.is_tensor(value) else value.to(dtype=torch.float32, device=p.device)
                 elif key in self._TENSOR_STATE_KEYS and torch.is_tensor(value):
-                    # Full precision for bf16/fp16 params (the base class cast to the param's dtype), and the
-                    # param's layout (what _init_state gives, and the fast path relies on).
-                    if p.dtype in LOW_PRECISION or state[key].stride() != p.stride():
-                        state[key] = torch.empty_like(p, dtype=state_dtype(p)).copy_(value)
+                    # The state dtype (the base class cast to the param's dtype), and the param's layout (what
+                    # _init_state gives, and the fast path relies on).
+                    dtype = state_dtype(p, self.state_dtype)
+                    if state[key].dtype != dtype or state[key].stride() != p.stride():
+                        state[key] = torch.empty_like(p, dtype=dtype).copy_(value)
+                elif key == MASTER_KEY:
+                    if self._keeps_master(p.dtype) and torch.is_tensor(value):
+                        state[key] = torch.empty_like(p, dtype=torch.float32).copy_(value)
+                    else:
+                        del state[key]
 
     def _validate_loaded_state(self, state_dict: dict) -> None:
         saved_groups = state_dict["param_groups"]
@@ -415,7 +482,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 return
             for pi, (saved_id, p) in enumerate(zip(saved_group["params"], group["params"])):
                 for key, value in state_dict["state"].get(saved_id, {}).items():
-                    if key in self._TENSOR_STATE_KEYS and torch.is_tensor(value) and value.shape != p.shape:
+                    if (key in self._TENSOR_STATE_KEYS or key == MASTER_KEY) and torch.is_tensor(value) \
+                            and value.shape != p.shape:
                         raise ValueError(
                             f"loaded state dict does not match {self._describe(gi, pi)}: state {key!r} has shape "
                             f"{list(value.shape)}, the parameter has shape {list(p.shape)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fusedopt.optim._base import Bucket, FusedOptimizer, state_dtype
+from fusedopt.optim._base import Bucket, FusedOptimizer
 
 
 def _to_scalar(beta):
@@ -46,7 +46,8 @@ class Adam(FusedOptimizer):
                  weight_decay: float = 0, amsgrad: bool = False, *, foreach: bool | None = None,
                  maximize: bool = False, capturable: bool = False, differentiable: bool = False,
                  fused: bool | None = None, decoupled_weight_decay: bool = False,
-                 max_grad_norm: float | None = None, nonfinite: str = "ignore", backend: str = "auto"):
+                 max_grad_norm: float | None = None, nonfinite: str = "ignore", backend: str = "auto",
+                 master_weights: bool = False, state_dtype: torch.dtype | None = None):
         # The same checks, in the same order and words, as torch.optim.Adam.
         if isinstance(lr, Tensor):
             if foreach and not capturable:
@@ -77,24 +78,26 @@ class Adam(FusedOptimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, capturable=capturable, differentiable=differentiable,
                         fused=fused, decoupled_weight_decay=decoupled_weight_decay)
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
+                         master_weights=master_weights, state_dtype=state_dtype)
 
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
         state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
         for key in self._state_keys(group):
-            state[key] = torch.zeros_like(param, dtype=state_dtype(param), memory_format=torch.preserve_format)
+            state[key] = self._new_state(param)
 
     def _state_keys(self, group: dict) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
     def _update(self, bucket: Bucket, group: dict, grad_scale, clip_coef, found_inf) -> None:
         beta1, beta2 = group["betas"]
+        lr, lr_tensor = self._lr(group, bucket.kparams[0].device)
         bucket.backend.adam_update(
             bucket.kparams, bucket.kgrads, bucket.kstates["exp_avg"], bucket.kstates["exp_avg_sq"],
-            bucket.kstates["max_exp_avg_sq"], [state["step"] for state in bucket.states],
-            self._hyper(group["lr"]), self._hyper(beta1), self._hyper(beta2), self._hyper(group["eps"]),
+            bucket.kstates["max_exp_avg_sq"], bucket.kmasters, [state["step"] for state in bucket.states],
+            lr, self._hyper(beta1), self._hyper(beta2), self._hyper(group["eps"]),
             self._hyper(group["weight_decay"]), bool(group["amsgrad"]), bool(group["maximize"]),
-            bool(group["decoupled_weight_decay"]), grad_scale, clip_coef, found_inf)
+            bool(group["decoupled_weight_decay"]), lr_tensor, grad_scale, clip_coef, found_inf)
 
 
 class AdamW(Adam):
@@ -110,8 +113,8 @@ class AdamW(Adam):
                  weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
                  fused: bool | None = None, max_grad_norm: float | None = None, nonfinite: str = "ignore",
-                 backend: str = "auto"):
+                 backend: str = "auto", master_weights: bool = False, state_dtype: torch.dtype | None = None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=True, max_grad_norm=max_grad_norm, nonfinite=nonfinite,
-                         backend=backend)
+                         backend=backend, master_weights=master_weights, state_dtype=state_dtype)

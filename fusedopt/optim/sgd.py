@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fusedopt.optim._base import Bucket, FusedOptimizer, state_dtype
+from fusedopt.optim._base import Bucket, FusedOptimizer
 
 
 class SGD(FusedOptimizer):
@@ -39,7 +39,8 @@ class SGD(FusedOptimizer):
     def __init__(self, params, lr: float | Tensor = 1e-3, momentum: float = 0, dampening: float = 0,
                  weight_decay: float | Tensor = 0, nesterov: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None,
-                 max_grad_norm: float | None = None, nonfinite: str = "ignore", backend: str = "auto"):
+                 max_grad_norm: float | None = None, nonfinite: str = "ignore", backend: str = "auto",
+                 master_weights: bool = False, state_dtype: torch.dtype | None = None):
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if lr < 0.0:
@@ -53,7 +54,8 @@ class SGD(FusedOptimizer):
                         fused=fused)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
+                         master_weights=master_weights, state_dtype=state_dtype)
 
     def _missing_states(self, states: list[dict | None], group: dict) -> list[int]:
         if group["momentum"] == 0:
@@ -63,24 +65,29 @@ class SGD(FusedOptimizer):
 
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
         if group["momentum"] != 0:
-            state["momentum_buffer"] = torch.zeros_like(param, dtype=state_dtype(param),
-                                                        memory_format=torch.preserve_format)
+            state["momentum_buffer"] = self._new_state(param)
 
     def _state_keys(self, group: dict) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
     def _update(self, bucket: Bucket, group: dict, grad_scale, clip_coef, found_inf) -> None:
         momentum = self._hyper(group["momentum"])
+        lr, lr_tensor = self._lr(group, bucket.kparams[0].device)
         bucket.backend.sgd_update(
-            bucket.kparams, bucket.kgrads, bucket.kstates["momentum_buffer"],
+            bucket.kparams, bucket.kgrads, bucket.kstates["momentum_buffer"], bucket.kmasters,
             bucket.is_first if momentum != 0 else [],
-            self._hyper(group["lr"]), self._hyper(group["weight_decay"]), momentum,
+            lr, self._hyper(group["weight_decay"]), momentum,
             self._hyper(group["dampening"]), bool(group["nesterov"]), bool(group["maximize"]),
-            grad_scale, clip_coef, found_inf)
+            lr_tensor, grad_scale, clip_coef, found_inf)
 
     def _after_skippable_first_step(self, fresh: set[Tensor], found_inf: Tensor) -> None:
-        # torch starts a momentum buffer as a copy of the first gradient it applies; a skipped first step must
-        # leave no buffer behind, or the next step would treat the zeros as history (visible with dampening).
-        if bool(found_inf > 0):
-            for p in fresh:
+        # torch starts a momentum buffer as a copy of the first gradient it applies; a skipped first step leaves
+        # a zero buffer, which the next step treats as history: b = momentum * 0 + (1 - dampening) * g. With
+        # dampening == 0 that is g bitwise (up to the sign of a zero g), exactly torch's fresh buffer, so the
+        # buffer can stay and the step needs no host read of found_inf (a sync on GPUs). With dampening != 0 it
+        # would be (1 - dampening) * g: only then is found_inf read here, and the buffer dropped on a skip.
+        damped = [p for group in self.param_groups if group["momentum"] != 0 and group["dampening"] != 0
+                  for p in group["params"] if p in fresh]
+        if damped and bool(found_inf > 0):
+            for p in damped:
                 self.state[p].pop("momentum_buffer", None)
