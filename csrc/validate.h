@@ -12,6 +12,7 @@
 
 #include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
+#include <c10/core/DeviceType.h>
 #include <c10/util/Exception.h>
 
 namespace fusedopt::validate {
@@ -73,6 +74,15 @@ inline void check_disjoint(const std::vector<Span>& spans, size_t i) {
                   " (param, grad, master copy and states) must not share memory");
     }
   }
+}
+
+// A tensor on a device of the backend's type (kCPU, kCUDA): the eager binding calls a backend's function
+// directly, without the dispatcher's choice by device, so each backend refuses tensors it cannot address. Checked
+// after the rest (which only reads metadata and pointers), so that the other checks can be tested on any machine.
+inline void check_device_type(const Tensor& t, c10::DeviceType type, const char* what, size_t i) {
+  TORCH_CHECK(t.defined(), "fusedopt: ", what, "[", i, "] is undefined");
+  TORCH_CHECK(t.device().type() == type, "fusedopt: ", what, "[", i, "] is on ", t.device(), ", expected ",
+              c10::DeviceTypeName(type, /*lower_case=*/true));
 }
 
 // Validates params and grads (one dtype, one device: params[0]'s) and fills the fields every update shares.
@@ -185,11 +195,12 @@ void fill_adam_states(Args& args, TensorList params, TensorList exp_avgs, Tensor
     args.exp_avgs.push_back(m);
     args.exp_avg_sqs.push_back(v);
     const Tensor& s = steps[i];
-    TORCH_CHECK(s.defined() && s.device() == params[i].device() && s.layout() == at::kStrided &&
-                    s.scalar_type() == at::kFloat && s.numel() == 1,
-                "fusedopt: steps[", i, "] must be a one-element float32 tensor on ", params[i].device(), ", got ",
-                s.defined() ? s.toString() : std::string("undefined"), " with ", s.defined() ? s.numel() : 0,
-                " elements", s.defined() ? " on " + s.device().str() : std::string());
+    const c10::Device device = params[i].device();
+    TORCH_CHECK(s.defined() && s.device() == device && s.layout() == at::kStrided && s.scalar_type() == at::kFloat &&
+                    s.numel() == 1,
+                "fusedopt: steps[", i, "] must be a one-element float32 ", c10::DeviceTypeName(device.type()),
+                " tensor on ", device, ", got ", s.defined() ? s.toString() : std::string("undefined"), " with ",
+                s.defined() ? s.numel() : 0, " elements", s.defined() ? " on " + s.device().str() : std::string());
     args.steps.push_back(static_cast<float*>(s.data_ptr()));
   }
   args.state_dtype = state.kernel_dtype<decltype(args.state_dtype)>();

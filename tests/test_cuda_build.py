@@ -104,8 +104,8 @@ def _adam_args(n: int = 3, **changes) -> dict:
      r"exp_avg_sqs\[2\] has dtype BFloat16 but the other states"),
     (dict(master_params=[torch.zeros(5)] * 2), r"master_params has 2 entries, expected 3"),
     (dict(steps=[torch.zeros(()), torch.zeros((), dtype=torch.float64), torch.zeros(())]),
-     r"steps\[1\] must be a one-element float32 tensor"),
-    (dict(), r"adam_update \(CUDA\) got params\[0\] on cpu"),
+     r"steps\[1\] must be a one-element float32 CPU tensor on cpu"),
+    (dict(), r"params\[0\] is on cpu, expected cuda"),
 ])
 def test_cuda_adam_validates_before_launching(changes, message):
     """Errors name the argument and index; CPU tensors given to the CUDA op are refused, not launched on."""
@@ -117,14 +117,13 @@ def test_cuda_adam_validates_before_launching(changes, message):
 @cuda_build
 def test_cuda_sgd_and_check_refuse_cpu_tensors():
     p = [torch.zeros(4)]
-    with pytest.raises(RuntimeError, match=r"sgd_update \(CUDA\) got params\[0\] on cpu"):
+    with pytest.raises(RuntimeError, match=r"params\[0\] is on cpu, expected cuda"):
         ops._C.cuda_sgd_update(p, [torch.zeros(4)], [], [], [], 0.1, 0.0, 0.0, 0.0, False, False, None, None, None,
                                None)
-    with pytest.raises(RuntimeError, match=r"momentum_buffers has 0 entries, expected 1"):
-        ops._C.cuda_sgd_update(p, [torch.zeros(4)], [], [], [False], 0.1, 0.0, 0.9, 0.0, False, False, None, None,
-                               None, None)
     with pytest.raises(RuntimeError, match="check needs at least one grad"):
         ops._C.cuda_check([])
+    with pytest.raises(RuntimeError, match=r"grads\[0\] is on cpu, expected cuda"):
+        ops._C.cuda_check([torch.zeros(3)])
 
 
 @cuda_build

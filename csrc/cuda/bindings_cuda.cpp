@@ -21,13 +21,6 @@ namespace {
 using at::Tensor;
 using at::TensorList;
 
-// The device of a validated, non-empty update call.
-c10::Device call_device(TensorList params, const char* op) {
-  const c10::Device device = params[0].device();
-  TORCH_CHECK(device.is_cuda(), "fusedopt: ", op, " (CUDA) got params[0] on ", device);
-  return device;
-}
-
 // The optional scalar arguments as float32 device pointers. A float tensor of another dtype is converted on the
 // device (an asynchronous copy, no sync); the converted tensors live as long as this object, and the caching
 // allocator orders their reuse after the kernels on the same stream.
@@ -69,6 +62,7 @@ Tensor check(TensorList grads) {
     validate::check_dense(grads[i], device, "grads", i);
     views.push_back({grads[i].data_ptr(), grads[i].numel(), validate::kernel_dtype<cuda::Dtype>(grads[i], "grads", i)});
   }
+  validate::check_device_type(grads[0], c10::kCUDA, "grads", 0);
   const c10::cuda::CUDAGuard guard(device);
   const auto options = grads[0].options().dtype(at::kFloat);
   Tensor workspace = at::empty({cuda::check_workspace_floats(views)}, options);
@@ -87,7 +81,8 @@ void sgd_update(TensorList params, TensorList grads, TensorList momentum_buffers
   validate::fill_master_params(args, params, master_params);
   validate::fill_sgd_states(args, params, momentum_buffers, is_first, momentum != 0.0);
   if (params.empty()) return;  // nothing to update (as on the CPU)
-  const c10::Device device = call_device(params, "sgd_update");
+  validate::check_device_type(params[0], c10::kCUDA, "params", 0);
+  const c10::Device device = params[0].device();
   const Scalars scalars(device, lr_tensor, grad_scale, clip_coef, found_inf);
   args.lr = lr;
   args.weight_decay = weight_decay;
@@ -110,7 +105,8 @@ void adam_update(TensorList params, TensorList grads, TensorList exp_avgs, Tenso
   validate::fill_master_params(args, params, master_params);
   validate::fill_adam_states(args, params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad);
   if (params.empty()) return;  // nothing to update (as on the CPU)
-  const c10::Device device = call_device(params, "adam_update");
+  validate::check_device_type(params[0], c10::kCUDA, "params", 0);
+  const c10::Device device = params[0].device();
   const Scalars scalars(device, lr_tensor, grad_scale, clip_coef, found_inf);
   args.lr = lr;
   args.beta1 = beta1;
