@@ -61,12 +61,16 @@ if EXTENSION_ERROR is None:
     def _check_fake(grads):
         return grads[0].new_empty((2,), dtype=torch.float32)
 
+    # The updates only mutate their arguments (contract v2 signatures; see fusedopt/reference.py).
     @torch.library.register_fake("fusedopt::sgd_update")
-    def _sgd_update_fake(*args):
+    def _sgd_update_fake(params, grads, momentum_buffers, master_params, is_first, lr, weight_decay, momentum,
+                         dampening, nesterov, maximize, lr_tensor, grad_scale, clip_coef, found_inf):
         return None
 
     @torch.library.register_fake("fusedopt::adam_update")
-    def _adam_update_fake(*args):
+    def _adam_update_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, steps, lr, beta1,
+                          beta2, eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor, grad_scale, clip_coef,
+                          found_inf):
         return None
 
 

@@ -77,24 +77,24 @@ def _check_v2_args(params, master_params, lr_tensor) -> None:
     """Validation of the arguments new in contract v2, before anything is written."""
     if master_params:
         if len(master_params) != len(params):
-            raise ValueError(f"fusedopt: master_params has {len(master_params)} entries, expected {len(params)} "
+            raise RuntimeError(f"fusedopt: master_params has {len(master_params)} entries, expected {len(params)} "
                              f"(one per param, or none)")
         for i, (p, m) in enumerate(zip(params, master_params)):
             if m.dtype != torch.float32:
-                raise ValueError(f"fusedopt: master_params[{i}] has dtype {m.dtype}, expected torch.float32")
+                raise RuntimeError(f"fusedopt: master_params[{i}] has dtype {m.dtype}, expected torch.float32")
             if p.dtype == torch.float64:
-                raise ValueError(f"fusedopt: params[{i}] is float64; master_params are for bf16/fp16/fp32 params")
+                raise RuntimeError(f"fusedopt: params[{i}] is float64; master_params are for bf16/fp16/fp32 params")
             if m.numel() != p.numel():
-                raise ValueError(f"fusedopt: master_params[{i}] has {m.numel()} elements but params[{i}] has "
+                raise RuntimeError(f"fusedopt: master_params[{i}] has {m.numel()} elements but params[{i}] has "
                                  f"{p.numel()}")
             if m.device != p.device:
-                raise ValueError(f"fusedopt: master_params[{i}] is on {m.device}, expected {p.device}")
+                raise RuntimeError(f"fusedopt: master_params[{i}] is on {m.device}, expected {p.device}")
     if lr_tensor is not None:
         if lr_tensor.numel() != 1 or lr_tensor.dtype != torch.float32:
-            raise ValueError(f"fusedopt: lr_tensor must be a 1-element float32 tensor, got {lr_tensor.dtype} with "
+            raise RuntimeError(f"fusedopt: lr_tensor must be a 1-element float32 tensor, got {lr_tensor.dtype} with "
                              f"{lr_tensor.numel()} elements")
         if params and lr_tensor.device != params[0].device:
-            raise ValueError(f"fusedopt: lr_tensor is on {lr_tensor.device}, expected {params[0].device}")
+            raise RuntimeError(f"fusedopt: lr_tensor is on {lr_tensor.device}, expected {params[0].device}")
 
 
 def _prepare_grad(grad: Tensor, grad_scale: Tensor | None, clip_coef: Tensor | None, maximize: bool,

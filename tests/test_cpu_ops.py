@@ -645,3 +645,19 @@ def test_eager_binding_equals_torch_ops():
         runs.append(p + m + v + steps)
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+def test_fake_impls_take_the_v2_schemas():
+    """What torch.compile traces through: the fake (meta) impls accept the v2 arguments and write nothing."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        p = [torch.empty(5, dtype=torch.bfloat16)]
+        g = [torch.empty(5, dtype=torch.bfloat16)]
+        master = [torch.empty(5)]
+        state = [torch.empty(5, dtype=torch.bfloat16)]
+        lr = torch.empty(())
+        assert ops.sgd_update(p, g, state, master, [True], 0.1, 0.0, 0.9, 0.0, False, False, lr, None, None,
+                              None) is None
+        assert ops.adam_update(p, g, state, state, [], master, [torch.empty(())], 0.1, 0.9, 0.999, 1e-8, 0.0,
+                               False, False, True, lr, None, None, None) is None
+        assert ops.check(g).shape == (2,)

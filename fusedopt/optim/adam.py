@@ -31,11 +31,13 @@ class Adam(FusedOptimizer):
 
     The bias corrections are computed in double per parameter; the element math is fp32 (fp64 for fp64
     params). States (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) have torch.optim's names and
-    layout; they are fp32 for bf16/fp16 params, and ``step`` is a 0-dim fp32 tensor on the param's device.
+    layout; they are fp32 for bf16/fp16 params (or ``state_dtype``), and ``step`` is a 0-dim fp32 tensor on the
+    param's device.
 
     Args are torch.optim.Adam's (``foreach``/``fused``/``capturable`` are accepted for compatibility: fusedopt
     always runs its own fused kernels, equal to torch's results up to rounding), plus keyword-only
-    ``max_grad_norm``, ``nonfinite`` and ``backend`` as described in :class:`fusedopt.SGD`.
+    ``max_grad_norm``, ``nonfinite``, ``backend``, ``master_weights`` and ``state_dtype`` as described in
+    :class:`fusedopt.SGD`.
     """
 
     _TENSOR_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")

@@ -23,6 +23,9 @@ namespace fusedopt {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Bit casts and low-precision conversions. Branch-free (selects, not branches) so loops over them vectorize.
+// They are also the storage rules of op contract v2: bf16/fp16 params and bf16 states load with *_to_float, and
+// every store (params from their fp32 master, bf16 states after the fp32 math) rounds to nearest even with
+// float_to_*.
 
 FUSEDOPT_HD inline uint32_t float_bits(float x) {
   uint32_t u;
