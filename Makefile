@@ -1,4 +1,5 @@
-# `make bench` runs the benchmark, `make test` the tests; both set up .venv/ from scratch when needed.
+# `make bench` runs the benchmark, `make test` the tests; both set up .venv/ from scratch when needed. `make test`
+# also compiles the CUDA kernels against a CUDA torch in .venv-cuda/ and imports them, when nvcc is on the PATH.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ DEPS := $(VENV)/.deps-installed
 MAX_JOBS ?= 2
 export MAX_JOBS
 
-.PHONY: build test test-python test-cpp bench clean
+.PHONY: build test test-python test-cpp test-cuda-build cuda-build cuda-sanitize bench clean
 
 $(DEPS): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +21,7 @@ build: $(DEPS)
 	$(PY) setup.py --quiet build_ext --inplace
 	$(PY) -c "import pathlib, site; pathlib.Path(site.getsitepackages()[0], 'fusedopt-repo.pth').write_text('$(CURDIR)\n')"
 
-test: test-cpp test-python
+test: test-cpp test-python test-cuda-build
 
 test-python: build
 	$(PY) -m pytest tests -q -ra
@@ -31,10 +32,55 @@ test-cpp:
 	cmake --build build/cmake -j $(MAX_JOBS)
 	ctest --test-dir build/cmake --output-on-failure
 
+# The CUDA build check: a second venv with the CUDA torch wheel (requirements-cuda.txt), the extension built with
+# FUSEDOPT_CUDA=1 out of place (build/cuda: the CPU build above is untouched), its CUDA kernels imported and
+# found registered, and tests/test_cuda.py run against it (it skips without a GPU, and runs in full with one).
+CUDA_VENV := .venv-cuda
+CUDA_PY := $(CUDA_VENV)/bin/python
+CUDA_DEPS := $(CUDA_VENV)/.deps-installed
+CUDA_BUILD := build/cuda
+
+$(CUDA_DEPS): requirements.txt requirements-cuda.txt
+	test -x $(CUDA_PY) || $(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_PY) -m pip install --quiet --upgrade pip==23.2.1
+	$(CUDA_PY) -m pip install --quiet -r requirements-cuda.txt $$(grep -v -e '^torch==' -e '^#' requirements.txt)
+	touch $@
+
+# CUDA_HOME for the CUDA build: the toolkit folder of the nvcc on the PATH (which may be a wrapper script), as
+# nvcc itself reports it (recursively expanded: nvcc runs only in the recipes that use it).
+NVCC_HOME = $(realpath $(shell nvcc --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^\#\$$ _HERE_=//p' | head -n 1)/..)
+
+test-cuda-build:
+	@if command -v nvcc > /dev/null 2>&1; then \
+		$(MAKE) --no-print-directory cuda-build && \
+		cd $(CUDA_BUILD)/lib.* && CUDA_HOME=$(NVCC_HOME) PYTHONPATH=$$PWD $(CURDIR)/$(CUDA_PY) -m pytest \
+			$(CURDIR)/tests/test_cuda_build.py $(CURDIR)/tests/test_cuda.py -q -ra -p no:cacheprovider; \
+	else \
+		echo "test-cuda-build skipped: no nvcc on the PATH (the CUDA kernels were not compiled)"; \
+	fi
+
+# Builds into $(CUDA_BUILD)/lib.*/fusedopt (Python files and _C), then checks the import and the registrations.
+cuda-build: $(CUDA_DEPS)
+	@echo "CUDA_HOME=$(NVCC_HOME)"; start=$$(date +%s); \
+	CUDA_HOME=$(NVCC_HOME) FUSEDOPT_CUDA=1 $(CUDA_PY) setup.py --quiet build --build-base $(CUDA_BUILD) && \
+	echo "CUDA build: $$(( $$(date +%s) - start )) s" && \
+	cd $(CUDA_BUILD)/lib.* && PYTHONPATH=$$PWD $(CURDIR)/$(CUDA_PY) $(CURDIR)/tests/check_cuda_build.py $(CURDIR)/$(CUDA_BUILD)
+
+# On a GPU machine: the op-level CUDA tests under compute-sanitizer (memcheck, then racecheck and synccheck for
+# the reductions' shared memory). No caching allocator, so that an access past a tensor hits unallocated memory.
+SANITIZE_TESTS ?= test_op_
+COMPUTE_SANITIZER ?= $(shell $(CUDA_PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/nvidia/cu13/bin/compute-sanitizer
+cuda-sanitize: cuda-build
+	cd $(CUDA_BUILD)/lib.* && for tool in memcheck racecheck synccheck; do \
+		PYTHONPATH=$$PWD PYTORCH_NO_CUDA_MEMORY_CACHING=1 $(COMPUTE_SANITIZER) --tool $$tool --error-exitcode 1 \
+			$(CURDIR)/$(CUDA_PY) -m pytest $(CURDIR)/tests/test_cuda.py -q -x -p no:cacheprovider \
+			-k "$(SANITIZE_TESTS)" || exit 1; \
+	done
+
 # The default benchmark run (README, "Benchmark"): tables, a verdict, JSON and PNGs under bench/results/.
 # Options go through BENCH_ARGS, e.g. `make bench BENCH_ARGS="--suite sweep --optim adamw"`.
 bench: build
 	$(PY) -m fusedopt.bench $(BENCH_ARGS)
 
 clean:
-	rm -rf build $(VENV) fusedopt/_C*.so *.egg-info
+	rm -rf build $(VENV) $(CUDA_VENV) fusedopt/_C*.so *.egg-info

@@ -7,14 +7,20 @@ Build switches are environment variables, never properties of the build machine:
                            (same results, Adam ~3x slower end to end); pair it with e.g.
                            FUSEDOPT_CXXFLAGS=-march=x86-64-v3 when the target machines are known.
   FUSEDOPT_CXXFLAGS="..."  extra compiler flags, appended last
-Sources are globbed per folder: csrc/cpu/*.cpp now; a CUDA build adds csrc/cuda/*.cu as its own folder.
+  FUSEDOPT_CUDA=1|0        build the CUDA kernels (csrc/cuda) or not. Unset: build them when torch is a CUDA
+                           build and nvcc is found (CUDA_HOME or PATH); 1 with either missing fails, naming why.
+  FUSEDOPT_CUDA_ARCHS="80;90"  GPU architectures (SASS for each, plus PTX of the last for newer GPUs)
+  FUSEDOPT_NVCCFLAGS="..."  extra nvcc flags, appended last
+Sources are globbed per folder: csrc/cpu/*.cpp, and for a CUDA build csrc/cuda/*.cpp and csrc/cuda/*.cu.
 """
 import glob
+import importlib.util
 import os
 import shlex
 
+import torch
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -40,8 +46,81 @@ def cxx_flags():
     return flags
 
 
+def nvcc_path():
+    """nvcc of the toolkit torch will use (CUDA_HOME, else found on PATH by torch), or None."""
+    if CUDA_HOME is None:
+        return None
+    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc")
+    return nvcc if os.path.exists(nvcc) else None
+
+
+def build_cuda():
+    flag = os.environ.get("FUSEDOPT_CUDA", "")
+    if flag not in ("", "0", "1"):
+        raise SystemExit(f"FUSEDOPT_CUDA must be 0 or 1, got {flag!r}")
+    if flag == "0":
+        return False
+    problems = []
+    if torch.version.cuda is None:
+        problems.append(f"torch {torch.__version__} is a CPU-only build (torch.version.cuda is None)")
+    if nvcc_path() is None:
+        problems.append(f"torch.utils.cpp_extension found no nvcc (CUDA_HOME="
+                        f"{os.environ.get('CUDA_HOME')!r}, PATH)")
+    elif not os.path.exists(os.path.join(CUDA_HOME, "include", "cuda_runtime.h")):
+        problems.append(f"CUDA_HOME={CUDA_HOME} has no include/cuda_runtime.h: set CUDA_HOME to the toolkit "
+                        f"folder of nvcc (e.g. the parent of the bin/ that holds the real nvcc)")
+    if flag == "1" and problems:
+        raise SystemExit("FUSEDOPT_CUDA=1 but the CUDA kernels cannot be built: " + "; ".join(problems))
+    return not problems
+
+
+def cuda_arch_flags():
+    archs = [a.strip().replace(".", "") for a in os.environ.get("FUSEDOPT_CUDA_ARCHS", "80;90").split(";")]
+    archs = [a for a in archs if a]
+    if not archs or not all(a[:2].isdigit() for a in archs):
+        raise SystemExit(f"FUSEDOPT_CUDA_ARCHS must list architectures like '80;90', got "
+                         f"{os.environ.get('FUSEDOPT_CUDA_ARCHS')!r}")
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    # PTX of the newest listed arch: GPUs newer than the list still run (JIT-compiled by the driver).
+    flags.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
+    return flags
+
+
+def nvcc_flags():
+    return [
+        "-O3",
+        # No fused multiply-add contraction (as -ffp-contract=off for the CPU): math.h's rounding, as written.
+        "-fmad=false",
+        "-lineinfo",  # source lines in compute-sanitizer reports; no effect on the code
+        *cuda_arch_flags(),
+        *shlex.split(os.environ.get("FUSEDOPT_NVCCFLAGS", "")),
+    ]
+
+
+def cuda_library_includes():
+    """torch's CUDA headers include CUDA library headers (cusparse.h, ...) that CUDA wheels install under
+    site-packages/nvidia/cu13/include: searched after the toolkit's own (-idirafter), for the C++ files only (the
+    .cu files include no torch header)."""
+    spec = importlib.util.find_spec("nvidia")
+    roots = list(spec.submodule_search_locations) if spec and spec.submodule_search_locations else []
+    found = [d for root in roots for d in sorted(glob.glob(os.path.join(root, "cu*", "include")))]
+    return [flag for d in found for flag in ("-idirafter", d)]
+
+
 def extensions():
     cpu_sources = sources("csrc/bindings.cpp", "csrc/python.cpp", "csrc/cpu/*.cpp")
+    include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
+    if build_cuda():
+        return [
+            CUDAExtension(
+                name="fusedopt._C",
+                sources=cpu_sources + sources("csrc/cuda/*.cpp", "csrc/cuda/*.cu"),
+                include_dirs=include_dirs,
+                define_macros=[("FUSEDOPT_CUDA", "1")],
+                extra_compile_args={"cxx": cxx_flags() + cuda_library_includes(), "nvcc": nvcc_flags()},
+                extra_link_args=["-fopenmp"],
+            )
+        ]
     return [
         CppExtension(
             name="fusedopt._C",

@@ -57,34 +57,49 @@ c10::List<bool> to_list(const std::vector<bool>& flags) {
   return list;
 }
 
+// Binds one backend's check/sgd_update/adam_update (the CPU ops, or the CUDA ones: same signatures) as
+// <prefix>check, <prefix>sgd_update and <prefix>adam_update.
+template <typename Check, typename Sgd, typename Adam>
+void def_ops(py::module_& m, const std::string& prefix, Check check, Sgd sgd_update, Adam adam_update) {
+  using OptTensor = std::optional<at::Tensor>;
+  m.def((prefix + "check").c_str(), [check](py::handle grads) { return check(BorrowedTensors(grads, "grads")); });
+  m.def((prefix + "sgd_update").c_str(),
+        [sgd_update](py::handle params, py::handle grads, py::handle momentum_buffers, py::handle master_params,
+                     const std::vector<bool>& is_first, double lr, double weight_decay, double momentum,
+                     double dampening, bool nesterov, bool maximize, const OptTensor& lr_tensor,
+                     const OptTensor& grad_scale, const OptTensor& clip_coef, const OptTensor& found_inf) {
+          sgd_update(BorrowedTensors(params, "params"), BorrowedTensors(grads, "grads"),
+                     BorrowedTensors(momentum_buffers, "momentum_buffers"),
+                     BorrowedTensors(master_params, "master_params"), to_list(is_first), lr, weight_decay, momentum,
+                     dampening, nesterov, maximize, lr_tensor, grad_scale, clip_coef, found_inf);
+        });
+  m.def((prefix + "adam_update").c_str(),
+        [adam_update](py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs,
+                      py::handle max_exp_avg_sqs, py::handle master_params, py::handle steps, double lr,
+                      double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
+                      bool decoupled, const OptTensor& lr_tensor, const OptTensor& grad_scale,
+                      const OptTensor& clip_coef, const OptTensor& found_inf) {
+          adam_update(BorrowedTensors(params, "params"), BorrowedTensors(grads, "grads"),
+                      BorrowedTensors(exp_avgs, "exp_avgs"), BorrowedTensors(exp_avg_sqs, "exp_avg_sqs"),
+                      BorrowedTensors(max_exp_avg_sqs, "max_exp_avg_sqs"),
+                      BorrowedTensors(master_params, "master_params"), BorrowedTensors(steps, "steps"), lr, beta1,
+                      beta2, eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor, grad_scale, clip_coef,
+                      found_inf);
+        });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.def("kernel_ready", [](py::handle params, py::handle grads) {
     return fusedopt::kernel_ready(BorrowedTensors(params, "params"), BorrowedTensors(grads, "grads"));
   });
-  m.def("check", [](py::handle grads) { return fusedopt::check(BorrowedTensors(grads, "grads")); });
-  m.def("sgd_update", [](py::handle params, py::handle grads, py::handle momentum_buffers, py::handle master_params,
-                         const std::vector<bool>& is_first, double lr, double weight_decay, double momentum,
-                         double dampening, bool nesterov, bool maximize, const std::optional<at::Tensor>& lr_tensor,
-                         const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& clip_coef,
-                         const std::optional<at::Tensor>& found_inf) {
-    fusedopt::sgd_update(BorrowedTensors(params, "params"), BorrowedTensors(grads, "grads"),
-                         BorrowedTensors(momentum_buffers, "momentum_buffers"),
-                         BorrowedTensors(master_params, "master_params"), to_list(is_first), lr, weight_decay,
-                         momentum, dampening, nesterov, maximize, lr_tensor, grad_scale, clip_coef, found_inf);
-  });
-  m.def("adam_update", [](py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs,
-                          py::handle max_exp_avg_sqs, py::handle master_params, py::handle steps, double lr,
-                          double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
-                          bool decoupled, const std::optional<at::Tensor>& lr_tensor,
-                          const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& clip_coef,
-                          const std::optional<at::Tensor>& found_inf) {
-    fusedopt::adam_update(BorrowedTensors(params, "params"), BorrowedTensors(grads, "grads"),
-                          BorrowedTensors(exp_avgs, "exp_avgs"), BorrowedTensors(exp_avg_sqs, "exp_avg_sqs"),
-                          BorrowedTensors(max_exp_avg_sqs, "max_exp_avg_sqs"),
-                          BorrowedTensors(master_params, "master_params"), BorrowedTensors(steps, "steps"), lr,
-                          beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor, grad_scale,
-                          clip_coef, found_inf);
-  });
+  def_ops(m, "", &fusedopt::check, &fusedopt::sgd_update, &fusedopt::adam_update);
+#ifdef FUSEDOPT_CUDA
+  // The CUDA ops (a build with FUSEDOPT_CUDA=1): fusedopt.ops offers backend="cuda" when has_cuda is true.
+  def_ops(m, "cuda_", &fusedopt::cuda_ops::check, &fusedopt::cuda_ops::sgd_update, &fusedopt::cuda_ops::adam_update);
+  m.attr("has_cuda") = true;
+#else
+  m.attr("has_cuda") = false;
+#endif
 }

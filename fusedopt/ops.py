@@ -1,9 +1,10 @@
 """Backends: modules with the same three functions (``check``, ``sgd_update``, ``adam_update``).
 
-The compiled CPU kernels are ``torch.library`` ops (``torch.ops.fusedopt.*``, schemas in csrc/bindings.cpp);
-this module registers their fake implementations so ``torch.compile`` can trace through them, and maps backend
-names to implementations. Eager calls take the same C++ functions through a direct binding (cheaper per
-tensor). Choosing a backend is a dictionary lookup: ``resolve(name, device, dtype)``.
+The compiled CPU and CUDA kernels are ``torch.library`` ops (``torch.ops.fusedopt.*``, schemas in
+csrc/bindings.cpp, a CPU and, in a CUDA build, a CUDA implementation); this module registers their fake
+implementations so ``torch.compile`` can trace through them, and maps backend names to implementations. Eager
+calls take the same C++ functions through a direct binding (cheaper per tensor). Choosing a backend is a
+dictionary lookup: ``resolve(name, device, dtype)``.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ try:
 except ImportError as exc:  # not built, or built against another torch
     EXTENSION_ERROR = exc
 
-BACKEND_NAMES = ("auto", "cpu", "reference", "triton")
+BACKEND_NAMES = ("auto", "cpu", "cuda", "triton", "reference")
 # dtypes the compiled kernels take (fp32 math); others (fp64, and complex via view_as_real of fp64) go to the
 # reference path, which computes in the param's own precision.
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -31,11 +32,11 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BACKENDS: dict[str, types.ModuleType | types.SimpleNamespace] = {"reference": reference}
 
 
-def _eager_or_traced(name: str):
-    """The compiled op ``name``: bound directly in eager mode (the binding borrows the tensors of the lists,
-    several times cheaper per tensor than torch.ops; see csrc/python.cpp), through torch.ops when torch.compile
-    traces the step."""
-    eager, traced = getattr(_C, name), getattr(torch.ops.fusedopt, name)
+def _eager_or_traced(name: str, prefix: str = ""):
+    """The compiled op ``name``: bound directly in eager mode (``_C.<prefix><name>``: the binding borrows the
+    tensors of the lists, several times cheaper per tensor than torch.ops; see csrc/python.cpp), through
+    torch.ops when torch.compile traces the step (the dispatcher then picks the CPU or CUDA kernel)."""
+    eager, traced = getattr(_C, prefix + name), getattr(torch.ops.fusedopt, name)
 
     def call(*args):
         return traced(*args) if torch.compiler.is_compiling() else eager(*args)
@@ -44,12 +45,19 @@ def _eager_or_traced(name: str):
     return call
 
 
+def _compiled_backend(prefix: str = "") -> types.SimpleNamespace:
+    return types.SimpleNamespace(**{name: _eager_or_traced(name, prefix)
+                                    for name in ("check", "sgd_update", "adam_update")})
+
+
+# Whether the extension was built with the CUDA kernels (setup.py: FUSEDOPT_CUDA); a build without them still
+# has CUDA tensors go to the reference backend under backend="auto".
+HAS_CUDA_KERNELS = EXTENSION_ERROR is None and bool(getattr(_C, "has_cuda", False))
+
 if EXTENSION_ERROR is None:
-    BACKENDS["cpu"] = types.SimpleNamespace(
-        check=_eager_or_traced("check"),
-        sgd_update=_eager_or_traced("sgd_update"),
-        adam_update=_eager_or_traced("adam_update"),
-    )
+    BACKENDS["cpu"] = _compiled_backend()
+    if HAS_CUDA_KERNELS:
+        BACKENDS["cuda"] = _compiled_backend("cuda_")
 
     @torch.library.register_fake("fusedopt::check")
     def _check_fake(grads):
@@ -148,7 +156,7 @@ def kernel_ready(params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
 
 
 # Which compiled backend serves a device type under backend="auto".
-_KERNEL_FOR_DEVICE = {"cpu": "cpu"}
+_KERNEL_FOR_DEVICE = {"cpu": "cpu", "cuda": "cuda"}
 _warned: set[str] = set()
 
 
@@ -159,6 +167,12 @@ def check_backend_name(name: str) -> None:
     if name == "triton" and not TRITON_AVAILABLE:
         raise RuntimeError("fusedopt backend 'triton' is not available: the triton package is not installed "
                            "(pip install triton==3.9.0, the version requirements.txt pins)")
+    if name == "cuda" and EXTENSION_ERROR is None and not HAS_CUDA_KERNELS:
+        raise RuntimeError(
+            "fusedopt backend 'cuda' is not available: fusedopt._C was built without the CUDA kernels (a CPU-only "
+            "torch, or no nvcc at build time). Rebuild against a CUDA torch with FUSEDOPT_CUDA=1 (see README), or "
+            "use backend='auto'."
+        )
     if name != "auto" and name not in BACKENDS:
         raise RuntimeError(
             f"fusedopt backend {name!r} is not available: the compiled extension fusedopt._C failed to import "
@@ -175,9 +189,10 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype):
     if name == "auto":
         name = _KERNEL_FOR_DEVICE.get(device.type, "reference")
         if name not in BACKENDS:
+            why = EXTENSION_ERROR if EXTENSION_ERROR is not None else f"fusedopt._C was built without {name} kernels"
             _warn_once(
-                "no-extension",
-                f"fusedopt: compiled kernels unavailable ({EXTENSION_ERROR}); using the slow pure-torch reference",
+                f"no-{name}-kernels",
+                f"fusedopt: compiled kernels unavailable ({why}); using the slow pure-torch reference",
             )
             name = "reference"
         elif name == "reference":

@@ -9,23 +9,11 @@
 #include <limits>
 #include <vector>
 
+#include "expect.h"
 #include "fusedopt/math.h"
 
 namespace {
 
-int failures = 0;
-
-#define EXPECT(cond, ...)                                  \
-  do {                                                     \
-    if (!(cond)) {                                         \
-      ++failures;                                          \
-      if (failures <= 30) {                                \
-        printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-        printf(__VA_ARGS__);                               \
-        printf("\n");                                      \
-      }                                                    \
-    }                                                      \
-  } while (0)
 
 // Deterministic inputs without <random>'s implementation-defined distributions.
 struct Lcg {

@@ -225,10 +225,15 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _lr(group: dict, device: torch.device) -> tuple[float, Tensor | None]:
         """``(lr, lr_tensor)`` for an update call. A tensor lr is passed as a 1-element fp32 tensor on the params'
         device, never read on the host: as is when it already is one (so in-place scheduler updates are seen),
-        else converted for this call. The float lr is then ignored by the backends."""
+        else converted for this call. The float lr is then ignored by the backends. The exception is a CPU lr
+        for GPU params, read on the host as a float (no sync; torch's non-capturable paths do the same)."""
         lr = group["lr"]
         if not torch.is_tensor(lr):
             return float(lr), None
+        if lr.device.type == "cpu" and device.type != "cpu":
+            # A CPU lr for GPU params (torch's usual tensor lr): read on the host, which costs no sync, where
+            # copying it to the device every step would wait for the copy.
+            return float(lr.to(torch.float32).item()), None
         if lr.dtype != torch.float32 or lr.device != device:
             lr = lr.to(device=device, dtype=torch.float32)
         return 0.0, lr

@@ -108,8 +108,9 @@ struct SgdHyper {
   float one_minus_dampening;  // 1 - dampening, from double
 };
 
-// Host side: the float scalars from the Python (double) hyperparameters.
-inline SgdHyper sgd_hyper(double lr, double weight_decay, double momentum, double dampening) {
+// The float scalars from the Python (double) hyperparameters: on the host, or on the device when lr is a device
+// tensor (CUDA kernels read it there).
+FUSEDOPT_HD inline SgdHyper sgd_hyper(double lr, double weight_decay, double momentum, double dampening) {
   return {float(lr), float(weight_decay), float(momentum), float(1.0 - dampening)};
 }
 
@@ -142,13 +143,14 @@ struct AdamStep {
   float bc2_sqrt;   // sqrt(1 - beta2^step)
 };
 
-// Host side, in double as torch.optim computes them; `step` is the count after this step's increment.
-inline AdamHyper adam_hyper(double lr, double beta1, double beta2, double eps, double weight_decay) {
+// In double as torch.optim computes them (on the host, or on the device when lr or the step count live there);
+// `step` is the count after this step's increment.
+FUSEDOPT_HD inline AdamHyper adam_hyper(double lr, double beta1, double beta2, double eps, double weight_decay) {
   return {float(1.0 - beta1), float(beta2), float(1.0 - beta2), float(eps), float(weight_decay),
           float(1.0 - lr * weight_decay)};
 }
 
-inline AdamStep adam_step(double lr, double beta1, double beta2, double step) {
+FUSEDOPT_HD inline AdamStep adam_step(double lr, double beta1, double beta2, double step) {
   return {float(lr / (1.0 - std::pow(beta1, step))), float(std::sqrt(1.0 - std::pow(beta2, step)))};
 }
 

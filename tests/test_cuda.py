@@ -1,0 +1,534 @@
+"""The CUDA backend (csrc/cuda): parity with the CPU backend, the reference and torch.optim, no host syncs, CUDA
+graphs, GradScaler, 64-bit indexing and torch.compile. Needs a CUDA device: without one the whole module skips
+(with the reason); with one, a missing CUDA build fails instead of skipping (require_backend).
+
+Tolerances (why):
+- op level, CUDA against the CPU op on the same inputs (clip coefficient and scale given as tensors): bitwise.
+  Both run math.h's rules with no contraction (-fmad=false, -ffp-contract=off), IEEE division and square root,
+  and the same conversions; the bias corrections are the same double formulas (the device's pow differs from
+  glibc's by at most an ulp of a double, which rounds to the same float but with a chance of about 1e-8).
+- op level against the reference: fp32 1e-6 relative (the reference evaluates the same formulas with torch's
+  kernels), low precision 1 ulp of the stored dtype.
+- optimizer level, CUDA against the CPU backend: the check pass sums squares in another order (per 64K-element
+  block, then the blocks in double), so grad_norm and the clip coefficient differ in the last bits: fp32
+  tensors within test_parity's fp32 tolerance, bf16/fp16 tensors within 2 ulps of their dtype; against
+  torch.optim: test_parity's own rules (fp32 1e-5, the low-precision bound for bf16/fp16).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device (torch.cuda.is_available() is False): the CUDA kernels are compiled and imported by "
+                "`make test-cuda-build`, and run here only on a machine with a GPU", allow_module_level=True)
+
+import fusedopt  # noqa: E402
+from fusedopt import ops, reference  # noqa: E402
+from configs import ALL_CONFIGS, REPRESENTATIVE, config_id, for_dtype  # noqa: E402
+from helpers import assert_bitwise_equal, assert_close, assert_within_ulps, require_backend  # noqa: E402
+from test_parity import (LOW_PRECISION, PARAM_NAMES, RTOL, Run, assert_low_precision_bound,  # noqa: E402
+                         assert_runs_close, clone_params, flat, make_grads, make_params, run, run_torch)
+
+CUDA = torch.device("cuda")
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+STEPS = 5
+
+
+@pytest.fixture(autouse=True)
+def _cuda_backend():
+    require_backend("cuda")
+    yield
+    torch.cuda.synchronize()
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Op level: the tensors a call gets. Sizes 0, 1, 4097, a multi-chunk one (3 * 64K + 5), a misaligned one (a
+# contiguous slice at an odd offset: the scalar path), and enough small ones to need several chunk tables.
+
+def _sizes(many: int) -> list[int]:
+    return [0, 1, 4097, 3 * 65536 + 5, 4097] + [37 + (i % 5) for i in range(many)]
+
+
+MISALIGNED = 4  # index in _sizes of the tensor taken at an odd offset
+
+
+def _tensor(numel: int, dtype, device, gen, *, misaligned: bool = False, scale: float = 1.0, positive=False):
+    values = torch.randn(numel + 1, generator=gen, dtype=torch.float32) * scale
+    values = values.abs() if positive else values
+    base = values.to(dtype).to(device)
+    return base[1:] if misaligned else base[:numel].clone()
+
+
+def _op_inputs(kind: str, dtype, state_dtype, master: bool, device, many: int, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    sizes = _sizes(many)
+    t = lambda n, i, dt, **kw: _tensor(n, dt, device, gen, misaligned=i == MISALIGNED, **kw)  # noqa: E731
+    inputs = {
+        "params": [t(n, i, dtype) for i, n in enumerate(sizes)],
+        "master_params": [],
+    }
+    if master:
+        inputs["master_params"] = [p.float() + 1e-3 * torch.randn(p.shape, generator=gen).to(device)
+                                   for p in inputs["params"]]
+        inputs["params"] = [m.to(dtype, copy=True) for m in inputs["master_params"]]
+        inputs["params"][MISALIGNED] = _misaligned_copy(inputs["params"][MISALIGNED])
+    if kind == "sgd":
+        inputs["momentum_buffers"] = [t(n, i, state_dtype, scale=0.5) for i, n in enumerate(sizes)]
+    else:
+        inputs["exp_avgs"] = [t(n, i, state_dtype, scale=0.1) for i, n in enumerate(sizes)]
+        inputs["exp_avg_sqs"] = [t(n, i, state_dtype, scale=0.01, positive=True) for i, n in enumerate(sizes)]
+        inputs["max_exp_avg_sqs"] = [t(n, i, state_dtype, scale=0.02, positive=True) for i, n in enumerate(sizes)]
+        inputs["steps"] = [torch.full((), float(3 + i % 4), device=device) for i in range(len(sizes))]
+    return inputs
+
+
+def _misaligned_copy(t: torch.Tensor) -> torch.Tensor:
+    base = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = base[1:]
+    out.copy_(t)
+    return out
+
+
+def _grads(params, step: int, *, scale: float = 1.0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(100 + step)
+    return [_tensor(p.numel(), p.dtype, p.device, gen, misaligned=i == MISALIGNED, scale=scale)
+            for i, p in enumerate(params)]
+
+
+def _to(inputs: dict, device) -> dict:
+    """A copy on ``device`` with the same layout (the misaligned tensor stays misaligned)."""
+    out = {}
+    for key, tensors in inputs.items():
+        out[key] = [(_misaligned_copy(x.to(device)) if x.storage_offset() % 2 else x.to(device, copy=True))
+                    for x in tensors]
+    return out
+
+
+def _scalar(value, device):
+    return None if value is None else torch.tensor([value], dtype=torch.float32, device=device)
+
+
+def _call(backend, kind: str, inputs: dict, grads, *, is_first, lr_tensor, grad_scale, clip_coef, found_inf,
+          amsgrad=True, device):
+    lr = 0.01
+    extra = dict(lr_tensor=_scalar(lr_tensor, device), grad_scale=_scalar(grad_scale, device),
+                 clip_coef=_scalar(clip_coef, device), found_inf=_scalar(found_inf, device))
+    if kind == "sgd":
+        backend.sgd_update(inputs["params"], grads, inputs["momentum_buffers"], inputs["master_params"], is_first,
+                           lr, 0.01, 0.9, 0.1, False, False, *extra.values())
+    else:
+        backend.adam_update(inputs["params"], grads, inputs["exp_avgs"], inputs["exp_avg_sqs"],
+                            inputs["max_exp_avg_sqs"] if amsgrad else [], inputs["master_params"], inputs["steps"],
+                            lr, 0.9, 0.999, 1e-8, 0.05, amsgrad, False, True, *extra.values())
+
+
+OP_CASES = [
+    pytest.param(kind, dtype, state_dtype, master, id=f"{kind}-{_dtype_name(dtype)}-states_{_dtype_name(state_dtype)}"
+                 f"{'-master' if master else ''}")
+    for kind in ("sgd", "adam")
+    for dtype in DTYPES
+    for state_dtype in (torch.float32, torch.bfloat16)
+    for master in (False, True)  # an fp32 master copy of fp32 params is allowed too (a second copy)
+]
+SCALARS = [
+    pytest.param(None, None, None, None, id="plain"),
+    pytest.param(0.02, 1024.0, 0.3, 0.0, id="lr_tensor-scale-clip"),
+    pytest.param(0.02, 1024.0, 0.3, 1.0, id="found_inf"),
+]
+
+
+@pytest.mark.parametrize("lr_tensor,grad_scale,clip_coef,found_inf", SCALARS)
+@pytest.mark.parametrize("kind,dtype,state_dtype,master", OP_CASES)
+def test_op_matches_cpu_and_reference(kind, dtype, state_dtype, master, lr_tensor, grad_scale, clip_coef,
+                                      found_inf):
+    """Three steps of the CUDA op against the CPU op (bitwise) and the reference (close): params, grads (written
+    back when unscaled), master copies, states and step counts; more tensors than one chunk table holds."""
+    many = 200 if kind == "sgd" else 150  # > 160 (SGD) and > 110 (Adam) tensors per table: several launches
+    cuda_in = _op_inputs(kind, dtype, state_dtype, master, CUDA, many)
+    cpu_in, ref_in = _to(cuda_in, "cpu"), _to(cuda_in, "cpu")
+    scale = grad_scale or 1.0
+    for step in range(3):
+        grads = _grads(cuda_in["params"], step, scale=scale)
+        cpu_grads, ref_grads = ([g.to("cpu", copy=True) for g in grads] for _ in range(2))
+        is_first = [step == 0 and i % 2 == 0 for i in range(len(grads))]
+        kwargs = dict(is_first=is_first, lr_tensor=lr_tensor, grad_scale=grad_scale, clip_coef=clip_coef,
+                      found_inf=found_inf)
+        _call(ops.BACKENDS["cuda"], kind, cuda_in, grads, device=CUDA, **kwargs)
+        _call(ops.BACKENDS["cpu"], kind, cpu_in, cpu_grads, device="cpu", **kwargs)
+        _call(reference, kind, ref_in, ref_grads, device="cpu", **kwargs)
+        torch.cuda.synchronize()
+        for i, (g, gc, gr) in enumerate(zip(grads, cpu_grads, ref_grads)):
+            assert_bitwise_equal(g.cpu(), gc, name=f"step {step} grads[{i}] (CUDA vs CPU)")
+            _assert_ref_close(g, gr, name=f"step {step} grads[{i}] (CUDA vs reference)")
+        for key in cuda_in:
+            for i, (x, xc, xr) in enumerate(zip(cuda_in[key], cpu_in[key], ref_in[key])):
+                assert_bitwise_equal(x.cpu(), xc, name=f"step {step} {key}[{i}] (CUDA vs CPU)")
+                _assert_ref_close(x, xr, name=f"step {step} {key}[{i}] (CUDA vs reference)")
+        if found_inf:
+            original = _op_inputs(kind, dtype, state_dtype, master, CUDA, many)
+            for key in cuda_in:
+                for i, (x, x0) in enumerate(zip(cuda_in[key], original[key])):
+                    assert_bitwise_equal(x, x0, name=f"skipped step {step}: {key}[{i}]")
+
+
+def _assert_ref_close(actual, expected, *, name):
+    if actual.dtype == torch.float32:
+        scale = float(expected.abs().max()) if expected.numel() else 0.0
+        assert_close(actual, expected, rtol=1e-6, atol=1e-7 * scale, name=name)
+    else:
+        assert_within_ulps(actual.cpu(), expected, ulps=1, name=name)
+
+
+def test_adam_without_amsgrad_and_empty_lists():
+    """max_exp_avg_sqs empty without amsgrad; a call with no params does nothing."""
+    cuda_in = _op_inputs("adam", torch.float32, torch.float32, False, CUDA, 3)
+    cpu_in = _to(cuda_in, "cpu")
+    grads = _grads(cuda_in["params"], 0)
+    kwargs = dict(is_first=[], lr_tensor=None, grad_scale=None, clip_coef=None, found_inf=None, amsgrad=False)
+    _call(ops.BACKENDS["cuda"], "adam", cuda_in, grads, device=CUDA, **kwargs)
+    _call(ops.BACKENDS["cpu"], "adam", cpu_in, [g.to("cpu", copy=True) for g in grads], device="cpu", **kwargs)
+    for key in ("params", "exp_avgs", "exp_avg_sqs", "steps"):
+        for i, (x, xc) in enumerate(zip(cuda_in[key], cpu_in[key])):
+            assert_bitwise_equal(x.cpu(), xc, name=f"{key}[{i}]")
+    ops.BACKENDS["cuda"].adam_update([], [], [], [], [], [], [], 0.1, 0.9, 0.99, 1e-8, 0.0, False, False, False,
+                                     None, None, None, _scalar(0.0, CUDA))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_name)
+def test_op_check(dtype):
+    """Sum of squares and the non-finite flag over sizes 0, 1, 4097, a misaligned slice, a tensor of more than one
+    table of chunks (1000 * 64K elements) and more tensors than one table holds; deterministic bits."""
+    gen = torch.Generator().manual_seed(3)
+    sizes = _sizes(400) + [1000 * 65536 + 3]
+    grads = [_tensor(n, dtype, CUDA, gen, misaligned=i == MISALIGNED) for i, n in enumerate(sizes)]
+    out = ops.BACKENDS["cuda"].check(grads)
+    expected = reference.check(grads)
+    assert out.dtype == torch.float32 and out.shape == (2,) and out.device.type == "cuda"
+    assert_close(out[0], expected[0], rtol=1e-5, name="sum of squares")
+    assert float(out[1]) == 0.0
+    assert_bitwise_equal(ops.BACKENDS["cuda"].check(grads), out, name="check, second run (determinism)")
+    for bad in (math.inf, -math.inf, math.nan):
+        for where in (MISALIGNED, len(sizes) - 1, len(sizes) - 2):
+            poisoned = [g.clone() if g.storage_offset() == 0 else _misaligned_copy(g) for g in grads]
+            poisoned[where][-1] = bad
+            assert float(ops.BACKENDS["cuda"].check(poisoned)[1]) == 1.0, f"{bad} at the end of grads[{where}]"
+    empty = ops.BACKENDS["cuda"].check([torch.empty(0, dtype=dtype, device=CUDA)])
+    assert empty.tolist() == [0.0, 0.0]
+
+
+def test_op_validation_names_the_argument():
+    cuda_in = _op_inputs("adam", torch.float32, torch.float32, False, CUDA, 2)
+    before = copy.deepcopy(cuda_in)
+    grads = _grads(cuda_in["params"], 0)
+    bad = dict(cuda_in)
+    bad["exp_avgs"] = list(cuda_in["exp_avgs"])
+    bad["exp_avgs"][3] = bad["exp_avgs"][3].cpu()
+    kwargs = dict(is_first=[], lr_tensor=None, grad_scale=None, clip_coef=None, found_inf=None)
+    with pytest.raises(RuntimeError, match=r"exp_avgs\[3\] is on cpu"):
+        _call(ops.BACKENDS["cuda"], "adam", bad, grads, device=CUDA, **kwargs)
+    bad["exp_avgs"] = list(cuda_in["exp_avgs"])
+    bad["exp_avgs"][2] = bad["exp_avgs"][2].double()
+    with pytest.raises(RuntimeError, match=r"exp_avgs\[2\] has dtype"):
+        _call(ops.BACKENDS["cuda"], "adam", bad, grads, device=CUDA, **kwargs)
+    with pytest.raises(RuntimeError, match="lr_tensor must be float32"):
+        ops.BACKENDS["cuda"].adam_update(cuda_in["params"], grads, cuda_in["exp_avgs"], cuda_in["exp_avg_sqs"], [],
+                                         [], cuda_in["steps"], 0.1, 0.9, 0.99, 1e-8, 0.0, False, False, False,
+                                         torch.tensor([0.1], dtype=torch.float64, device=CUDA), None, None, None)
+    for key in before:
+        for i, (x, x0) in enumerate(zip(cuda_in[key], before[key])):
+            assert_bitwise_equal(x, x0, name=f"{key}[{i}] after a rejected call")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Optimizer level: every config of configs.py and every dtype, CUDA against the CPU backend and torch.optim.
+
+def _cuda_params(groups):
+    """The same params on the GPU with the same strides (dense, transposed and strided layouts)."""
+    out = []
+    for group in groups:
+        out.append([])
+        for p in group:
+            q = torch.empty_strided(p.shape, p.stride(), dtype=p.dtype, device=CUDA).copy_(p.detach())
+            q.requires_grad_()
+            q.contiguous_grad = getattr(p, "contiguous_grad", False)
+            out[-1].append(q)
+    return out
+
+
+def _on_device(kwargs: dict, device) -> dict:
+    """A tensor lr moves to ``device`` (the lr_tensor path: read by the kernels on the device)."""
+    kwargs = copy.deepcopy(kwargs)
+    if torch.is_tensor(kwargs.get("lr")):
+        kwargs["lr"] = kwargs["lr"].to(device)
+    return kwargs
+
+
+def run_fused_on(alg, config, backend, groups, grad_steps, device, **extra) -> Run:
+    kwargs = for_dtype(alg, _on_device(config.fused_kwargs(backend), device), flat(groups)[0].dtype)
+    second = _on_device(alg.second_group, device)
+    grad_steps = [[g.to(device) for g in step] for step in grad_steps]
+    return run(lambda g: alg.fused_cls([{"params": g[0]}, {"params": g[1], **second}], **kwargs, **extra),
+               groups, grad_steps, lambda opt: _step(opt))
+
+
+def _step(opt):
+    opt.step()
+    return None if opt.grad_norm is None else opt.grad_norm.detach().clone()
+
+
+def _cpu(r: Run) -> Run:
+    to = lambda x: None if x is None else x.detach().cpu()  # noqa: E731
+    return Run([to(p) for p in r.params], [{k: to(v) for k, v in s.items()} for s in r.states],
+               [to(n) for n in r.norms], None if r.initial is None else [to(p) for p in r.initial])
+
+
+def assert_backends_close(actual: Run, expected: Run) -> None:
+    """fp32 tensors within test_parity's fp32 tolerance, bf16/fp16 ones within 2 ulps (see the module doc)."""
+    for name, a, e in zip(PARAM_NAMES, actual.params, expected.params, strict=True):
+        _close_by_dtype(a, e, f"param {name!r}")
+    for name, sa, se in zip(PARAM_NAMES, actual.states, expected.states, strict=True):
+        assert sorted(sa) == sorted(se), f"state keys of {name!r}: {sorted(sa)} vs {sorted(se)}"
+        for key in se:
+            assert sa[key].dtype == se[key].dtype, f"state[{name!r}][{key!r}]: {sa[key].dtype} vs {se[key].dtype}"
+            if key == "step":
+                assert_bitwise_equal(sa[key], se[key], name=f"state[{name!r}]['step']")
+            else:
+                _close_by_dtype(sa[key], se[key], f"state[{name!r}][{key!r}]")
+    for step, (na, ne) in enumerate(zip(actual.norms, expected.norms, strict=True)):
+        assert (na is None) == (ne is None), f"step {step}: grad_norm computed on one side only"
+        if ne is not None:
+            assert_close(na, ne, rtol=1e-5, name=f"grad_norm at step {step}")
+
+
+def _close_by_dtype(a, e, name):
+    if e.dtype in LOW_PRECISION:
+        assert_within_ulps(a, e, ulps=2, name=name)
+    else:
+        scale = float(e.abs().max()) if e.numel() else 0.0
+        assert_close(a, e, rtol=RTOL[torch.float32], atol=1e-6 * scale, name=name)
+
+
+MATRIX = [pytest.param(alg, config, dtype, id=f"{config_id(alg, config)}-{_dtype_name(dtype)}")
+          for dtype in DTYPES for alg, config in ALL_CONFIGS]
+
+
+@pytest.mark.parametrize("alg,config,dtype", MATRIX)
+def test_matches_cpu_backend_and_torch(alg, config, dtype):
+    groups = make_params(dtype)
+    grads = make_grads(dtype, steps=STEPS)
+    on_cuda = _cpu(run_fused_on(alg, config, "cuda", _cuda_params(groups), grads, CUDA))
+    on_cpu = run_fused_on(alg, config, "cpu", clone_params(groups), grads, "cpu")
+    assert_backends_close(on_cuda, on_cpu)
+    if dtype not in LOW_PRECISION:
+        assert_runs_close(on_cuda, run_torch(alg, config, clone_params(groups), grads), dtype)
+        return
+    truth = run_torch(alg, config, clone_params(groups, torch.float32), [[g.float() for g in s] for s in grads],
+                      dtype=dtype)
+    assert_low_precision_bound(on_cuda, run_torch(alg, config, clone_params(groups), grads), truth, dtype)
+
+
+VARIANTS = [
+    pytest.param(dict(master_weights=True), id="master_weights"),
+    pytest.param(dict(state_dtype=torch.bfloat16), id="bf16_states"),
+    pytest.param(dict(master_weights=True, state_dtype=torch.bfloat16), id="master_weights-bf16_states"),
+]
+
+
+@pytest.mark.parametrize("extra", VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_name)
+@pytest.mark.parametrize("alg,config", REPRESENTATIVE, ids=[config_id(a, c) for a, c in REPRESENTATIVE])
+def test_variants_match_cpu_backend(alg, config, dtype, extra):
+    """Master weights and bf16 states: CUDA against the CPU backend and the reference backend."""
+    groups = make_params(dtype)
+    grads = make_grads(dtype, steps=STEPS)
+    on_cuda = _cpu(run_fused_on(alg, config, "cuda", _cuda_params(groups), grads, CUDA, **extra))
+    on_cpu = run_fused_on(alg, config, "cpu", clone_params(groups), grads, "cpu", **extra)
+    on_ref = run_fused_on(alg, config, "reference", clone_params(groups), grads, "cpu", **extra)
+    assert_backends_close(on_cuda, on_cpu)
+    assert_backends_close(on_cuda, on_ref)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Behaviour on the device: no host syncs, CUDA graphs, GradScaler, torch.compile, 64-bit indexing.
+
+def _model(seed: int = 0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 10)).to(CUDA)
+
+
+def _batch(i: int):
+    gen = torch.Generator(device=CUDA).manual_seed(1000 + i)
+    return (torch.randn(32, 64, device=CUDA, generator=gen), torch.randint(0, 10, (32,), device=CUDA, generator=gen))
+
+
+OPTIMIZERS = [
+    pytest.param(fusedopt.SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4), id="SGD"),
+    pytest.param(fusedopt.Adam, dict(lr=1e-3, amsgrad=True), id="Adam"),
+    pytest.param(fusedopt.AdamW, dict(lr=1e-3, weight_decay=0.01), id="AdamW"),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs", OPTIMIZERS)
+def test_step_has_no_host_sync(cls, kwargs):
+    """max_grad_norm and nonfinite="skip": the clip coefficient, the skip flag, the step counts and a tensor lr
+    stay on the device; the first step (state creation) included, and a step with an inf grad."""
+    model = _model()
+    opt = cls(model.parameters(), **{**kwargs, "lr": torch.tensor(kwargs["lr"], device=CUDA)},
+              max_grad_norm=1.0, nonfinite="skip", backend="cuda")
+    x, y = _batch(0)
+    torch.cuda.synchronize()
+    for i in range(3):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        if i == 2:
+            next(model.parameters()).grad.view(-1)[0] = math.inf  # a device write: no sync either
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        opt.zero_grad(set_to_none=True)
+    assert bool(opt.found_nonfinite)
+
+
+def _graph_run(cls, kwargs, steps: int, capture: bool):
+    """Warm-up steps on a side stream, then ``steps`` steps, captured once and replayed (``capture``) or eager,
+    with the tensor lr changed in place half way (as a scheduler writing a capturable lr does)."""
+    model = _model()
+    lr = torch.tensor(kwargs["lr"], device=CUDA)
+    capturable = {} if cls is fusedopt.SGD else {"capturable": True}  # torch.optim.SGD has no such flag
+    opt = cls(model.parameters(), **{**kwargs, "lr": lr}, **capturable, max_grad_norm=1.0, nonfinite="skip",
+              backend="cuda")
+    static_x, static_y = (t.clone() for t in _batch(0))
+
+    def train_step():
+        loss = torch.nn.functional.cross_entropy(model(static_x), static_y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            train_step()
+    torch.cuda.current_stream().wait_stream(side)
+    opt.zero_grad(set_to_none=True)
+    graph = None
+    if capture:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            train_step()
+    for i in range(steps):
+        x, y = _batch(i + 1)
+        static_x.copy_(x)
+        static_y.copy_(y)
+        if i == steps // 2:
+            lr.fill_(kwargs["lr"] / 2)
+        if capture:
+            graph.replay()
+        else:
+            opt.zero_grad(set_to_none=True)
+            train_step()
+    torch.cuda.synchronize()
+    return model, opt
+
+
+@pytest.mark.parametrize("cls,kwargs", OPTIMIZERS)
+def test_cuda_graph_replay_equals_eager(cls, kwargs):
+    """capturable=True with a tensor lr: forward, backward and opt.step() captured in one CUDA graph; replays
+    equal the same steps run eagerly (params and states, bitwise up to the GEMMs' own determinism: tolerance)."""
+    graph_model, graph_opt = _graph_run(cls, kwargs, steps=6, capture=True)
+    eager_model, eager_opt = _graph_run(cls, kwargs, steps=6, capture=False)
+    for i, (pg, pe) in enumerate(zip(graph_model.parameters(), eager_model.parameters())):
+        assert_close(pg, pe, rtol=1e-5, atol=1e-6, name=f"param {i}")
+        sg, se = graph_opt.state[pg], eager_opt.state[pe]
+        assert sorted(sg) == sorted(se)
+        for key in se:
+            assert_close(sg[key], se[key], rtol=1e-5, atol=1e-7, name=f"state[{i}][{key!r}]")
+    if "step" in eager_opt.state[next(eager_model.parameters())]:
+        assert float(graph_opt.state[next(graph_model.parameters())]["step"]) == 3 + 6
+
+
+def test_grad_scaler_matches_torch():
+    """GradScaler hands grad_scale/found_inf to the kernels (unscale folded in, an inf step skipped) and gives the
+    same results as torch.optim.AdamW's own GradScaler path."""
+    results = []
+    for make in (lambda ps: fusedopt.AdamW(ps, lr=1e-3, backend="cuda"),
+                 lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=False)):
+        model = _model()
+        opt = make(model.parameters())
+        scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10)
+        for i in range(6):
+            x, y = _batch(i)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            if i == 3:
+                next(model.parameters()).grad.view(-1)[0] = math.inf
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+        results.append((model, opt, scaler.get_scale()))
+    (fm, fo, fs), (tm, to, ts) = results
+    assert fs == ts
+    for i, (pf, pt) in enumerate(zip(fm.parameters(), tm.parameters())):
+        assert_close(pf, pt, rtol=1e-5, atol=1e-7, name=f"param {i}")
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert_close(fo.state[pf][key], to.state[pt][key], rtol=1e-5, atol=1e-9, name=f"state[{i}][{key!r}]")
+        assert float(fo.state[pf]["step"]) == 5  # the inf step was skipped
+
+
+def test_torch_compile_step():
+    """torch.compile of opt.step() on CUDA (the ops traced through their fake implementations) equals eager."""
+    runs = []
+    for compiled in (False, True):
+        model = _model()
+        opt = fusedopt.AdamW(model.parameters(), lr=torch.tensor(1e-3, device=CUDA), max_grad_norm=1.0,
+                             nonfinite="skip", backend="cuda")
+        step = torch.compile(opt.step) if compiled else opt.step
+        for i in range(4):
+            x, y = _batch(i)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            step()
+            opt.zero_grad(set_to_none=True)
+        runs.append((model, opt))
+    (em, eo), (cm, co) = runs
+    for i, (pe, pc) in enumerate(zip(em.parameters(), cm.parameters())):
+        assert_close(pc, pe, rtol=1e-6, atol=1e-7, name=f"param {i}")
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert_close(co.state[pc][key], eo.state[pe][key], rtol=1e-6, atol=1e-9, name=f"state[{i}][{key!r}]")
+
+
+HUGE = 2**31 + 4101  # elements: offsets past 2^31 in the last chunks
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.mem_get_info()[0] < 48 * 2**30,
+                    reason="needs 48 GiB of free GPU memory for a tensor of more than 2^31 elements")
+def test_tensor_over_2_31_elements():
+    """An fp32 param of 2^31 + 4101 elements through the check pass and one Adam step: the elements past 2^31
+    get the right update, and the norm covers them (64-bit indexing)."""
+    p = torch.nn.Parameter(torch.ones(HUGE, device=CUDA))
+    p.grad = torch.ones(HUGE, device=CUDA)
+    tail = torch.linspace(-3.0, 5.0, 4101, device=CUDA)
+    p.grad[-4101:] = tail
+    opt = fusedopt.Adam([p], lr=0.1, max_grad_norm=1e12, nonfinite="skip", backend="cuda")
+    opt.step()
+    expected_sumsq = (HUGE - 4101) + float((tail.double() ** 2).sum())
+    assert_close(opt.grad_norm.double().cpu(), torch.tensor(math.sqrt(expected_sumsq), dtype=torch.float64),
+                 rtol=1e-6, name="grad_norm")
+    # First Adam step: p - lr * g / (|g| + eps * bias terms), elementwise: the reference on the tail alone.
+    q = torch.ones(4101, device=CUDA)
+    reference.adam_update([q], [tail.clone()], [torch.zeros_like(q)], [torch.zeros_like(q)], [], [],
+                          [torch.zeros((), device=CUDA)], 0.1, 0.9, 0.999, 1e-8, 0.0, False, False, False)
+    assert_close(p.detach()[-4101:], q, rtol=1e-6, name="the last 4101 elements")
+    assert_close(p.detach()[:1000], torch.full((1000,), 0.9, device=CUDA), rtol=1e-6, name="the first elements")
+    assert float(opt.state[p]["step"]) == 1.0
