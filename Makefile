@@ -35,6 +35,7 @@ test-cpp:
 # The CUDA build check: a second venv with the CUDA torch wheel (requirements-cuda.txt), the extension built with
 # FUSEDOPT_CUDA=1 out of place (build/cuda: the CPU build above is untouched), its CUDA kernels imported and
 # found registered, and tests/test_cuda.py run against it (it skips without a GPU, and runs in full with one).
+# The CUDA torch wheel brings the triton it was built with, so requirements.txt's triton pin is left out there.
 CUDA_VENV := .venv-cuda
 CUDA_PY := $(CUDA_VENV)/bin/python
 CUDA_DEPS := $(CUDA_VENV)/.deps-installed
@@ -43,7 +44,7 @@ CUDA_BUILD := build/cuda
 $(CUDA_DEPS): requirements.txt requirements-cuda.txt
 	test -x $(CUDA_PY) || $(PYTHON) -m venv $(CUDA_VENV)
 	$(CUDA_PY) -m pip install --quiet --upgrade pip==23.2.1
-	$(CUDA_PY) -m pip install --quiet -r requirements-cuda.txt $$(grep -v -e '^torch==' -e '^#' requirements.txt)
+	$(CUDA_PY) -m pip install --quiet -r requirements-cuda.txt $$(grep -v -e '^torch==' -e '^triton==' -e '^#' requirements.txt)
 	touch $@
 
 # CUDA_HOME for the CUDA build: the toolkit folder of the nvcc on the PATH (which may be a wrapper script), as
