@@ -13,6 +13,8 @@ from collections import OrderedDict
 from operator import attrgetter
 
 import torch
+import triton
+import triton.language as tl
 from torch import Tensor
 
 from fusedopt.triton.math import BF16, F16, F32
@@ -27,6 +29,17 @@ TENSOR_BLOCK = 256
 
 _CACHE_SIZE = 16
 _tables: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
+
+
+@triton.jit
+def work_item(records, work, RECORD: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's work item (the table layout described above, read by every kernel): its index, its
+    tensor's index and record, the element offsets of its block and the mask of those inside the tensor."""
+    item = tl.program_id(0).to(tl.int64)
+    t = tl.load(work + 2 * item)
+    record = records + t * RECORD
+    offs = tl.load(work + 2 * item + 1) + tl.arange(0, BLOCK)
+    return item, t, record, offs, offs < tl.load(record)
 
 
 def interpreted(kernel) -> bool:

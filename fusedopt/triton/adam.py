@@ -48,11 +48,7 @@ def _adam_kernel(records, work, bias, lr: "fp64", beta1: "fp64", beta2: "fp64", 
                  HAS_GRAD_SCALE: tl.constexpr, HAS_CLIP: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
                  AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr, RECORD: tl.constexpr,
                  BLOCK: tl.constexpr):
-    item = tl.program_id(0).to(tl.int64)
-    t = tl.load(work + 2 * item)
-    offs = tl.load(work + 2 * item + 1) + tl.arange(0, BLOCK)
-    record = records + t * RECORD
-    mask = offs < tl.load(record)
+    _, t, record, offs, mask = mt.work_item(records, work, RECORD, BLOCK)
     mask = not_skipped(mask, found_inf_ptr, offs, HAS_FOUND_INF)
 
     # Hyperparameters as math.h's adam_hyper computes them on the host: in double, rounded to float. (Compiled,

@@ -18,11 +18,7 @@ _REDUCE_BLOCK = 1024
 
 @triton.jit
 def _partials_kernel(records, work, partials, G_KIND: tl.constexpr, RECORD: tl.constexpr, BLOCK: tl.constexpr):
-    item = tl.program_id(0).to(tl.int64)
-    t = tl.load(work + 2 * item)
-    offs = tl.load(work + 2 * item + 1) + tl.arange(0, BLOCK)
-    record = records + t * RECORD
-    mask = offs < tl.load(record)
+    item, _, record, offs, mask = mt.work_item(records, work, RECORD, BLOCK)
     g = load_float(as_pointer(tl.load(record + 1), G_KIND), offs, mask, G_KIND)
     tl.store(partials + 2 * item, tl.sum(g * g, axis=0))
     # The flag comes from the bits, not from the sum: a finite grad whose square overflows is not non-finite.

@@ -20,11 +20,7 @@ def _sgd_kernel(records, work, lr: "fp64", weight_decay: "fp64", momentum: "fp64
                 HAS_GRAD_SCALE: tl.constexpr, HAS_CLIP: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
                 HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr,
                 RECORD: tl.constexpr, BLOCK: tl.constexpr):
-    item = tl.program_id(0).to(tl.int64)
-    t = tl.load(work + 2 * item)
-    offs = tl.load(work + 2 * item + 1) + tl.arange(0, BLOCK)
-    record = records + t * RECORD
-    mask = offs < tl.load(record)
+    _, _, record, offs, mask = mt.work_item(records, work, RECORD, BLOCK)
     mask = not_skipped(mask, found_inf_ptr, offs, HAS_FOUND_INF)
 
     # math.h's sgd_hyper: the float values of the (double) hyperparameters.
