@@ -6,6 +6,7 @@ Stable API (other test files import it):
 - ``mismatch_report(actual, expected, *, rtol, atol=0.0, equal_nan=False, name="tensor") -> str | None``
 - ``max_errors(actual, expected) -> (max_abs, max_rel)`` (floats; NaN/inf positions are skipped)
 - ``assert_bitwise_equal(actual, expected, *, name="tensor")`` (same dtype, shape and bits; NaN-safe)
+- ``assert_raises_unchanged(call, tensors, *, match, error=RuntimeError)`` (a rejected call writes nothing)
 - ``ulp(magnitude, dtype) -> float`` (spacing of ``dtype`` at ``magnitude``)
 - ``assert_within_ulps(actual, expected, *, ulps=1, name="tensor")`` (elementwise, in ``expected``'s dtype)
 - ``snapshot(optimizer) -> dict`` and ``assert_snapshot_equal(before, after)`` (params, grads, state, bitwise)
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import Tensor
 
@@ -112,6 +114,16 @@ def assert_bitwise_equal(actual: Tensor, expected: Tensor, *, name: str = "tenso
         report = mismatch_report(actual, expected, rtol=0.0, atol=0.0, equal_nan=True, name=name)
         raise AssertionError(report or f"{name}: same values but different bits (signed zeros or NaN payloads)")
 
+
+
+def assert_raises_unchanged(call, tensors: list[Tensor], *, match: str, error=RuntimeError) -> None:
+    """``call()`` raises ``error`` with a message matching ``match`` and leaves every tensor of ``tensors`` bit for
+    bit as it was: bad input is rejected before anything is written."""
+    before = [t.clone() for t in tensors]
+    with pytest.raises(error, match=match):
+        call()
+    for i, (after, was) in enumerate(zip(tensors, before)):
+        assert_bitwise_equal(after, was, name=f"tensors[{i}] after the rejected call")
 
 def ulp(magnitude: float, dtype: torch.dtype) -> float:
     """The spacing of ``dtype`` numbers at ``magnitude`` (one unit in the last place); below the smallest

@@ -18,6 +18,8 @@ import pathlib
 import pytest
 import torch
 
+from helpers import assert_bitwise_equal, assert_raises_unchanged
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -95,11 +97,6 @@ def assert_param_close(actual, expected, what):
         assert_within_ulp(actual, expected, what)
 
 
-def assert_bits_equal(actual: torch.Tensor, expected: torch.Tensor, what: str):
-    int_dtype = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[actual.element_size()]
-    assert torch.equal(actual.view(int_dtype), expected.view(int_dtype)), f"{what} changed"
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Problems: one list entry per tensor, the kernel side and the reference side start from identical copies.
 
@@ -146,7 +143,7 @@ def compare_state(actual, expected, where):
         for i, (a, e) in enumerate(zip(actual[key], expected[key])):
             assert_param_close(a, e, f"{where}: {key}[{i}]")
     for i, (p, m) in enumerate(zip(actual["params"], actual["master_params"])):
-        assert_bits_equal(p, m.to(p.dtype), f"{where}: params[{i}] vs its rounded master")
+        assert_bitwise_equal(p, m.to(p.dtype), name=f"{where}: params[{i}] vs its rounded master")
 
 
 def optional_tensors(cfg):
@@ -225,7 +222,7 @@ def run_steps(dtype, cfg, make_state, call_op, call_ref, shapes=SHAPES, steps=ST
             if dtype == torch.float32:
                 assert_close(a, e, f"{where}: grads[{i}]")
             else:
-                assert_bits_equal(a, e, f"{where}: grads[{i}]")
+                assert_bitwise_equal(a, e, name=f"{where}: grads[{i}]")
         if any(t.dtype != torch.float32 for ts in ours.values() for t in ts):
             copy_state(theirs, ours)
 
@@ -349,8 +346,8 @@ def test_results_do_not_depend_on_thread_count():
     (s1, c1), (s2, c2) = results
     for key in s1:
         for a, b in zip(s1[key], s2[key]):
-            assert_bits_equal(a, b, key)
-    assert_bits_equal(c1, c2, "check")
+            assert_bitwise_equal(a, b, name=key)
+    assert_bitwise_equal(c1, c2, name="check")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -375,9 +372,9 @@ def test_found_inf_changes_nothing(dtype, state_dtype):
     for now, then in zip((adam, sgd), before[:2]):
         for key in now:
             for i, (a, b) in enumerate(zip(now[key], then[key])):
-                assert_bits_equal(a, b, f"{key}[{i}]")
+                assert_bitwise_equal(a, b, name=f"{key}[{i}]")
     for i, (a, b) in enumerate(zip(grads, before[2])):
-        assert_bits_equal(a, b, f"grads[{i}]")
+        assert_bitwise_equal(a, b, name=f"grads[{i}]")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -506,11 +503,7 @@ def test_adam_validation_errors_change_nothing(case):
     over = make_override(state, grads)
     everything = [*state["params"], *state["exp_avgs"], *state["exp_avg_sqs"], *state["steps"], *grads,
                   *[t for v in over.values() if isinstance(v, list) for t in v]]
-    before = [t.clone() for t in everything]
-    with pytest.raises(RuntimeError, match=message):
-        _adam_call(state, grads, over)
-    for i, (a, b) in enumerate(zip(everything, before)):
-        assert_bits_equal(a, b, f"tensor {i}")
+    assert_raises_unchanged(lambda: _adam_call(state, grads, over), everything, match=message)
 
 
 def test_lr_tensor_on_another_device_is_rejected():
@@ -526,7 +519,7 @@ def test_lr_tensor_on_another_device_is_rejected():
     with pytest.raises(RuntimeError, match=r"lr_tensor is on meta, expected cpu"):
         _C.sgd_update(state["params"], grads, [], [], [], 0.1, 0.0, 0.0, 0.0, False, False, lr, None, None, None)
     for a, b in zip([*state["params"], *state["steps"]], before):
-        assert_bits_equal(a, b, "state")
+        assert_bitwise_equal(a, b, name="state")
 
 
 def test_sgd_validation_errors():
@@ -565,7 +558,7 @@ def test_sgd_validation_errors():
     with pytest.raises(RuntimeError, match=r"lr_tensor must have one element, got 0"):
         call(lr_tensor=torch.zeros(0))
     for i, (a, b) in enumerate(zip(everything, before)):
-        assert_bits_equal(a, b, f"sgd tensor {i}")
+        assert_bitwise_equal(a, b, name=f"sgd tensor {i}")
 
 
 def test_check_rejects_unsupported_dtype():
