@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.optim.sgd import sgd as torch_sgd
 
 from fusedopt.optim._base import Bucket, FusedOptimizer
 
@@ -29,6 +30,9 @@ class SGD(FusedOptimizer):
     - ``nonfinite``: ``"ignore"`` (torch's behaviour), ``"skip"`` (a step with any NaN/inf gradient changes
       nothing), ``"raise"`` (raise, naming the offending parameters; this one syncs with the host).
     - ``backend``: ``"auto"``, ``"cpu"`` (compiled C++ kernels) or ``"reference"`` (pure torch).
+
+    ``differentiable=True`` and sparse gradients are supported as in torch.optim.SGD: such a step runs
+    torch.optim's own single-tensor SGD (see ``fusedopt.optim._torch_path``), with the extras applied around it.
     - ``master_weights``: keep an fp32 master copy of each bf16/fp16 param (state entry ``"master_param"``,
       saved with the state_dict): the update runs on the master and the param gets its value rounded to
       nearest even, so updates below half an ulp of the param are not lost. No copy for fp32/fp64 params.
@@ -40,6 +44,7 @@ class SGD(FusedOptimizer):
     """
 
     _TENSOR_STATE_KEYS = ("momentum_buffer",)
+    _SPARSE_GRADS = True
     _LEGACY_FLAG_DEFAULTS = dict(nesterov=False, maximize=False, foreach=None, differentiable=False, fused=False)
 
     def __init__(self, params, lr: float | Tensor = 1e-3, momentum: float = 0, dampening: float = 0,
@@ -85,6 +90,17 @@ class SGD(FusedOptimizer):
             lr, self._hyper(group["weight_decay"]), momentum,
             self._hyper(group["dampening"]), bool(group["nesterov"]), bool(group["maximize"]),
             lr_tensor, grad_scale, clip_coef, found_inf)
+
+    def _torch_update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        # torch.optim.SGD.step's body for one group: a missing buffer (None) starts as a copy of the grad.
+        momentum = group["momentum"]
+        buffers = [self.state[p].get("momentum_buffer") if p in self.state else None for p in params] \
+            if momentum != 0 else []
+        torch_sgd(params, grads, buffers, has_sparse_grad=any(g.is_sparse for g in grads), foreach=False,
+                  fused=False, weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"],
+                  dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"])
+        for p, buffer in zip(params, buffers):
+            self.state[p]["momentum_buffer"] = buffer
 
     def _after_skippable_first_step(self, fresh: set[Tensor], found_inf: Tensor) -> None:
         # torch starts a momentum buffer as a copy of the first gradient it applies; a skipped first step leaves
