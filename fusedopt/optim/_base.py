@@ -268,8 +268,6 @@ class FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if _torch_path.takes(self):  # differentiable=True: torch's own implementation, under autograd
-            return _torch_path.step(self, loss)
 
         last = self._last_step
         last["grad_norm"] = last["found_nonfinite"] = None
@@ -277,6 +275,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         all_params = [p for params, _ in per_group for p in params]
         if not all_params:
             return loss
+        if _torch_path.takes(self):  # differentiable=True: torch's own implementation, under autograd
+            return _torch_path.step(self, per_group, loss)
         all_grads = [g for _, grads in per_group for g in grads]
         # DTensor params (FSDP2, tensor parallel): the kernels take their local shards, and the check pass
         # reduces over the ranks that shard them (see _dist).
@@ -296,7 +296,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         # call). Otherwise validate in Python (clear errors, before anything changes) and take the general path.
         ready = ops.kernel_ready(all_params, all_grads) or self._validate(per_group)
         if ready is _torch_path.SPARSE:  # sparse grads (SGD): torch's own implementation
-            return _torch_path.step(self, loss)
+            return _torch_path.step(self, per_group, loss)
         device = all_params[0].device
 
         grad_scale = getattr(self, "grad_scale", None)

@@ -37,14 +37,12 @@ def takes(optimizer) -> bool:
     return any(group.get("differentiable") for group in optimizer.param_groups)
 
 
-def step(optimizer, loss):
-    """One step of ``optimizer`` on torch's single-tensor implementation (the closure has run: ``loss``)."""
+def step(optimizer, per_group, loss):
+    """One step of ``optimizer`` on torch's single-tensor implementation, for ``per_group``'s (params, grads) of
+    every group (not empty). The closure has run (``loss``); the last step's grad_norm/found_nonfinite are reset.
+    """
     last = optimizer._last_step
-    last["grad_norm"] = last["found_nonfinite"] = None
-    per_group = optimizer._params_with_grads()
     all_grads = [g for _, grads in per_group for g in grads]
-    if not all_grads:
-        return loss
     optimizer._validate(per_group)
     _check_state_dtypes(optimizer)
     device = all_grads[0].device
