@@ -28,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import types
 from collections import Counter
 from pathlib import Path
@@ -130,7 +131,9 @@ def main() -> int:
     if not test_file.is_file():
         parser.error(f"no such file: {test_file}")
     if args.optim == "both":
-        return run_both(test_file, Path(args.json or "torch_suite_results"), args.pytest_args)
+        json_dir = Path(args.json or tempfile.mkdtemp(prefix="torch_suite_"))
+        print(f"outcomes of every test: {json_dir}/torch.json, {json_dir}/fusedopt.json")
+        return run_both(test_file, json_dir, args.pytest_args)
     return run(test_file, args.optim, args.json, args.pytest_args)
 
 

@@ -30,14 +30,14 @@ class SGD(FusedOptimizer):
     - ``nonfinite``: ``"ignore"`` (torch's behaviour), ``"skip"`` (a step with any NaN/inf gradient changes
       nothing), ``"raise"`` (raise, naming the offending parameters; this one syncs with the host).
     - ``backend``: ``"auto"``, ``"cpu"`` (compiled C++ kernels) or ``"reference"`` (pure torch).
-
-    ``differentiable=True`` and sparse gradients are supported as in torch.optim.SGD: such a step runs
-    torch.optim's own single-tensor SGD (see ``fusedopt.optim._torch_path``), with the extras applied around it.
     - ``master_weights``: keep an fp32 master copy of each bf16/fp16 param (state entry ``"master_param"``,
       saved with the state_dict): the update runs on the master and the param gets its value rounded to
       nearest even, so updates below half an ulp of the param are not lost. No copy for fp32/fp64 params.
     - ``state_dtype``: ``None`` (fp32 states for bf16/fp16/fp32 params) or ``torch.bfloat16`` (half the
       memory; the math stays fp32, stores round to nearest even). fp64 and complex params keep their own dtype.
+
+    ``differentiable=True`` and sparse gradients are supported as in torch.optim.SGD: such a step runs
+    torch.optim's own single-tensor SGD (see ``fusedopt.optim._torch_path``), with the extras applied around it.
 
     The momentum buffer is fp32 for bf16/fp16 params by default; all math is fp32 (fp64 for fp64 params).
     A tensor ``lr`` goes to the kernels as a tensor (never read on the host).
