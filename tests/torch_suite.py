@@ -106,8 +106,12 @@ def run_both(test_file: Path, json_dir: Path, pytest_args: list[str]) -> int:
     results = {}
     for optim in ("torch", "fusedopt"):
         out = json_dir / f"{optim}.json"
-        subprocess.run([sys.executable, __file__, str(test_file), "--optim", optim, "--json", str(out), "--",
-                        *pytest_args], check=False)
+        out.unlink(missing_ok=True)
+        extra = ["--", *pytest_args] if pytest_args else []
+        subprocess.run([sys.executable, __file__, str(test_file), "--optim", optim, "--json", str(out), *extra],
+                       check=False)
+        if not out.exists():
+            raise SystemExit(f"the {optim} run wrote no outcomes ({out}): see its output above")
         results[optim] = json.loads(out.read_text())
     for optim, result in results.items():
         print(f"{optim}: " + ", ".join(f"{n} {k}" for k, n in sorted(result["counts"].items())))
