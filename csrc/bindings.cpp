@@ -117,6 +117,8 @@ void adam_update(TensorList params, TensorList grads, TensorList exp_avgs, Tenso
 bool kernel_ready(TensorList params, TensorList grads) {
   if (params.empty() || params.size() != grads.size()) return false;
   const c10::Device device = params[0].device();
+  // Only devices with kernels (meta tensors, say, go to the validation in Python, which names the problem).
+  if (device.type() != c10::DeviceType::CPU && device.type() != c10::DeviceType::CUDA) return false;
   for (size_t i = 0; i < params.size(); ++i) {
     const Tensor& p = params[i];
     const Tensor& g = grads[i];

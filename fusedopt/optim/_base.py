@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from fusedopt import ops
-from fusedopt.optim import _dist
+from fusedopt.optim import _dist, _torch_path
 
 NONFINITE_POLICIES = ("ignore", "skip", "raise")
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -31,6 +31,8 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16,
 _REAL_DTYPE = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 # Clipping follows torch.nn.utils.clip_grad_norm_: coef = clamp(max_norm / (norm + 1e-6), max=1).
 CLIP_EPS = 1e-6
+# Devices whose params fused=True takes (fusedopt's kernels; torch raises for others, e.g. meta, at the step).
+_FUSED_DEVICES = ("cpu", "cuda")
 
 
 # What the state_dtype argument may be: None (the default below), or a dtype for the states of real
@@ -115,6 +117,11 @@ def _split_by_dtype(tensors: list[Tensor]) -> dict[torch.dtype, Sequence[int]]:
     return index
 
 
+def _values(t: Tensor) -> Tensor:
+    """The stored values of a sparse tensor (duplicates uncoalesced: fine for finiteness), else ``t``."""
+    return t._values() if t.is_sparse else t
+
+
 def _flat(t: Tensor) -> Tensor:
     """A dense tensor viewed as 1-D in memory order."""
     return t.as_strided((t.numel(),), (1,), t.storage_offset())
@@ -131,12 +138,16 @@ class FusedOptimizer(torch.optim.Optimizer):
     # Flags that older checkpoints may lack, with the values torch.optim's namesake fills in (not this
     # optimizer's constructor values).
     _LEGACY_FLAG_DEFAULTS: dict[str, Any] = {}
+    # Whether sparse gradients are taken (as torch.optim's namesake does; they run torch's for-loop, _torch_path).
+    _SPARSE_GRADS = False
 
     def __init__(self, params, defaults: dict, *, max_grad_norm: float | None, nonfinite: str, backend: str,
                  master_weights: bool = False, state_dtype: torch.dtype | None = None):
-        if defaults.get("differentiable"):
-            raise RuntimeError(f"{type(self).__name__} does not support differentiable=True: fusedopt updates "
-                               f"in place outside autograd; use torch.optim for differentiable optimizers")
+        if defaults.get("fused") and defaults.get("differentiable"):
+            raise RuntimeError("`fused` does not support `differentiable`")
+        if defaults.get("differentiable") and (master_weights or state_dtype is not None):
+            raise ValueError("differentiable=True runs torch.optim's single-tensor implementation, which keeps "
+                             "states in the param's dtype: master_weights and state_dtype do not apply")
         if defaults.get("fused") and defaults.get("foreach"):
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float))
@@ -241,6 +252,10 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _update(self, bucket: Bucket, group: dict, grad_scale, clip_coef, found_inf) -> None:
         raise NotImplementedError
 
+    def _torch_update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        """The update of one group by torch.optim's functional for-loop (see _torch_path), grads prepared."""
+        raise NotImplementedError
+
     # --- the step ---
     @torch.no_grad()
     def step(self, closure=None):
@@ -260,6 +275,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         all_params = [p for params, _ in per_group for p in params]
         if not all_params:
             return loss
+        if _torch_path.takes(self):  # differentiable=True: torch's own implementation, under autograd
+            return _torch_path.step(self, per_group, loss)
         all_grads = [g for _, grads in per_group for g in grads]
         # DTensor params (FSDP2, tensor parallel): the kernels take their local shards, and the check pass
         # reduces over the ranks that shard them (see _dist).
@@ -278,6 +295,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         # Fast path: every grad is valid and every param/grad is a contiguous real tensor (checked in one native
         # call). Otherwise validate in Python (clear errors, before anything changes) and take the general path.
         ready = ops.kernel_ready(all_params, all_grads) or self._validate(per_group)
+        if ready is _torch_path.SPARSE:  # sparse grads (SGD): torch's own implementation
+            return _torch_path.step(self, per_group, loss)
         device = all_params[0].device
 
         grad_scale = getattr(self, "grad_scale", None)
@@ -329,11 +348,13 @@ class FusedOptimizer(torch.optim.Optimizer):
             per_group.append((params, [p.grad for p in params]))
         return per_group
 
-    def _validate(self, per_group) -> bool:
-        """Raise a clear error for any grad the step cannot take, before anything is changed. Returns False:
-        valid input that reaches here needs the general (layout-converting) path."""
+    def _validate(self, per_group) -> bool | object:
+        """Raise a clear error for any grad the step cannot take, before anything is changed. Returns False
+        (valid input that reaches here needs the general, layout-converting path), or ``_torch_path.SPARSE``
+        when valid grads include sparse ones (taken by torch's for-loop)."""
         name = type(self).__name__
         device = None
+        sparse = False
         for gi, group in enumerate(self.param_groups):
             for pi, p in enumerate(group["params"]):
                 g = p.grad
@@ -341,8 +362,15 @@ class FusedOptimizer(torch.optim.Optimizer):
                     continue
                 where = self._describe(gi, pi)
                 if g.is_sparse:
-                    raise RuntimeError(f"{name} does not support sparse gradients ({where}); "
-                                       f"please consider torch.optim.SparseAdam instead")
+                    if not self._SPARSE_GRADS:
+                        raise RuntimeError(f"{name} does not support sparse gradients ({where}); "
+                                           f"please consider torch.optim.SparseAdam instead")
+                    sparse = True
+                if group.get("fused") and p.device.type not in _FUSED_DEVICES:
+                    # torch's check and words (it runs at the step too, for params with grads)
+                    raise RuntimeError(f"`fused=True` requires all the params to be floating point Tensors of "
+                                       f"supported devices: {list(_FUSED_DEVICES)} but {p.dtype} and "
+                                       f"{p.device.type}")
                 if p.dtype not in SUPPORTED_DTYPES:
                     raise RuntimeError(f"{name}: unsupported parameter dtype {p.dtype} ({where})")
                 if g.dtype != p.dtype or g.shape != p.shape or g.device != p.device:
@@ -355,7 +383,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                     raise RuntimeError(
                         f"{name}: all parameters with gradients must be on one device (global-norm clipping "
                         f"and the non-finite check span them all); got {device} and {p.device} ({where})")
-        return False
+        return _torch_path.SPARSE if sparse else False
 
     def _describe(self, group_index: int, param_index: int) -> str:
         group = self.param_groups[group_index]
@@ -402,7 +430,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         bad = [self._describe(gi, pi)
                for gi, group in enumerate(self.param_groups)
                for pi, p in enumerate(group["params"])
-               if p.grad is not None and not bool(torch.isfinite(_dist.local(p.grad)).all())]
+               if p.grad is not None and not bool(torch.isfinite(_values(_dist.local(p.grad))).all())]
         where = ", ".join(bad) or "another rank's shard (DTensor parameters)"
         raise RuntimeError(f"{type(self).__name__}: non-finite gradient (NaN or inf) in {where}; "
                            f"nothing was updated")
