@@ -19,6 +19,8 @@ bitwise (torch 2.13, x86-64 with AVX2) and what is not, and why:
   the clipped step is bitwise (test_clip_bitwise_given_the_coefficient).
 - GradScaler: fusedopt divides by the scale, torch's for-loop path multiplies by its fp32 reciprocal; equal bits
   for the power-of-two scales GradScaler uses (test_grad_scaler_bitwise).
+- backend="reference" (fusedopt/reference.py) is written in torch.optim's ops: bitwise in the same configs with
+  torch's own sqrt (test_reference_backend_bitwise).
 torch run with ``ATEN_CPU_CAPABILITY=default`` fuses nothing, so there fp32 results differ from torch's in the
 last bit as before; the tests run torch's default (vectorized) kernels.
 
@@ -111,11 +113,13 @@ def assert_runs_bitwise(actual, expected) -> None:
             assert_bitwise_equal(sa[key], se[key], name=f"state[{name!r}][{key!r}]")
 
 
-def runs(alg: Algorithm, config: OptimConfig, steps: int = STEPS):
+def runs(alg: Algorithm, config: OptimConfig, backend: str = "cpu", steps: int = STEPS):
     groups = make_params(torch.float32, specs=SPECS)
     grads = make_grads(torch.float32, steps, specs=SPECS)
-    fused = run_fused(alg, config, "cpu", clone_params(groups), grads)
-    with torch_sqrt_patch(alg) as calls:
+    fused = run_fused(alg, config, backend, clone_params(groups), grads)
+    # The reference backend is torch ops, torch's sqrt included: compared with torch as it is.
+    patch = torch_sqrt_patch(alg) if backend == "cpu" else contextlib.nullcontext([1])
+    with patch as calls:
         expected = run_torch(alg, config, clone_params(groups), grads)
     assert calls[0] > 0, "torch.optim's Adam did not call Tensor.sqrt: the patch no longer applies"
     return fused, expected
@@ -124,6 +128,13 @@ def runs(alg: Algorithm, config: OptimConfig, steps: int = STEPS):
 @pytest.mark.parametrize("alg,config", BITWISE, ids=[config_id(a, c) for a, c in BITWISE])
 def test_bitwise(alg, config):
     assert_runs_bitwise(*runs(alg, config))
+
+
+@pytest.mark.parametrize("alg,config", BITWISE, ids=[config_id(a, c) for a, c in BITWISE])
+def test_reference_backend_bitwise(alg, config):
+    """backend="reference" writes torch.optim's ops (add with alpha, addcmul, lerp, addcdiv) in its order: the
+    same bits as torch.optim, Adam's sqrt included (both are torch's)."""
+    assert_runs_bitwise(*runs(alg, config, backend="reference"))
 
 
 @pytest.mark.parametrize("alg,config", select("SGD-fusedopt:everything", "Adam-optim_db:amsgrad",
