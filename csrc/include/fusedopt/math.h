@@ -1,16 +1,18 @@
 // Per-element update rules of fusedopt: the single source of truth shared by the CPU loops and the CUDA
 // kernels. Plain fp32 math, no torch. Each rule is torch.optim's single-tensor for-loop (foreach=False; also
-// fusedopt/reference.py) in torch's order of operations, rounded as torch's CPU pointwise kernels round, so fp32
-// results are bit-identical to torch.optim on the CPU. Those kernels fuse (measured on torch 2.13, AVX2, fp32, in
-// the vectorized bodies and the scalar tails alike):
+// fusedopt/reference.py) in torch's order of operations, rounded as torch's CPU pointwise kernels round them
+// (measured on torch 2.13, AVX2, fp32, in the vectorized bodies and the scalar tails alike):
 //   a.add(b, alpha=s)            fma(b, s, a)
 //   a.addcmul(b, c, value=s)     fma(s * b, c, a)
 //   a.addcdiv(b, c, value=s)     a + (s * b) / c        (no fma)
 //   a.lerp(b, w)                 one fma per branch (see lerp below)
-//   a.mul(s), a / s, a.sqrt()    one rounding each
-// so every std::fma below stands for one of those kernels. (torch forced to ATEN_CPU_CAPABILITY=default fuses
-// nothing; the rules follow torch's default, vectorized kernels.) Build without FP contraction
-// (-ffp-contract=off, nvcc -fmad=false) so that the compiler adds no fusions of its own.
+//   a.mul(s), a / s              one rounding each
+// so every std::fma below stands for one of those kernels, and fp32 SGD is bit-identical to torch.optim on the
+// CPU. Adam is not, for one op: torch's fp32 a.sqrt() is MKL VML's vmsSqrt, which is not correctly rounded and
+// has no portable formula; std::sqrt here (as on CUDA and in Triton) is IEEE. (torch run with
+// ATEN_CPU_CAPABILITY=default fuses nothing; the rules follow its default, vectorized kernels.) See
+// tests/test_bitwise_torch.py. Build without FP contraction (-ffp-contract=off, nvcc -fmad=false) so that the
+// compiler adds no fusions of its own.
 //
 // Hyperparameters that torch computes in Python double (1 - beta1, lr / bias_correction1, ...) are computed on
 // the host in double and passed here already rounded to float, as torch's kernels round a Python scalar.
