@@ -1,6 +1,6 @@
 """fusedopt under torch.distributed on CPU (gloo, 2 processes): FSDP2, DTensor, DDP, against single-process
 torch.optim. The scenarios live in dist_worker.py and run in one launch of both ranks (see its docstring); each
-test here reports one scenario's outcome on every rank."""
+test here reports one scenario's outcome on every rank, and one more that every rank exited cleanly."""
 from __future__ import annotations
 
 import json
