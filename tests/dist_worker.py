@@ -377,6 +377,11 @@ def run(rank: int, port: int, out_dir: str, names: list[str]) -> None:
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(results, f)
         dist.destroy_process_group()
+    # Leave without interpreter shutdown, as examples/train_gpt.py does (see there): a gloo worker thread releasing
+    # a collective's tensors during shutdown would abort this rank ("terminate called without an active exception").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def free_port() -> int:

@@ -1,6 +1,6 @@
 """fusedopt under torch.distributed on CPU (gloo, 2 processes): FSDP2, DTensor, DDP, against single-process
 torch.optim. The scenarios live in dist_worker.py and run in one launch of both ranks (see its docstring); each
-test here reports one scenario's outcome on every rank."""
+test here reports one scenario's outcome on every rank, and one more that every rank exited cleanly."""
 from __future__ import annotations
 
 import json
@@ -22,7 +22,7 @@ LAUNCH_TIMEOUT_S = 240
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> list[dict[str, str]]:
+def launch(tmp_path_factory) -> tuple[subprocess.CompletedProcess, list[dict[str, str]]]:
     out = tmp_path_factory.mktemp("dist")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))), os.environ.get("PYTHONPATH")])), "OMP_NUM_THREADS": "1"}
@@ -33,7 +33,19 @@ def results(tmp_path_factory) -> list[dict[str, str]]:
         path = out / f"rank{rank}.json"
         assert path.exists(), f"rank {rank} wrote no results (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
         per_rank.append(json.loads(path.read_text()))
-    return per_rank
+    return proc, per_rank
+
+
+@pytest.fixture(scope="module")
+def results(launch) -> list[dict[str, str]]:
+    return launch[1]
+
+
+def test_every_rank_exits_cleanly(launch):
+    """The results are written before teardown: a rank that aborts on its way out (e.g. "terminate called without
+    an active exception" from a gloo thread at interpreter shutdown) shows only in the exit status."""
+    proc = launch[0]
+    assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 @pytest.mark.parametrize("scenario", [s.__name__ for s in dist_worker.SCENARIOS])
