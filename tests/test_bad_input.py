@@ -395,6 +395,42 @@ def test_rejected_step_leaves_no_state_so_next_sgd_step_is_torchs(backend):
     assert torch.equal(opt.state[p]["momentum_buffer"], ref.state[ref_p]["momentum_buffer"])
 
 
+@pytest.mark.parametrize("algorithm", ["SGD-momentum", *ADAMS])
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_call_refused_by_a_kernel_takes_back_the_new_state(algorithm, backend):
+    """Only the kernels check a state tensor replaced by hand. When they refuse the step's first call, the
+    state just created for another param of that call is taken back out, and the error names the param."""
+    _require(backend)
+    algo = ALGORITHMS[algorithm]
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    opt = algo.fused_cls(model.named_parameters(), **algo.kwargs, backend=backend)
+    named = dict(model.named_parameters())
+    named["1.bias"].grad = torch.ones(1)
+    opt.step()
+    state = opt.state[named["1.bias"]]
+    state["momentum_buffer" if "momentum_buffer" in state else "exp_avg"] = torch.zeros(7)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    before = _frozen(opt)
+    with pytest.raises(RuntimeError, match="parameter '1.bias'") as info:
+        opt.step()
+    assert "7" in str(info.value)
+    _assert_unchanged(opt, before)
+    assert len(opt.state) == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_errors_name_the_param_by_its_name(backend):
+    _require(backend)
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    opt = fusedopt.AdamW(model.named_parameters(), lr=0.01, backend=backend)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    model[1].weight.grad.data = torch.ones(3)
+    with pytest.raises(RuntimeError, match=r"gradient of parameter '1\.weight' does not match"):
+        opt.step()
+
+
 class _Recorder:
     """A backend that records the tensors each update call gets, then runs the real one."""
 

@@ -1,8 +1,10 @@
 """FusedOptimizer: what every fusedopt optimizer shares.
 
-``step()`` flows one way: validate every param and grad (raise before anything changes) -> check pass (global
-sum of squares and non-finite flag, only when clipping or a non-finite policy needs it) -> lazy state creation
--> one update call per (param group, dtype) bucket on the chosen backend. The clip coefficient, the skip flag
+``step()`` flows one way, all or nothing: ``_plan`` validates every group's hyperparameters, params and grads
+and prepares every update call, creating lazy state without installing it (a raise here changes nothing) ->
+check pass (global sum of squares and non-finite flag, only when clipping or a non-finite policy needs it; it
+only reads) -> ``_launch``: install the new state, one update call per (param group, dtype) bucket on the chosen
+backend. The clip coefficient, the skip flag
 and the GradScaler scale stay tensors on the params' device, and so does a tensor lr (passed as ``lr_tensor``):
 nothing in the step reads them on the host except ``nonfinite="raise"`` (which must), the reference backend, and
 a param's first SGD momentum step with ``dampening != 0`` that may be skipped (see ``SGD``).
@@ -258,7 +260,8 @@ def _occurrences(per_group) -> list[list[int]]:
 class _StepPlan:
     """A validated step, prepared but not yet run (``FusedOptimizer._plan`` -> ``_launch``)."""
 
-    per_local: list  # (params, grads) per group, local shards for DTensors
+    per_group: list  # (params, grads) per group, for the params with grads
+    per_local: list  # the same, as the kernels get them (local shards of DTensors)
     check_grads: list[Tensor]  # what the check pass reads (each param's grad once)
     device: torch.device
     ready: bool  # the fast path: kernels take the tensors as they are
@@ -466,13 +469,15 @@ class FusedOptimizer(torch.optim.Optimizer):
         # general path.
         ready = ops.kernel_ready(all_params, all_grads)
         duplicated = False if ready else self._validate(per_group, per_local, grads_written)
-        plan = _StepPlan(per_local=per_local, check_grads=all_grads, device=all_params[0].device, ready=ready,
+        plan = _StepPlan(per_group=per_group, per_local=per_local, check_grads=all_grads, device=all_params[0].device, ready=ready,
                          reduction=reduction)
         if duplicated:
             # A param listed twice is updated twice, one after the other, as torch.optim's for-loop does; its
             # grad counts once in the global norm.
-            unique = {id(p): i for i, p in enumerate(p for params, _ in per_group for p in params)}
-            plan.check_grads = [all_grads[i] for i in sorted(unique.values())]
+            unique: dict[int, int] = {}
+            for i, p in enumerate(p for params, _ in per_group for p in params):
+                unique.setdefault(id(p), i)
+            plan.check_grads = [all_grads[i] for i in unique.values()]
 
         # Lazy state, created but not installed: _launch installs it.
         states_per_group = [self._group_states(group, params, plan)
@@ -495,9 +500,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         return plan
 
     def _launch(self, plan: _StepPlan, grad_scale, clip_coef, found_inf) -> None:
-        """Installs the state ``_plan`` created, then runs every update call and copies temporaries back."""
+        """Installs the state ``_plan`` created, then runs every update call and copies temporaries back. Should
+        the first call refuse its arguments (only the kernels check state replaced by hand), the installed state
+        is taken back out: nothing was written yet."""
+        previous = {p: dict(self.state[p]) if p in self.state else None for p in plan.new_state}
         for p, entries in plan.new_state.items():
             self.state[p].update(entries)
+        launched = False
         for group, buckets in plan.calls:
             for bucket in buckets() if callable(buckets) else buckets:
                 # A later occurrence of a duplicated param finds its grad unscaled already.
@@ -505,25 +514,34 @@ class FusedOptimizer(torch.optim.Optimizer):
                 try:
                     self._update(bucket, group, scale, clip_coef, found_inf)
                 except RuntimeError as error:
-                    raise self._named_error(error, group, bucket) from error
+                    if not launched:
+                        for p, state in previous.items():
+                            if state is None:
+                                del self.state[p]
+                            else:
+                                self.state[p].clear()
+                                self.state[p].update(state)
+                    raise self._named_error(error, plan, group, bucket) from error
+                launched = True
                 for original, tmp in bucket.writeback:
                     original.copy_(tmp)
         if plan.fresh and found_inf is not None:
             self._after_skippable_first_step(plan.fresh, found_inf)
 
-    def _named_error(self, error: RuntimeError, group: dict, bucket: Bucket) -> RuntimeError:
+    def _named_error(self, error: RuntimeError, plan: _StepPlan, group: dict, bucket: Bucket) -> RuntimeError:
         """A backend's error names an index within its call ("params[1]", "param 1"); say which param of which
         group that is. (The step's own validation catches bad input before any call; this is for what only a
         kernel checks, such as a state tensor replaced by hand.)"""
         message = str(error)
-        found = re.search(r"\[(\d+)\]|param (\d+)", message)
-        if not found:
+        found = re.search(r"\[(\d+)\]|param (\d+)", message) if message.startswith("fusedopt:") else None
+        if not found or int(found.group(1) or found.group(2)) >= len(bucket.params):
             return error
-        index = int(found.group(1) or found.group(2))
-        if index >= len(bucket.params):
-            return error
+        kernel_param = bucket.params[int(found.group(1) or found.group(2))]
         gi = next(i for i, g in enumerate(self.param_groups) if g is group)
-        pi = next(i for i, p in enumerate(group["params"]) if p is bucket.params[index])
+        # The bucket holds what the kernels got (local shards of DTensors): find its place in the group.
+        j = next(j for j, lp in enumerate(plan.per_local[gi][0]) if lp is kernel_param)
+        param = plan.per_group[gi][0][j]
+        pi = next(i for i, p in enumerate(group["params"]) if p is param)
         return type(error)(f"{type(self).__name__}: {self._describe(gi, pi)}: {message}")
 
     def _after_skippable_first_step(self, fresh: set[Tensor], found_inf: Tensor) -> None:
