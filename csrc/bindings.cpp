@@ -135,8 +135,9 @@ bool kernel_ready(TensorList params, TensorList grads) {
   if (params.empty() || params.size() != grads.size()) return false;
   const c10::Device device = params[0].device();
   if (device.type() == c10::kMeta) return false;
-  std::vector<std::pair<uintptr_t, uintptr_t>> spans;  // [begin, end) of each non-empty param and grad
-  spans.reserve(2 * params.size());
+  // [begin, end) of each non-empty param and grad; reused across calls (no allocation in the steady state).
+  thread_local std::vector<std::pair<uintptr_t, uintptr_t>> spans, verified;
+  spans.clear();
   for (size_t i = 0; i < params.size(); ++i) {
     const Tensor& p = params[i];
     const Tensor& g = grads[i];
@@ -157,14 +158,13 @@ bool kernel_ready(TensorList params, TensorList grads) {
   }
   // Disjointness depends only on the spans: a step over the same tensors as the last verified one (the usual
   // steady state) compares them instead of sorting again.
-  thread_local std::vector<std::pair<uintptr_t, uintptr_t>> verified;
   if (spans == verified) return true;
   std::vector<std::pair<uintptr_t, uintptr_t>> sorted = spans;
   std::sort(sorted.begin(), sorted.end());
   for (size_t i = 1; i < sorted.size(); ++i) {
     if (sorted[i].first < sorted[i - 1].second) return false;
   }
-  verified = std::move(spans);
+  verified.swap(spans);
   return true;
 }
 

@@ -131,6 +131,16 @@ def _set_hyper(key, value):
     return build
 
 
+def _betas_list_changed_in_place(setup):
+    # After a valid step (whose checks must not be taken as still valid for a list changed in place).
+    opt = setup.opt()
+    opt.param_groups[1]["betas"] = betas = [0.9, 0.999]
+    opt.step()
+    setup.set_grads()
+    betas[0] = 1.0
+    return opt.step
+
+
 def _sparse_grad(setup):
     opt = setup.opt()
     setup.last.grad = torch.ones(setup.last.shape, dtype=setup.last.dtype).to_sparse()
@@ -265,6 +275,8 @@ BAD_INPUTS = [
              ("Invalid beta parameter at index 0: 1.0", "param group 1"), ZeroDivisionError, ADAMS),
     BadInput("betas[1] > 1", _set_hyper("betas", (0.9, 1.5)), ValueError,
              ("Invalid beta parameter at index 1: 1.5", "param group 1"), RuntimeError, ADAMS),
+    BadInput("betas list changed in place", _betas_list_changed_in_place, ValueError,
+             ("Invalid beta parameter at index 0: 1.0",), ZeroDivisionError, ADAMS),
     BadInput("negative beta", _set_hyper("betas", (-0.1, 0.999)), ValueError,
              ("Invalid beta parameter at index 0: -0.1",), None, ADAMS),
     BadInput("negative lr", _set_hyper("lr", -0.1), ValueError, ("Invalid learning rate: -0.1", "param group 1"),

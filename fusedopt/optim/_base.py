@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import operator
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -563,11 +564,22 @@ class FusedOptimizer(torch.optim.Optimizer):
         """The constructor's checks of a group's hyperparameters, in torch.optim's order and words. At step time
         (``at_step``) a tensor value is compared only when that needs no sync (see ``_readable``)."""
 
-    def _check_group(self, group: dict, gi: int) -> None:
+    def _check_group(self, group: dict, gi: int, remember: bool = True) -> None:
         """A group's hyperparameters as the constructor checks them (they may have been written into
-        ``param_groups`` or loaded since): numbers or tensors, in range. The error says which group."""
+        ``param_groups`` or loaded since): numbers or tensors, in range. The error says which group. A group
+        whose values are the very objects checked at the last step is not checked again (``remember``)."""
+        values = tuple(group.values())
+        checked = self.__dict__.get("_checked_groups")
+        if checked is not None and gi < len(checked) and checked[gi][0] is group \
+                and len(checked[gi][1]) == len(values) and all(map(operator.is_, checked[gi][1], values)):
+            return
+        mutable = False  # a tensor or a list may change in place: such a group is checked at every step
         for key in self._HYPERPARAMETERS:
+            mutable |= isinstance(group[key], list)
             for value in (group[key] if isinstance(group[key], (tuple, list)) else (group[key],)):
+                if type(value) in (float, int):
+                    continue
+                mutable |= isinstance(value, Tensor)
                 if isinstance(value, str) or not isinstance(value, (numbers.Real, Tensor)):
                     raise TypeError(f"Invalid {key} value: {group[key]!r} in param group {gi}; expected a number "
                                     f"or a 1-element tensor, got {type(value).__name__}")
@@ -575,6 +587,11 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._check_hyperparameters(group, at_step=True)
         except ValueError as error:
             raise ValueError(f"{error} (param group {gi})") from None
+        if remember and not mutable and not torch.compiler.is_compiling():
+            if checked is None:
+                checked = self.__dict__["_checked_groups"] = []
+            checked.extend([(None, ())] * (gi + 1 - len(checked)))
+            checked[gi] = (group, values)
 
     def _validate(self, per_group, per_local, grads_written: bool) -> bool:
         """Raise a clear error for any param or grad the step cannot take, naming it in its group, before
@@ -800,7 +817,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         for gi, (saved_group, group) in enumerate(zip(saved_groups, self.param_groups)):
             if len(saved_group["params"]) != len(group["params"]):
                 return
-            self._check_group({**self._LEGACY_FLAG_DEFAULTS, **saved_group}, gi)
+            self._check_group({**self._LEGACY_FLAG_DEFAULTS, **saved_group}, gi, remember=False)
         for gi, (saved_group, group) in enumerate(zip(saved_groups, self.param_groups)):
             for pi, (saved_id, p) in enumerate(zip(saved_group["params"], group["params"])):
                 where = self._describe(gi, pi)
