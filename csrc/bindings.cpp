@@ -148,7 +148,12 @@ bool kernel_ready(TensorList params, TensorList grads) {
     if (!g.sizes().equals(p.sizes()) || !p.is_contiguous() || !g.is_contiguous()) return false;
     if (p.is_neg() || g.is_neg() || p.is_inference()) return false;
     const int64_t numel = p.numel();
-    if (numel == 0) continue;
+    if (numel == 0) {  // no memory to overlap, but listed twice it is still updated twice (Adam's step count)
+      for (size_t j = 0; j < i; ++j) {
+        if (params[j].unsafeGetTensorImpl() == p.unsafeGetTensorImpl()) return false;
+      }
+      continue;
+    }
     const auto size = uintptr_t(p.element_size());
     const auto pb = reinterpret_cast<uintptr_t>(p.const_data_ptr());
     const auto gb = reinterpret_cast<uintptr_t>(g.const_data_ptr());

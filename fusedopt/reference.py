@@ -164,6 +164,9 @@ def adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_pa
                 eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor=None, grad_scale=None, clip_coef=None,
                 found_inf=None) -> None:
     _check_v2_args(params, master_params, lr_tensor)
+    for i, step in enumerate(steps):  # as the CPU op: a count below 0 would divide by a zero bias correction
+        if not float(step) >= 0.0:
+            raise RuntimeError(f"fusedopt: steps[{i}] is {float(step):g}; step counts must be non-negative")
     if _skipped(found_inf):
         return
     lr = _lr(lr, lr_tensor)

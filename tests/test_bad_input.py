@@ -104,13 +104,18 @@ class Setup:
             self.set_grads()
         return self._opt
 
+    def opt_with_state(self):
+        """The optimizer after at least one step (a fresh one is stepped once), grads set anew."""
+        opt = self.opt()
+        if not opt.state:
+            opt.step()
+            self.set_grads()
+        return opt
+
 
 def _state_dict_with(setup: Setup, change: Callable[[dict], None]) -> Callable[[], None]:
     """A load_state_dict of the optimizer's own (warmed-up) state, changed by ``change``."""
-    opt = setup.opt()
-    if not opt.state:  # a fresh optimizer: give the state dict something to load
-        opt.step()
-        setup.set_grads()
+    opt = setup.opt_with_state()  # a fresh optimizer's state dict would have nothing to load
     sd = copy.deepcopy(opt.state_dict())
     change(sd)
     return lambda: opt.load_state_dict(sd)
@@ -201,13 +206,17 @@ def _nan_grad(setup):
 def _replaced_state(setup):
     # A state tensor replaced by hand in the first update call: only the kernels see it (the step does not
     # re-check state it created), so it must be the first call for nothing to change.
-    opt = setup.opt()
-    if not opt.state:
-        opt.step()
-        setup.set_grads()
+    opt = setup.opt_with_state()
     state = opt.state[setup.groups[0][0]]
     key = "momentum_buffer" if "momentum_buffer" in state else "exp_avg"
     state[key] = torch.zeros(7)
+    return opt.step
+
+
+def _step_set_by_hand(setup):
+    # In the first update call, as _replaced_state.
+    opt = setup.opt_with_state()
+    opt.state[setup.groups[0][0]]["step"].fill_(-1.0)
     return opt.step
 
 
@@ -296,6 +305,9 @@ BAD_INPUTS = [
     BadInput("state tensor replaced by hand", _replaced_state, RuntimeError,
              ("parameter 0 of param group 0", "7"), NOT_RUN, ("SGD-momentum", *ADAMS), ("cpu", "triton"),
              why="SGD keeps no state; the reference backend leaves state checks to the compiled ones"),
+    BadInput("step set to -1 by hand", _step_set_by_hand, RuntimeError,
+             ("parameter 0 of param group 0", "steps[0] is -1"), ZeroDivisionError, ADAMS, ("cpu", "reference"),
+             why="the Triton (and CUDA) kernels never read step counts on the host"),
     BadInput("loaded step of -1", _loaded_step(torch.tensor(-1.0)), ValueError,
              ("'step' is -1", "parameter 1 of param group 1"), ZeroDivisionError, ADAMS),
     BadInput("loaded step NaN", _loaded_step(float("nan")), ValueError, ("'step' is nan",), None, ADAMS),
@@ -542,6 +554,17 @@ def _listed_twice(gen):
     return params, grads
 
 
+def _empty_listed_twice(gen):
+    # No memory to overlap, so only its identity shows it is listed twice (Adam's step count still goes up twice).
+    p = nn.Parameter(torch.randn(0, generator=gen))
+    params = [p, nn.Parameter(torch.randn(3, generator=gen)), p]
+
+    def grads(step):
+        g = torch.randn(0, generator=gen)
+        return [g, torch.randn(3, generator=gen), g]
+    return params, grads
+
+
 def _conj_complex(gen):
     params = [nn.Parameter(torch.randn(4, dtype=torch.complex64, generator=gen).conj())]
     return params, lambda step: [torch.randn(4, dtype=torch.complex64, generator=gen).conj()]
@@ -561,6 +584,7 @@ ODD_INPUTS = [
     OddInput("misaligned param and grads", _misaligned),
     OddInput("interleaved strided views", _interleaved_views),
     OddInput("param listed twice", _listed_twice),
+    OddInput("empty param listed twice", _empty_listed_twice),
     # torch.optim's view_as_real refuses a conjugated tensor.
     OddInput("conjugated complex param and grad", _conj_complex, torch_runs_it=False),
 ]

@@ -177,20 +177,42 @@ def _element_addresses(t: Tensor) -> Tensor:
     return (starts[:, None] + torch.arange(t.element_size(), dtype=torch.int64)).reshape(-1)
 
 
+_SHARED_CACHE: dict[tuple, bool] = {}  # exact overlap tests of strided views, by their geometry
+_SHARED_CACHE_SIZE = 256
+
+
+def _geometry(t: Tensor) -> tuple:
+    return t.data_ptr(), tuple(t.shape), t.stride(), t.element_size()
+
+
 def _share_memory(a: Tensor, b: Tensor) -> bool:
     """Whether tensors whose spans overlap share an element: always for dense tensors; strided views with gaps
-    (``w[:, :k]`` and ``w[:, k:]``) may interleave without touching."""
+    (``w[:, :k]`` and ``w[:, k:]``) may interleave without touching. The exact test depends only on the two
+    geometries, so a step over the same views reuses its answer."""
     if _is_dense(a) and _is_dense(b):
         return True
-    return bool(torch.isin(_element_addresses(a), _element_addresses(b)).any())
+    key = (_geometry(a), _geometry(b))
+    shared = _SHARED_CACHE.get(key)
+    if shared is None:
+        shared = bool(torch.isin(_element_addresses(a), _element_addresses(b)).any())
+        if len(_SHARED_CACHE) >= _SHARED_CACHE_SIZE:
+            _SHARED_CACHE.clear()
+        _SHARED_CACHE[key] = shared
+    return shared
 
 
 def _overlaps_itself(t: Tensor) -> bool:
     """Whether two elements of ``t`` are one memory location (an ``expand``ed tensor): a write to it is
-    ill-defined."""
-    if t.numel() < 2 or _is_dense(t):
+    ill-defined. Decided from the strides when each dim steps over everything the smaller-stride dims span (all
+    views made by slicing, transposing and permuting), exactly otherwise."""
+    if t.numel() < 2:
         return False
-    return _element_addresses(t)[:: t.element_size()].unique().numel() != t.numel()
+    reach = 0  # elements spanned by the dims taken so far, minus one
+    for size, stride in sorted((ss for ss in zip(t.shape, t.stride()) if ss[0] > 1), key=lambda ss: ss[1]):
+        if stride <= reach:
+            return _element_addresses(t)[:: t.element_size()].unique().numel() != t.numel()
+        reach += (size - 1) * stride
+    return False
 
 
 def _check_memory(optimizer, per_group, per_local, grads_written: bool) -> bool:
@@ -217,7 +239,8 @@ def _check_memory(optimizer, per_group, per_local, grads_written: bool) -> bool:
         pi = [i for i, q in enumerate(optimizer.param_groups[gi]["params"]) if q is p][0]
         return ("" if is_param else "the gradient of ") + optimizer._describe(gi, pi)
 
-    duplicated = False
+    # Listed twice: by identity (a param without elements has no span to overlap).
+    duplicated = len({id(p) for params, _ in per_group for p in params}) != sum(len(ps) for ps, _ in per_group)
     written = [e for e in entries if e[2] or grads_written]
     for entry in written:
         if _overlaps_itself(entry[5]):
@@ -817,7 +840,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         for gi, (saved_group, group) in enumerate(zip(saved_groups, self.param_groups)):
             if len(saved_group["params"]) != len(group["params"]):
                 return
-            self._check_group({**self._LEGACY_FLAG_DEFAULTS, **saved_group}, gi, remember=False)
+            # What the group will hold after the load: the saved values, flags an older checkpoint lacks filled
+            # in (see __setstate__), and this group's value for anything else it lacks.
+            self._check_group({**group, **self._LEGACY_FLAG_DEFAULTS, **saved_group}, gi, remember=False)
         for gi, (saved_group, group) in enumerate(zip(saved_groups, self.param_groups)):
             for pi, (saved_id, p) in enumerate(zip(saved_group["params"], group["params"])):
                 where = self._describe(gi, pi)
