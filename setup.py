@@ -3,9 +3,11 @@
 Build switches are environment variables, never properties of the build machine:
   MAX_JOBS=N               parallel compile jobs (ninja; read by torch's BuildExtension)
   FUSEDOPT_CPU_CLONES=0    no runtime-dispatched x86-64-v3 clones of the hot loops (baseline ISA only). On
-                           x86-64 the baseline has no FMA instruction, so Adam's lerp becomes a libm fmaf call
-                           (same results, Adam ~3x slower end to end); pair it with e.g.
-                           FUSEDOPT_CXXFLAGS=-march=x86-64-v3 when the target machines are known.
+                           x86-64 the baseline has no FMA instruction, so math.h's fmas (where torch's kernels
+                           fuse: up to 4 per element) become libm fmaf calls (same results, several times
+                           slower); pair it with e.g. FUSEDOPT_CXXFLAGS=-march=x86-64-v3 when the target machines
+                           are known. (The baseline clone of a default build, run only by CPUs without AVX2/FMA,
+                           calls fmaf the same way.)
   FUSEDOPT_CXXFLAGS="..."  extra compiler flags, appended last
   FUSEDOPT_CUDA=1|0        build the CUDA kernels (csrc/cuda) or not. Unset: build them when torch is a CUDA
                            build and nvcc is found (CUDA_HOME or PATH); 1 with either missing fails, naming why.
@@ -35,9 +37,9 @@ def cxx_flags():
         "-O3",
         "-fopenmp",  # at::parallel_for's OpenMP backend is header code: it needs the pragma compiled in
         "-fno-math-errno",  # lets sqrtf vectorize (errno is never read); results unchanged
-        # No fused multiply-add contraction: every operation rounds as written in math.h (whose one fused
-        # multiply-add, torch's lerp, is an explicit std::fma), in each clone and in the scalar tail alike, so a
-        # result does not depend on the CPU that ran it.
+        # No fused multiply-add contraction: every operation rounds as written in math.h (whose fused
+        # multiply-adds, where torch's kernels fuse, are explicit std::fma), in each clone and in the scalar tail
+        # alike, so a result does not depend on the CPU that ran it.
         "-ffp-contract=off",
     ]
     if os.environ.get("FUSEDOPT_CPU_CLONES", "1") == "0":

@@ -134,7 +134,8 @@ void adam_update(TensorList params, TensorList grads, TensorList exp_avgs, Tenso
 bool kernel_ready(TensorList params, TensorList grads) {
   if (params.empty() || params.size() != grads.size()) return false;
   const c10::Device device = params[0].device();
-  if (device.type() == c10::kMeta) return false;
+  // Only devices with kernels (meta tensors, say, go to the validation in Python, which names the problem).
+  if (device.type() != c10::DeviceType::CPU && device.type() != c10::DeviceType::CUDA) return false;
   // [begin, end) of each non-empty param and grad; reused across calls (no allocation in the steady state).
   thread_local std::vector<std::pair<uintptr_t, uintptr_t>> spans, verified;
   spans.clear();

@@ -38,7 +38,7 @@ weight_decay, amsgrad, maximize, decoupled, lr_tensor, grad_scale, clip_coef, fo
       host.
     - ``steps`` (Adam): 0-dim float32 tensors on the params' device, incremented here only when the step is not
       skipped; the bias corrections use the new count, in double (``lr / (1 - beta1**t)``,
-      ``sqrt(1 - beta2**t)``), then rounded to the compute dtype, as torch.optim's Python scalars are.
+      ``(1 - beta2**t) ** 0.5``), then rounded to the compute dtype, as torch.optim's Python scalars are.
     - ``is_first`` (SGD): host bools; ``is_first[i]`` says momentum buffer ``i`` has no history yet (torch's
       ``buf = g.clone()`` case).
     - ``grad_scale``, ``clip_coef``, ``found_inf``: None or 1-element float tensors on the params' device.
@@ -53,8 +53,6 @@ weight_decay, amsgrad, maximize, decoupled, lr_tensor, grad_scale, clip_coef, fo
     a graph that saved one of them; this oracle gets that from torch's own in-place ops.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
@@ -146,18 +144,19 @@ def sgd_update(params, grads, momentum_buffers, master_params, is_first, lr, wei
     if _skipped(found_inf):
         return
     lr = _lr(lr, lr_tensor)
+    # torch.optim's own ops (add with alpha, addcmul, addcdiv), which round as math.h does (fused where they fuse).
     for i, p32, g, store in _prepared(params, grads, master_params, grad_scale, clip_coef, maximize):
         if weight_decay != 0:
-            g = g + weight_decay * p32
+            g = g.add(p32, alpha=weight_decay)
         if momentum != 0:
             buf = momentum_buffers[i]
             if is_first[i]:
                 new_buf = g.clone()
             else:
-                new_buf = buf.to(g.dtype) * momentum + (1 - dampening) * g
+                new_buf = buf.to(g.dtype).mul(momentum).add_(g, alpha=1 - dampening)
             buf.copy_(new_buf)  # a bf16 buffer is stored rounded; this step uses the fp32 value
-            g = g + momentum * new_buf if nesterov else new_buf
-        store(p32 - lr * g)
+            g = g.add(new_buf, alpha=momentum) if nesterov else new_buf
+        store(p32.add(g, alpha=-lr))
 
 
 def adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, steps, lr, beta1, beta2,
@@ -178,16 +177,16 @@ def adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_pa
             if decoupled:
                 p32 = p32 * (1 - lr * weight_decay)
             else:
-                g = g + weight_decay * p32
+                g = g.add(p32, alpha=weight_decay)
         # bf16 states are stored rounded; this step goes on with the fp32 values.
         m = exp_avgs[i].to(dtype).lerp(g, 1 - beta1)
-        v = exp_avg_sqs[i].to(dtype) * beta2 + (1 - beta2) * g * g
+        v = exp_avg_sqs[i].to(dtype).mul(beta2).addcmul_(g, g, value=1 - beta2)
         exp_avgs[i].copy_(m)
         exp_avg_sqs[i].copy_(v)
         if amsgrad:
             v = torch.maximum(max_exp_avg_sqs[i].to(dtype), v)
             max_exp_avg_sqs[i].copy_(v)
         step_size = lr / (1 - beta1**step)
-        bc2_sqrt = math.sqrt(1 - beta2**step)
-        denom = v.sqrt() / bc2_sqrt + eps
-        store(p32 - step_size * (m / denom))
+        bc2_sqrt = (1 - beta2**step) ** 0.5  # as torch.optim writes it (pow, not sqrt)
+        denom = (v.sqrt() / bc2_sqrt).add_(eps)
+        store(p32.addcdiv(m, denom, value=-step_size))

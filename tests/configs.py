@@ -9,8 +9,8 @@ extras (``max_grad_norm``, ``nonfinite``). Two sources:
 - ``optim_db``: torch's own configs, from ``torch.testing._internal.common_optimizers.optim_db``, taken from
   ``optim_inputs_func`` for "cpu" and also for "cuda" (the CUDA-only Adam configs are capturable ones; torch's
   CPU for-loop cannot run ``capturable=True``, so torch runs them without it while fusedopt gets the flag as
-  given). torch's tests also run each config with ``differentiable=True``; fusedopt rejects that by design
-  (it updates in place outside autograd), so no config here sets it.
+  given). torch's tests also run each config with ``differentiable=True``; fusedopt runs torch's own for-loop
+  then (tests/test_torch_path.py), not its kernels, so no config here sets it.
 
 The torch side always runs the single-tensor for-loop (``foreach=False``): it is the semantics; torch's
 foreach/fused paths differ from it by rounding only.
@@ -88,7 +88,7 @@ def _from_optim_db(cls_name: str) -> list[OptimConfig]:
                 continue
             seen.add(optim_input.desc)
             assert optim_input.params is None, "optim_db configs with custom params are not translated here"
-            assert not optim_input.kwargs.get("differentiable"), "differentiable=True is rejected by fusedopt"
+            assert not optim_input.kwargs.get("differentiable"), "differentiable=True configs are not kernel configs"
             desc = optim_input.desc if device == "cpu" else f"{optim_input.desc} (cuda config)"
             configs.append(OptimConfig(desc, optim_input.kwargs, source="optim_db"))
     return configs

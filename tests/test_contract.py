@@ -252,6 +252,9 @@ MORE_TORCH_ERRORS = [
     ("AdamW", make_params, dict(eps=-1.0)),
     ("AdamW", make_params, dict(lr=torch.tensor(1e-3), foreach=True)),
     ("AdamW", make_params, dict(fused=True, foreach=True)),
+    ("SGD", make_params, dict(fused=True, differentiable=True)),
+    ("Adam", make_params, dict(fused=True, differentiable=True)),
+    ("AdamW", make_params, dict(fused=True, differentiable=True)),
     ("SGD", list, {}),
     ("Adam", list, {}),
     ("SGD", _nonleaf, {}),
@@ -275,7 +278,9 @@ def test_constructor_error_same_as_torch(name, params_fn, kwargs):
     (dict(nonfinite=None), ValueError, "nonfinite"),
     (dict(backend="gpu"), ValueError, "backend"),
     (dict(backend=None), ValueError, "backend"),
-    (dict(differentiable=True), RuntimeError, "differentiable"),
+    # differentiable=True runs torch's for-loop, which keeps states in the param's dtype
+    (dict(differentiable=True, master_weights=True), ValueError, "master_weights"),
+    (dict(differentiable=True, state_dtype=torch.bfloat16), ValueError, "state_dtype"),
 ])
 def test_fusedopt_constructor_errors(name, kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -330,15 +335,20 @@ def _wrong_dtype_grad(p):
     p.grad.data = p.grad.data.double()
 
 
+# (corrupt, words the error must contain, optimizers it is an error for): SGD takes sparse grads, as torch's does
+# (test_torch_path.py).
 STEP_ERRORS = [
-    (_sparse_grad, ["sparse"]),
-    (_wrong_shape_grad, ["[4, 3]", "[13]"]),
-    (_wrong_dtype_grad, ["torch.float64", "torch.float32"]),
+    (_sparse_grad, ["sparse"], ("Adam",)),
+    (_wrong_shape_grad, ["[4, 3]", "[13]"], ("SGD", "Adam")),
+    (_wrong_dtype_grad, ["torch.float64", "torch.float32"], ("SGD", "Adam")),
 ]
+BAD_GRAD_CASES = [pytest.param(name, kwargs, corrupt, words, id=f"{corrupt.__name__}-{case_id}")
+                  for corrupt, words, names in STEP_ERRORS
+                  for (name, kwargs), case_id in zip(CONFIGS[:1] + CONFIGS[3:4], CONFIG_IDS[:1] + CONFIG_IDS[3:4])
+                  if name in names]
 
 
-@pytest.mark.parametrize("name, kwargs", CONFIGS[:1] + CONFIGS[3:4], ids=CONFIG_IDS[:1] + CONFIG_IDS[3:4])
-@pytest.mark.parametrize("corrupt, words", STEP_ERRORS, ids=[f.__name__ for f, _ in STEP_ERRORS])
+@pytest.mark.parametrize("name, kwargs, corrupt, words", BAD_GRAD_CASES)
 def test_bad_grad_raises_and_changes_nothing(name, kwargs, backend, corrupt, words):
     opt, params = _trained(name, kwargs, backend)
     # The broken grad goes to the last param of the group (the [4, 3] one, moved there): an update that does not

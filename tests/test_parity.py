@@ -614,7 +614,10 @@ def test_fp64_grads_beyond_fp32_range(alg, backend):
 @pytest.mark.parametrize("alg,config", ALL_CONFIGS, ids=_ids(ALL_CONFIGS))
 def test_cpu_matches_reference(alg, config, dtype):
     """fp32: 1e-6 relative. bf16/fp16: params within one ulp (a rounding decision may flip where the fp32
-    math differs in its last bit); their fp32 states then within 1e-6 relative of the reference's."""
+    math differs in its last bit); their fp32 states then within 1e-6 relative of the reference's. With
+    clipping, the two backends' global norms (separate reductions) may differ by an ulp, and so may the
+    coefficients: a state that cancels to near zero then gets a floor of 1e-7 of that state's largest
+    magnitude over all params."""
     require_backend("cpu")
     groups = make_params(dtype)
     grads = make_grads(dtype)
@@ -629,7 +632,10 @@ def test_cpu_matches_reference(alg, config, dtype):
         assert sorted(sc) == sorted(sr), f"state keys of {name!r}: {sorted(sc)} vs {sorted(sr)}"
         for key in sr:
             assert sc[key].dtype == sr[key].dtype, f"state[{name!r}][{key!r}]: {sc[key].dtype} vs {sr[key].dtype}"
-            assert_close(sc[key], sr[key], rtol=1e-6, atol=1e-7 * _scale(sr[key]), name=f"state[{name!r}][{key!r}]")
+            scale = _scale(sr[key])
+            if config.max_grad_norm is not None:
+                scale = max(_scale(s[key]) for s in ref.states if key in s)
+            assert_close(sc[key], sr[key], rtol=1e-6, atol=1e-7 * scale, name=f"state[{name!r}][{key!r}]")
     for step, (nc, nr) in enumerate(zip(cpu.norms, ref.norms)):
         assert (nc is None) == (nr is None), f"grad_norm at step {step}: {nc} vs {nr}"
         if nr is not None:

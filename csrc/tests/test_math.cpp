@@ -125,6 +125,52 @@ void test_sgd(const SgdCase& c) {
   EXPECT(bad == 0, "sgd %s: %d of %d elements off after %d steps", c.name, bad, n, steps);
 }
 
+// torch's CPU kernels round each op once, fusing where they compute an fma (see math.h's header): the rules
+// must give the same bits as that op sequence, modelled here with double arithmetic: a product of two floats is
+// exact in double, so float(a * b + c) in double is the fused result (barring double rounding, which these fixed
+// inputs do not hit), and every other op rounds to float as written.
+float fused(float a, float b, float c) { return float(double(a) * double(b) + double(c)); }
+
+void test_torch_roundings() {
+  using namespace fusedopt;
+  Lcg rng{13};
+  const SgdHyper sh = sgd_hyper(0.05, 0.01, 0.9, 0.3);
+  const AdamHyper ah = adam_hyper(1e-2, 0.9, 0.999, 1e-8, 0.05);
+  const AdamStep as = adam_step(1e-2, 0.9, 0.999, 3.0);
+  int sgd_bad = 0, adam_bad = 0;
+  for (int k = 0; k < 100000; ++k) {
+    const float p0 = float(rng.normal()), g0 = float(rng.normal()), b0 = float(rng.normal());
+    const float m0 = float(0.1 * rng.normal()), v0 = float(0.01 * rng.uniform());
+    for (bool nesterov : {false, true}) {
+      float p = p0, buf = b0;
+      sgd_element(p, g0, buf, false, sh, true, true, nesterov);
+      float g = fused(p0, sh.weight_decay, g0);                           // grad.add(param, alpha=wd)
+      float want_buf = fused(g, sh.one_minus_dampening, b0 * sh.momentum);  // buf.mul_(m).add_(g, alpha=1-d)
+      g = nesterov ? fused(want_buf, sh.momentum, g) : want_buf;          // grad.add(buf, alpha=m)
+      float want_p = fused(g, -sh.lr, p0);                                // param.add_(grad, alpha=-lr)
+      sgd_bad += float_bits(p) != float_bits(want_p) || float_bits(buf) != float_bits(want_buf);
+    }
+    float p = p0, m = m0, v = v0, unused = 0.0f;
+    adam_element(p, g0, m, v, unused, ah, as, true, false, false);
+    float g = fused(p0, ah.weight_decay, g0);                        // grad.add(param, alpha=wd)
+    float want_m = fused(ah.lerp_weight, g - m0, m0);                // exp_avg.lerp_(grad, 1 - beta1)
+    float want_v = fused(ah.one_minus_beta2 * g, g, v0 * ah.beta2);  // mul_(beta2).addcmul_(g, g, value=1-b2)
+    float denom = std::sqrt(want_v) / as.bc2_sqrt + ah.eps;          // (sqrt / bc2_sqrt).add_(eps)
+    float want_p = p0 + (-as.step_size * want_m) / denom;            // addcdiv_(m, denom, value=-step_size)
+    adam_bad += float_bits(p) != float_bits(want_p) || float_bits(m) != float_bits(want_m) ||
+                float_bits(v) != float_bits(want_v);
+  }
+  EXPECT(sgd_bad == 0, "sgd_element rounds as torch's kernels: %d of 200000 results differ", sgd_bad);
+  EXPECT(adam_bad == 0, "adam_element rounds as torch's kernels: %d of 100000 results differ", adam_bad);
+  // The bias corrections as torch.optim computes them in Python: bias_correction2 ** 0.5 is C's pow.
+  for (double t = 1; t <= 1000; ++t) {
+    AdamStep s = adam_step(1e-3, 0.9, 0.999, t);
+    EXPECT(float_bits(s.bc2_sqrt) == float_bits(float(std::pow(1.0 - std::pow(0.999, t), 0.5))) &&
+               float_bits(s.step_size) == float_bits(float(1e-3 / (1.0 - std::pow(0.9, t)))),
+           "adam_step at step %g", t);
+  }
+}
+
 void test_element_details() {
   using namespace fusedopt;
   // lerp: both branches, and the endpoints exact.
@@ -342,6 +388,7 @@ int main() {
   };
   for (const auto& c : sgd_cases) test_sgd(c);
   test_element_details();
+  test_torch_roundings();
   test_bf16();
   test_fp16();
   if (failures) {

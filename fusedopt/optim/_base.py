@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from fusedopt import ops
-from fusedopt.optim import _dist
+from fusedopt.optim import _dist, _torch_path
 
 NONFINITE_POLICIES = ("ignore", "skip", "raise")
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -37,6 +37,8 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16,
 _REAL_DTYPE = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 # Clipping follows torch.nn.utils.clip_grad_norm_: coef = clamp(max_norm / (norm + 1e-6), max=1).
 CLIP_EPS = 1e-6
+# Devices whose params fused=True takes (fusedopt's kernels; torch raises for others, e.g. meta, at the step).
+_FUSED_DEVICES = ("cpu", "cuda")
 
 
 # What the state_dtype argument may be: None (the default below), or a dtype for the states of real
@@ -133,6 +135,11 @@ def _split_by_dtype(tensors: list[Tensor]) -> dict[torch.dtype, Sequence[int]]:
     for i, t in enumerate(tensors):
         index[t.dtype].append(i)
     return index
+
+
+def _values(t: Tensor) -> Tensor:
+    """The stored values of a sparse tensor (duplicates uncoalesced: fine for finiteness), else ``t``."""
+    return t._values() if t.is_sparse else t
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -281,6 +288,13 @@ def _occurrences(per_group) -> list[list[int]]:
 
 
 @dataclass
+class _TorchStep:
+    """A step that runs torch.optim's functional for-loop instead (see _torch_path)."""
+
+    per_group: list  # (params, grads) per group, for the params with grads
+
+
+@dataclass
 class _StepPlan:
     """A validated step, prepared but not yet run (``FusedOptimizer._plan`` -> ``_launch``)."""
 
@@ -307,12 +321,16 @@ class FusedOptimizer(torch.optim.Optimizer):
     # Flags that older checkpoints may lack, with the values torch.optim's namesake fills in (not this
     # optimizer's constructor values).
     _LEGACY_FLAG_DEFAULTS: dict[str, Any] = {}
+    # Whether sparse gradients are taken (as torch.optim's namesake does; they run torch's for-loop, _torch_path).
+    _SPARSE_GRADS = False
 
     def __init__(self, params, defaults: dict, *, max_grad_norm: float | None, nonfinite: str, backend: str,
                  master_weights: bool = False, state_dtype: torch.dtype | None = None):
-        if defaults.get("differentiable"):
-            raise RuntimeError(f"{type(self).__name__} does not support differentiable=True: fusedopt updates "
-                               f"in place outside autograd; use torch.optim for differentiable optimizers")
+        if defaults.get("fused") and defaults.get("differentiable"):
+            raise RuntimeError("`fused` does not support `differentiable`")
+        if defaults.get("differentiable") and (master_weights or state_dtype is not None):
+            raise ValueError("differentiable=True runs torch.optim's single-tensor implementation, which keeps "
+                             "states in the param's dtype: master_weights and state_dtype do not apply")
         if defaults.get("fused") and defaults.get("foreach"):
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float))
@@ -417,6 +435,10 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _update(self, bucket: Bucket, group: dict, grad_scale, clip_coef, found_inf) -> None:
         raise NotImplementedError
 
+    def _torch_update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        """The update of one group by torch.optim's functional for-loop (see _torch_path), grads prepared."""
+        raise NotImplementedError
+
     # --- the step ---
     @torch.no_grad()
     def step(self, closure=None):
@@ -442,6 +464,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         plan = self._plan(grad_scale is not None)
         if plan is None:
             return loss
+        if isinstance(plan, _TorchStep):  # differentiable=True or sparse grads: torch's own implementation
+            return _torch_path.step(self, plan.per_group, loss)
 
         scaler_found_inf = getattr(self, "found_inf", None)
         found_inf = None if scaler_found_inf is None else scaler_found_inf.reshape(()).to(torch.float32)
@@ -463,13 +487,15 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._launch(plan, grad_scale, clip_coef, found_inf)
         return loss
 
-    def _plan(self, grads_written: bool) -> _StepPlan | None:
+    def _plan(self, grads_written: bool) -> _StepPlan | _TorchStep | None:
         """Everything the step will do, checked and prepared, with nothing written: None when no param has a
         grad. Raises a clear error for any param, grad or hyperparameter the step cannot take."""
         per_group = self._params_with_grads()
         all_params = [p for params, _ in per_group for p in params]
         if not all_params:
             return None
+        if _torch_path.takes(self):  # differentiable=True: torch's own implementation, under autograd
+            return _TorchStep(per_group)
         all_grads = [g for _, grads in per_group for g in grads]
         for gi, (group, (params, _)) in enumerate(zip(self.param_groups, per_group)):
             if params:
@@ -493,8 +519,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         # general path.
         ready = ops.kernel_ready(all_params, all_grads)
         duplicated = False if ready else self._validate(per_group, per_local, grads_written)
-        plan = _StepPlan(per_group=per_group, per_local=per_local, check_grads=all_grads, device=all_params[0].device, ready=ready,
-                         reduction=reduction)
+        if duplicated is _torch_path.SPARSE:  # sparse grads (SGD): torch's own implementation
+            return _TorchStep(per_group)
+        plan = _StepPlan(per_group=per_group, per_local=per_local, check_grads=all_grads,
+                         device=all_params[0].device, ready=ready, reduction=reduction)
         if duplicated:
             # A param listed twice is updated twice, one after the other, as torch.optim's for-loop does; its
             # grad counts once in the global norm.
@@ -616,13 +644,16 @@ class FusedOptimizer(torch.optim.Optimizer):
             checked.extend([(None, ())] * (gi + 1 - len(checked)))
             checked[gi] = (group, values)
 
-    def _validate(self, per_group, per_local, grads_written: bool) -> bool:
+    def _validate(self, per_group, per_local=None, grads_written: bool = False) -> bool | object:
         """Raise a clear error for any param or grad the step cannot take, naming it in its group, before
         anything is changed. Returns whether some param is listed more than once (then updated once per
-        listing, in order). Input valid but not kernel-ready (layouts, lazy negation, misalignment) takes the
-        general path's temporaries."""
+        listing, in order), or ``_torch_path.SPARSE`` when valid grads include sparse ones (taken by torch's
+        for-loop). Input valid but not kernel-ready (layouts, lazy negation, misalignment) takes the general
+        path's temporaries. Without ``per_local`` (torch's for-loop, _torch_path, which updates one tensor after
+        another) memory shared between tensors is not checked."""
         name = type(self).__name__
         device = None
+        sparse = False
         # While torch.compile traces, tensors have no addresses and inference mode cannot be queried: those checks
         # are left to eager steps.
         compiling = torch.compiler.is_compiling()
@@ -633,8 +664,15 @@ class FusedOptimizer(torch.optim.Optimizer):
                 pi = next(i for i in index if group["params"][i] is p)
                 where = self._describe(gi, pi)
                 if g.is_sparse:
-                    raise RuntimeError(f"{name} does not support sparse gradients ({where}); "
-                                       f"please consider torch.optim.SparseAdam instead")
+                    if not self._SPARSE_GRADS:
+                        raise RuntimeError(f"{name} does not support sparse gradients ({where}); "
+                                           f"please consider torch.optim.SparseAdam instead")
+                    sparse = True
+                if group.get("fused") and p.device.type not in _FUSED_DEVICES:
+                    # torch's check and words (it runs at the step too, for params with grads)
+                    raise RuntimeError(f"`fused=True` requires all the params to be floating point Tensors of "
+                                       f"supported devices: {list(_FUSED_DEVICES)} but {p.dtype} and "
+                                       f"{p.device.type}")
                 if p.dtype not in SUPPORTED_DTYPES:
                     raise RuntimeError(f"{name}: unsupported parameter dtype {p.dtype} ({where})")
                 if g.dtype != p.dtype or g.shape != p.shape or g.device != p.device:
@@ -652,7 +690,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                     raise RuntimeError(f"{name}: {where} is an inference tensor (created under "
                                        f"torch.inference_mode()): Inplace update to inference tensor outside "
                                        f"InferenceMode is not allowed. Make a clone to get a normal tensor")
-        return False if compiling else _check_memory(self, per_group, per_local, grads_written)
+        if sparse:
+            return _torch_path.SPARSE
+        if compiling or per_local is None:
+            return False
+        return _check_memory(self, per_group, per_local, grads_written)
 
     def _describe(self, group_index: int, param_index: int) -> str:
         group = self.param_groups[group_index]
@@ -698,10 +740,19 @@ class FusedOptimizer(torch.optim.Optimizer):
         bad = [self._describe(gi, pi)
                for gi, group in enumerate(self.param_groups)
                for pi, p in enumerate(group["params"])
-               if p.grad is not None and not bool(torch.isfinite(_dist.local(p.grad)).all())]
+               if p.grad is not None and not bool(torch.isfinite(_values(_dist.local(p.grad))).all())]
         where = ", ".join(bad) or "another rank's shard (DTensor parameters)"
         raise RuntimeError(f"{type(self).__name__}: non-finite gradient (NaN or inf) in {where}; "
                            f"nothing was updated")
+
+    def _installed_group_states(self, group: dict, params: list[Tensor]) -> list[dict]:
+        """The state of each param, missing entries created and installed at once: for torch's for-loop
+        (_torch_path), which has validated its input and writes from here on."""
+        plan = _StepPlan(per_group=[], per_local=[], check_grads=[], device=None, ready=False, reduction=None)
+        self._group_states(group, params, plan)
+        for p, entries in plan.new_state.items():
+            self.state[p].update(entries)
+        return [self.state[p] for p in params]
 
     def _group_states(self, group: dict, params: list[Tensor], plan: _StepPlan) -> list[dict | None]:
         """The state of each param: its own, or one created now (lazy state creation; torch.compile runs this

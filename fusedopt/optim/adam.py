@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.optim.adam import adam as torch_adam
 
 from fusedopt.optim._base import Bucket, FusedOptimizer, _readable
 
@@ -37,7 +38,8 @@ class Adam(FusedOptimizer):
     Args are torch.optim.Adam's (``foreach``/``fused``/``capturable`` are accepted for compatibility: fusedopt
     always runs its own fused kernels, equal to torch's results up to rounding), plus keyword-only
     ``max_grad_norm``, ``nonfinite``, ``backend``, ``master_weights`` and ``state_dtype`` as described in
-    :class:`fusedopt.SGD`.
+    :class:`fusedopt.SGD`. ``differentiable=True`` is supported as in torch.optim.Adam: such a step runs
+    torch.optim's own single-tensor Adam (see ``fusedopt.optim._torch_path``), with the extras applied around it.
     """
 
     _TENSOR_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -101,6 +103,22 @@ class Adam(FusedOptimizer):
 
     def _state_keys(self, group: dict) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
+
+    def _torch_update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        # torch.optim.Adam.step's body for one group, on fusedopt's lazy state (the same layout for the dtypes
+        # this path takes; `step` lives on the param's device, which torch's non-capturable loop reads as a float).
+        states = self._installed_group_states(group, params)
+        steps = [state["step"] for state in states]
+        if group["differentiable"] and any(step.requires_grad for step in steps):
+            raise RuntimeError("`requires_grad` is not supported for `step` in differentiable mode")
+        beta1, beta2 = group["betas"]
+        torch_adam(params, grads, [state["exp_avg"] for state in states], [state["exp_avg_sq"] for state in states],
+                   [state["max_exp_avg_sq"] for state in states] if group["amsgrad"] else [], steps,
+                   foreach=False, capturable=False, differentiable=group["differentiable"], fused=False,
+                   has_complex=any(torch.is_complex(p) for p in params),
+                   decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"], beta1=beta1,
+                   beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+                   maximize=group["maximize"])
 
     def _update(self, bucket: Bucket, group: dict, grad_scale, clip_coef, found_inf) -> None:
         beta1, beta2 = group["betas"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.optim.sgd import sgd as torch_sgd
 
 from fusedopt.optim._base import Bucket, FusedOptimizer, _readable
 
@@ -35,11 +36,15 @@ class SGD(FusedOptimizer):
     - ``state_dtype``: ``None`` (fp32 states for bf16/fp16/fp32 params) or ``torch.bfloat16`` (half the
       memory; the math stays fp32, stores round to nearest even). fp64 and complex params keep their own dtype.
 
+    ``differentiable=True`` and sparse gradients are supported as in torch.optim.SGD: such a step runs
+    torch.optim's own single-tensor SGD (see ``fusedopt.optim._torch_path``), with the extras applied around it.
+
     The momentum buffer is fp32 for bf16/fp16 params by default; all math is fp32 (fp64 for fp64 params).
     A tensor ``lr`` goes to the kernels as a tensor (never read on the host).
     """
 
     _TENSOR_STATE_KEYS = ("momentum_buffer",)
+    _SPARSE_GRADS = True
     _LEGACY_FLAG_DEFAULTS = dict(nesterov=False, maximize=False, foreach=None, differentiable=False, fused=False)
 
     def __init__(self, params, lr: float | Tensor = 1e-3, momentum: float = 0, dampening: float = 0,
@@ -94,6 +99,17 @@ class SGD(FusedOptimizer):
             lr, self._hyper(group["weight_decay"]), momentum,
             self._hyper(group["dampening"]), bool(group["nesterov"]), bool(group["maximize"]),
             lr_tensor, grad_scale, clip_coef, found_inf)
+
+    def _torch_update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        # torch.optim.SGD.step's body for one group: a missing buffer (None) starts as a copy of the grad.
+        momentum = group["momentum"]
+        buffers = [self.state[p].get("momentum_buffer") if p in self.state else None for p in params] \
+            if momentum != 0 else []
+        torch_sgd(params, grads, buffers, has_sparse_grad=any(g.is_sparse for g in grads), foreach=False,
+                  fused=False, weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"],
+                  dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"])
+        for p, buffer in zip(params, buffers):
+            self.state[p]["momentum_buffer"] = buffer
 
     def _after_skippable_first_step(self, fresh: set[Tensor], found_inf: Tensor) -> None:
         # torch starts a momentum buffer as a copy of the first gradient it applies; a skipped first step leaves

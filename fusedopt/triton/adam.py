@@ -36,7 +36,9 @@ def _adam_steps_kernel(records, n_tensors, bias, lr: "fp64", beta1: "fp64", beta
     else:
         lr64 = tl.full((), lr, tl.float64)
     step_size = lr64 / (1.0 - pow_int(tl.full((), beta1, tl.float64), step))
-    bc2_sqrt = tl.sqrt(1.0 - pow_int(tl.full((), beta2, tl.float64), step))  # float64 sqrt is IEEE-rounded
+    # math.h (like torch) takes bias_correction2 ** 0.5 with pow, which the interpreter lacks: the float64 sqrt
+    # differs from it in the last double bit for ~0.1% of counts, and not once in the float (2.2M counts tried).
+    bc2_sqrt = tl.sqrt(1.0 - pow_int(tl.full((), beta2, tl.float64), step))
     tl.store(bias + 2 * t, step_size.to(tl.float32), mask=mask)
     tl.store(bias + 2 * t + 1, bc2_sqrt.to(tl.float32), mask=mask)
 
@@ -87,9 +89,9 @@ def _adam_kernel(records, work, bias, lr: "fp64", beta1: "fp64", beta2: "fp64", 
     if DECOUPLED:
         p = tl.where(wd64 != 0.0, p * decay, p)
     else:
-        g = tl.where(wd64 != 0.0, g + wd_f * p, g)
+        g = tl.where(wd64 != 0.0, tl.fma(p, wd_f, g), g)
     m = lerp(m, g, lerp_weight)
-    v = v * beta2_f + one_minus_beta2 * g * g
+    v = tl.fma(one_minus_beta2 * g, g, v * beta2_f)
     vhat = v
     if AMSGRAD:
         vmax_ptr = as_pointer(tl.load(record + 5), S_KIND)
@@ -97,7 +99,7 @@ def _adam_kernel(records, work, bias, lr: "fp64", beta1: "fp64", beta2: "fp64", 
         store_float(vmax_ptr, offs, vmax, mask, S_KIND)
         vhat = vmax
     denom = tl.div_rn(tl.sqrt_rn(vhat), bc2_sqrt) + eps_f
-    p = p - step_size * tl.div_rn(m, denom)
+    p = p - tl.div_rn(step_size * m, denom)
 
     store_float(m_ptr, offs, m, mask, S_KIND)
     store_float(v_ptr, offs, v, mask, S_KIND)

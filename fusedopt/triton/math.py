@@ -1,7 +1,8 @@
 """Per-element rules of csrc/include/fusedopt/math.h as ``@triton.jit`` functions, in the same order of
 operations: one rounding per operation (launch with ``enable_fp_fusion=False``, the counterpart of
 ``-ffp-contract=off``), divisions and square roots correctly rounded (``div_rn``/``sqrt_rn``; Triton's ``/`` and
-``sqrt`` are approximate on NVIDIA GPUs), and ``fma`` only where math.h writes one (lerp).
+``sqrt`` are approximate on NVIDIA GPUs), and ``fma`` exactly where math.h writes one (where torch's CPU
+kernels fuse: ``add`` with alpha, ``addcmul``, ``lerp``).
 
 Low-precision values move as their 16 bits (the kernels view bf16 memory as uint16) and convert with math.h's
 bit formulas: the interpreter's own fp32->bf16 cast truncates instead of rounding, the formulas round to
@@ -90,8 +91,10 @@ def not_skipped(mask, found_inf_ptr, offs, HAS_FOUND_INF: tl.constexpr):
 
 @triton.jit
 def lerp(start, end, weight):
-    # torch.lerp: two branches so that weight 1 gives exactly `end`, each a single fused multiply-add.
-    return tl.where(weight < 0.5, tl.fma(weight, end - start, start), tl.fma(weight - 1.0, end - start, end))
+    # torch.lerp: two branches (on |weight| < 0.5) so that weight 1 gives exactly `end`, each a single fused
+    # multiply-add.
+    return tl.where(tl.abs(weight) < 0.5, tl.fma(weight, end - start, start),
+                    tl.fma(weight - 1.0, end - start, end))
 
 
 @triton.jit

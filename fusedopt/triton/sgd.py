@@ -45,18 +45,18 @@ def _sgd_kernel(records, work, lr: "fp64", weight_decay: "fp64", momentum: "fp64
         p = load_float(p_ptr, offs, mask, P_KIND)
 
     # sgd_element; `weight_decay != 0` is a runtime test, so a scheduler may move it to or from 0 freely.
-    g = tl.where(wd64 != 0.0, g + wd_f * p, g)
+    g = tl.where(wd64 != 0.0, tl.fma(p, wd_f, g), g)
     if HAS_MOMENTUM:
         buf_ptr = as_pointer(tl.load(record + 3), S_KIND)
         is_first = splat_load(record + 5, offs)  # no history yet: torch's `buf = g.clone()`
         buf = load_float(buf_ptr, offs, mask & (is_first == 0), S_KIND)
-        buf = tl.where(is_first != 0, g, buf * momentum_f + one_minus_dampening * g)
+        buf = tl.where(is_first != 0, g, tl.fma(g, one_minus_dampening, buf * momentum_f))
         store_float(buf_ptr, offs, buf, mask, S_KIND)
         if NESTEROV:
-            g = g + momentum_f * buf
+            g = tl.fma(buf, momentum_f, g)
         else:
             g = buf
-    p = p - lr_f * g
+    p = tl.fma(g, -lr_f, p)
 
     if HAS_MASTER:
         store_float(master_ptr, offs, p, mask, 0)

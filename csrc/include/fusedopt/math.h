@@ -1,11 +1,21 @@
 // Per-element update rules of fusedopt: the single source of truth shared by the CPU loops and the CUDA
-// kernels. Plain fp32 math, no torch. The order of operations follows fusedopt/reference.py (torch.optim's
-// single-tensor path), one rounding per operation except where torch itself fuses (lerp, written with std::fma),
-// so fp32 results agree with torch.optim to ~1e-7. Build without FP contraction (-ffp-contract=off, nvcc
-// -fmad=false) so that the compiler adds no fusions of its own.
+// kernels. Plain fp32 math, no torch. Each rule is torch.optim's single-tensor for-loop (foreach=False; also
+// fusedopt/reference.py) in torch's order of operations, rounded as torch's CPU pointwise kernels round them
+// (measured on torch 2.13, AVX2, fp32, in the vectorized bodies and the scalar tails alike):
+//   a.add(b, alpha=s)            fma(b, s, a)
+//   a.addcmul(b, c, value=s)     fma(s * b, c, a)
+//   a.addcdiv(b, c, value=s)     a + (s * b) / c        (no fma)
+//   a.lerp(b, w)                 one fma per branch (see lerp below)
+//   a.mul(s), a / s              one rounding each
+// so every std::fma below stands for one of those kernels, and fp32 SGD is bit-identical to torch.optim on the
+// CPU. Adam is not, for one op: torch's fp32 a.sqrt() is MKL VML's vmsSqrt, which is not correctly rounded and
+// has no portable formula; std::sqrt here (as on CUDA and in Triton) is IEEE. (torch run with
+// ATEN_CPU_CAPABILITY=default fuses nothing; the rules follow its default, vectorized kernels.) See
+// tests/test_bitwise_torch.py. Build without FP contraction (-ffp-contract=off, nvcc -fmad=false) so that the
+// compiler adds no fusions of its own.
 //
-// Hyperparameters that the reference computes in Python double (1 - beta1, lr / bias_correction1, ...) are
-// computed on the host in double and passed here already rounded to float, as torch does with Python scalars.
+// Hyperparameters that torch computes in Python double (1 - beta1, lr / bias_correction1, ...) are computed on
+// the host in double and passed here already rounded to float, as torch's kernels round a Python scalar.
 #pragma once
 
 #include <stdint.h>
@@ -114,15 +124,17 @@ FUSEDOPT_HD inline SgdHyper sgd_hyper(double lr, double weight_decay, double mom
   return {float(lr), float(weight_decay), float(momentum), float(1.0 - dampening)};
 }
 
-// The structural switches are plain bools: callers pass compile-time constants, so they fold away.
+// The structural switches are plain bools: callers pass compile-time constants, so they fold away. Each line is
+// one torch op of _single_tensor_sgd (named at its end); maximize and clipping are prepare_grad's.
 FUSEDOPT_HD inline void sgd_element(float& p, float g, float& buf, bool first, const SgdHyper& h,
                                     bool weight_decay, bool momentum, bool nesterov) {
-  if (weight_decay) g = g + h.weight_decay * p;
+  if (weight_decay) g = std::fma(p, h.weight_decay, g);  // grad.add(param, alpha=weight_decay)
   if (momentum) {
-    buf = first ? g : buf * h.momentum + h.one_minus_dampening * g;
-    g = nesterov ? g + h.momentum * buf : buf;
+    // buf = grad.clone(), then buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+    buf = first ? g : std::fma(g, h.one_minus_dampening, buf * h.momentum);
+    g = nesterov ? std::fma(buf, h.momentum, g) : buf;  // grad.add(buf, alpha=momentum)
   }
-  p = p - h.lr * g;
+  p = std::fma(g, -h.lr, p);  // param.add_(grad, alpha=-lr)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -150,39 +162,46 @@ FUSEDOPT_HD inline AdamHyper adam_hyper(double lr, double beta1, double beta2, d
           float(1.0 - lr * weight_decay)};
 }
 
+// bias_correction2 ** 0.5 as torch writes it: Python's float ** is C's pow, which differs from sqrt in the last
+// double bit for ~0.1% of arguments (seen: none of those changed the float here, but pow is what torch rounds).
 FUSEDOPT_HD inline AdamStep adam_step(double lr, double beta1, double beta2, double step) {
-  return {float(lr / (1.0 - std::pow(beta1, step))), float(std::sqrt(1.0 - std::pow(beta2, step)))};
+  return {float(lr / (1.0 - std::pow(beta1, step))), float(std::pow(1.0 - std::pow(beta2, step), 0.5))};
 }
 
-// torch.lerp: two branches so that weight 1 gives exactly `end`, each a single fused multiply-add, which is how
-// torch evaluates it (its vectorized CPU kernel uses fmadd; nvcc contracts the CUDA one). Two roundings instead
-// would differ from torch in ~11% of elements and, in the second branch, by up to an ulp of `end` after
-// cancellation.
+// torch.lerp: two branches (on |weight| < 0.5, as torch's is_lerp_weight_small) so that weight 1 gives exactly
+// `end`, each a single fused multiply-add, which is how torch evaluates it (its vectorized CPU kernel uses fmadd,
+// its scalar tail is contracted to one; nvcc contracts the CUDA one). Two roundings instead would differ from
+// torch in ~11% of elements and, in the second branch, by up to an ulp of `end` after cancellation.
 FUSEDOPT_HD inline float lerp(float start, float end, float weight) {
-  return weight < 0.5f ? std::fma(weight, end - start, start) : std::fma(weight - 1.0f, end - start, end);
+  return std::fabs(weight) < 0.5f ? std::fma(weight, end - start, start)
+                                  : std::fma(weight - 1.0f, end - start, end);
 }
 
 // torch.maximum: a NaN in either operand wins.
 FUSEDOPT_HD inline float maximum(float a, float b) { return (a != a || a > b) ? a : b; }
 
+// Each line is one torch op of _single_tensor_adam (named at its end); maximize and clipping are prepare_grad's.
 FUSEDOPT_HD inline void adam_element(float& p, float g, float& m, float& v, float& vmax, const AdamHyper& h,
                                      const AdamStep& s, bool weight_decay, bool decoupled, bool amsgrad) {
   if (weight_decay) {
     if (decoupled) {
-      p = p * h.decay;
+      p = p * h.decay;  // param.mul_(1 - lr * weight_decay)
     } else {
-      g = g + h.weight_decay * p;
+      g = std::fma(p, h.weight_decay, g);  // grad.add(param, alpha=weight_decay)
     }
   }
-  m = lerp(m, g, h.lerp_weight);
-  v = v * h.beta2 + h.one_minus_beta2 * g * g;
+  m = lerp(m, g, h.lerp_weight);  // exp_avg.lerp_(grad, 1 - beta1)
+  // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+  v = std::fma(h.one_minus_beta2 * g, g, v * h.beta2);
   float vhat = v;
   if (amsgrad) {
-    vmax = maximum(vmax, v);
+    vmax = maximum(vmax, v);  // torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
     vhat = vmax;
   }
-  float denom = std::sqrt(vhat) / s.bc2_sqrt + h.eps;
-  p = p - s.step_size * (m / denom);
+  float denom = std::sqrt(vhat) / s.bc2_sqrt + h.eps;  // (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+  // param.addcdiv_(exp_avg, denom, value=-step_size) is p + ((-step_size) * m) / denom: the same bits as this,
+  // since rounding to nearest is symmetric under negation.
+  p = p - (s.step_size * m) / denom;
 }
 
 }  // namespace fusedopt
