@@ -4,6 +4,9 @@
 #include <Python.h>
 #include <stdint.h>
 
+#include <algorithm>
+#include <utility>
+
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,6 +18,7 @@
 #include "cpu/kernels.h"
 #include "ops.h"
 #include "validate.h"
+#include "versions.h"
 
 namespace fusedopt {
 namespace {
@@ -79,6 +83,9 @@ void sgd_update(TensorList params, TensorList grads, TensorList momentum_buffers
   if (!params.empty()) validate::check_device_type(params[0], c10::kCPU, "params", 0);
   args.lr = learning_rate(lr, lr_tensor);
   std::optional<cpu::GradPrep> prep = grad_prep(grad_scale, clip_coef, found_inf, maximize);
+  // Bumped also for a skipped step: the op mutates its arguments (as torch's fused ops, and the CUDA op, which
+  // reads found_inf on the device).
+  bump_versions({params, master_params, momentum_buffers, grad_scale.has_value() ? grads : TensorList()});
   if (!prep) return;  // skipped step: nothing is written
   args.grad = *prep;
   args.weight_decay = weight_decay;
@@ -98,8 +105,16 @@ void adam_update(TensorList params, TensorList grads, TensorList exp_avgs, Tenso
   validate::fill_master_params(args, params, master_params);
   validate::fill_adam_states(args, params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad);
   if (!params.empty()) validate::check_device_type(params[0], c10::kCPU, "params", 0);
+  // A count below 0 would make a bias correction 1 - beta^0 = 0 and write inf/NaN (the optimizer refuses such
+  // counts when a state dict is loaded; this is the op's own guard, before anything is written).
+  for (size_t i = 0; i < args.steps.size(); ++i) {
+    TORCH_CHECK(*args.steps[i] >= 0.0f, "fusedopt: steps[", i, "] is ", *args.steps[i],
+                "; step counts must be non-negative");
+  }
   args.lr = learning_rate(lr, lr_tensor);
   std::optional<cpu::GradPrep> prep = grad_prep(grad_scale, clip_coef, found_inf, maximize);
+  bump_versions({params, master_params, exp_avgs, exp_avg_sqs, amsgrad ? max_exp_avg_sqs : TensorList(), steps,
+                 grad_scale.has_value() ? grads : TensorList()});
   if (!prep) return;  // skipped step: nothing is written
   args.grad = *prep;
   args.beta1 = beta1;
@@ -112,13 +127,18 @@ void adam_update(TensorList params, TensorList grads, TensorList exp_avgs, Tenso
 }
 
 // The optimizer's fast-path test, for all params with grads at once (one native call instead of a Python loop):
-// every grad is a valid dense grad of its param, and every param and grad is a contiguous real tensor of a
-// supported dtype on one device. False is not an error: the caller then validates in Python and converts layouts.
+// every grad is a valid dense grad of its param, and every param and grad is a contiguous, element-aligned real
+// tensor of a supported dtype on one device, with no lazy negation bit, not an inference tensor, and no two of
+// them share memory (which also excludes a param listed twice). False is not an error: the caller then validates
+// in Python (clear errors, the same checks) and takes the general path (temporaries, sequential duplicates).
 bool kernel_ready(TensorList params, TensorList grads) {
   if (params.empty() || params.size() != grads.size()) return false;
   const c10::Device device = params[0].device();
   // Only devices with kernels (meta tensors, say, go to the validation in Python, which names the problem).
   if (device.type() != c10::DeviceType::CPU && device.type() != c10::DeviceType::CUDA) return false;
+  // [begin, end) of each non-empty param and grad; reused across calls (no allocation in the steady state).
+  thread_local std::vector<std::pair<uintptr_t, uintptr_t>> spans, verified;
+  spans.clear();
   for (size_t i = 0; i < params.size(); ++i) {
     const Tensor& p = params[i];
     const Tensor& g = grads[i];
@@ -127,7 +147,30 @@ bool kernel_ready(TensorList params, TensorList grads) {
     if (dtype != at::kFloat && dtype != at::kDouble && dtype != at::kBFloat16 && dtype != at::kHalf) return false;
     if (g.scalar_type() != dtype || p.device() != device || g.device() != device) return false;
     if (!g.sizes().equals(p.sizes()) || !p.is_contiguous() || !g.is_contiguous()) return false;
+    if (p.is_neg() || g.is_neg() || p.is_inference()) return false;
+    const int64_t numel = p.numel();
+    if (numel == 0) {  // no memory to overlap, but listed twice it is still updated twice (Adam's step count)
+      for (size_t j = 0; j < i; ++j) {
+        if (params[j].unsafeGetTensorImpl() == p.unsafeGetTensorImpl()) return false;
+      }
+      continue;
+    }
+    const auto size = uintptr_t(p.element_size());
+    const auto pb = reinterpret_cast<uintptr_t>(p.const_data_ptr());
+    const auto gb = reinterpret_cast<uintptr_t>(g.const_data_ptr());
+    if (pb % size != 0 || gb % size != 0) return false;
+    spans.emplace_back(pb, pb + uintptr_t(numel) * size);
+    spans.emplace_back(gb, gb + uintptr_t(numel) * size);
   }
+  // Disjointness depends only on the spans: a step over the same tensors as the last verified one (the usual
+  // steady state) compares them instead of sorting again.
+  if (spans == verified) return true;
+  std::vector<std::pair<uintptr_t, uintptr_t>> sorted = spans;
+  std::sort(sorted.begin(), sorted.end());
+  for (size_t i = 1; i < sorted.size(); ++i) {
+    if (sorted[i].first < sorted[i - 1].second) return false;
+  }
+  verified.swap(spans);
   return true;
 }
 

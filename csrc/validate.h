@@ -43,6 +43,12 @@ inline void check_dense(const Tensor& t, c10::Device device, const char* what, s
   TORCH_CHECK(!t.is_complex(), "fusedopt: ", what, "[", i, "] is complex (", t.scalar_type(),
               "), which is not supported");
   TORCH_CHECK(t.is_contiguous(), "fusedopt: ", what, "[", i, "] is not contiguous");
+  // The kernels read raw memory: a lazy negation would be ignored, and a pointer off its element alignment
+  // (torch.frombuffer at an odd offset) is undefined behaviour on the CPU and a fault on a GPU.
+  TORCH_CHECK(!t.is_neg(), "fusedopt: ", what, "[", i, "] has its negative bit set (a lazy negation view); ",
+              "pass t.resolve_neg()");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(t.const_data_ptr()) % uintptr_t(t.element_size()) == 0, "fusedopt: ",
+              what, "[", i, "] is not aligned to its element size (", t.element_size(), " bytes)");
 }
 
 inline void check_like(const Tensor& t, const Tensor& param, at::ScalarType dtype, const char* what, size_t i) {

@@ -148,8 +148,10 @@ if TRITON_AVAILABLE:
 
 def kernel_ready(params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
     """True when every grad is valid for its param (dtype, shape, device, dense) and every param and grad is a
-    contiguous real tensor on one device: checked in one native call, so the step's per-param Python work stays
-    small. False sends the step through the Python validation (clear errors) and the general path."""
+    contiguous, element-aligned real tensor on one device without a lazy negation bit, no param is an inference
+    tensor, and no two of them share memory (so no param is listed twice): checked in one native call, so the
+    step's per-param Python work stays small. False sends the step through the Python validation (clear errors)
+    and the general path."""
     if EXTENSION_ERROR is not None or torch.compiler.is_compiling():
         return False
     return _C.kernel_ready(params, grads)

@@ -45,7 +45,12 @@ weight_decay, amsgrad, maximize, decoupled, lr_tensor, grad_scale, clip_coef, fo
 
     Every backend validates all arguments before writing anything and raises an error naming the argument and
     its index (``"fusedopt: exp_avgs[3] has dtype ..."``). This oracle checks the new v2 arguments
-    (``master_params``, ``lr_tensor``) the same way; the rest is validated by the compiled backends.
+    (``master_params``, ``lr_tensor``) the same way; the rest is validated by the compiled backends, which
+    also refuse tensors whose memory they would misread (a lazy negation bit, data off its element alignment).
+
+    Every backend bumps the version counter of each tensor it writes (params, master params, states, steps,
+    and grads when ``grad_scale`` is given), as torch's in-place ops do, so autograd refuses a backward through
+    a graph that saved one of them; this oracle gets that from torch's own in-place ops.
 """
 from __future__ import annotations
 
@@ -158,6 +163,9 @@ def adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_pa
                 eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor=None, grad_scale=None, clip_coef=None,
                 found_inf=None) -> None:
     _check_v2_args(params, master_params, lr_tensor)
+    for i, step in enumerate(steps):  # as the CPU op: a count below 0 would divide by a zero bias correction
+        if not float(step) >= 0.0:
+            raise RuntimeError(f"fusedopt: steps[{i}] is {float(step):g}; step counts must be non-negative")
     if _skipped(found_inf):
         return
     lr = _lr(lr, lr_tensor)

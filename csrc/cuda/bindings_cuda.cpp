@@ -14,6 +14,7 @@
 #include "cuda/kernels.h"
 #include "ops.h"
 #include "validate.h"
+#include "versions.h"
 
 namespace fusedopt::cuda_ops {
 namespace {
@@ -84,6 +85,7 @@ void sgd_update(TensorList params, TensorList grads, TensorList momentum_buffers
   validate::check_device_type(params[0], c10::kCUDA, "params", 0);
   const c10::Device device = params[0].device();
   const Scalars scalars(device, lr_tensor, grad_scale, clip_coef, found_inf);
+  bump_versions({params, master_params, momentum_buffers, grad_scale.has_value() ? grads : TensorList()});
   args.lr = lr;
   args.weight_decay = weight_decay;
   args.momentum = momentum;
@@ -108,6 +110,8 @@ void adam_update(TensorList params, TensorList grads, TensorList exp_avgs, Tenso
   validate::check_device_type(params[0], c10::kCUDA, "params", 0);
   const c10::Device device = params[0].device();
   const Scalars scalars(device, lr_tensor, grad_scale, clip_coef, found_inf);
+  bump_versions({params, master_params, exp_avgs, exp_avg_sqs, amsgrad ? max_exp_avg_sqs : TensorList(), steps,
+                 grad_scale.has_value() ? grads : TensorList()});
   args.lr = lr;
   args.beta1 = beta1;
   args.beta2 = beta2;

@@ -1,8 +1,10 @@
 """FusedOptimizer: what every fusedopt optimizer shares.
 
-``step()`` flows one way: validate every param and grad (raise before anything changes) -> check pass (global
-sum of squares and non-finite flag, only when clipping or a non-finite policy needs it) -> lazy state creation
--> one update call per (param group, dtype) bucket on the chosen backend. The clip coefficient, the skip flag
+``step()`` flows one way, all or nothing: ``_plan`` validates every group's hyperparameters, params and grads
+and prepares every update call, creating lazy state without installing it (a raise here changes nothing) ->
+check pass (global sum of squares and non-finite flag, only when clipping or a non-finite policy needs it; it
+only reads) -> ``_launch``: install the new state, one update call per (param group, dtype) bucket on the chosen
+backend. The clip coefficient, the skip flag
 and the GradScaler scale stay tensors on the params' device, and so does a tensor lr (passed as ``lr_tensor``):
 nothing in the step reads them on the host except ``nonfinite="raise"`` (which must), the reference backend, and
 a param's first SGD momentum step with ``dampening != 0`` that may be skipped (see ``SGD``).
@@ -12,7 +14,11 @@ entry ``"master_param"``; the kernels read the value from it and write both it a
 """
 from __future__ import annotations
 
+import functools
 import math
+import numbers
+import operator
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import chain
@@ -75,35 +81,49 @@ class Bucket:
     kmasters: list[Tensor] = field(default_factory=list)  # fp32 master copies (master_params), or none
     is_first: list[bool] = field(default_factory=list)  # state created this step (no history yet)
     writeback: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (original, temporary) pairs
+    occurrence: int = 0  # > 0: a later listing of params listed more than once (see FusedOptimizer._plan)
 
 
 class _KernelLayout:
     """Maps a param and its companions (grad, states) onto tensors the kernels can take.
 
-    Kernels see contiguous real tensors. A contiguous param passes through as is; a dense param in another
-    dim order (channels_last, a transposed weight) is viewed flat in memory order, and companions with the same
-    strides are viewed the same way (autograd's grad layout contract and ``zeros_like`` make that the usual
-    case); anything else goes through a temporary copied back after the update.
+    Kernels see contiguous, aligned real tensors with plain bits. A contiguous param passes through as is; a
+    dense param in another dim order (channels_last, a transposed weight) is viewed flat in memory order, and
+    companions with the same strides are viewed the same way (autograd's grad layout contract and ``zeros_like``
+    make that the usual case); anything else goes through a temporary copied back after the update: other
+    layouts, a lazy conjugation or negation bit (``copy_`` resolves it both ways), misaligned data.
     """
 
     def __init__(self, param: Tensor):
-        self.param = torch.view_as_real(param) if param.is_complex() else param
-        self.flat = not self.param.is_contiguous() and _is_dense(self.param)
+        self.param = param
+        self.flat = not param.is_contiguous() and _is_dense(param) and not _needs_copy(param)
 
     def view(self, t: Tensor, writeback: list | None) -> Tensor:
         """A kernel-ready view of ``t``; when that takes a temporary, ``(t, tmp)`` goes to ``writeback``."""
-        t = torch.view_as_real(t) if t.is_complex() else t
-        if not self.flat:
-            if t.is_contiguous():
-                return t
-            tmp = t.contiguous()
-        elif t.stride() == self.param.stride():
-            return _flat(t)
+        if not _needs_copy(t):
+            real = torch.view_as_real(t) if t.is_complex() else t
+            if not self.flat:
+                if real.is_contiguous():
+                    return real
+            elif t.stride() == self.param.stride():
+                return _flat(real)
+        if self.flat:  # in the param's memory order, as its other companions are viewed
+            tmp = torch.empty_like(self.param, dtype=t.dtype).copy_(t)
         else:
-            tmp = torch.empty_like(self.param).copy_(t)
+            tmp = torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
         if writeback is not None:
             writeback.append((t, tmp))
-        return _flat(tmp) if self.flat else tmp
+        real = torch.view_as_real(tmp) if tmp.is_complex() else tmp
+        return _flat(real) if self.flat else real
+
+
+def _readable(value, at_step: bool) -> bool:
+    """Whether a hyperparameter's value may be compared on the host: always at construction (torch.optim reads
+    it there too); at step time not for a tensor off the CPU (reading it would wait for the device) or while
+    torch.compile traces the step."""
+    if not at_step or not torch.is_tensor(value):
+        return True
+    return value.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _split_by_dtype(tensors: list[Tensor]) -> dict[torch.dtype, Sequence[int]]:
@@ -125,6 +145,169 @@ def _values(t: Tensor) -> Tensor:
 def _flat(t: Tensor) -> Tensor:
     """A dense tensor viewed as 1-D in memory order."""
     return t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+def _needs_copy(t: Tensor) -> bool:
+    """Whether the kernels must get a temporary instead of ``t``'s memory: a lazy conjugation or negation bit
+    (its memory holds the other sign), or data off its element alignment (``torch.frombuffer`` at an odd offset:
+    the kernels' typed loads would be undefined behaviour on the CPU and fault on a GPU)."""
+    # While torch.compile traces, none of this is known (fake tensors have no addresses): eager steps check it.
+    if torch.compiler.is_compiling():
+        return False
+    return t.is_conj() or t.is_neg() or t.data_ptr() % t.element_size() != 0
+
+
+def _read_only_input(t: Tensor) -> Tensor:
+    """``t`` as a contiguous, aligned real tensor with plain bits, for a pass that only reads it."""
+    if _needs_copy(t):
+        t = torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+    t = torch.view_as_real(t) if t.is_complex() else t
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _span(t: Tensor) -> tuple[int, int] | None:
+    """[first, last + 1) byte address of ``t``'s elements (None when it has none)."""
+    if t.numel() == 0:
+        return None
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + extent * t.element_size()
+
+
+def _element_addresses(t: Tensor) -> Tensor:
+    """The byte address of every byte of every element of ``t`` (for the rare exact overlap test)."""
+    offsets = torch.zeros((), dtype=torch.int64)
+    for dim, (size, stride) in enumerate(zip(t.shape, t.stride())):
+        shape = [1] * t.dim()
+        shape[dim] = size
+        offsets = offsets + (torch.arange(size, dtype=torch.int64) * stride).view(shape)
+    starts = offsets.reshape(-1) * t.element_size() + t.data_ptr()
+    return (starts[:, None] + torch.arange(t.element_size(), dtype=torch.int64)).reshape(-1)
+
+
+_SHARED_CACHE: dict[tuple, bool] = {}  # exact overlap tests of strided views, by their geometry
+_SHARED_CACHE_SIZE = 256
+
+
+def _geometry(t: Tensor) -> tuple:
+    return t.data_ptr(), tuple(t.shape), t.stride(), t.element_size()
+
+
+def _share_memory(a: Tensor, b: Tensor) -> bool:
+    """Whether tensors whose spans overlap share an element: always for dense tensors; strided views with gaps
+    (``w[:, :k]`` and ``w[:, k:]``) may interleave without touching. The exact test depends only on the two
+    geometries, so a step over the same views reuses its answer."""
+    if _is_dense(a) and _is_dense(b):
+        return True
+    key = (_geometry(a), _geometry(b))
+    shared = _SHARED_CACHE.get(key)
+    if shared is None:
+        shared = bool(torch.isin(_element_addresses(a), _element_addresses(b)).any())
+        if len(_SHARED_CACHE) >= _SHARED_CACHE_SIZE:
+            _SHARED_CACHE.clear()
+        _SHARED_CACHE[key] = shared
+    return shared
+
+
+def _overlaps_itself(t: Tensor) -> bool:
+    """Whether two elements of ``t`` are one memory location (an ``expand``ed tensor): a write to it is
+    ill-defined. Decided from the strides when each dim steps over everything the smaller-stride dims span (all
+    views made by slicing, transposing and permuting), exactly otherwise."""
+    if t.numel() < 2:
+        return False
+    reach = 0  # elements spanned by the dims taken so far, minus one
+    for size, stride in sorted((ss for ss in zip(t.shape, t.stride()) if ss[0] > 1), key=lambda ss: ss[1]):
+        if stride <= reach:
+            return _element_addresses(t)[:: t.element_size()].unique().numel() != t.numel()
+        reach += (size - 1) * stride
+    return False
+
+
+def _check_memory(optimizer, per_group, per_local, grads_written: bool) -> bool:
+    """Raise when tensors the step writes share memory with other tensors of the step: params that are
+    overlapping views of one storage (their updates would race and depend on the thread count), a grad that
+    aliases a param, grads sharing memory when the step writes them (GradScaler's unscale), or a written tensor
+    whose elements overlap each other. Returns whether a param is listed more than once (the same tensor: that is
+    not an error, see ``_plan``). One sort of the tensors' spans; the exact element test only for strided views
+    whose spans overlap."""
+    name = type(optimizer).__name__
+    entries = []  # (begin, end, is_param, gi, position, local tensor, param)
+    for gi, ((params, _), (lparams, lgrads)) in enumerate(zip(per_group, per_local)):
+        for j, (p, lp, lg) in enumerate(zip(params, lparams, lgrads)):
+            if lp.device.type == "meta":  # no memory
+                continue
+            for is_param, t in ((True, lp), (False, lg)):
+                span = _span(t)
+                if span is not None:
+                    entries.append((*span, is_param, gi, j, t, p))
+    entries.sort(key=lambda e: e[0])
+
+    def describe(entry) -> str:
+        _, _, is_param, gi, j, _, p = entry
+        pi = [i for i, q in enumerate(optimizer.param_groups[gi]["params"]) if q is p][0]
+        return ("" if is_param else "the gradient of ") + optimizer._describe(gi, pi)
+
+    # Listed twice: by identity (a param without elements has no span to overlap).
+    duplicated = len({id(p) for params, _ in per_group for p in params}) != sum(len(ps) for ps, _ in per_group)
+    written = [e for e in entries if e[2] or grads_written]
+    for entry in written:
+        if _overlaps_itself(entry[5]):
+            raise RuntimeError(f"{name}: {describe(entry)} has elements that share one memory location (an "
+                               f"expanded view); an in-place update of it is not well defined")
+    open_entries: list = []
+    for entry in entries:
+        begin, _, is_param, _, _, t, p = entry
+        open_entries = [e for e in open_entries if e[1] > begin]
+        for other in open_entries:
+            if other[6] is p:
+                if other[2] == is_param:  # the same param listed twice (and its one grad)
+                    duplicated = True
+                    continue
+            elif not (other[2] or is_param or grads_written):
+                continue  # two grads that are only read
+            if _share_memory(other[5], t):
+                raise RuntimeError(
+                    f"{name}: {describe(other)} and {describe(entry)} share memory (overlapping views of one "
+                    f"storage); the update of one would overwrite the other. Give each parameter and gradient its "
+                    f"own memory")
+        open_entries.append(entry)
+    return duplicated
+
+
+def _occurrences(per_group) -> list[list[int]]:
+    """For each param of each group, how many times it was listed before (in any group)."""
+    seen: dict[int, int] = {}
+    result = []
+    for params, _ in per_group:
+        occ = []
+        for p in params:
+            k = seen.get(id(p), 0)
+            seen[id(p)] = k + 1
+            occ.append(k)
+        result.append(occ)
+    return result
+
+
+@dataclass
+class _TorchStep:
+    """A step that runs torch.optim's functional for-loop instead (see _torch_path)."""
+
+    per_group: list  # (params, grads) per group, for the params with grads
+
+
+@dataclass
+class _StepPlan:
+    """A validated step, prepared but not yet run (``FusedOptimizer._plan`` -> ``_launch``)."""
+
+    per_group: list  # (params, grads) per group, for the params with grads
+    per_local: list  # the same, as the kernels get them (local shards of DTensors)
+    check_grads: list[Tensor]  # what the check pass reads (each param's grad once)
+    device: torch.device
+    ready: bool  # the fast path: kernels take the tensors as they are
+    reduction: Any  # _dist.Reduction, or None
+    new_state: dict = field(default_factory=dict)  # param -> state entries created this step, installed at launch
+    fresh: set = field(default_factory=set)  # params whose state is created this step (no history yet)
+    fresh_local: set = field(default_factory=set)  # the same, as the tensors the kernels get
+    calls: list = field(default_factory=list)  # (group, buckets or a function preparing them at launch)
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -261,6 +444,11 @@ class FusedOptimizer(torch.optim.Optimizer):
     def step(self, closure=None):
         """Perform a single optimization step (see the class docstring for the math).
 
+        All or nothing: every group's params, grads and hyperparameters are validated and every update call is
+        prepared (``_plan``) before anything is written; only then is lazy state installed and are the kernels
+        launched (``_launch``). A step that raises before its first launch leaves params, grads and state as
+        they were, bit for bit.
+
         Args:
             closure (Callable, optional): A closure that reevaluates the model and returns the loss.
         """
@@ -271,13 +459,47 @@ class FusedOptimizer(torch.optim.Optimizer):
 
         last = self._last_step
         last["grad_norm"] = last["found_nonfinite"] = None
+        grad_scale = getattr(self, "grad_scale", None)
+        grad_scale = None if grad_scale is None else grad_scale.reshape(()).to(torch.float32)
+        plan = self._plan(grad_scale is not None)
+        if plan is None:
+            return loss
+        if isinstance(plan, _TorchStep):  # differentiable=True or sparse grads: torch's own implementation
+            return _torch_path.step(self, plan.per_group, loss)
+
+        scaler_found_inf = getattr(self, "found_inf", None)
+        found_inf = None if scaler_found_inf is None else scaler_found_inf.reshape(()).to(torch.float32)
+        clip_coef = None
+        if found_inf is not None:
+            last["found_nonfinite"] = found_inf > 0
+        if self.max_grad_norm is not None or self.nonfinite != "ignore":
+            # The check pass only reads; "raise" raises here, before anything is written.
+            norm, nonfinite = self._check(plan.check_grads, plan.device, grad_scale, plan.ready, plan.reduction)
+            last["grad_norm"] = norm
+            last["found_nonfinite"] = nonfinite if found_inf is None else nonfinite | (found_inf > 0)
+            if self.nonfinite == "raise":
+                self._raise_if_nonfinite(nonfinite, found_inf)
+            elif self.nonfinite == "skip":
+                flag = nonfinite.to(torch.float32)
+                found_inf = flag if found_inf is None else torch.maximum(found_inf, flag)
+            if self.max_grad_norm is not None:
+                clip_coef = torch.clamp(self.max_grad_norm / (norm + CLIP_EPS), max=1.0)
+        self._launch(plan, grad_scale, clip_coef, found_inf)
+        return loss
+
+    def _plan(self, grads_written: bool) -> _StepPlan | _TorchStep | None:
+        """Everything the step will do, checked and prepared, with nothing written: None when no param has a
+        grad. Raises a clear error for any param, grad or hyperparameter the step cannot take."""
         per_group = self._params_with_grads()
         all_params = [p for params, _ in per_group for p in params]
         if not all_params:
-            return loss
+            return None
         if _torch_path.takes(self):  # differentiable=True: torch's own implementation, under autograd
-            return _torch_path.step(self, per_group, loss)
+            return _TorchStep(per_group)
         all_grads = [g for _, grads in per_group for g in grads]
+        for gi, (group, (params, _)) in enumerate(zip(self.param_groups, per_group)):
+            if params:
+                self._check_group(group, gi)
         # DTensor params (FSDP2, tensor parallel): the kernels take their local shards, and the check pass
         # reduces over the ranks that shard them (see _dist).
         reduction = _dist.plan(all_params, all_grads)
@@ -292,50 +514,87 @@ class FusedOptimizer(torch.optim.Optimizer):
             all_grads = [g for _, grads in per_local for g in grads]
         else:
             per_local = per_group
-        # Fast path: every grad is valid and every param/grad is a contiguous real tensor (checked in one native
-        # call). Otherwise validate in Python (clear errors, before anything changes) and take the general path.
-        ready = ops.kernel_ready(all_params, all_grads) or self._validate(per_group)
-        if ready is _torch_path.SPARSE:  # sparse grads (SGD): torch's own implementation
-            return _torch_path.step(self, per_group, loss)
-        device = all_params[0].device
+        # Fast path: every grad is valid and every param/grad is a contiguous, aligned real tensor, no two
+        # sharing memory (checked in one native call). Otherwise validate in Python (clear errors) and take the
+        # general path.
+        ready = ops.kernel_ready(all_params, all_grads)
+        duplicated = False if ready else self._validate(per_group, per_local, grads_written)
+        if duplicated is _torch_path.SPARSE:  # sparse grads (SGD): torch's own implementation
+            return _TorchStep(per_group)
+        plan = _StepPlan(per_group=per_group, per_local=per_local, check_grads=all_grads,
+                         device=all_params[0].device, ready=ready, reduction=reduction)
+        if duplicated:
+            # A param listed twice is updated twice, one after the other, as torch.optim's for-loop does; its
+            # grad counts once in the global norm.
+            unique: dict[int, int] = {}
+            for i, p in enumerate(p for params, _ in per_group for p in params):
+                unique.setdefault(id(p), i)
+            plan.check_grads = [all_grads[i] for i in unique.values()]
 
-        grad_scale = getattr(self, "grad_scale", None)
-        grad_scale = None if grad_scale is None else grad_scale.reshape(()).to(torch.float32)
-        scaler_found_inf = getattr(self, "found_inf", None)
-        found_inf = None if scaler_found_inf is None else scaler_found_inf.reshape(()).to(torch.float32)
-        clip_coef = None
-        if found_inf is not None:
-            last["found_nonfinite"] = found_inf > 0
-
-        if self.max_grad_norm is not None or self.nonfinite != "ignore":
-            norm, nonfinite = self._check(all_grads, device, grad_scale, ready, reduction)
-            last["grad_norm"] = norm
-            last["found_nonfinite"] = nonfinite if found_inf is None else nonfinite | (found_inf > 0)
-            if self.nonfinite == "raise":
-                self._raise_if_nonfinite(nonfinite, found_inf)
-            elif self.nonfinite == "skip":
-                flag = nonfinite.to(torch.float32)
-                found_inf = flag if found_inf is None else torch.maximum(found_inf, flag)
-            if self.max_grad_norm is not None:
-                clip_coef = torch.clamp(self.max_grad_norm / (norm + CLIP_EPS), max=1.0)
-
-        fresh: set[Tensor] = set()
-        states_per_group = [self._group_states(group, params, fresh)
+        # Lazy state, created but not installed: _launch installs it.
+        states_per_group = [self._group_states(group, params, plan)
                             for group, (params, _) in zip(self.param_groups, per_group)]
         if reduction is not None:  # kernels get the local shards of params, grads and states
-            fresh_local = {lp for (params, _), (lparams, _) in zip(per_group, per_local)
-                           for p, lp in zip(params, lparams) if p in fresh}
+            plan.fresh_local = {lp for (params, _), (lparams, _) in zip(per_group, per_local)
+                                for p, lp in zip(params, lparams) if p in plan.fresh}
             states_per_group = [_dist.local_states(states) for states in states_per_group]
         else:
-            fresh_local = fresh
-        for group, (params, grads), states in zip(self.param_groups, per_local, states_per_group):
-            for bucket in self._buckets(group, params, grads, states, fresh_local, ready, grad_scale is not None):
-                self._update(bucket, group, grad_scale, clip_coef, found_inf)
+            plan.fresh_local = plan.fresh
+        occurrences = _occurrences(per_group) if duplicated else [None] * len(per_group)
+        for group, (params, grads), states, occ in zip(self.param_groups, per_local, states_per_group, occurrences):
+            if not params:
+                continue
+            plan.calls.append((group, self._buckets(group, params, grads, states, plan, grads_written, occ)))
+            # A later listing of a param reads what the earlier one wrote: its calls are prepared at launch.
+            for k in range(1, max(occ) + 1 if occ else 1):
+                plan.calls.append((group, functools.partial(self._buckets, group, params, grads, states, plan,
+                                                            grads_written, occ, k)))
+        return plan
+
+    def _launch(self, plan: _StepPlan, grad_scale, clip_coef, found_inf) -> None:
+        """Installs the state ``_plan`` created, then runs every update call and copies temporaries back. Should
+        the first call refuse its arguments (only the kernels check state replaced by hand), the installed state
+        is taken back out: nothing was written yet."""
+        previous = {p: dict(self.state[p]) if p in self.state else None for p in plan.new_state}
+        for p, entries in plan.new_state.items():
+            self.state[p].update(entries)
+        launched = False
+        for group, buckets in plan.calls:
+            for bucket in buckets() if callable(buckets) else buckets:
+                # A later occurrence of a duplicated param finds its grad unscaled already.
+                scale = grad_scale if bucket.occurrence == 0 else None
+                try:
+                    self._update(bucket, group, scale, clip_coef, found_inf)
+                except RuntimeError as error:
+                    if not launched:
+                        for p, state in previous.items():
+                            if state is None:
+                                del self.state[p]
+                            else:
+                                self.state[p].clear()
+                                self.state[p].update(state)
+                    raise self._named_error(error, plan, group, bucket) from error
+                launched = True
                 for original, tmp in bucket.writeback:
                     original.copy_(tmp)
-        if fresh and found_inf is not None:
-            self._after_skippable_first_step(fresh, found_inf)
-        return loss
+        if plan.fresh and found_inf is not None:
+            self._after_skippable_first_step(plan.fresh, found_inf)
+
+    def _named_error(self, error: RuntimeError, plan: _StepPlan, group: dict, bucket: Bucket) -> RuntimeError:
+        """A backend's error names an index within its call ("params[1]", "param 1"); say which param of which
+        group that is. (The step's own validation catches bad input before any call; this is for what only a
+        kernel checks, such as a state tensor replaced by hand.)"""
+        message = str(error)
+        found = re.search(r"\[(\d+)\]|param (\d+)", message) if message.startswith("fusedopt:") else None
+        if not found or int(found.group(1) or found.group(2)) >= len(bucket.params):
+            return error
+        kernel_param = bucket.params[int(found.group(1) or found.group(2))]
+        gi = next(i for i, g in enumerate(self.param_groups) if g is group)
+        # The bucket holds what the kernels got (local shards of DTensors): find its place in the group.
+        j = next(j for j, lp in enumerate(plan.per_local[gi][0]) if lp is kernel_param)
+        param = plan.per_group[gi][0][j]
+        pi = next(i for i, p in enumerate(group["params"]) if p is param)
+        return type(error)(f"{type(self).__name__}: {self._describe(gi, pi)}: {message}")
 
     def _after_skippable_first_step(self, fresh: set[Tensor], found_inf: Tensor) -> None:
         """Called when some params got their state this step and the step may have been skipped."""
@@ -348,18 +607,61 @@ class FusedOptimizer(torch.optim.Optimizer):
             per_group.append((params, [p.grad for p in params]))
         return per_group
 
-    def _validate(self, per_group) -> bool | object:
-        """Raise a clear error for any grad the step cannot take, before anything is changed. Returns False
-        (valid input that reaches here needs the general, layout-converting path), or ``_torch_path.SPARSE``
-        when valid grads include sparse ones (taken by torch's for-loop)."""
+    # --- validation at step time ---
+    _HYPERPARAMETERS: tuple[str, ...] = ()  # the numeric hyperparameters of a group (a tuple value: each entry)
+
+    @classmethod
+    def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
+        """The constructor's checks of a group's hyperparameters, in torch.optim's order and words. At step time
+        (``at_step``) a tensor value is compared only when that needs no sync (see ``_readable``)."""
+
+    def _check_group(self, group: dict, gi: int, remember: bool = True) -> None:
+        """A group's hyperparameters as the constructor checks them (they may have been written into
+        ``param_groups`` or loaded since): numbers or tensors, in range. The error says which group. A group
+        whose values are the very objects checked at the last step is not checked again (``remember``)."""
+        values = tuple(group.values())
+        checked = self.__dict__.get("_checked_groups")
+        if checked is not None and gi < len(checked) and checked[gi][0] is group \
+                and len(checked[gi][1]) == len(values) and all(map(operator.is_, checked[gi][1], values)):
+            return
+        mutable = False  # a tensor or a list may change in place: such a group is checked at every step
+        for key in self._HYPERPARAMETERS:
+            mutable |= isinstance(group[key], list)
+            for value in (group[key] if isinstance(group[key], (tuple, list)) else (group[key],)):
+                if type(value) in (float, int):
+                    continue
+                mutable |= isinstance(value, Tensor)
+                if isinstance(value, str) or not isinstance(value, (numbers.Real, Tensor)):
+                    raise TypeError(f"Invalid {key} value: {group[key]!r} in param group {gi}; expected a number "
+                                    f"or a 1-element tensor, got {type(value).__name__}")
+        try:
+            self._check_hyperparameters(group, at_step=True)
+        except ValueError as error:
+            raise ValueError(f"{error} (param group {gi})") from None
+        if remember and not mutable and not torch.compiler.is_compiling():
+            if checked is None:
+                checked = self.__dict__["_checked_groups"] = []
+            checked.extend([(None, ())] * (gi + 1 - len(checked)))
+            checked[gi] = (group, values)
+
+    def _validate(self, per_group, per_local=None, grads_written: bool = False) -> bool | object:
+        """Raise a clear error for any param or grad the step cannot take, naming it in its group, before
+        anything is changed. Returns whether some param is listed more than once (then updated once per
+        listing, in order), or ``_torch_path.SPARSE`` when valid grads include sparse ones (taken by torch's
+        for-loop). Input valid but not kernel-ready (layouts, lazy negation, misalignment) takes the general
+        path's temporaries. Without ``per_local`` (torch's for-loop, _torch_path, which updates one tensor after
+        another) memory shared between tensors is not checked."""
         name = type(self).__name__
         device = None
         sparse = False
-        for gi, group in enumerate(self.param_groups):
-            for pi, p in enumerate(group["params"]):
-                g = p.grad
-                if g is None:
-                    continue
+        # While torch.compile traces, tensors have no addresses and inference mode cannot be queried: those checks
+        # are left to eager steps.
+        compiling = torch.compiler.is_compiling()
+        inference_ok = compiling or torch.is_inference_mode_enabled()
+        for gi, (group, (params, grads)) in enumerate(zip(self.param_groups, per_group)):
+            index = iter(range(len(group["params"])))
+            for p, g in zip(params, grads):
+                pi = next(i for i in index if group["params"][i] is p)
                 where = self._describe(gi, pi)
                 if g.is_sparse:
                     if not self._SPARSE_GRADS:
@@ -383,7 +685,16 @@ class FusedOptimizer(torch.optim.Optimizer):
                     raise RuntimeError(
                         f"{name}: all parameters with gradients must be on one device (global-norm clipping "
                         f"and the non-finite check span them all); got {device} and {p.device} ({where})")
-        return _torch_path.SPARSE if sparse else False
+                if not inference_ok and p.is_inference():
+                    # torch.optim's in-place update raises this (torch's words), after updating earlier params.
+                    raise RuntimeError(f"{name}: {where} is an inference tensor (created under "
+                                       f"torch.inference_mode()): Inplace update to inference tensor outside "
+                                       f"InferenceMode is not allowed. Make a clone to get a normal tensor")
+        if sparse:
+            return _torch_path.SPARSE
+        if compiling or per_local is None:
+            return False
+        return _check_memory(self, per_group, per_local, grads_written)
 
     def _describe(self, group_index: int, param_index: int) -> str:
         group = self.param_groups[group_index]
@@ -397,8 +708,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         """The check pass: global norm (unscaled, pre-clip) and the non-finite flag, both on the device. With
         ``reduction`` (DTensor params), ``grads`` are local shards and the sums are all-reduced over the ranks."""
         if not ready:  # kernels take contiguous real tensors; this pass only reads, so copies need no writeback
-            grads = [g if g.is_contiguous() else g.contiguous()
-                     for g in (torch.view_as_real(g) if g.is_complex() else g for g in grads)]
+            grads = [_read_only_input(g) for g in grads]
         if reduction is None:
             total = self._check_sums(grads, device)
         else:
@@ -435,36 +745,61 @@ class FusedOptimizer(torch.optim.Optimizer):
         raise RuntimeError(f"{type(self).__name__}: non-finite gradient (NaN or inf) in {where}; "
                            f"nothing was updated")
 
-    def _group_states(self, group: dict, params: list[Tensor], fresh: set[Tensor]) -> list[dict | None]:
-        """The state of each param, created where missing (lazy state creation; torch.compile runs this part
-        eagerly). Params whose state is created now are added to ``fresh``."""
+    def _installed_group_states(self, group: dict, params: list[Tensor]) -> list[dict]:
+        """The state of each param, missing entries created and installed at once: for torch's for-loop
+        (_torch_path), which has validated its input and writes from here on."""
+        plan = _StepPlan(per_group=[], per_local=[], check_grads=[], device=None, ready=False, reduction=None)
+        self._group_states(group, params, plan)
+        for p, entries in plan.new_state.items():
+            self.state[p].update(entries)
+        return [self.state[p] for p in params]
+
+    def _group_states(self, group: dict, params: list[Tensor], plan: _StepPlan) -> list[dict | None]:
+        """The state of each param: its own, or one created now (lazy state creation; torch.compile runs this
+        part eagerly) and recorded in ``plan`` (``new_state``, ``fresh``) for ``_launch`` to install."""
         states = [self.state.get(p) for p in params]
+        new_state = plan.new_state
         for i in self._missing_states(states, group):
-            p, state = params[i], states[i] or {}
-            self._init_state(p, state, group)
-            if state:  # a stateless algorithm (SGD without momentum) leaves no empty entry behind
-                self.state[p] = states[i] = state
-                fresh.add(p)
+            p = params[i]
+            entries = new_state.get(p)  # a param listed twice gets one state
+            if entries is None:
+                entries = {}
+                self._init_state(p, entries, group)
+                if not entries:  # a stateless algorithm (SGD without momentum) leaves no empty entry behind
+                    continue
+                new_state[p] = entries
+                plan.fresh.add(p)
+            states[i] = {**(states[i] or {}), **entries}
         if self.master_weights:
             # Created from the param on its first step, also for states loaded from a torch checkpoint.
             for i, p in enumerate(params):
                 if self._keeps_master(p.dtype) and MASTER_KEY not in (states[i] or ()):
-                    state = states[i] if states[i] is not None else {}
-                    state[MASTER_KEY] = torch.empty_like(p, dtype=torch.float32).copy_(p)
-                    self.state[p] = states[i] = state
+                    entries = new_state.setdefault(p, {})
+                    if MASTER_KEY not in entries:
+                        entries[MASTER_KEY] = torch.empty_like(p, dtype=torch.float32).copy_(p)
+                    states[i] = {**(states[i] or {}), **entries}
         return states
 
     def _buckets(self, group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict | None],
-                 fresh: set[Tensor], ready: bool, grads_written: bool) -> list[Bucket]:
-        """Split a group's params by dtype into backend calls, with kernel-ready tensor lists."""
+                 plan: _StepPlan, grads_written: bool, occurrences: list[int] | None = None,
+                 occurrence: int = 0) -> list[Bucket]:
+        """Split a group's params by dtype into backend calls, with kernel-ready tensor lists. With
+        ``occurrences`` (some param is listed twice), only the params at that ``occurrence`` of theirs."""
         keys = self._state_keys(group)
+        fresh, ready = plan.fresh_local, plan.ready
         buckets = []
         for dtype, index in _split_by_dtype(params).items():
+            if occurrences is not None:
+                index = [i for i in index if occurrences[i] == occurrence]
+                if not index:
+                    continue
             real_dtype = _REAL_DTYPE.get(dtype, dtype)
-            bucket = Bucket(ops.resolve(self.backend, params[index[0]].device, real_dtype))
+            bucket = Bucket(ops.resolve(self.backend, params[index[0]].device, real_dtype), occurrence=occurrence)
             whole = len(index) == len(params)  # the usual single-dtype group: no re-indexed copies
             bucket.params = params if whole else [params[i] for i in index]
             bucket.states = states if whole else [states[i] for i in index]
+            # A param listed twice is new at each listing of its first step, as in torch.optim's for-loop (which
+            # reads every listing's momentum buffer before updating any).
             bucket.is_first = [p in fresh for p in bucket.params] if fresh else [False] * len(index)
             master = self._keeps_master(dtype)
             if ready:
@@ -477,10 +812,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                 if master:
                     bucket.kmasters = [state[MASTER_KEY] for state in bucket.states]
             else:
+                grad_writeback = bucket.writeback if grads_written and occurrence == 0 else None
                 for i in index:
                     layout = _KernelLayout(params[i])
                     bucket.kparams.append(layout.view(params[i], bucket.writeback))
-                    bucket.kgrads.append(layout.view(grads[i], bucket.writeback if grads_written else None))
+                    bucket.kgrads.append(layout.view(grads[i], grad_writeback))
                     for key in keys:
                         bucket.kstates[key].append(layout.view(states[i][key], bucket.writeback))
                     if master:
@@ -536,7 +872,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                     # The state dtype (the base class cast to the param's dtype), and the param's layout (what
                     # _init_state gives, and the fast path relies on).
                     dtype = state_dtype(p, self.state_dtype)
-                    if state[key].dtype != dtype or state[key].stride() != p.stride():
+                    if state[key].dtype != dtype or state[key].stride() != p.stride() or _needs_copy(state[key]):
                         state[key] = torch.empty_like(p, dtype=dtype).copy_(value)
                 elif key == MASTER_KEY:
                     if self._keeps_master(p.dtype) and torch.is_tensor(value):
@@ -545,18 +881,61 @@ class FusedOptimizer(torch.optim.Optimizer):
                         del state[key]
 
     def _validate_loaded_state(self, state_dict: dict) -> None:
+        """The whole dict, before anything is installed (a load that raises changes nothing): the groups'
+        hyperparameters as ``step`` checks them, and every state entry: tensor states of the param's shape (and
+        sharding), floating or complex, with values that can be moved to the param's device; ``step`` counts
+        that are non-negative numbers (a count of -1 would divide by a zero bias correction)."""
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             return  # the base class raises its own error for this
         for gi, (saved_group, group) in enumerate(zip(saved_groups, self.param_groups)):
             if len(saved_group["params"]) != len(group["params"]):
                 return
+            # What the group will hold after the load: the saved values, flags an older checkpoint lacks filled
+            # in (see __setstate__), and this group's value for anything else it lacks.
+            self._check_group({**group, **self._LEGACY_FLAG_DEFAULTS, **saved_group}, gi, remember=False)
+        for gi, (saved_group, group) in enumerate(zip(saved_groups, self.param_groups)):
             for pi, (saved_id, p) in enumerate(zip(saved_group["params"], group["params"])):
+                where = self._describe(gi, pi)
                 for key, value in state_dict["state"].get(saved_id, {}).items():
-                    if key in self._TENSOR_STATE_KEYS and torch.is_tensor(value):
-                        _dist.check_state_layout(value, p, self._describe(gi, pi), key)
-                    if (key in self._TENSOR_STATE_KEYS or key == MASTER_KEY) and torch.is_tensor(value) \
-                            and value.shape != p.shape:
+                    if key == "step":
+                        _check_loaded_step(value, p, where)
+                        continue
+                    if not torch.is_tensor(value) or not (key in self._TENSOR_STATE_KEYS or key == MASTER_KEY):
+                        continue
+                    if key in self._TENSOR_STATE_KEYS:
+                        _dist.check_state_layout(value, p, where, key)
+                    if value.shape != p.shape:
                         raise ValueError(
-                            f"loaded state dict does not match {self._describe(gi, pi)}: state {key!r} has shape "
+                            f"loaded state dict does not match {where}: state {key!r} has shape "
                             f"{list(value.shape)}, the parameter has shape {list(p.shape)}")
+                    if not (value.is_floating_point() or value.is_complex()):
+                        raise ValueError(f"loaded state dict does not match {where}: state {key!r} has dtype "
+                                         f"{value.dtype}; optimizer states are floating tensors")
+                    _check_movable(value, p, where, key)
+
+
+def _check_movable(value: Tensor, param: Tensor, where: str, key: str) -> None:
+    """A loaded tensor must be copyable to its param's device (a meta tensor holds no values)."""
+    if value.device.type == "meta" and param.device.type != "meta":
+        raise ValueError(f"loaded state dict does not match {where}: state {key!r} is a meta tensor (no values), "
+                         f"the parameter is on {param.device}")
+
+
+def _check_loaded_step(value, param: Tensor, where: str) -> None:
+    if torch.is_tensor(value):
+        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+            raise ValueError(f"loaded state dict does not match {where}: 'step' must be a number or a one-element "
+                             f"real tensor, got {value.dtype}{list(value.shape)}")
+        _check_movable(value, param, where, "step")
+        if value.device.type == "meta":
+            return
+        count = float(value.item())  # once per load, not per step
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        count = float(value)
+    else:
+        raise ValueError(f"loaded state dict does not match {where}: 'step' must be a number or a one-element "
+                         f"real tensor, got {type(value).__name__} {value!r}")
+    if not count >= 0.0:
+        raise ValueError(f"loaded state dict does not match {where}: 'step' is {count:g}; step counts are "
+                         f"non-negative")

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 from torch.optim.adam import adam as torch_adam
 
-from fusedopt.optim._base import Bucket, FusedOptimizer
+from fusedopt.optim._base import Bucket, FusedOptimizer, _readable
 
 
 def _to_scalar(beta):
@@ -52,21 +52,38 @@ class Adam(FusedOptimizer):
                  fused: bool | None = None, decoupled_weight_decay: bool = False,
                  max_grad_norm: float | None = None, nonfinite: str = "ignore", backend: str = "auto",
                  master_weights: bool = False, state_dtype: torch.dtype | None = None):
+        self._check_hyperparameters(dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach,
+                                         capturable=capturable))
+        betas = tuple(_to_scalar(beta) for beta in betas)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        maximize=maximize, foreach=foreach, capturable=capturable, differentiable=differentiable,
+                        fused=fused, decoupled_weight_decay=decoupled_weight_decay)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
+                         master_weights=master_weights, state_dtype=state_dtype)
+
+    _HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay")
+
+    @classmethod
+    def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
         # The same checks, in the same order and words, as torch.optim.Adam.
+        lr, betas, eps, weight_decay = hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"]
+        foreach, capturable = hp.get("foreach"), hp.get("capturable", False)
         if isinstance(lr, Tensor):
             if foreach and not capturable:
                 raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
             if lr.numel() != 1:
                 raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
+        if _readable(lr, at_step) and not 0.0 <= lr:
             raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
+        if _readable(eps, at_step) and not 0.0 <= eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= betas[0] < 1.0:
+        if at_step and len(betas) != 2:
+            raise ValueError(f"Invalid betas: {betas}; expected two values")
+        if _readable(betas[0], at_step) and not 0.0 <= betas[0] < 1.0:
             raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
+        if _readable(betas[1], at_step) and not 0.0 <= betas[1] < 1.0:
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not 0.0 <= weight_decay:
+        if _readable(weight_decay, at_step) and not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         if not ((isinstance(betas[0], float) and isinstance(betas[1], float))
                 or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))):
@@ -78,12 +95,6 @@ class Adam(FusedOptimizer):
                                      f"foreach=True")
                 if beta.numel() != 1:
                     raise ValueError(f"Tensor betas[{i}] must be 1-element")
-        betas = tuple(_to_scalar(beta) for beta in betas)
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, foreach=foreach, capturable=capturable, differentiable=differentiable,
-                        fused=fused, decoupled_weight_decay=decoupled_weight_decay)
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
-                         master_weights=master_weights, state_dtype=state_dtype)
 
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
         state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
@@ -96,7 +107,7 @@ class Adam(FusedOptimizer):
     def _torch_update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         # torch.optim.Adam.step's body for one group, on fusedopt's lazy state (the same layout for the dtypes
         # this path takes; `step` lives on the param's device, which torch's non-capturable loop reads as a float).
-        states = self._group_states(group, params, set())
+        states = self._installed_group_states(group, params)
         steps = [state["step"] for state in states]
         if group["differentiable"] and any(step.requires_grad for step in steps):
             raise RuntimeError("`requires_grad` is not supported for `step` in differentiable mode")

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 from torch.optim.sgd import sgd as torch_sgd
 
-from fusedopt.optim._base import Bucket, FusedOptimizer
+from fusedopt.optim._base import Bucket, FusedOptimizer, _readable
 
 
 class SGD(FusedOptimizer):
@@ -52,21 +52,30 @@ class SGD(FusedOptimizer):
                  foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None,
                  max_grad_norm: float | None = None, nonfinite: str = "ignore", backend: str = "auto",
                  master_weights: bool = False, state_dtype: torch.dtype | None = None):
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
                         fused=fused)
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        self._check_hyperparameters(defaults)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
                          master_weights=master_weights, state_dtype=state_dtype)
+
+    _HYPERPARAMETERS = ("lr", "momentum", "dampening", "weight_decay")
+
+    @classmethod
+    def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
+        # torch.optim.SGD's checks, in its order and words.
+        lr, momentum, weight_decay = hp["lr"], hp["momentum"], hp["weight_decay"]
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if _readable(lr, at_step) and lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if _readable(momentum, at_step) and momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if _readable(weight_decay, at_step) and weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if hp.get("nesterov") and _readable(momentum, at_step) and _readable(hp["dampening"], at_step) \
+                and (momentum <= 0 or hp["dampening"] != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
     def _missing_states(self, states: list[dict | None], group: dict) -> list[int]:
         if group["momentum"] == 0:

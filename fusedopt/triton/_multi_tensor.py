@@ -74,6 +74,7 @@ def tables(device: torch.device, columns: list[list[Tensor]], numels: tuple[int,
         return hit
     if disjoint:
         check_disjoint(disjoint)
+    check_aligned(columns)
     records = []
     for i, numel in enumerate(numels):
         records.append(numel)
@@ -137,7 +138,7 @@ def check_list(tensors: list[Tensor], what: str, device: torch.device, dtypes: t
         check_length(len(tensors), length, what)
     if (set(map(_DEVICE, tensors)) == {device} and set(map(_LAYOUT, tensors)) == {torch.strided}
             and len(found := set(map(_DTYPE, tensors))) == 1 and next(iter(found)) in dtypes
-            and all(map(Tensor.is_contiguous, tensors))
+            and all(map(Tensor.is_contiguous, tensors)) and not any(map(Tensor.is_neg, tensors))
             and (numels is None or tuple(map(Tensor.numel, tensors)) == numels)):
         return tensors[0].dtype
     for i, t in enumerate(tensors):  # find the first bad tensor, for the message
@@ -149,6 +150,8 @@ def check_list(tensors: list[Tensor], what: str, device: torch.device, dtypes: t
             _fail(f"{what}[{i}] is complex ({t.dtype}), which is not supported")
         if not t.is_contiguous():
             _fail(f"{what}[{i}] is not contiguous")
+        if t.is_neg():
+            _fail(f"{what}[{i}] has its negative bit set (a lazy negation view); pass t.resolve_neg()")
         if t.dtype not in dtypes:
             _fail(f"{what}[{i}] has dtype {t.dtype}, expected {' or '.join(map(str, dtypes))}")
         if t.dtype != tensors[0].dtype:
@@ -196,6 +199,24 @@ def check_disjoint(columns: list[list[Tensor]]) -> None:
         if len(spans) < sum(1 for t in tensors if t.numel()) or any(
                 b[0] < a[1] for a, b in zip(spans, spans[1:])):
             _fail(f"the tensors of param {i} (param, grad, master copy and states) must not share memory")
+
+
+def check_aligned(columns: list[list[Tensor]]) -> None:
+    """Every address in the tables is aligned to its element size (torch.frombuffer at an odd offset is not):
+    checked when the tables are built, as it depends on the key."""
+    for k, col in enumerate(columns):
+        for i, t in enumerate(col):
+            if t.data_ptr() % t.element_size():
+                _fail(f"tensor {i} of argument list {k} ({t.dtype}) is not aligned to its element size "
+                      f"({t.element_size()} bytes)")
+
+
+def bump_versions(*written: list[Tensor]) -> None:
+    """The version counter of every tensor a kernel writes goes up, as torch's in-place ops do (autograd then
+    refuses a backward through a graph that saved one of them); inference tensors have none."""
+    for tensors in written:
+        if tensors:
+            torch.autograd.graph.increment_version(tensors)
 
 
 def check_scalar(t: Tensor | None, what: str, device: torch.device, float32_only: bool = False) -> None:

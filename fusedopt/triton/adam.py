@@ -130,6 +130,7 @@ def adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_pa
                master_params if has_master else params, steps]
     disjoint = [params, grads, *states.values(), *([master_params] if has_master else [])]
     records, work, n_work = mt.tables(device, columns, numels, block, disjoint=disjoint)
+    mt.bump_versions(params, master_params, *states.values(), steps, grads if grad_scale is not None else [])
     dummy = records
     lr_arg, found_inf_arg = mt.pointer_or_dummy(lr_tensor, dummy), mt.pointer_or_dummy(found_inf, dummy)
     bias = torch.empty((len(params), 2), dtype=torch.float32, device=device)  # step_size, bc2_sqrt per tensor

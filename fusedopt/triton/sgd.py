@@ -85,6 +85,7 @@ def sgd_update(params, grads, momentum_buffers, master_params, is_first, lr, wei
     first = tuple(int(bool(f)) for f in is_first) if has_momentum else (0,) * len(params)
     disjoint = [params, grads, *states.values(), *([master_params] if has_master else [])]
     records, work, n_work = mt.tables(device, columns, numels, block, extra=first, disjoint=disjoint)
+    mt.bump_versions(params, master_params, *states.values(), grads if grad_scale is not None else [])
     if n_work == 0:
         return
     dummy = records
