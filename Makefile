@@ -105,6 +105,16 @@ cuda-sanitize: cuda-build
 			-k "$(SANITIZE_TESTS) and not cuda-emu" || exit 1; \
 	done
 
+# On a fresh GPU machine (torch, Triton, nvcc, compute-sanitizer installed; no .venv): build against the installed
+# torch, the GPU tests, the op tests under compute-sanitizer and the GPU benchmark, within 8 minutes, results under
+# bench/results/gpu-check-DATE/ (and in $(OUT) when set, as the device tool's). See bench/gpu_check.py.
+GPU_PY ?= python3
+gpu-check:
+	$(GPU_PY) bench/gpu_check.py $(if $(OUT),--out $(OUT))
+
+gpu-check-dry-run:
+	$(PY) bench/gpu_check.py --dry-run
+
 # The default benchmark run (README, "Benchmark"): tables, a verdict, JSON and PNGs under bench/results/.
 # Options go through BENCH_ARGS, e.g. `make bench BENCH_ARGS="--suite sweep --optim adamw"`.
 bench: build

@@ -128,8 +128,9 @@ struct Thread {
 #else
   ucontext_t uc;
 #endif
-  char* stack = nullptr;  // lowest usable byte (a guard page lies below)
+  char* stack = nullptr;  // lowest usable byte (a guard page lies below); taken when the thread starts
   State state = State::Done;
+  bool started = false;
   unsigned tid = 0, warp = 0, lane = 0;
   Index idx{0, 0, 0};
   uint64_t value = 0;  // a warp primitive's operand, then its result
@@ -192,21 +193,38 @@ std::string where(const Thread& t) {
   return s.str();
 }
 
-char* stack_for(unsigned tid) {
-  static std::vector<char*> stacks(kMaxThreadsPerBlock, nullptr);
-  if (stacks[tid] == nullptr) {
-    const size_t page = size_t(sysconf(_SC_PAGESIZE));
-    void* base = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                      -1, 0);
-    if (base == MAP_FAILED) throw std::runtime_error("cuda_emu: cannot map a fiber stack");
-    mprotect(base, page, PROT_NONE);  // a stack overflow faults instead of corrupting its neighbour
-    stacks[tid] = static_cast<char*>(base) + page;
+// Fiber stacks, reused last in, first out: a thread that runs straight through (no barrier) hands its stack,
+// still in cache, to the next one, so a block of an update kernel runs on one stack. Each comes with the lowest
+// address whose ASan shadow may be stale (frames of an exited fiber never return from its last switch, and an
+// abandoned one from none: their redzones stay poisoned), cleared when the stack is taken again.
+struct FreeStack {
+  char* stack;
+  const char* dirty_from;
+};
+std::vector<FreeStack> g_free_stacks;
+
+char* take_stack() {
+  if (!g_free_stacks.empty()) {
+    const FreeStack f = g_free_stacks.back();
+    g_free_stacks.pop_back();
+#ifdef CUDA_EMU_ASAN
+    const char* from = std::max<const char*>(f.stack, f.dirty_from);
+    __asan_unpoison_memory_region(from, size_t(f.stack + kStackBytes - from));
+#endif
+    return f.stack;
   }
-  return stacks[tid];
+  const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  void* base =
+      mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) throw std::runtime_error("cuda_emu: cannot map a fiber stack");
+  mprotect(base, page, PROT_NONE);  // a stack overflow faults instead of corrupting its neighbour
+  return static_cast<char*>(base) + page;
 }
 
+void release_stack(char* stack, const char* dirty_from) { g_free_stacks.push_back({stack, dirty_from}); }
+
 void fresh_context(Thread& t) {
-  t.stack = stack_for(t.tid);
+  t.stack = take_stack();
 #if defined(__x86_64__)
   // The frame cuda_emu_switch pops: control words, r15..r12, rbx (the record), rbp, return into the trampoline.
   // After that return rsp is 16-byte aligned, as the trampoline's call expects.
@@ -233,6 +251,10 @@ void fresh_context(Thread& t) {
 // Scheduler -> thread t, until t waits or exits.
 void resume(Thread& t) {
   Scheduler& s = g_sched;
+  if (!t.started) {
+    fresh_context(t);
+    t.started = true;
+  }
   s.warps[t.warp].ready &= ~(1u << t.lane);
   t.state = State::Running;
   s.current = &t;
@@ -326,7 +348,7 @@ void run_block(Body body, void* ctx, std::mt19937_64& rng, bool shuffle) {
     t.warp = i / kWarpSize;
     t.lane = i % kWarpSize;
     t.idx = Index{i % bx, (i / bx) % by, i / (bx * by)};
-    fresh_context(t);
+    t.started = false;
     make_ready(t);
   }
   s.warp_order.resize(s.nwarps);
@@ -345,12 +367,12 @@ void run_block(Body body, void* ctx, std::mt19937_64& rng, bool shuffle) {
   }
   s.stats.threads += s.nthreads;
   ++s.stats.blocks;
-#ifdef CUDA_EMU_ASAN
-  // Abandoned fibers leave their frames' poisoned redzones behind: clear them before the stacks are reused.
-  if (s.failed) {
-    for (unsigned i = 0; i < s.nthreads; ++i) __asan_unpoison_memory_region(s.threads[i].stack, kStackBytes);
+  if (s.failed) {  // the stacks of the threads left waiting
+    for (unsigned i = 0; i < s.nthreads; ++i) {
+      Thread& t = s.threads[i];
+      if (t.started && t.state != State::Done) release_stack(t.stack, t.stack);
+    }
   }
-#endif
 }
 
 
@@ -621,6 +643,9 @@ extern "C" void cuda_emu_fiber_main(cuda_emu::detail::Thread* t) {
   if (!s.failed && w.arrived != 0 && (w.mask >> t->lane & 1u)) {
     fail(*t, std::string("deadlock: a lane exited while its warp waits for it at ") + warp_op_name(w.op));
   }
+  // Nothing runs on this stack before the scheduler starts another thread; the frames below this one (the last
+  // switch) stay behind.
+  release_stack(t->stack, static_cast<const char*>(__builtin_frame_address(0)) - 8192);
   suspend(*t, true);
   __builtin_unreachable();
 }
