@@ -46,7 +46,8 @@ test-cuda-emu: build cuda-emu
 # The emulated CUDA tests with the kernels under AddressSanitizer + UBSan: an out-of-bounds access of a kernel
 # aborts the run with ASan's report. An ASan'ed extension needs the ASan runtime loaded first (LD_PRELOAD, as
 # gcc reports it) and libstdc++ right after it (else ASan's __cxa_throw interceptor finds no real one and the
-# first C++ exception, e.g. a validation error, aborts); Python itself leaks by design (detect_leaks=0).
+# first C++ exception, e.g. a validation error, aborts); Python itself leaks by design (detect_leaks=0). pytest
+# captures only sys.stdout/stderr (--capture=sys), so that ASan's report, written to fd 2, is seen before the abort.
 # EMU_ASAN_TESTS selects the cases: a share of the emulated ones that takes every kernel, dtype path, table
 # overflow, misaligned and skipped case (ASan makes the kernels several times slower).
 EMU_ASAN_TESTS ?= cuda-emu and (test_op_block_order or test_adam_without or test_op_validation or \
@@ -57,7 +58,7 @@ ASAN_PRELOAD = $(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print
 test-cuda-emu-asan: build cuda-emu-asan
 	FUSEDOPT_CUDA_EMU_DIR=$(CURDIR)/$(CUDA_EMU_ASAN) LD_PRELOAD="$(ASAN_PRELOAD)" \
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-		$(PY) -m pytest tests/test_cuda.py -q -ra -p no:cacheprovider --durations=5 -k "$(EMU_ASAN_TESTS)"
+		$(PY) -m pytest tests/test_cuda.py -q -ra -p no:cacheprovider --capture=sys --durations=5 -k "$(EMU_ASAN_TESTS)"
 
 # Native test of csrc/include/fusedopt/math.h alone (no torch), built with CMake, run with ctest.
 test-cpp:

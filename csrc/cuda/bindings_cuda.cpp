@@ -23,15 +23,15 @@ struct CudaRuntime {
 
 }  // namespace
 
-at::Tensor check(at::TensorList grads) { return check<CudaRuntime>(grads); }
+at::Tensor check(at::TensorList grads) { return check_op<CudaRuntime>(grads); }
 
 void sgd_update(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                 at::TensorList master_params, c10::List<bool> is_first, double lr, double weight_decay,
                 double momentum, double dampening, bool nesterov, bool maximize,
                 const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& grad_scale,
                 const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& found_inf) {
-  sgd_update<CudaRuntime>(params, grads, momentum_buffers, master_params, is_first, lr, weight_decay, momentum,
-                          dampening, nesterov, maximize, lr_tensor, grad_scale, clip_coef, found_inf);
+  sgd_update_op<CudaRuntime>(params, grads, momentum_buffers, master_params, is_first, lr, weight_decay, momentum,
+                             dampening, nesterov, maximize, lr_tensor, grad_scale, clip_coef, found_inf);
 }
 
 void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
@@ -40,9 +40,9 @@ void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp
                  bool decoupled, const std::optional<at::Tensor>& lr_tensor,
                  const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& clip_coef,
                  const std::optional<at::Tensor>& found_inf) {
-  adam_update<CudaRuntime>(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, steps, lr, beta1,
-                           beta2, eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor, grad_scale, clip_coef,
-                           found_inf);
+  adam_update_op<CudaRuntime>(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, steps, lr,
+                              beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor, grad_scale,
+                              clip_coef, found_inf);
 }
 
 TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) {

@@ -4,7 +4,8 @@
 // raw-pointer arguments of kernels.h and calls the kernels. Nothing here reads a device value on the host:
 // lr_tensor, grad_scale, clip_coef, found_inf and the step counts are read by the kernels.
 //
-// A Runtime says what differs between the two:
+// check_op<Runtime>, sgd_update_op<Runtime> and adam_update_op<Runtime> take the ops' arguments; a Runtime says
+// what differs between the two:
 //   static constexpr c10::DeviceType kDeviceType;           the tensors' device type
 //   struct Guard { explicit Guard(c10::Device); };          makes the device current for the op
 //   static cudaStream_t stream();                           the stream the kernels run on
@@ -55,7 +56,7 @@ class Scalars {
 };
 
 template <typename Runtime>
-at::Tensor check(at::TensorList grads) {
+at::Tensor check_op(at::TensorList grads) {
   TORCH_CHECK(!grads.empty(), "fusedopt: check needs at least one grad");
   const c10::Device device = grads[0].device();
   std::vector<cuda::GradView> views;
@@ -74,11 +75,11 @@ at::Tensor check(at::TensorList grads) {
 }
 
 template <typename Runtime>
-void sgd_update(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                at::TensorList master_params, const c10::List<bool>& is_first, double lr, double weight_decay,
-                double momentum, double dampening, bool nesterov, bool maximize,
-                const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& grad_scale,
-                const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& found_inf) {
+void sgd_update_op(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                   at::TensorList master_params, const c10::List<bool>& is_first, double lr, double weight_decay,
+                   double momentum, double dampening, bool nesterov, bool maximize,
+                   const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& grad_scale,
+                   const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& found_inf) {
   cuda::SgdArgs args;
   validate::fill_params(args, params, grads);
   validate::fill_master_params(args, params, master_params);
@@ -99,12 +100,12 @@ void sgd_update(at::TensorList params, at::TensorList grads, at::TensorList mome
 }
 
 template <typename Runtime>
-void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-                 at::TensorList max_exp_avg_sqs, at::TensorList master_params, at::TensorList steps, double lr,
-                 double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
-                 bool decoupled, const std::optional<at::Tensor>& lr_tensor,
-                 const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& clip_coef,
-                 const std::optional<at::Tensor>& found_inf) {
+void adam_update_op(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                    at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList master_params,
+                    at::TensorList steps, double lr, double beta1, double beta2, double eps, double weight_decay,
+                    bool amsgrad, bool maximize, bool decoupled, const std::optional<at::Tensor>& lr_tensor,
+                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& clip_coef,
+                    const std::optional<at::Tensor>& found_inf) {
   cuda::AdamArgs args;
   validate::fill_params(args, params, grads);
   validate::fill_master_params(args, params, master_params);

@@ -41,7 +41,7 @@ c10::List<bool> to_list(const std::vector<bool>& flags) {
 PYBIND11_MODULE(fusedopt_cuda_emu, m) {
   using namespace fusedopt::cuda_ops;
   m.doc() = "fusedopt's CUDA kernels on an emulated CUDA grid, on CPU tensors (tests only)";
-  m.def("check", [](const std::vector<at::Tensor>& grads) { return check<EmuRuntime>(grads); }, py::arg("grads"));
+  m.def("check", [](const std::vector<at::Tensor>& grads) { return check_op<EmuRuntime>(grads); }, py::arg("grads"));
   m.def(
       "sgd_update",
       [](const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
@@ -49,8 +49,9 @@ PYBIND11_MODULE(fusedopt_cuda_emu, m) {
          const std::vector<bool>& is_first, double lr, double weight_decay, double momentum, double dampening,
          bool nesterov, bool maximize, const OptTensor& lr_tensor, const OptTensor& grad_scale,
          const OptTensor& clip_coef, const OptTensor& found_inf) {
-        sgd_update<EmuRuntime>(params, grads, momentum_buffers, master_params, to_list(is_first), lr, weight_decay,
-                               momentum, dampening, nesterov, maximize, lr_tensor, grad_scale, clip_coef, found_inf);
+        sgd_update_op<EmuRuntime>(params, grads, momentum_buffers, master_params, to_list(is_first), lr,
+                                  weight_decay, momentum, dampening, nesterov, maximize, lr_tensor, grad_scale,
+                                  clip_coef, found_inf);
       },
       py::arg("params"), py::arg("grads"), py::arg("momentum_buffers"), py::arg("master_params"),
       py::arg("is_first"), py::arg("lr"), py::arg("weight_decay"), py::arg("momentum"), py::arg("dampening"),
@@ -64,9 +65,9 @@ PYBIND11_MODULE(fusedopt_cuda_emu, m) {
          const std::vector<at::Tensor>& steps, double lr, double beta1, double beta2, double eps,
          double weight_decay, bool amsgrad, bool maximize, bool decoupled, const OptTensor& lr_tensor,
          const OptTensor& grad_scale, const OptTensor& clip_coef, const OptTensor& found_inf) {
-        adam_update<EmuRuntime>(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, steps, lr,
-                                beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor, grad_scale,
-                                clip_coef, found_inf);
+        adam_update_op<EmuRuntime>(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, steps,
+                                   lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor,
+                                   grad_scale, clip_coef, found_inf);
       },
       py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"), py::arg("max_exp_avg_sqs"),
       py::arg("master_params"), py::arg("steps"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
