@@ -1,5 +1,6 @@
 # `make bench` runs the benchmark, `make test` the tests; both set up .venv/ from scratch when needed. `make test`
-# also compiles the CUDA kernels against a CUDA torch in .venv-cuda/ and imports them, when nvcc is on the PATH.
+# also runs the CUDA kernels on an emulated grid (build/cuda-emu, and under ASan + UBSan: build/cuda-emu-asan), and
+# compiles them against a CUDA torch in .venv-cuda/ and imports them, when nvcc is on the PATH.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,8 @@ DEPS := $(VENV)/.deps-installed
 MAX_JOBS ?= 2
 export MAX_JOBS
 
-.PHONY: build test test-python test-cpp test-cuda-build cuda-build cuda-sanitize bench clean
+.PHONY: build test test-python test-cpp test-cuda-build cuda-build cuda-sanitize cuda-emu cuda-emu-asan \
+	test-cuda-emu test-cuda-emu-asan gpu-check gpu-check-dry-run bench clean
 
 $(DEPS): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,10 +23,42 @@ build: $(DEPS)
 	$(PY) setup.py --quiet build_ext --inplace
 	$(PY) -c "import pathlib, site; pathlib.Path(site.getsitepackages()[0], 'fusedopt-repo.pth').write_text('$(CURDIR)\n')"
 
-test: test-cpp test-python test-cuda-build
+test: test-cpp test-python test-cuda-emu-asan test-cuda-build
 
-test-python: build
+# The whole suite, the emulated CUDA cases of tests/test_cuda.py ("cuda-emu") included.
+test-python: build cuda-emu
 	$(PY) -m pytest tests -q -ra
+
+# The CUDA kernels of csrc/cuda compiled as host C++ against the emulation in csrc/tests/cuda_emu (no nvcc, no GPU),
+# as the Python module fusedopt_cuda_emu in $(CUDA_EMU)/ (tests/helpers.py: load_cuda_emu). Incremental (ninja).
+CUDA_EMU := build/cuda-emu
+CUDA_EMU_ASAN := build/cuda-emu-asan
+cuda-emu: $(DEPS)
+	$(PY) csrc/tests/cuda_emu/build.py $(CUDA_EMU)
+
+cuda-emu-asan: $(DEPS)
+	$(PY) csrc/tests/cuda_emu/build.py --sanitize $(CUDA_EMU_ASAN)
+
+# Only the emulated CUDA tests (test-python runs them too).
+test-cuda-emu: build cuda-emu
+	$(PY) -m pytest tests/test_cuda.py -q -ra -k cuda-emu
+
+# The emulated CUDA tests with the kernels under AddressSanitizer + UBSan: an out-of-bounds access of a kernel
+# aborts the run with ASan's report. An ASan'ed extension needs the ASan runtime loaded first (LD_PRELOAD, as
+# gcc reports it) and libstdc++ right after it (else ASan's __cxa_throw interceptor finds no real one and the
+# first C++ exception, e.g. a validation error, aborts); Python itself leaks by design (detect_leaks=0). pytest
+# captures only sys.stdout/stderr (--capture=sys), so that ASan's report, written to fd 2, is seen before the abort.
+# EMU_ASAN_TESTS selects the cases: a share of the emulated ones that takes every kernel, dtype path, table
+# overflow, misaligned and skipped case (ASan makes the kernels several times slower).
+EMU_ASAN_TESTS ?= cuda-emu and (test_op_block_order or test_adam_without or test_op_validation or \
+	test_op_check[cuda-emu-float32] or sgd-float16-states_bfloat16-master-plain or \
+	adam-float32-states_float32-found_inf or adam-float16-states_bfloat16-lr_tensor or \
+	cuda-emu-Adam-fusedopt:clip_active-bfloat16-master_weights-bf16_states)
+ASAN_PRELOAD = $(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print-file-name=libstdc++.so)
+test-cuda-emu-asan: build cuda-emu-asan
+	FUSEDOPT_CUDA_EMU_DIR=$(CURDIR)/$(CUDA_EMU_ASAN) LD_PRELOAD="$(ASAN_PRELOAD)" \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		$(PY) -m pytest tests/test_cuda.py -q -ra -p no:cacheprovider --capture=sys --durations=5 -k "$(EMU_ASAN_TESTS)"
 
 # Native test of csrc/include/fusedopt/math.h alone (no torch), built with CMake, run with ctest.
 test-cpp:
@@ -55,7 +89,7 @@ test-cuda-build:
 	@if command -v nvcc > /dev/null 2>&1; then \
 		$(MAKE) --no-print-directory cuda-build && \
 		cd $(CUDA_BUILD)/lib.* && CUDA_HOME=$(NVCC_HOME) PYTHONPATH=$$PWD $(CURDIR)/$(CUDA_PY) -m pytest \
-			$(CURDIR)/tests/test_cuda_build.py $(CURDIR)/tests/test_cuda.py -q -ra -p no:cacheprovider; \
+			$(CURDIR)/tests/test_cuda_build.py $(CURDIR)/tests/test_cuda.py -q -ra -p no:cacheprovider -k "not cuda-emu"; \
 	else \
 		echo "test-cuda-build skipped: no nvcc on the PATH (the CUDA kernels were not compiled)"; \
 	fi
@@ -75,8 +109,18 @@ cuda-sanitize: cuda-build
 	cd $(CUDA_BUILD)/lib.* && for tool in memcheck racecheck synccheck; do \
 		PYTHONPATH=$$PWD PYTORCH_NO_CUDA_MEMORY_CACHING=1 $(COMPUTE_SANITIZER) --tool $$tool --error-exitcode 1 \
 			$(CURDIR)/$(CUDA_PY) -m pytest $(CURDIR)/tests/test_cuda.py -q -x -p no:cacheprovider \
-			-k "$(SANITIZE_TESTS)" || exit 1; \
+			-k "$(SANITIZE_TESTS) and not cuda-emu" || exit 1; \
 	done
+
+# On a fresh GPU machine (torch, Triton, nvcc, compute-sanitizer installed; no .venv): build against the installed
+# torch, the GPU tests, the op tests under compute-sanitizer and the GPU benchmark, within 8 minutes, results under
+# bench/results/gpu-check-DATE/ (and in $(OUT) when set, as the device tool's). See bench/gpu_check.py.
+GPU_PY ?= python3
+gpu-check:
+	$(GPU_PY) bench/gpu_check.py $(if $(OUT),--out $(OUT))
+
+gpu-check-dry-run:
+	$(PY) bench/gpu_check.py --dry-run
 
 # The default benchmark run (README, "Benchmark"): tables, a verdict, JSON and PNGs under bench/results/.
 # Options go through BENCH_ARGS, e.g. `make bench BENCH_ARGS="--suite sweep --optim adamw"`.

@@ -13,7 +13,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from helpers import require_backend  # noqa: E402
+from helpers import load_cuda_emu, require_backend  # noqa: E402
 
 BACKEND_NAMES = ("reference", "cpu")
 
@@ -22,3 +22,11 @@ BACKEND_NAMES = ("reference", "cpu")
 def backend(request) -> str:
     require_backend(request.param)
     return request.param
+
+
+@pytest.fixture
+def cuda_emu():
+    """The CUDA kernels on the emulated grid (fusedopt_cuda_emu of `make cuda-emu`, on CPU tensors), registered as
+    ``ops.BACKENDS["cuda-emu"]``; fails when not built. ``helpers.backend_served_by("cpu", cuda_emu)`` makes the
+    optimizer classes run it."""
+    return load_cuda_emu()

@@ -11,10 +11,18 @@ Stable API (other test files import it):
 - ``assert_within_ulps(actual, expected, *, ulps=1, name="tensor")`` (elementwise, in ``expected``'s dtype)
 - ``snapshot(optimizer) -> dict`` and ``assert_snapshot_equal(before, after)`` (params, grads, state, bitwise)
 - ``require_backend(name)`` (fails, never skips, when a compiled backend is missing)
+- ``load_cuda_emu()`` (the CUDA kernels on an emulated grid, on CPU tensors: ``fusedopt_cuda_emu``, registered as
+  ``ops.BACKENDS["cuda-emu"]``) and ``backend_served_by(name, module)`` (the optimizer classes' ``backend=name``
+  runs ``module``'s ops within a ``with`` block)
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import math
+import os
+import pathlib
+import sys
 
 import pytest
 import torch
@@ -182,3 +190,42 @@ def require_backend(name: str) -> None:
     if name not in ops.BACKENDS:
         raise AssertionError(f"fusedopt backend {name!r} is not available (extension import error: "
                              f"{ops.EXTENSION_ERROR}); build it with `pip install --no-build-isolation -e .`")
+
+
+# The emulated CUDA backend: csrc/cuda's kernels compiled as host C++ against csrc/tests/cuda_emu, built by
+# `make cuda-emu` into build/cuda-emu/ (FUSEDOPT_CUDA_EMU_DIR points elsewhere, e.g. at the ASan build).
+CUDA_EMU_DIR = pathlib.Path(os.environ.get("FUSEDOPT_CUDA_EMU_DIR",
+                                           pathlib.Path(__file__).resolve().parents[1] / "build" / "cuda-emu"))
+
+
+def load_cuda_emu():
+    """The module ``fusedopt_cuda_emu`` (check, sgd_update, adam_update of op contract v2 on CPU tensors, plus
+    set_seed/seed/stats), registered as ``ops.BACKENDS["cuda-emu"]``. Fails, never skips, when it is not built."""
+    from fusedopt import ops
+
+    if "cuda-emu" in ops.BACKENDS:
+        return ops.BACKENDS["cuda-emu"]
+    if str(CUDA_EMU_DIR) not in sys.path:
+        sys.path.insert(0, str(CUDA_EMU_DIR))
+    try:
+        module = importlib.import_module("fusedopt_cuda_emu")
+    except ImportError as exc:
+        raise AssertionError(f"the emulated CUDA backend is not built in {CUDA_EMU_DIR} ({exc}): run "
+                             f"`make cuda-emu`") from exc
+    ops.BACKENDS["cuda-emu"] = module
+    return module
+
+
+@contextlib.contextmanager
+def backend_served_by(name: str, module):
+    """Within the block, the backend ``name`` (as the optimizer classes' ``backend=name`` resolves it, e.g. "cpu"
+    for CPU tensors) runs ``module``'s check/sgd_update/adam_update: the classes then drive the emulated CUDA
+    kernels on CPU tensors."""
+    from fusedopt import ops
+
+    saved = ops.BACKENDS[name]
+    ops.BACKENDS[name] = module
+    try:
+        yield module
+    finally:
+        ops.BACKENDS[name] = saved

@@ -113,7 +113,7 @@ void run(const AdamArgs& args, const AdamScalars& scalars, cudaStream_t stream) 
         return ti;
       },
       [&](const AdamTable& table, int blocks) {
-        adam_blocks<P, S><<<blocks, kThreads, 0, stream>>>(table, scalars);
+        launch(adam_blocks<P, S>, blocks, kThreads, stream, table, scalars);
         check_launch("adam_blocks");
       });
 }
@@ -126,7 +126,7 @@ void adam_update(const AdamArgs& args, cudaStream_t stream) {
     StepTable table;
     table.count = int(hi - lo);
     for (int64_t i = lo; i < hi; ++i) table.steps[i - lo] = args.steps[size_t(i)];
-    increment_steps<<<1, 256, 0, stream>>>(table, args.scalars.found_inf);
+    launch(increment_steps, 1, 256, stream, table, args.scalars.found_inf);
     check_launch("increment_steps");
   }
   const AdamScalars scalars{args.lr,          args.beta1,     args.beta2,         args.eps,

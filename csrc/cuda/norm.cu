@@ -111,11 +111,11 @@ void check(const std::vector<GradView>& grads, float* workspace, float* out, cud
         return ti;
       },
       [&](const CheckTable& table, int blocks) {
-        check_blocks<<<blocks, kThreads, 0, stream>>>(table, partials);
+        launch(check_blocks, blocks, kThreads, stream, table, partials);
         check_launch("check_blocks");
       });
   // Also with no elements at all: writes [0, 0].
-  check_finish<<<1, kFinishThreads, 0, stream>>>(partials, total_blocks(numels), out);
+  launch(check_finish, 1, kFinishThreads, stream, partials, total_blocks(numels), out);
   check_launch("check_finish");
 }
 

@@ -87,7 +87,7 @@ void run(const SgdArgs& args, const SgdScalars& scalars, cudaStream_t stream) {
         return ti;
       },
       [&](const SgdTable& table, int blocks) {
-        sgd_blocks<P, S><<<blocks, kThreads, 0, stream>>>(table, scalars);
+        launch(sgd_blocks<P, S>, blocks, kThreads, stream, table, scalars);
         check_launch("sgd_blocks");
       });
 }

@@ -1,6 +1,7 @@
 // Device side of the multi-tensor launcher: one thread block per chunk of the table built by chunk_table.h,
 // element access through fp32 registers (vectorized when the tensor's pointers allow it), and the host loop
-// that launches one kernel per filled table. Used by csrc/cuda/*.cu only (needs nvcc).
+// that launches one kernel per filled table. Used by csrc/cuda/*.cu only: compiled by nvcc, or as host C++ against
+// the CUDA emulation of csrc/tests/cuda_emu (its cuda_runtime.h defines FUSEDOPT_CUDA_EMU).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -8,6 +9,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fusedopt/chunk_table.h"
@@ -101,8 +103,19 @@ __device__ __forceinline__ float read_or(const float* p, float fallback) { retur
 __device__ __forceinline__ bool skipped(const float* found_inf) { return found_inf != nullptr && *found_inf != 0.0f; }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Host: one launch per filled table. `info(t)` describes tensor t (chunk_table.h's TensorInfo); `launch(table,
-// blocks)` starts the kernel on the caller's stream.
+// Host: one launch per filled table. `info(t)` describes tensor t (chunk_table.h's TensorInfo);
+// `launch_table(table, blocks)` starts the kernel on the caller's stream.
+
+// Every kernel launch of csrc/cuda goes through here: `<<<grid, block, 0, stream>>>` under nvcc, the emulated grid
+// of csrc/tests/cuda_emu (blocks in a shuffled order, threads as fibers, limits checked) in the emulated build.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args&&... args) {
+#ifdef FUSEDOPT_CUDA_EMU
+  ::cuda_emu::launch(kernel, grid, block, stream, std::forward<Args>(args)...);
+#else
+  kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
+#endif
+}
 
 // A failed launch (bad configuration, or an earlier asynchronous error) as an exception naming the kernel; the
 // dispatcher turns it into a Python RuntimeError.
@@ -115,11 +128,11 @@ inline void check_launch(const char* kernel) {
 }
 
 template <typename TableT, typename InfoFn, typename LaunchFn>
-void launch_tables(const std::vector<int64_t>& numels, const InfoFn& info, const LaunchFn& launch) {
+void launch_tables(const std::vector<int64_t>& numels, const InfoFn& info, const LaunchFn& launch_table) {
   for (const LaunchPlan& plan : plan_launches(numels, TableT::kMaxTensors, TableT::kMaxBlocks)) {
     TableT table;
     const int blocks = fill_table(table, plan, info);
-    launch(table, blocks);
+    launch_table(table, blocks);
   }
 }
 

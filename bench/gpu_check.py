@@ -1,0 +1,208 @@
+"""The one-command GPU check (`make gpu-check`): on a fresh GPU machine with torch, Triton, nvcc and
+compute-sanitizer installed (no network, no .venv-cuda), build the CUDA extension against the installed torch, run
+the CUDA, Triton and compile tests on the GPU, the op tests under compute-sanitizer, and the GPU benchmark, and
+write everything under bench/results/gpu-check-DATE/: env.json (device, driver, CUDA, torch, Triton, nvcc, date,
+git sha), one log per stage, summary.json (each stage's status, time and test counts), the benchmark's JSON and
+PNGs. With --out DIR (the device tool's $OUT) it also leaves there summary.json, the combined log and one
+gpu-check.tar.gz of the folder (the tool brings back at most 8 files).
+
+Every stage has its own timeout, so a hang in one still leaves the others' results; the timeouts add up to
+BUDGET_S (8 minutes of device time, the machine's start not counted). `--dry-run` prints the plan, checks the
+budget and runs nothing on a GPU (tests/test_gpu_check.py runs it in CI).
+
+    python3 bench/gpu_check.py [--out DIR] [--dry-run] [--only STAGE,...]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BUDGET_S = 480
+PY = sys.executable
+
+# compute-sanitizer is slow (memcheck ~10-50x): a share of the op tests that still takes every kernel, the
+# vector and scalar paths, several tables and the check pass.
+SANITIZE_K = ("not cuda-emu and (test_op_check or test_adam_without_amsgrad or (test_op_matches and "
+              "(sgd-bfloat16-states_float32-master or adam-float32-states_bfloat16) and lr_tensor))")
+
+
+@dataclass
+class Stage:
+    name: str
+    argv: list[str]
+    timeout_s: int
+    env: dict[str, str] = field(default_factory=dict)
+    pytest: bool = False  # parse pytest's summary line into counts
+
+
+def cuda_archs() -> str:
+    """The GPU's own architecture (this script runs on the machine it checks; setup.py never sniffs)."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}{minor}"
+
+
+def cuda_home() -> str:
+    nvcc = shutil.which("nvcc")
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    return str(pathlib.Path(nvcc).resolve().parents[1]) if nvcc else "/usr/local/cuda"
+
+
+def compute_sanitizer() -> str:
+    found = shutil.which("compute-sanitizer")
+    if found:
+        return found
+    return str(pathlib.Path(cuda_home()) / "bin" / "compute-sanitizer")
+
+
+def stages(results: pathlib.Path, archs: str, home: str, sanitizer: str) -> list[Stage]:
+    pytest = [PY, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider"]
+    build_env = {"FUSEDOPT_CUDA": "1", "FUSEDOPT_CUDA_ARCHS": archs, "CUDA_HOME": home,
+                 "MAX_JOBS": str(min(16, os.cpu_count() or 1))}
+    san = [sanitizer, "--error-exitcode", "1", "--tool"]
+    san_env = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}  # an access past a tensor then hits unallocated memory
+    san_tests = ["tests/test_cuda.py", "-x", "-k", SANITIZE_K]
+    bench = [PY, "-m", "fusedopt.bench", "--device", "cuda", "--repeats", "5"]
+    return [
+        Stage("build", [PY, "setup.py", "--quiet", "build_ext", "--inplace"], 150, build_env),
+        Stage("test_cuda", pytest + ["tests/test_cuda.py", "-k", "not cuda-emu"], 90, pytest=True),
+        Stage("test_triton_compile", pytest + ["tests/test_triton.py", "tests/test_compile.py"], 70, pytest=True),
+        Stage("memcheck", san + ["memcheck"] + pytest + san_tests, 40, san_env, pytest=True),
+        Stage("racecheck", san + ["racecheck"] + pytest + san_tests, 25, san_env, pytest=True),
+        Stage("synccheck", san + ["synccheck"] + pytest + san_tests, 25, san_env, pytest=True),
+        Stage("bench", bench + ["--suite", "model,many-small,sweep", "--json", str(results / "bench.json")], 80),
+    ]
+
+
+_COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
+
+
+def parse_pytest_summary(output: str) -> dict[str, int]:
+    """Counts from pytest's last summary line ("3 failed, 120 passed, 2 skipped in 9.1s"); {} when absent."""
+    for line in reversed(output.strip().splitlines()):
+        if re.search(r"\bin [\d.]+s\b", line) and _COUNT.search(line):
+            counts = {}
+            for number, what in _COUNT.findall(line):
+                counts["errors" if what.startswith("error") else what] = int(number)
+            return counts
+    return {}
+
+
+def check_budget(plan: list[Stage], budget_s: int = BUDGET_S) -> int:
+    total = sum(s.timeout_s for s in plan)
+    if total > budget_s:
+        raise SystemExit(f"gpu_check: the stages' timeouts add up to {total} s, over the budget of {budget_s} s")
+    return total
+
+
+def _run(cmd: list[str], timeout: float = 20) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unavailable ({exc.__class__.__name__})"
+
+
+def environment() -> dict:
+    import torch
+
+    env = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "git_sha": _run(["git", "-C", str(ROOT), "rev-parse", "HEAD"]),
+           "python": sys.version.split()[0], "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+           "nvcc": _run(["nvcc", "--version"]).splitlines()[-1:],
+           "driver": _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
+           "nvidia_smi": _run(["nvidia-smi", "-L"])}
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env.update(device=props.name, capability=f"{props.major}.{props.minor}",
+                   memory_gib=round(props.total_memory / 2**30, 1), multiprocessors=props.multi_processor_count)
+    return env
+
+
+def run_stage(stage: Stage, log: pathlib.Path) -> dict:
+    start = time.monotonic()
+    env = {**os.environ, **stage.env, "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as f:
+        f.write(f"$ {' '.join(f'{k}={v}' for k, v in stage.env.items())} {shlex.join(stage.argv)}\n")
+        f.flush()
+        try:
+            rc = subprocess.run(stage.argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                timeout=stage.timeout_s).returncode
+            status = "ok" if rc == 0 else f"failed (exit {rc})"
+        except subprocess.TimeoutExpired:
+            status = f"timed out after {stage.timeout_s} s"
+    result = {"status": status, "seconds": round(time.monotonic() - start, 1), "timeout_s": stage.timeout_s}
+    if stage.pytest:
+        result["tests"] = parse_pytest_summary(log.read_text(errors="replace"))
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=pathlib.Path, help="also leave the summary, the log and a tarball here")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and check the budget; run nothing")
+    parser.add_argument("--only", help="comma-separated stage names")
+    args = parser.parse_args(argv)
+
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    results = ROOT / "bench" / "results" / f"gpu-check-{stamp}"
+    if args.dry_run:
+        plan = stages(results, "90", "/usr/local/cuda", "compute-sanitizer")
+    else:
+        plan = stages(results, os.environ.get("FUSEDOPT_CUDA_ARCHS") or cuda_archs(), cuda_home(),
+                      compute_sanitizer())
+    total = check_budget(plan)
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {s.name for s in plan}
+        if unknown:
+            raise SystemExit(f"gpu_check: unknown stages {sorted(unknown)}")
+        plan = [s for s in plan if s.name in wanted]
+    for s in plan:
+        print(f"[{s.name}] timeout {s.timeout_s:3d} s: {shlex.join(s.argv)}")
+    print(f"total of the timeouts: {total} s (budget {BUDGET_S} s); results in {results.relative_to(ROOT)}")
+    if args.dry_run:
+        return 0
+
+    results.mkdir(parents=True, exist_ok=True)
+    summary = {"environment": environment(), "stages": {}}
+    (results / "env.json").write_text(json.dumps(summary["environment"], indent=2) + "\n")
+    for s in plan:
+        print(f"[{s.name}] ...", flush=True)
+        summary["stages"][s.name] = run_stage(s, results / f"{s.name}.log")
+        print(f"[{s.name}] {summary['stages'][s.name]}", flush=True)
+        (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(results / "summary.json", args.out / "summary.json")
+        with open(args.out / "gpu-check.log", "w") as f:
+            for s in plan:
+                f.write(f"===== {s.name}\n{(results / f'{s.name}.log').read_text(errors='replace')}\n")
+        with tarfile.open(args.out / "gpu-check.tar.gz", "w:gz") as tar:
+            tar.add(results, arcname=results.name)
+    failed = [name for name, r in summary["stages"].items() if r["status"] != "ok"]
+    print("gpu_check: " + ("all stages ok" if not failed else f"not ok: {', '.join(failed)}"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
