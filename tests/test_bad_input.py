@@ -12,8 +12,9 @@ Two tables:
 - ``ODD_INPUTS``: input that is valid but unusual in memory (lazy negation/conjugation bits, misaligned data,
   strided views that interleave, a param listed twice): the result must equal torch.optim's.
 
-A new algorithm joins by adding an entry to ``ALGORITHMS``; a new backend (the emulated CUDA backend) by adding
-its name to ``BACKENDS``; a new bad input by adding a row. Triton runs under its interpreter here
+A new algorithm joins by adding an entry to ``ALGORITHMS``; a new backend by adding its name to ``BACKENDS``; a
+new bad input by adding a row. "cuda-emu" is the CUDA ops on the emulated grid (``make cuda-emu``): the classes
+run with ``backend="cpu"`` served by them (helpers.backend_served_by). Triton runs under its interpreter here
 (tests/conftest.py sets TRITON_INTERPRET=1 without a GPU): the sizes stay small.
 """
 from __future__ import annotations
@@ -28,9 +29,10 @@ import torch
 from torch import nn
 
 import fusedopt
-from helpers import assert_close, assert_snapshot_equal, require_backend, snapshot
+from helpers import (assert_close, assert_snapshot_equal, backend_served_by, load_cuda_emu, require_backend,
+                     snapshot)
 
-BACKENDS = ("reference", "cpu", "triton")
+BACKENDS = ("reference", "cpu", "triton", "cuda-emu")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ SGDS = ("SGD", "SGD-momentum")
 
 
 def _require(backend: str) -> None:
+    if backend == "cuda-emu":
+        load_cuda_emu()  # fails, never skips, when it is not built
+        return
     require_backend(backend)
     if backend == "triton":
         import fusedopt.triton as ft
@@ -59,6 +64,22 @@ def _require(backend: str) -> None:
         if not ft.INTERPRETED:
             pytest.skip("these tables use CPU tensors; with a GPU the Triton kernels are compiled (test_triton.py "
                         "covers them on CUDA tensors)")
+
+
+def _cls_backend(backend: str | None) -> str | None:
+    """The ``backend=`` the optimizer classes take for a backend of this table."""
+    return "cpu" if backend == "cuda-emu" else backend
+
+
+@pytest.fixture(autouse=True)
+def _emulated_cuda_serves_cpu(request):
+    """In a "cuda-emu" case, ``backend="cpu"`` runs the emulated CUDA ops for the whole test."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None or callspec.params.get("backend") != "cuda-emu":
+        yield
+        return
+    with backend_served_by("cpu", load_cuda_emu()):
+        yield
 
 
 # --- the standard input: two param groups, the second with two dtypes (two update calls) ----------------------
@@ -97,7 +118,7 @@ class Setup:
             if self.backend is None:
                 self._opt = algo.torch_cls(groups, **algo.kwargs)
             else:
-                self._opt = algo.fused_cls(groups, **algo.kwargs, **self.extras, backend=self.backend)
+                self._opt = algo.fused_cls(groups, **algo.kwargs, **self.extras, backend=_cls_backend(self.backend))
             for _ in range(self.warm):
                 self.set_grads()
                 self._opt.step()
@@ -403,7 +424,7 @@ def test_rejected_step_leaves_no_state_so_next_sgd_step_is_torchs(backend):
     used to leave to them, after creating state."""
     _require(backend)
     p, q = nn.Parameter(torch.ones(1)), nn.Parameter(torch.ones(2))
-    opt = fusedopt.SGD([p, q], lr=0.1, momentum=0.9, dampening=0.5, backend=backend)
+    opt = fusedopt.SGD([p, q], lr=0.1, momentum=0.9, dampening=0.5, backend=_cls_backend(backend))
     p.grad = torch.ones(1)
     q.grad = q.detach()
     with pytest.raises(RuntimeError, match="parameter 1 of param group 0"):
@@ -420,14 +441,14 @@ def test_rejected_step_leaves_no_state_so_next_sgd_step_is_torchs(backend):
 
 
 @pytest.mark.parametrize("algorithm", ["SGD-momentum", *ADAMS])
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda-emu"])
 def test_call_refused_by_a_kernel_takes_back_the_new_state(algorithm, backend):
     """Only the kernels check a state tensor replaced by hand. When they refuse the step's first call, the
     state just created for another param of that call is taken back out, and the error names the param."""
     _require(backend)
     algo = ALGORITHMS[algorithm]
     model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
-    opt = algo.fused_cls(model.named_parameters(), **algo.kwargs, backend=backend)
+    opt = algo.fused_cls(model.named_parameters(), **algo.kwargs, backend=_cls_backend(backend))
     named = dict(model.named_parameters())
     named["1.bias"].grad = torch.ones(1)
     opt.step()
@@ -447,7 +468,7 @@ def test_call_refused_by_a_kernel_takes_back_the_new_state(algorithm, backend):
 def test_errors_name_the_param_by_its_name(backend):
     _require(backend)
     model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
-    opt = fusedopt.AdamW(model.named_parameters(), lr=0.01, backend=backend)
+    opt = fusedopt.AdamW(model.named_parameters(), lr=0.01, backend=_cls_backend(backend))
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     model[1].weight.grad.data = torch.ones(3)
@@ -493,7 +514,7 @@ def test_kernels_get_plain_aligned_memory(case, monkeypatch):
     (lambda t: torch.frombuffer(bytearray(4 * t.numel() + 1), dtype=torch.float32, offset=1, count=t.numel()),
      "not aligned"),
 ], ids=["neg-bit", "misaligned"])
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda-emu"])
 def test_ops_refuse_what_their_kernels_would_misread(make, words, backend):
     """The ops themselves (called directly, not through an optimizer) refuse such tensors, writing nothing."""
     from fusedopt import ops
@@ -621,7 +642,7 @@ def test_odd_input_gives_torchs_result(case, algorithm, backend):
         ref_grads = (lambda inner: lambda step: [_plain(g) for g in inner(step)])(ref_grads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's "duplicate parameters" warning
-        opt = _run(lambda ps: algo.fused_cls(ps, **algo.kwargs, backend=backend), params, grads)
+        opt = _run(lambda ps: algo.fused_cls(ps, **algo.kwargs, backend=_cls_backend(backend)), params, grads)
         ref = _run(lambda ps: algo.torch_cls(ps, **algo.kwargs, foreach=False), ref_params, ref_grads)
     for i, (p, r) in enumerate(zip(params, ref_params)):
         assert_close(_plain(p.detach()), r.detach(), rtol=1e-5, atol=1e-6, name=f"param {i}")
@@ -641,7 +662,7 @@ def test_backward_after_step_raises_like_torch(algorithm, backend):
     """A graph that saved the weights cannot be back-propagated after the step changed them in place."""
     _require(backend)
     algo = ALGORITHMS[algorithm]
-    for cls, extra in ((algo.torch_cls, {}), (algo.fused_cls, {"backend": backend})):
+    for cls, extra in ((algo.torch_cls, {}), (algo.fused_cls, {"backend": _cls_backend(backend)})):
         w = nn.Parameter(torch.randn(3, 2))
         opt = cls([w], **algo.kwargs, **extra)
         loss = (w * w).sum()
@@ -659,7 +680,7 @@ def test_every_written_tensor_has_its_version_bumped(algorithm, backend, scaled)
     _require(backend)
     algo = ALGORITHMS[algorithm]
     params = [nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(5).to(torch.bfloat16))]
-    opt = algo.fused_cls(params, **algo.kwargs, backend=backend, master_weights=True)
+    opt = algo.fused_cls(params, **algo.kwargs, backend=_cls_backend(backend), master_weights=True)
     for p in params:
         p.grad = torch.randn(p.shape).to(p.dtype)
     opt.step()
