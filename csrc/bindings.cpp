@@ -85,7 +85,7 @@ void sgd_update(TensorList params, TensorList grads, TensorList momentum_buffers
   std::optional<cpu::GradPrep> prep = grad_prep(grad_scale, clip_coef, found_inf, maximize);
   // Bumped also for a skipped step: the op mutates its arguments (as torch's fused ops, and the CUDA op, which
   // reads found_inf on the device).
-  bump_versions({params, master_params, momentum_buffers, grad_scale.has_value() ? grads : TensorList()});
+  bump_sgd_writes(params, grads, momentum_buffers, master_params, grad_scale);
   if (!prep) return;  // skipped step: nothing is written
   args.grad = *prep;
   args.weight_decay = weight_decay;
@@ -113,8 +113,7 @@ void adam_update(TensorList params, TensorList grads, TensorList exp_avgs, Tenso
   }
   args.lr = learning_rate(lr, lr_tensor);
   std::optional<cpu::GradPrep> prep = grad_prep(grad_scale, clip_coef, found_inf, maximize);
-  bump_versions({params, master_params, exp_avgs, exp_avg_sqs, amsgrad ? max_exp_avg_sqs : TensorList(), steps,
-                 grad_scale.has_value() ? grads : TensorList()});
+  bump_adam_writes(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, amsgrad, master_params, steps, grad_scale);
   if (!prep) return;  // skipped step: nothing is written
   args.grad = *prep;
   args.beta1 = beta1;

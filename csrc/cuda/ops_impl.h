@@ -89,7 +89,7 @@ void sgd_update_op(at::TensorList params, at::TensorList grads, at::TensorList m
   validate::check_device_type(params[0], Runtime::kDeviceType, "params", 0);
   const c10::Device device = params[0].device();
   const Scalars scalars(device, lr_tensor, grad_scale, clip_coef, found_inf);
-  bump_versions({params, master_params, momentum_buffers, grad_scale.has_value() ? grads : at::TensorList()});
+  bump_sgd_writes(params, grads, momentum_buffers, master_params, grad_scale);
   args.lr = lr;
   args.weight_decay = weight_decay;
   args.momentum = momentum;
@@ -116,8 +116,7 @@ void adam_update_op(at::TensorList params, at::TensorList grads, at::TensorList 
   validate::check_device_type(params[0], Runtime::kDeviceType, "params", 0);
   const c10::Device device = params[0].device();
   const Scalars scalars(device, lr_tensor, grad_scale, clip_coef, found_inf);
-  bump_versions({params, master_params, exp_avgs, exp_avg_sqs, amsgrad ? max_exp_avg_sqs : at::TensorList(), steps,
-                 grad_scale.has_value() ? grads : at::TensorList()});
+  bump_adam_writes(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, amsgrad, master_params, steps, grad_scale);
   args.lr = lr;
   args.beta1 = beta1;
   args.beta2 = beta2;
