@@ -45,9 +45,28 @@ def _eager_or_traced(name: str, prefix: str = ""):
     return call
 
 
+def _v2_update(sgd_update, adam_update):
+    """Op contract v3's ``update`` on top of a backend's per-algorithm v2 ops, until the backend has its own."""
+    def update(rule, params, grads, states, master_params, scalars, is_first, hyper, flags, maximize,
+               lr_tensor=None, grad_scale=None, clip_coef=None, found_inf=None):
+        n = len(params)
+        if rule == "sgd":
+            sgd_update(params, grads, states, master_params, is_first, *hyper, bool(flags & 1), maximize, lr_tensor,
+                       grad_scale, clip_coef, found_inf)
+        elif rule == "adam":
+            adam_update(params, grads, states[:n], states[n:2 * n], states[2 * n:], master_params, scalars, *hyper,
+                        bool(flags & 1), maximize, bool(flags & 2), lr_tensor, grad_scale, clip_coef, found_inf)
+        else:
+            raise RuntimeError(f"fusedopt: unknown update rule {rule!r}")
+    return update
+
+
 def _compiled_backend(prefix: str = "") -> types.SimpleNamespace:
-    return types.SimpleNamespace(**{name: _eager_or_traced(name, prefix)
-                                    for name in ("check", "sgd_update", "adam_update")})
+    ns = types.SimpleNamespace(**{name: _eager_or_traced(name, prefix)
+                                  for name in ("check", "sgd_update", "adam_update")})
+    ns.update = _v2_update(ns.sgd_update, ns.adam_update)
+    ns.RULES = frozenset({"sgd", "adam"})
+    return ns
 
 
 # Whether the extension was built with the CUDA kernels (setup.py: FUSEDOPT_CUDA); a build without them still
@@ -144,6 +163,8 @@ if TRITON_AVAILABLE:
         sgd_update=_triton_entry("sgd_update", _triton_sgd_update),
         adam_update=_triton_entry("adam_update", _triton_adam_update),
     )
+    BACKENDS["triton"].update = _v2_update(BACKENDS["triton"].sgd_update, BACKENDS["triton"].adam_update)
+    BACKENDS["triton"].RULES = frozenset({"sgd", "adam"})
 
 
 def kernel_ready(params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
@@ -184,8 +205,28 @@ def check_backend_name(name: str) -> None:
         )
 
 
-def resolve(name: str, device: torch.device, dtype: torch.dtype):
-    """The backend module that runs tensors of ``device``/``dtype`` for the user's choice ``name``."""
+def rules_of(backend) -> frozenset[str]:
+    """The update rules a backend has kernels for (the reference has every rule)."""
+    return getattr(backend, "RULES", None) or frozenset(reference.RULE_BODIES)
+
+
+def resolve(name: str, device: torch.device, dtype: torch.dtype, rule: str | None = None):
+    """The backend module that runs tensors of ``device``/``dtype`` for the user's choice ``name`` (and, when
+    given, the update rule ``rule``: under "auto", a rule the compiled backend has no kernel for yet runs on the
+    reference, with a warning; a backend named explicitly must have it)."""
+    backend = _resolve(name, device, dtype)
+    if rule is not None and rule not in rules_of(backend):
+        if name != "auto":
+            raise RuntimeError(f"fusedopt backend {name!r} has no kernel for the update rule {rule!r} (it has "
+                               f"{', '.join(sorted(rules_of(backend)))}); use backend='auto' or 'reference'")
+        _warn_once(f"no-{rule}-kernel-{device.type}",
+                   f"fusedopt: no compiled {device.type} kernel for the update rule {rule!r} yet; using the slow "
+                   f"pure-torch reference")
+        return reference
+    return backend
+
+
+def _resolve(name: str, device: torch.device, dtype: torch.dtype):
     if dtype not in KERNEL_DTYPES:
         return reference
     if name == "auto":

@@ -1,25 +1,38 @@
 """Pure-torch oracle with exactly fusedopt's semantics; also ``backend="reference"``.
 
-This module *defines* the backend op contract, version 2. Every backend (this one, the C++ CPU ops, the CUDA and
-Triton kernels) implements the same three functions with the same signatures, so choosing a backend is a
-dictionary lookup (see ``fusedopt.ops.BACKENDS``):
+This module *defines* the backend op contract, version 3. Every backend (this one, the C++ CPU ops, the CUDA and
+Triton kernels) implements the same two functions with the same signatures, so choosing a backend is a
+dictionary lookup (see ``fusedopt.ops.BACKENDS``), and one ``update`` serves every algorithm (its *rule*):
 
 ``check(grads) -> Tensor``
     One pass over all grads of a (device, dtype) group. Returns a tensor of shape ``[2]`` on the grads' device,
     float32 (float64 for float64 grads): ``[sum of squares, 1.0 if any element is NaN/inf else 0.0]``.
 
-``sgd_update(params, grads, momentum_buffers, master_params, is_first, lr, weight_decay, momentum, dampening,
-nesterov, maximize, lr_tensor, grad_scale, clip_coef, found_inf)``
-``adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, steps, lr, beta1, beta2, eps,
-weight_decay, amsgrad, maximize, decoupled, lr_tensor, grad_scale, clip_coef, found_inf)``
-    In-place updates of one (device, param dtype) group. Per element, in fp32 (fp64 for fp64 params without
-    master weights):
+``update(rule, params, grads, states, master_params, scalars, is_first, hyper, flags, maximize, lr_tensor,
+grad_scale, clip_coef, found_inf)``
+    In-place update of one (device, param dtype) group by the rule named ``rule`` (fusedopt/rules.py says each
+    rule's hyperparameters, switches and states). Per element, in fp32 (fp64 for fp64 params without master
+    weights):
 
-    - if ``found_inf`` (a float tensor) is non-zero: nothing is written at all, step counts included;
+    - if ``found_inf`` (a float tensor) is non-zero: nothing is written at all, scalar states included;
     - ``g = grad / grad_scale`` when ``grad_scale`` is given, and that unscaled value is written back to ``grad``
       (GradScaler semantics, as torch's fused optimizers do);
     - ``g = g * clip_coef`` when ``clip_coef`` is given (not written back), negated for ``maximize``;
-    - then the torch.optim single-tensor rule (see the ``_sgd`` and ``_adam`` bodies below).
+    - then the torch.optim single-tensor rule (see the bodies in ``RULE_BODIES`` below).
+
+    The rule's lists are flat, so that one schema takes every rule. With ``n = len(params)``:
+
+    - ``states``: the rule's tensor states in use (``Rule.used_states``: SGD's ``momentum_buffer`` only when
+      momentum != 0, Adam's ``max_exp_avg_sq`` only with amsgrad), list by list: ``states[k * n + i]`` is state
+      ``k`` of param ``i``. Errors name them by list (``exp_avgs[3]``).
+    - ``scalars``: the rule's one-element float32 states (``Rule.scalars``: Adam's ``step``), the same way:
+      ``scalars[j * n + i]``; advanced by the op (Adam: incremented, then the bias corrections use the new
+      count), on the device, unless the step is skipped.
+    - ``is_first``: ``[]`` or one host bool per param (rules with ``takes_is_first``: SGD's ``buf = g.clone()``
+      case, a momentum buffer with no history yet).
+    - ``hyper``: the rule's hyperparameters as host floats, in ``Rule.hyper`` order; ``hyper[0]`` is lr.
+    - ``flags``: an int, bit ``i`` set when switch ``Rule.flags[i]`` is on (SGD: nesterov; Adam: amsgrad,
+      decoupled).
 
     Arguments:
 
@@ -27,35 +40,33 @@ weight_decay, amsgrad, maximize, decoupled, lr_tensor, grad_scale, clip_coef, fo
       fp32: then it is just a second copy). When given, the update reads the current value from
       ``master_params[i]`` (not from ``params[i]``), writes the new fp32 value there and writes ``params[i]`` =
       that value rounded to the param's dtype (round to nearest even), in the same pass.
-    - State lists (``momentum_buffers``, ``exp_avgs``, ``exp_avg_sqs``, ``max_exp_avg_sqs``): one tensor per param
-      with its numel, all float32 or all bfloat16 within one call (float64 only here, for fp64 params). A bf16
-      state is loaded to fp32, the math (including the update that uses the new state) runs on the fp32 value,
-      and it is stored rounded to nearest even. The lists are empty when unused (SGD without momentum, Adam
-      without amsgrad for ``max_exp_avg_sqs``).
+    - State tensors: one per param and state with the param's numel, all float32 or all bfloat16 within one
+      call (float64 only here, for fp64 params). A bf16 state is loaded to fp32, the math (including the update
+      that uses the new state) runs on the fp32 value, and it is stored rounded to nearest even.
     - ``lr_tensor``: None, or a 1-element float32 tensor on the params' device. When given, its value (as a
       double) is the learning rate and the float ``lr`` is ignored: the result equals a call with
       ``lr=float(lr_tensor)``. Device kernels read it on the device (no host sync); this oracle reads it on the
       host.
-    - ``steps`` (Adam): 0-dim float32 tensors on the params' device, incremented here only when the step is not
-      skipped; the bias corrections use the new count, in double (``lr / (1 - beta1**t)``,
-      ``(1 - beta2**t) ** 0.5``), then rounded to the compute dtype, as torch.optim's Python scalars are.
-    - ``is_first`` (SGD): host bools; ``is_first[i]`` says momentum buffer ``i`` has no history yet (torch's
-      ``buf = g.clone()`` case).
+    - Scalar states (``step``...): 0-dim float32 tensors on the params' device. Coefficients computed from them
+      (Adam's ``lr / (1 - beta1**t)``, ``(1 - beta2**t) ** 0.5``) are computed in double, then rounded to the
+      compute dtype, as torch.optim's Python scalars are.
     - ``grad_scale``, ``clip_coef``, ``found_inf``: None or 1-element float tensors on the params' device.
 
     Every backend validates all arguments before writing anything and raises an error naming the argument and
-    its index (``"fusedopt: exp_avgs[3] has dtype ..."``). This oracle checks the new v2 arguments
-    (``master_params``, ``lr_tensor``) the same way; the rest is validated by the compiled backends, which
+    its index (``"fusedopt: exp_avgs[3] has dtype ..."``). This oracle checks ``master_params``, ``lr_tensor`` and the
+    lengths of the flat lists the same way; the rest is validated by the compiled backends, which
     also refuse tensors whose memory they would misread (a lazy negation bit, data off its element alignment).
 
-    Every backend bumps the version counter of each tensor it writes (params, master params, states, steps,
-    and grads when ``grad_scale`` is given), as torch's in-place ops do, so autograd refuses a backward through
+    Every backend bumps the version counter of each tensor it writes (params, master params, states, scalar
+    states, and grads when ``grad_scale`` is given), as torch's in-place ops do, so autograd refuses a backward through
     a graph that saved one of them; this oracle gets that from torch's own in-place ops.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from fusedopt import rules
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -138,55 +149,91 @@ def _lr(lr: float, lr_tensor: Tensor | None) -> float:
     return lr if lr_tensor is None else float(lr_tensor.item())
 
 
-def sgd_update(params, grads, momentum_buffers, master_params, is_first, lr, weight_decay, momentum, dampening,
-               nesterov, maximize, lr_tensor=None, grad_scale=None, clip_coef=None, found_inf=None) -> None:
-    _check_v2_args(params, master_params, lr_tensor)
-    if _skipped(found_inf):
-        return
-    lr = _lr(lr, lr_tensor)
-    # torch.optim's own ops (add with alpha, addcmul, addcdiv), which round as math.h does (fused where they fuse).
-    for i, p32, g, store in _prepared(params, grads, master_params, grad_scale, clip_coef, maximize):
-        if weight_decay != 0:
+def _sgd(i, p32, g, states, scalars, first, h, flags):
+    """torch.optim.sgd._single_tensor_sgd on one param; ``states`` and ``scalars`` map keys to its tensors."""
+    if h["weight_decay"] != 0:
+        g = g.add(p32, alpha=h["weight_decay"])
+    if h["momentum"] != 0:
+        buf = states["momentum_buffer"]
+        if first:
+            new_buf = g.clone()
+        else:
+            new_buf = buf.to(g.dtype).mul(h["momentum"]).add_(g, alpha=1 - h["dampening"])
+        buf.copy_(new_buf)  # a bf16 buffer is stored rounded; this step uses the fp32 value
+        g = g.add(new_buf, alpha=h["momentum"]) if "nesterov" in flags else new_buf
+    return p32.add(g, alpha=-h["lr"])
+
+
+def _adam(i, p32, g, states, scalars, first, h, flags):
+    """torch.optim.adam._single_tensor_adam on one param."""
+    dtype = g.dtype
+    lr, beta1, beta2, eps, weight_decay = h["lr"], h["beta1"], h["beta2"], h["eps"], h["weight_decay"]
+    scalars["step"] += 1
+    step = float(scalars["step"].item())
+    if weight_decay != 0:
+        if "decoupled" in flags:
+            p32 = p32 * (1 - lr * weight_decay)
+        else:
             g = g.add(p32, alpha=weight_decay)
-        if momentum != 0:
-            buf = momentum_buffers[i]
-            if is_first[i]:
-                new_buf = g.clone()
-            else:
-                new_buf = buf.to(g.dtype).mul(momentum).add_(g, alpha=1 - dampening)
-            buf.copy_(new_buf)  # a bf16 buffer is stored rounded; this step uses the fp32 value
-            g = g.add(new_buf, alpha=momentum) if nesterov else new_buf
-        store(p32.add(g, alpha=-lr))
+    # bf16 states are stored rounded; this step goes on with the fp32 values.
+    m = states["exp_avg"].to(dtype).lerp(g, 1 - beta1)
+    v = states["exp_avg_sq"].to(dtype).mul(beta2).addcmul_(g, g, value=1 - beta2)
+    states["exp_avg"].copy_(m)
+    states["exp_avg_sq"].copy_(v)
+    if "amsgrad" in flags:
+        v = torch.maximum(states["max_exp_avg_sq"].to(dtype), v)
+        states["max_exp_avg_sq"].copy_(v)
+    step_size = lr / (1 - beta1**step)
+    bc2_sqrt = (1 - beta2**step) ** 0.5  # as torch.optim writes it (pow, not sqrt)
+    denom = (v.sqrt() / bc2_sqrt).add_(eps)
+    return p32.addcdiv(m, denom, value=-step_size)
 
 
-def adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, steps, lr, beta1, beta2,
-                eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor=None, grad_scale=None, clip_coef=None,
-                found_inf=None) -> None:
-    _check_v2_args(params, master_params, lr_tensor)
-    for i, step in enumerate(steps):  # as the CPU op: a count below 0 would divide by a zero bias correction
+# The per-param body of each rule: (index, current value and prepared grad in the compute dtype, its states and
+# scalar states by key, is_first, hyperparameters by name (lr already from lr_tensor), the switches that are on)
+# -> the new value. Scalar states are advanced here (the caller has already returned for a skipped step).
+RULE_BODIES = {"sgd": _sgd, "adam": _adam}
+
+
+def _check_steps(scalars: dict[str, list[Tensor]]) -> None:
+    # As the compiled ops: a count below 0 would divide by a zero bias correction.
+    for i, step in enumerate(scalars.get("step", ())):
         if not float(step) >= 0.0:
             raise RuntimeError(f"fusedopt: steps[{i}] is {float(step):g}; step counts must be non-negative")
+
+
+def update(rule, params, grads, states, master_params, scalars, is_first, hyper, flags, maximize, lr_tensor=None,
+           grad_scale=None, clip_coef=None, found_inf=None) -> None:
+    r = rules.get(rule)
+    n = len(params)
+    h = r.hyper_dict(hyper)
+    on = r.flag_names(flags)
+    used = r.used_states(h, on)
+    _check_v2_args(params, master_params, lr_tensor)
+    _check_layout(r, n, used, states, scalars, is_first)
+    by_state = {k: states[j * n:(j + 1) * n] for j, k in enumerate(used)}
+    by_scalar = {k: scalars[j * n:(j + 1) * n] for j, k in enumerate(r.scalars)}
+    _check_steps(by_scalar)
     if _skipped(found_inf):
         return
-    lr = _lr(lr, lr_tensor)
+    h["lr"] = _lr(h["lr"], lr_tensor)
+    body = RULE_BODIES[rule]
     for i, p32, g, store in _prepared(params, grads, master_params, grad_scale, clip_coef, maximize):
-        dtype = g.dtype
-        steps[i] += 1
-        step = float(steps[i].item())
-        if weight_decay != 0:
-            if decoupled:
-                p32 = p32 * (1 - lr * weight_decay)
-            else:
-                g = g.add(p32, alpha=weight_decay)
-        # bf16 states are stored rounded; this step goes on with the fp32 values.
-        m = exp_avgs[i].to(dtype).lerp(g, 1 - beta1)
-        v = exp_avg_sqs[i].to(dtype).mul(beta2).addcmul_(g, g, value=1 - beta2)
-        exp_avgs[i].copy_(m)
-        exp_avg_sqs[i].copy_(v)
-        if amsgrad:
-            v = torch.maximum(max_exp_avg_sqs[i].to(dtype), v)
-            max_exp_avg_sqs[i].copy_(v)
-        step_size = lr / (1 - beta1**step)
-        bc2_sqrt = (1 - beta2**step) ** 0.5  # as torch.optim writes it (pow, not sqrt)
-        denom = (v.sqrt() / bc2_sqrt).add_(eps)
-        store(p32.addcdiv(m, denom, value=-step_size))
+        first = bool(is_first[i]) if is_first else False
+        store(body(i, p32, g, {k: v[i] for k, v in by_state.items()}, {k: v[i] for k, v in by_scalar.items()},
+                   first, h, on))
+
+
+def _check_layout(r, n, used, states, scalars, is_first) -> None:
+    """The flat lists' lengths, as the compiled ops check them."""
+    if len(states) != len(used) * n:
+        raise RuntimeError(f"fusedopt: states has {len(states)} entries, expected {len(used) * n} ({len(used)} "
+                           f"state lists ({', '.join(map(rules.list_name, used)) or 'none'}) of {n} params)")
+    if len(scalars) != len(r.scalars) * n:
+        raise RuntimeError(f"fusedopt: scalars has {len(scalars)} entries, expected {len(r.scalars) * n}")
+    if is_first and len(is_first) != n:
+        raise RuntimeError(f"fusedopt: is_first has {len(is_first)} entries, expected {n} (one per param)")
+
+
+sgd_update = rules.sgd_entry(update)
+adam_update = rules.adam_entry(update)

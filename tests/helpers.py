@@ -212,6 +212,9 @@ def load_cuda_emu():
     except ImportError as exc:
         raise AssertionError(f"the emulated CUDA backend is not built in {CUDA_EMU_DIR} ({exc}): run "
                              f"`make cuda-emu`") from exc
+    if not hasattr(module, "update"):
+        module.update = ops._v2_update(module.sgd_update, module.adam_update)
+        module.RULES = frozenset({"sgd", "adam"})
     ops.BACKENDS["cuda-emu"] = module
     return module
 

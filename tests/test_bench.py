@@ -336,10 +336,10 @@ def test_backends_come_from_ops_and_leave_out_the_reference_and_triton_on_cpu(mo
     monkeypatch.setitem(ops.BACKENDS, "cuda", object())
     real_resolve = ops.resolve
 
-    def resolve(name, device, dtype):
+    def resolve(name, device, dtype, rule=None):
         if name == "cuda" and device.type != "cuda":
             raise RuntimeError("cannot run tensors on device cpu")
-        return real_resolve(name, device, dtype)
+        return real_resolve(name, device, dtype, rule)
 
     monkeypatch.setattr(ops, "resolve", resolve)
     names, excluded = impls.fusedopt_backends(torch.device("cpu"))

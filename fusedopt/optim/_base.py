@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from fusedopt import ops
+from fusedopt import ops, rules
 from fusedopt.optim import _dist, _torch_path
 
 NONFINITE_POLICIES = ("ignore", "skip", "raise")
@@ -311,7 +311,10 @@ class _StepPlan:
 
 
 class FusedOptimizer(torch.optim.Optimizer):
-    """Base of fusedopt.SGD/Adam/AdamW. Subclasses define the state layout and the update call."""
+    """Base of fusedopt.SGD/Adam/AdamW. Subclasses name their update rule (fusedopt/rules.py), define the state
+    layout and map a group's hyperparameters to the rule's arguments."""
+
+    _RULE: rules.Rule
 
     # GradScaler hands us grad_scale/found_inf instead of unscaling the grads itself.
     _step_supports_amp_scaling = True
@@ -432,8 +435,22 @@ class FusedOptimizer(torch.optim.Optimizer):
             lr = lr.to(device=device, dtype=torch.float32)
         return 0.0, lr
 
-    def _update(self, bucket: Bucket, group: dict, grad_scale, clip_coef, found_inf) -> None:
+    def _rule_args(self, group: dict) -> tuple[list[float], list[str]]:
+        """The update rule's hyperparameters after lr (``_RULE.hyper[1:]``, host floats) and the names of its
+        switches that are on, for this group."""
         raise NotImplementedError
+
+    def _update(self, bucket: Bucket, group: dict, grad_scale, clip_coef, found_inf) -> None:
+        """One backend ``update`` call (op contract v3, fusedopt/reference.py) for a bucket."""
+        rule = self._RULE
+        lr, lr_tensor = self._lr(group, bucket.kparams[0].device)
+        hyper, flags = self._rule_args(group)
+        states = [t for key in self._state_keys(group) for t in bucket.kstates[key]]
+        scalars = [state[key] for key in rule.scalars for state in bucket.states]
+        is_first = bucket.is_first if rule.takes_is_first and states else []
+        bucket.backend.update(rule.name, bucket.kparams, bucket.kgrads, states, bucket.kmasters, scalars, is_first,
+                              [lr, *hyper], rule.flag_bits(flags), bool(group["maximize"]), lr_tensor, grad_scale,
+                              clip_coef, found_inf)
 
     def _torch_update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         """The update of one group by torch.optim's functional for-loop (see _torch_path), grads prepared."""
@@ -794,7 +811,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 if not index:
                     continue
             real_dtype = _REAL_DTYPE.get(dtype, dtype)
-            bucket = Bucket(ops.resolve(self.backend, params[index[0]].device, real_dtype), occurrence=occurrence)
+            bucket = Bucket(ops.resolve(self.backend, params[index[0]].device, real_dtype, self._RULE.name),
+                            occurrence=occurrence)
             whole = len(index) == len(params)  # the usual single-dtype group: no re-indexed copies
             bucket.params = params if whole else [params[i] for i in index]
             bucket.states = states if whole else [states[i] for i in index]

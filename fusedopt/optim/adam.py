@@ -5,7 +5,8 @@ import torch
 from torch import Tensor
 from torch.optim.adam import adam as torch_adam
 
-from fusedopt.optim._base import Bucket, FusedOptimizer, _readable
+from fusedopt import rules
+from fusedopt.optim._base import FusedOptimizer, _readable
 
 
 def _to_scalar(beta):
@@ -42,6 +43,7 @@ class Adam(FusedOptimizer):
     torch.optim's own single-tensor Adam (see ``fusedopt.optim._torch_path``), with the extras applied around it.
     """
 
+    _RULE = rules.ADAM
     _TENSOR_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _LEGACY_FLAG_DEFAULTS = dict(amsgrad=False, maximize=False, foreach=None, capturable=False,
                                  differentiable=False, decoupled_weight_decay=False, fused=None)
@@ -120,15 +122,12 @@ class Adam(FusedOptimizer):
                    beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
                    maximize=group["maximize"])
 
-    def _update(self, bucket: Bucket, group: dict, grad_scale, clip_coef, found_inf) -> None:
+    def _rule_args(self, group: dict) -> tuple[list[float], list[str]]:
         beta1, beta2 = group["betas"]
-        lr, lr_tensor = self._lr(group, bucket.kparams[0].device)
-        bucket.backend.adam_update(
-            bucket.kparams, bucket.kgrads, bucket.kstates["exp_avg"], bucket.kstates["exp_avg_sq"],
-            bucket.kstates["max_exp_avg_sq"], bucket.kmasters, [state["step"] for state in bucket.states],
-            lr, self._hyper(beta1), self._hyper(beta2), self._hyper(group["eps"]),
-            self._hyper(group["weight_decay"]), bool(group["amsgrad"]), bool(group["maximize"]),
-            bool(group["decoupled_weight_decay"]), lr_tensor, grad_scale, clip_coef, found_inf)
+        flags = [name for name, on in (("amsgrad", group["amsgrad"]), ("decoupled", group["decoupled_weight_decay"]))
+                 if on]
+        return [self._hyper(beta1), self._hyper(beta2), self._hyper(group["eps"]),
+                self._hyper(group["weight_decay"])], flags
 
 
 class AdamW(Adam):

@@ -5,7 +5,8 @@ import torch
 from torch import Tensor
 from torch.optim.sgd import sgd as torch_sgd
 
-from fusedopt.optim._base import Bucket, FusedOptimizer, _readable
+from fusedopt import rules
+from fusedopt.optim._base import FusedOptimizer, _readable
 
 
 class SGD(FusedOptimizer):
@@ -43,6 +44,7 @@ class SGD(FusedOptimizer):
     A tensor ``lr`` goes to the kernels as a tensor (never read on the host).
     """
 
+    _RULE = rules.SGD
     _TENSOR_STATE_KEYS = ("momentum_buffer",)
     _SPARSE_GRADS = True
     _LEGACY_FLAG_DEFAULTS = dict(nesterov=False, maximize=False, foreach=None, differentiable=False, fused=False)
@@ -90,15 +92,9 @@ class SGD(FusedOptimizer):
     def _state_keys(self, group: dict) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
-    def _update(self, bucket: Bucket, group: dict, grad_scale, clip_coef, found_inf) -> None:
-        momentum = self._hyper(group["momentum"])
-        lr, lr_tensor = self._lr(group, bucket.kparams[0].device)
-        bucket.backend.sgd_update(
-            bucket.kparams, bucket.kgrads, bucket.kstates["momentum_buffer"], bucket.kmasters,
-            bucket.is_first if momentum != 0 else [],
-            lr, self._hyper(group["weight_decay"]), momentum,
-            self._hyper(group["dampening"]), bool(group["nesterov"]), bool(group["maximize"]),
-            lr_tensor, grad_scale, clip_coef, found_inf)
+    def _rule_args(self, group: dict) -> tuple[list[float], list[str]]:
+        return [self._hyper(group["weight_decay"]), self._hyper(group["momentum"]),
+                self._hyper(group["dampening"])], ["nesterov"] if group["nesterov"] else []
 
     def _torch_update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         # torch.optim.SGD.step's body for one group: a missing buffer (None) starts as a copy of the grad.

@@ -1,0 +1,107 @@
+"""Update rules as data: what every backend's generic ``update`` op needs to know about an algorithm.
+
+A rule is named by a string (``"sgd"``, ``"adam"``, ...). Each backend implements it once: the per-element
+function in csrc/include/fusedopt/math.h (used by the CPU loop and the CUDA kernel template), its Triton mirror
+in fusedopt/triton/rules.py, and its pure-torch oracle in fusedopt/reference.py. This table says how the op's
+flat arguments are laid out for the rule (see ``reference.update`` for the contract), so that the op schema,
+the validation, the fake impl, the eager binding and the optimizer classes are written once for all rules.
+The C++ rules carry the same names (``kName``, their state and hyperparameter names): tests/test_rules.py
+checks that both sides agree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    # Per-call hyperparameters, in the order of the op's ``hyper`` list (host doubles). ``hyper[0]`` is the
+    # learning rate, which ``lr_tensor`` replaces when given.
+    hyper: tuple[str, ...]
+    # Structural switches chosen by the user (bit i of the op's ``flags`` is ``flags[i]``). Switches that follow
+    # from a hyperparameter's value (weight_decay != 0) are derived by each backend, not passed.
+    flags: tuple[str, ...]
+    # Per-param tensor states with the param's numel (their state_dict keys), in the op's order.
+    states: tuple[str, ...]
+    # Per-param one-element float32 states (state_dict keys, e.g. "step"), advanced by the op on the device
+    # unless the step is skipped.
+    scalars: tuple[str, ...] = ()
+    # States present only under a condition on (hyper, flags): state key -> predicate. The op's ``states`` list
+    # holds only the states in use, in ``states`` order.
+    optional: Mapping[str, Callable[[dict, frozenset], bool]] = field(default_factory=dict)
+    # Whether the op takes ``is_first`` (one bool per param: its state has no history yet).
+    takes_is_first: bool = False
+
+    def flag_bits(self, flags) -> int:
+        """The op's ``flags`` int from the names of the switches that are on."""
+        return sum(1 << self.flags.index(name) for name in flags)
+
+    def flag_names(self, bits: int) -> frozenset[str]:
+        return frozenset(name for i, name in enumerate(self.flags) if bits >> i & 1)
+
+    def hyper_dict(self, hyper) -> dict[str, float]:
+        if len(hyper) != len(self.hyper):
+            raise RuntimeError(f"fusedopt: rule {self.name!r} takes {len(self.hyper)} hyperparameters "
+                               f"({', '.join(self.hyper)}), got {len(hyper)}")
+        return dict(zip(self.hyper, map(float, hyper)))
+
+    def used_states(self, hyper: dict[str, float], flags: frozenset[str]) -> tuple[str, ...]:
+        """The state keys whose tensors the op's ``states`` list holds, in order."""
+        return tuple(k for k in self.states if k not in self.optional or self.optional[k](hyper, flags))
+
+
+RULES: dict[str, Rule] = {}
+
+
+def register(rule: Rule) -> Rule:
+    RULES[rule.name] = rule
+    return rule
+
+
+def get(name: str) -> Rule:
+    try:
+        return RULES[name]
+    except KeyError:
+        raise RuntimeError(f"fusedopt: unknown update rule {name!r}; known: {', '.join(sorted(RULES))}") from None
+
+
+def list_name(key: str) -> str:
+    """How the op's errors name the list of a state key: ``exp_avg`` -> ``exp_avgs``."""
+    return key + "s"
+
+
+SGD = register(Rule(
+    "sgd", hyper=("lr", "weight_decay", "momentum", "dampening"), flags=("nesterov",),
+    states=("momentum_buffer",), optional={"momentum_buffer": lambda h, f: h["momentum"] != 0},
+    takes_is_first=True))
+
+ADAM = register(Rule(
+    "adam", hyper=("lr", "beta1", "beta2", "eps", "weight_decay"), flags=("amsgrad", "decoupled"),
+    states=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), scalars=("step",),
+    optional={"max_exp_avg_sq": lambda h, f: "amsgrad" in f}))
+
+
+# --- The per-algorithm entry points of op contract v2 (``sgd_update``, ``adam_update``), on top of a backend's
+# ``update``: every backend offers them under these names (tests and callers that name the algorithm's lists).
+
+def sgd_entry(update):
+    def sgd_update(params, grads, momentum_buffers, master_params, is_first, lr, weight_decay, momentum, dampening,
+                   nesterov, maximize, lr_tensor=None, grad_scale=None, clip_coef=None, found_inf=None) -> None:
+        update("sgd", params, grads, list(momentum_buffers), master_params, [], list(is_first),
+               [lr, weight_decay, momentum, dampening], SGD.flag_bits(["nesterov"] if nesterov else []), maximize,
+               lr_tensor, grad_scale, clip_coef, found_inf)
+    return sgd_update
+
+
+def adam_entry(update):
+    def adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, steps, lr, beta1, beta2,
+                    eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor=None, grad_scale=None,
+                    clip_coef=None, found_inf=None) -> None:
+        flags = [name for name, on in (("amsgrad", amsgrad), ("decoupled", decoupled)) if on]
+        states = [*exp_avgs, *exp_avg_sqs, *(max_exp_avg_sqs if amsgrad else ())]
+        update("adam", params, grads, states, master_params, list(steps), [],
+               [lr, beta1, beta2, eps, weight_decay], ADAM.flag_bits(flags), maximize, lr_tensor, grad_scale,
+               clip_coef, found_inf)
+    return adam_update
