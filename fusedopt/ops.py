@@ -207,7 +207,7 @@ def check_backend_name(name: str) -> None:
 
 def rules_of(backend) -> frozenset[str]:
     """The update rules a backend has kernels for (the reference has every rule)."""
-    return getattr(backend, "RULES", None) or frozenset(reference.RULE_BODIES)
+    return backend.RULES
 
 
 def resolve(name: str, device: torch.device, dtype: torch.dtype, rule: str | None = None):

@@ -193,6 +193,7 @@ def _adam(i, p32, g, states, scalars, first, h, flags):
 # scalar states by key, is_first, hyperparameters by name (lr already from lr_tensor), the switches that are on)
 # -> the new value. Scalar states are advanced here (the caller has already returned for a skipped step).
 RULE_BODIES = {"sgd": _sgd, "adam": _adam}
+RULES = frozenset(RULE_BODIES)  # the rules this backend runs (fusedopt.ops.rules_of)
 
 
 def _check_steps(scalars: dict[str, list[Tensor]]) -> None:

@@ -483,6 +483,9 @@ class _Recorder:
         self.inner, self.calls = inner, []
 
     def __getattr__(self, name):
+        if name == "RULES":
+            return self.inner.RULES
+
         def call(*args):
             self.calls.append([t for a in args if isinstance(a, list) for t in a if torch.is_tensor(t)])
             return getattr(self.inner, name)(*args)

@@ -234,14 +234,11 @@ class _Spy(types.SimpleNamespace):
     def __init__(self, inner):
         calls = []
 
-        def wrap(fn, lr_at):
-            def call(*args):
-                calls.append((args[lr_at], args[lr_at + (6 if fn is inner.sgd_update else 8)]))
-                return fn(*args)
-            return call
+        def update(*args):
+            calls.append((args[7][0], args[10]))  # hyper[0] (lr) and lr_tensor
+            return inner.update(*args)
 
-        super().__init__(check=inner.check, sgd_update=wrap(inner.sgd_update, 5),
-                         adam_update=wrap(inner.adam_update, 7), calls=calls)
+        super().__init__(check=inner.check, update=update, RULES=inner.RULES, calls=calls)
 
 
 @pytest.mark.parametrize("name", ["SGD", "AdamW"])
