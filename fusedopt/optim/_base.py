@@ -508,12 +508,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         """Everything the step will do, checked and prepared, with nothing written: None when no param has a
         grad. Raises a clear error for any param, grad or hyperparameter the step cannot take."""
         per_group = self._params_with_grads()
-        all_params = [p for params, _ in per_group for p in params]
+        # Flat lists of all groups (the group's own lists when there is one: nothing here mutates them).
+        all_params = per_group[0][0] if len(per_group) == 1 else [p for params, _ in per_group for p in params]
         if not all_params:
             return None
         if _torch_path.takes(self):  # differentiable=True: torch's own implementation, under autograd
             return _TorchStep(per_group)
-        all_grads = [g for _, grads in per_group for g in grads]
+        all_grads = per_group[0][1] if len(per_group) == 1 else [g for _, grads in per_group for g in grads]
         for gi, (group, (params, _)) in enumerate(zip(self.param_groups, per_group)):
             if params:
                 self._check_group(group, gi)
@@ -620,8 +621,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         """(params, grads) per group, for the params that have a grad."""
         per_group = []
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            per_group.append((params, [p.grad for p in params]))
+            params = group["params"]
+            grads = [p.grad for p in params]  # one read of each .grad (a property: not free per param)
+            for g in grads:
+                if g is None:
+                    grads = [g for g in grads if g is not None]
+                    params = [p for p in params if p.grad is not None]
+                    break
+            per_group.append((params, grads))
         return per_group
 
     # --- validation at step time ---
@@ -745,7 +752,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         """[sum of squares, non-finite flag] over ``grads``: one backend call per dtype."""
         total = None
         for dtype, index in _split_by_dtype(grads).items():
-            partial = ops.resolve(self.backend, device, dtype).check([grads[i] for i in index])
+            part = grads if len(index) == len(grads) else [grads[i] for i in index]
+            partial = ops.resolve(self.backend, device, dtype).check(part)
             total = partial if total is None else total + partial
         return total
 
@@ -774,7 +782,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _group_states(self, group: dict, params: list[Tensor], plan: _StepPlan) -> list[dict | None]:
         """The state of each param: its own, or one created now (lazy state creation; torch.compile runs this
         part eagerly) and recorded in ``plan`` (``new_state``, ``fresh``) for ``_launch`` to install."""
-        states = [self.state.get(p) for p in params]
+        states = list(map(self.state.get, params))
         new_state = plan.new_state
         for i in self._missing_states(states, group):
             p = params[i]
