@@ -41,6 +41,7 @@ enum : int { kParam, kGrad, kMaster, kFirstState };
 // about 14 KiB of kernel argument for any rule (SGD: 163 tensors, Adam: 123).
 template <class Rule>
 struct UpdateTableOf {
+  static_assert(Rule::kStates > 0 && kFirstState + Rule::kStates <= 8, "TensorInfo carries 3 + 1..5 pointer lists");
   static constexpr int kDepth = kFirstState + Rule::kStates;
   static constexpr int kTensorBytes = 8 * kDepth + 8 + 8 + 1;  // ptrs, numel, extra, flags
   using type = Table<kDepth, 8000 / kTensorBytes, 1000>;
