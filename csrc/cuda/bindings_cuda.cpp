@@ -1,6 +1,7 @@
 // CUDA implementations of the fusedopt ops (schemas in csrc/bindings.cpp): the ops of ops_impl.h (validation, then
 // the kernels of csrc/cuda/*.cu) on the current stream of the params' device.
 #include <optional>
+#include <string_view>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -25,13 +26,13 @@ struct CudaRuntime {
 
 at::Tensor check(at::TensorList grads) { return check_op<CudaRuntime>(grads); }
 
-void update(c10::string_view rule, at::TensorList params, at::TensorList grads, at::TensorList states,
+void update(std::string_view rule, at::TensorList params, at::TensorList grads, at::TensorList states,
             at::TensorList master_params, at::TensorList scalars, c10::List<bool> is_first,
             c10::ArrayRef<double> hyper, int64_t flags, bool maximize, const std::optional<at::Tensor>& lr_tensor,
             const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& clip_coef,
             const std::optional<at::Tensor>& found_inf) {
-  update_op<CudaRuntime>(std::string_view(rule.data(), rule.size()), params, grads, states, master_params, scalars,
-                         is_first, hyper, flags, maximize, lr_tensor, grad_scale, clip_coef, found_inf);
+  update_op<CudaRuntime>(rule, params, grads, states, master_params, scalars, is_first, hyper, flags, maximize,
+                         lr_tensor, grad_scale, clip_coef, found_inf);
 }
 
 TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) {
