@@ -9,9 +9,11 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -71,58 +73,27 @@ Tensor check(TensorList grads) {
   return out;
 }
 
-void sgd_update(TensorList params, TensorList grads, TensorList momentum_buffers, TensorList master_params,
-                c10::List<bool> is_first, double lr, double weight_decay, double momentum, double dampening,
-                bool nesterov, bool maximize, const std::optional<Tensor>& lr_tensor,
-                const std::optional<Tensor>& grad_scale, const std::optional<Tensor>& clip_coef,
-                const std::optional<Tensor>& found_inf) {
-  cpu::SgdArgs args;
-  validate::fill_params(args, params, grads);
-  validate::fill_master_params(args, params, master_params);
-  validate::fill_sgd_states(args, params, momentum_buffers, is_first, momentum != 0.0);
-  if (!params.empty()) validate::check_device_type(params[0], c10::kCPU, "params", 0);
-  args.lr = learning_rate(lr, lr_tensor);
-  std::optional<cpu::GradPrep> prep = grad_prep(grad_scale, clip_coef, found_inf, maximize);
-  // Bumped also for a skipped step: the op mutates its arguments (as torch's fused ops, and the CUDA op, which
-  // reads found_inf on the device).
-  bump_sgd_writes(params, grads, momentum_buffers, master_params, grad_scale);
-  if (!prep) return;  // skipped step: nothing is written
-  args.grad = *prep;
-  args.weight_decay = weight_decay;
-  args.momentum = momentum;
-  args.dampening = dampening;
-  args.nesterov = nesterov;
-  cpu::sgd_update(args);
-}
-
-void adam_update(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-                 TensorList max_exp_avg_sqs, TensorList master_params, TensorList steps, double lr, double beta1,
-                 double beta2, double eps, double weight_decay, bool amsgrad, bool maximize, bool decoupled,
-                 const std::optional<Tensor>& lr_tensor, const std::optional<Tensor>& grad_scale,
-                 const std::optional<Tensor>& clip_coef, const std::optional<Tensor>& found_inf) {
-  cpu::AdamArgs args;
-  validate::fill_params(args, params, grads);
-  validate::fill_master_params(args, params, master_params);
-  validate::fill_adam_states(args, params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad);
-  if (!params.empty()) validate::check_device_type(params[0], c10::kCPU, "params", 0);
-  // A count below 0 would make a bias correction 1 - beta^0 = 0 and write inf/NaN (the optimizer refuses such
-  // counts when a state dict is loaded; this is the op's own guard, before anything is written).
-  for (size_t i = 0; i < args.steps.size(); ++i) {
-    TORCH_CHECK(*args.steps[i] >= 0.0f, "fusedopt: steps[", i, "] is ", *args.steps[i],
-                "; step counts must be non-negative");
-  }
-  args.lr = learning_rate(lr, lr_tensor);
-  std::optional<cpu::GradPrep> prep = grad_prep(grad_scale, clip_coef, found_inf, maximize);
-  bump_adam_writes(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, amsgrad, master_params, steps, grad_scale);
-  if (!prep) return;  // skipped step: nothing is written
-  args.grad = *prep;
-  args.beta1 = beta1;
-  args.beta2 = beta2;
-  args.eps = eps;
-  args.weight_decay = weight_decay;
-  args.amsgrad = amsgrad;
-  args.decoupled = decoupled;
-  cpu::adam_update(args);
+void update(std::string_view rule, TensorList params, TensorList grads, TensorList states, TensorList master_params,
+            TensorList scalars, c10::List<bool> is_first, c10::ArrayRef<double> hyper, int64_t flags, bool maximize,
+            const std::optional<Tensor>& lr_tensor, const std::optional<Tensor>& grad_scale,
+            const std::optional<Tensor>& clip_coef, const std::optional<Tensor>& found_inf) {
+  validate::with_rule(rule, [&](auto r) {
+    using Rule = decltype(r);
+    cpu::UpdateArgs args;
+    validate::fill_update<Rule>(args, params, grads, states, master_params, scalars, is_first, hyper, flags);
+    if (!params.empty()) validate::check_device_type(params[0], c10::kCPU, "params", 0);
+    // The op's own guard for the values of its scalar states (step counts), before anything is written (the
+    // optimizer refuses such counts when a state dict is loaded).
+    validate::check_scalar_values<Rule>(args);
+    args.hyper[0] = learning_rate(args.hyper[0], lr_tensor);
+    std::optional<cpu::GradPrep> prep = grad_prep(grad_scale, clip_coef, found_inf, maximize);
+    // Bumped also for a skipped step: the op mutates its arguments (as torch's fused ops, and the CUDA op, which
+    // reads found_inf on the device).
+    bump_update_writes(params, grads, states, master_params, scalars, grad_scale);
+    if (!prep) return;  // skipped step: nothing is written, scalar states included
+    args.grad = *prep;
+    cpu::update<Rule>(args);
+  });
 }
 
 // The optimizer's fast-path test, for all params with grads at once (one native call instead of a Python loop):
@@ -177,22 +148,17 @@ TORCH_LIBRARY(fusedopt, m) {
   // Device-independent (a catch-all kernel): it reads only metadata.
   m.def("kernel_ready(Tensor[] params, Tensor[] grads) -> bool", &kernel_ready);
   m.def("check(Tensor[] grads) -> Tensor");
+  // Every update rule (fusedopt/rules.py; the C++ rules of fusedopt/rules.h) through one schema: op contract v3,
+  // fusedopt/reference.py.
   m.def(
-      "sgd_update(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, "
-      "Tensor(d!)[] master_params, bool[] is_first, float lr, float weight_decay, float momentum, "
-      "float dampening, bool nesterov, bool maximize, Tensor? lr_tensor, Tensor? grad_scale, Tensor? clip_coef, "
-      "Tensor? found_inf) -> ()");
-  m.def(
-      "adam_update(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, "
-      "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] master_params, Tensor(g!)[] steps, float lr, float beta1, "
-      "float beta2, float eps, float weight_decay, bool amsgrad, bool maximize, bool decoupled, "
-      "Tensor? lr_tensor, Tensor? grad_scale, Tensor? clip_coef, Tensor? found_inf) -> ()");
+      "update(str rule, Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] states, Tensor(d!)[] master_params, "
+      "Tensor(e!)[] scalars, bool[] is_first, float[] hyper, int flags, bool maximize, Tensor? lr_tensor, "
+      "Tensor? grad_scale, Tensor? clip_coef, Tensor? found_inf) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(fusedopt, CPU, m) {
   m.impl("check", &check);
-  m.impl("sgd_update", &sgd_update);
-  m.impl("adam_update", &adam_update);
+  m.impl("update", &update);
 }
 
 }  // namespace fusedopt

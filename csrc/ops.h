@@ -4,25 +4,24 @@
 // signatures, in fusedopt::cuda_ops (csrc/cuda/bindings_cuda.cpp).
 #pragma once
 
+#include <stdint.h>
+
 #include <optional>
+#include <string_view>
 
 #include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
 
-// check, sgd_update and adam_update of one backend (the op contract, version 2: see fusedopt/reference.py).
+// check and update of one backend (the op contract, version 3: see fusedopt/reference.py; `rule` names one of
+// fusedopt/rules.h's rules).
 #define FUSEDOPT_DECLARE_BACKEND_OPS                                                                               \
-  at::Tensor check(at::TensorList grads);                                                                         \
-  void sgd_update(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,                   \
-                  at::TensorList master_params, c10::List<bool> is_first, double lr, double weight_decay,         \
-                  double momentum, double dampening, bool nesterov, bool maximize,                                \
-                  const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& grad_scale,        \
-                  const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& found_inf);        \
-  void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,                          \
-                   at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList master_params,      \
-                   at::TensorList steps, double lr, double beta1, double beta2, double eps, double weight_decay,   \
-                   bool amsgrad, bool maximize, bool decoupled, const std::optional<at::Tensor>& lr_tensor,       \
-                   const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& clip_coef,       \
-                   const std::optional<at::Tensor>& found_inf);
+  at::Tensor check(at::TensorList grads);                                                                          \
+  void update(std::string_view rule, at::TensorList params, at::TensorList grads, at::TensorList states,           \
+              at::TensorList master_params, at::TensorList scalars, c10::List<bool> is_first,                      \
+              c10::ArrayRef<double> hyper, int64_t flags, bool maximize,                                           \
+              const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& grad_scale,             \
+              const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& found_inf);
 
 namespace fusedopt {
 

@@ -6,9 +6,12 @@
 // for the call, which never releases the GIL. Traced code (torch.compile) keeps the torch.ops path.
 #include <torch/extension.h>
 
+#include <array>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "fusedopt/rules.h"
 #include "ops.h"
 
 namespace py = pybind11;
@@ -57,35 +60,42 @@ c10::List<bool> to_list(const std::vector<bool>& flags) {
   return list;
 }
 
-// Binds one backend's check/sgd_update/adam_update (the CPU ops, or the CUDA ones: same signatures) as
-// <prefix>check, <prefix>sgd_update and <prefix>adam_update.
-template <typename Check, typename Sgd, typename Adam>
-void def_ops(py::module_& m, const std::string& prefix, Check check, Sgd sgd_update, Adam adam_update) {
+// Binds one backend's check and update (the CPU ops, or the CUDA ones: same signatures) as <prefix>check and
+// <prefix>update.
+template <typename Check, typename Update>
+void def_ops(py::module_& m, const std::string& prefix, Check check, Update update) {
   using OptTensor = std::optional<at::Tensor>;
   m.def((prefix + "check").c_str(), [check](py::handle grads) { return check(BorrowedTensors(grads, "grads")); });
-  m.def((prefix + "sgd_update").c_str(),
-        [sgd_update](py::handle params, py::handle grads, py::handle momentum_buffers, py::handle master_params,
-                     const std::vector<bool>& is_first, double lr, double weight_decay, double momentum,
-                     double dampening, bool nesterov, bool maximize, const OptTensor& lr_tensor,
-                     const OptTensor& grad_scale, const OptTensor& clip_coef, const OptTensor& found_inf) {
-          sgd_update(BorrowedTensors(params, "params"), BorrowedTensors(grads, "grads"),
-                     BorrowedTensors(momentum_buffers, "momentum_buffers"),
-                     BorrowedTensors(master_params, "master_params"), to_list(is_first), lr, weight_decay, momentum,
-                     dampening, nesterov, maximize, lr_tensor, grad_scale, clip_coef, found_inf);
+  m.def((prefix + "update").c_str(),
+        [update](std::string_view rule, py::handle params, py::handle grads, py::handle states,
+                 py::handle master_params, py::handle scalars, const std::vector<bool>& is_first,
+                 const std::vector<double>& hyper, int64_t flags, bool maximize, const OptTensor& lr_tensor,
+                 const OptTensor& grad_scale, const OptTensor& clip_coef, const OptTensor& found_inf) {
+          update(rule, BorrowedTensors(params, "params"), BorrowedTensors(grads, "grads"),
+                 BorrowedTensors(states, "states"), BorrowedTensors(master_params, "master_params"),
+                 BorrowedTensors(scalars, "scalars"), to_list(is_first), hyper, flags, maximize, lr_tensor,
+                 grad_scale, clip_coef, found_inf);
         });
-  m.def((prefix + "adam_update").c_str(),
-        [adam_update](py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs,
-                      py::handle max_exp_avg_sqs, py::handle master_params, py::handle steps, double lr,
-                      double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
-                      bool decoupled, const OptTensor& lr_tensor, const OptTensor& grad_scale,
-                      const OptTensor& clip_coef, const OptTensor& found_inf) {
-          adam_update(BorrowedTensors(params, "params"), BorrowedTensors(grads, "grads"),
-                      BorrowedTensors(exp_avgs, "exp_avgs"), BorrowedTensors(exp_avg_sqs, "exp_avg_sqs"),
-                      BorrowedTensors(max_exp_avg_sqs, "max_exp_avg_sqs"),
-                      BorrowedTensors(master_params, "master_params"), BorrowedTensors(steps, "steps"), lr, beta1,
-                      beta2, eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor, grad_scale, clip_coef,
-                      found_inf);
-        });
+}
+
+// The names in one of a rule's name lists (math.h).
+template <size_t N>
+py::tuple names(const std::array<const char*, N>& list) {
+  py::tuple out(N);
+  for (size_t i = 0; i < N; ++i) out[i] = py::str(list[i]);
+  return out;
+}
+
+// What the C++ rule says about itself, for tests/test_rules.py to compare with fusedopt/rules.py.
+template <typename Rule>
+py::dict rule_info() {
+  py::dict info;
+  info["hyper"] = names(Rule::kHyperNames);
+  info["flags"] = names(Rule::kFlagNames);
+  info["states"] = names(Rule::kStateNames);
+  info["scalars"] = names(Rule::kScalarNames);
+  info["takes_is_first"] = Rule::kTakesIsFirst;
+  return info;
 }
 
 }  // namespace
@@ -94,10 +104,23 @@ PYBIND11_MODULE(_C, m) {
   m.def("kernel_ready", [](py::handle params, py::handle grads) {
     return fusedopt::kernel_ready(BorrowedTensors(params, "params"), BorrowedTensors(grads, "grads"));
   });
-  def_ops(m, "", &fusedopt::check, &fusedopt::sgd_update, &fusedopt::adam_update);
+  def_ops(m, "", &fusedopt::check, &fusedopt::update);
+  // The rules the compiled backends have kernels for (fusedopt/rules.h), by name, and each one's names.
+  m.def("rules", [] {
+    py::list out;
+    fusedopt::for_each_rule([&](auto rule) { out.append(py::str(decltype(rule)::kName)); });
+    return out;
+  });
+  m.def("rule_info", [](std::string_view name) {
+    py::dict info;
+    if (!fusedopt::with_rule(name, [&](auto rule) { info = rule_info<decltype(rule)>(); })) {
+      throw py::key_error("fusedopt: unknown update rule '" + std::string(name) + "'");
+    }
+    return info;
+  });
 #ifdef FUSEDOPT_CUDA
   // The CUDA ops (a build with FUSEDOPT_CUDA=1): fusedopt.ops offers backend="cuda" when has_cuda is true.
-  def_ops(m, "cuda_", &fusedopt::cuda_ops::check, &fusedopt::cuda_ops::sgd_update, &fusedopt::cuda_ops::adam_update);
+  def_ops(m, "cuda_", &fusedopt::cuda_ops::check, &fusedopt::cuda_ops::update);
   m.attr("has_cuda") = true;
 #else
   m.attr("has_cuda") = false;

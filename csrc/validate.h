@@ -1,19 +1,26 @@
-// Argument validation shared by the CPU ops (bindings.cpp) and the CUDA ops (cuda/bindings_cuda.cpp): every
-// check runs before anything is written, and every error names the argument and its index. The helpers are
-// templates over the backends' raw-pointer argument structs (cpu::SgdArgs, cuda::AdamArgs, ...), which share
-// field names, and over their Dtype enums, which share enumerator names.
+// Argument validation shared by the CPU ops (bindings.cpp) and the CUDA ops (cuda/ops_impl.h): every check runs
+// before anything is written, and every error names the argument and its index. The helpers are templates over
+// the update rule (math.h) and over the backends' raw-pointer argument structs (cpu::UpdateArgs and the CUDA
+// one), which share field names, and over their Dtype enums, which share enumerator names.
 #pragma once
 
 #include <stdint.h>
 
+#include <algorithm>
+#include <array>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
 #include <c10/core/DeviceType.h>
+#include <c10/util/ArrayRef.h>
 #include <c10/util/Exception.h>
+
+#include "fusedopt/rules.h"
 
 namespace fusedopt::validate {
 
@@ -145,71 +152,128 @@ struct StateDtype {
   }
 };
 
-// The memory of param i besides its states: param, grad and (when given) master copy.
+// The memory of param i besides its states: param, grad and (when given) master copy, into `spans` (cleared
+// first; reused across params, so the steady state allocates nothing).
 template <typename Args>
-std::vector<Span> param_spans(const Args& args, const Tensor& param, size_t i) {
+void param_spans(const Args& args, const Tensor& param, size_t i, std::vector<Span>& spans) {
   const int64_t p_bytes = args.numels[i] * param.element_size();
-  std::vector<Span> spans{{args.params[i], p_bytes}, {args.grads[i], p_bytes}};
+  spans.clear();
+  spans.push_back({args.params[i], p_bytes});
+  spans.push_back({args.grads[i], p_bytes});
   if (!args.master_params.empty()) spans.push_back({args.master_params[i], args.numels[i] * 4});
-  return spans;
 }
 
-// SGD's states: momentum buffers and is_first when momentum != 0 (empty lists by convention otherwise).
-template <typename Args>
-void fill_sgd_states(Args& args, TensorList params, TensorList momentum_buffers, const c10::List<bool>& is_first,
-                     bool has_momentum) {
-  StateDtype state;
-  if (has_momentum) {
-    check_length(momentum_buffers.size(), params.size(), "momentum_buffers");
-    check_length(is_first.size(), params.size(), "is_first");
+// f(Rule{}) for the update rule named `name` (fusedopt/rules.h's list), or an error naming the known rules, as
+// fusedopt/rules.py's get() words it.
+template <typename F>
+void with_rule(std::string_view name, F&& f) {
+  if (fusedopt::with_rule(name, std::forward<F>(f))) return;
+  std::vector<std::string> known;
+  for_each_rule([&](auto rule) { known.emplace_back(decltype(rule)::kName); });
+  std::sort(known.begin(), known.end());
+  std::string list;
+  for (const std::string& k : known) list += (list.empty() ? "" : ", ") + k;
+  TORCH_CHECK(false, "fusedopt: unknown update rule '", name, "'; known: ", list);
+}
+
+// A list name of the op's flat arguments: the state key + "s" (fusedopt/rules.py's list_name), e.g. exp_avgs.
+inline std::string list_name(const char* key) { return std::string(key) + "s"; }
+
+// A rule's names (math.h's name lists), comma-separated, for errors; "none" for an empty list.
+template <size_t N>
+std::string joined(const std::array<const char*, N>& names) {
+  std::string out;
+  for (size_t i = 0; i < N; ++i) out += (i > 0 ? ", " : "") + std::string(names[i]);
+  return N > 0 ? out : "none";
+}
+
+// The op's flat arguments for update rule `Rule` (see fusedopt/reference.py, op contract v3), validated and
+// filled into a backend's raw-pointer struct `Args` (cpu::UpdateArgs, the CUDA one), which has the fields
+//   dtype, state_dtype, params, grads, master_params, numels    (fill_params, fill_master_params)
+//   states    Rule::kStates * n pointers: states[k * n + i] is state k of param i, nullptr where the rule does
+//             not use state k under these switches (the op's list holds only the states in use, in order)
+//   scalars   Rule::kScalars * n float pointers (one-element float32 tensors on the params' device)
+//   is_first  empty, or one 0/1 per param
+//   hyper     the Rule::kHyper doubles; flags, switches (Rule::switches of them)
+// Nothing is written to a tensor here; every error names the list and the index ("exp_avgs[3] has dtype ...").
+template <typename Rule, typename Args>
+void fill_update(Args& args, TensorList params, TensorList grads, TensorList states, TensorList master_params,
+                 TensorList scalars, const c10::List<bool>& is_first, c10::ArrayRef<double> hyper, int64_t flags) {
+  TORCH_CHECK(hyper.size() == size_t(Rule::kHyper), "fusedopt: rule '", Rule::kName, "' takes ", Rule::kHyper,
+              " hyperparameters (", joined(Rule::kHyperNames), "), got ", hyper.size());
+  TORCH_CHECK(flags >= 0 && flags < (int64_t(1) << Rule::kFlags), "fusedopt: flags is ", flags, "; rule '",
+              Rule::kName, "' has ", Rule::kFlags, " flag bits (", joined(Rule::kFlagNames), ")");
+  args.hyper.assign(hyper.begin(), hyper.end());
+  args.flags = uint32_t(flags);
+  args.switches = Rule::switches(args.hyper.data(), args.flags);
+  fill_params(args, params, grads);
+  fill_master_params(args, params, master_params);
+
+  const size_t n = params.size();
+  // The states in use, in the rule's order: the op's list k_used holds state k.
+  std::array<int, Rule::kStates> used{};
+  std::array<std::string, Rule::kStates> names;
+  size_t num_used = 0;
+  for (int k = 0; k < Rule::kStates; ++k) {
+    if (!Rule::uses_state(k, args.switches)) continue;
+    used[num_used++] = k;
+    names[k] = list_name(Rule::kStateNames[k]);
   }
-  for (size_t i = 0; i < params.size(); ++i) {
-    std::vector<Span> spans = param_spans(args, params[i], i);
-    if (has_momentum) {
-      void* buf = state.data(momentum_buffers[i], params[i], "momentum_buffers", i);
-      spans.push_back({buf, args.numels[i] * momentum_buffers[i].element_size()});
-      args.momentum_buffers.push_back(buf);
-      args.is_first.push_back(is_first.get(i) ? 1 : 0);
+  if (states.size() != num_used * n) {
+    std::string lists;
+    for (size_t u = 0; u < num_used; ++u) lists += (u > 0 ? ", " : "") + names[used[u]];
+    TORCH_CHECK(false, "fusedopt: states has ", states.size(), " entries, expected ", num_used * n, " (", num_used,
+                " state lists (", num_used > 0 ? lists : std::string("none"), ") of ", n, " params)");
+  }
+  TORCH_CHECK(scalars.size() == size_t(Rule::kScalars) * n, "fusedopt: scalars has ", scalars.size(),
+              " entries, expected ", size_t(Rule::kScalars) * n, " (", Rule::kScalars, " scalar lists (",
+              joined(Rule::kScalarNames), ") of ", n, " params)");
+  if (!is_first.empty()) check_length(is_first.size(), n, "is_first");
+
+  args.states.assign(size_t(Rule::kStates) * n, nullptr);
+  args.scalars.assign(size_t(Rule::kScalars) * n, nullptr);
+  if (!is_first.empty()) args.is_first.resize(n);
+  StateDtype state;
+  std::vector<Span> spans;
+  for (size_t i = 0; i < n; ++i) {
+    param_spans(args, params[i], i, spans);
+    for (size_t u = 0; u < num_used; ++u) {
+      const int k = used[u];
+      const Tensor& t = states[u * n + i];
+      void* data = state.data(t, params[i], names[k].c_str(), i);
+      spans.push_back({data, args.numels[i] * t.element_size()});
+      args.states[size_t(k) * n + i] = data;
     }
     check_disjoint(spans, i);
+    for (int j = 0; j < Rule::kScalars; ++j) {
+      const Tensor& s = scalars[size_t(j) * n + i];
+      const c10::Device device = params[i].device();
+      TORCH_CHECK(s.defined() && s.device() == device && s.layout() == at::kStrided &&
+                      s.scalar_type() == at::kFloat && s.numel() == 1,
+                  "fusedopt: ", list_name(Rule::kScalarNames[j]), "[", i, "] must be a one-element float32 ",
+                  c10::DeviceTypeName(device.type()), " tensor on ", device, ", got ",
+                  s.defined() ? s.toString() : std::string("undefined"), " with ", s.defined() ? s.numel() : 0,
+                  " elements", s.defined() ? " on " + s.device().str() : std::string());
+      args.scalars[size_t(j) * n + i] = static_cast<float*>(s.data_ptr());
+    }
+    if (!is_first.empty()) args.is_first[i] = is_first.get(i) ? 1 : 0;
   }
   args.state_dtype = state.kernel_dtype<decltype(args.state_dtype)>();
 }
 
-// Adam's states and step counts (one-element float32 tensors on the params' device).
-template <typename Args>
-void fill_adam_states(Args& args, TensorList params, TensorList exp_avgs, TensorList exp_avg_sqs,
-                      TensorList max_exp_avg_sqs, TensorList steps, bool amsgrad) {
-  check_length(exp_avgs.size(), params.size(), "exp_avgs");
-  check_length(exp_avg_sqs.size(), params.size(), "exp_avg_sqs");
-  check_length(steps.size(), params.size(), "steps");
-  // Without amsgrad max_exp_avg_sqs is unused (empty, by convention).
-  if (amsgrad) check_length(max_exp_avg_sqs.size(), params.size(), "max_exp_avg_sqs");
-  StateDtype state;
-  for (size_t i = 0; i < params.size(); ++i) {
-    std::vector<Span> spans = param_spans(args, params[i], i);
-    void* m = state.data(exp_avgs[i], params[i], "exp_avgs", i);
-    void* v = state.data(exp_avg_sqs[i], params[i], "exp_avg_sqs", i);
-    const int64_t s_bytes = args.numels[i] * exp_avgs[i].element_size();
-    spans.insert(spans.end(), {{m, s_bytes}, {v, s_bytes}});
-    if (amsgrad) {
-      void* vmax = state.data(max_exp_avg_sqs[i], params[i], "max_exp_avg_sqs", i);
-      spans.push_back({vmax, s_bytes});
-      args.max_exp_avg_sqs.push_back(vmax);
+// The scalar states' values, for a backend that reads them on the host (the CPU op: no sync): the rule's
+// kScalarNonNegative ones must be >= 0 (not NaN). Run after fill_update, before anything is written.
+template <typename Rule, typename Args>
+void check_scalar_values(const Args& args) {
+  const size_t n = args.numels.size();
+  for (int j = 0; j < Rule::kScalars; ++j) {
+    if (!Rule::kScalarNonNegative[j]) continue;
+    for (size_t i = 0; i < n; ++i) {
+      const float v = *args.scalars[size_t(j) * n + i];
+      TORCH_CHECK(v >= 0.0f, "fusedopt: ", list_name(Rule::kScalarNames[j]), "[", i, "] is ", v, "; ",
+                  Rule::kScalarNames[j], " counts must be non-negative");
     }
-    check_disjoint(spans, i);
-    args.exp_avgs.push_back(m);
-    args.exp_avg_sqs.push_back(v);
-    const Tensor& s = steps[i];
-    const c10::Device device = params[i].device();
-    TORCH_CHECK(s.defined() && s.device() == device && s.layout() == at::kStrided && s.scalar_type() == at::kFloat &&
-                    s.numel() == 1,
-                "fusedopt: steps[", i, "] must be a one-element float32 ", c10::DeviceTypeName(device.type()),
-                " tensor on ", device, ", got ", s.defined() ? s.toString() : std::string("undefined"), " with ",
-                s.defined() ? s.numel() : 0, " elements", s.defined() ? " on " + s.device().str() : std::string());
-    args.steps.push_back(static_cast<float*>(s.data_ptr()));
   }
-  args.state_dtype = state.kernel_dtype<decltype(args.state_dtype)>();
 }
 
 // An optional one-element float tensor argument (lr_tensor, grad_scale, clip_coef, found_inf) on `device`.

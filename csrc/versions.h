@@ -19,19 +19,13 @@ inline void bump_versions(std::initializer_list<at::TensorList> written) {
   }
 }
 
-// What each update op writes, for every backend's op (one list per algorithm): params, master copies, states,
-// step counts, and the grads when GradScaler's unscale writes them back.
-inline void bump_sgd_writes(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                            at::TensorList master_params, const std::optional<at::Tensor>& grad_scale) {
-  bump_versions({params, master_params, momentum_buffers, grad_scale.has_value() ? grads : at::TensorList()});
-}
-
-inline void bump_adam_writes(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                             at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, bool amsgrad,
-                             at::TensorList master_params, at::TensorList steps,
-                             const std::optional<at::Tensor>& grad_scale) {
-  bump_versions({params, master_params, exp_avgs, exp_avg_sqs, amsgrad ? max_exp_avg_sqs : at::TensorList(), steps,
-                 grad_scale.has_value() ? grads : at::TensorList()});
+// What the update op writes, for every backend and rule: params, master copies, the states in use (the op's
+// flat list holds only those), the scalar states (step counts), and the grads when GradScaler's unscale writes
+// them back.
+inline void bump_update_writes(at::TensorList params, at::TensorList grads, at::TensorList states,
+                               at::TensorList master_params, at::TensorList scalars,
+                               const std::optional<at::Tensor>& grad_scale) {
+  bump_versions({params, master_params, states, scalars, grad_scale.has_value() ? grads : at::TensorList()});
 }
 
 }  // namespace fusedopt

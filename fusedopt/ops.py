@@ -1,10 +1,11 @@
-"""Backends: modules with the same three functions (``check``, ``sgd_update``, ``adam_update``).
+"""Backends: modules with the same two functions (``check``, ``update``), the update rules they have kernels for
+(``RULES``), and the v2 named entry points built on ``update`` (``sgd_update``, ``adam_update``).
 
-The compiled CPU and CUDA kernels are ``torch.library`` ops (``torch.ops.fusedopt.*``, schemas in
-csrc/bindings.cpp, a CPU and, in a CUDA build, a CUDA implementation); this module registers their fake
-implementations so ``torch.compile`` can trace through them, and maps backend names to implementations. Eager
-calls take the same C++ functions through a direct binding (cheaper per tensor). Choosing a backend is a
-dictionary lookup: ``resolve(name, device, dtype)``.
+The compiled CPU and CUDA kernels are ``torch.library`` ops (``torch.ops.fusedopt.check`` and the generic
+``torch.ops.fusedopt.update(rule, ...)``, schemas in csrc/bindings.cpp, a CPU and, in a CUDA build, a CUDA
+implementation); this module registers their fake implementations so ``torch.compile`` can trace through them,
+and maps backend names to implementations. Eager calls take the same C++ functions through a direct binding
+(cheaper per tensor). Choosing a backend is a dictionary lookup: ``resolve(name, device, dtype, rule)``.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from fusedopt import reference
+from fusedopt import reference, rules
 
 try:
     from fusedopt import _C  # noqa: F401  (loading it registers torch.ops.fusedopt.*)
@@ -46,7 +47,8 @@ def _eager_or_traced(name: str, prefix: str = ""):
 
 
 def _v2_update(sgd_update, adam_update):
-    """Op contract v3's ``update`` on top of a backend's per-algorithm v2 ops, until the backend has its own."""
+    """Op contract v3's ``update`` on top of a backend's per-algorithm v2 ops, until the backend has its own (the
+    Triton backend and the emulated CUDA module of the tests still use it)."""
     def update(rule, params, grads, states, master_params, scalars, is_first, hyper, flags, maximize,
                lr_tensor=None, grad_scale=None, clip_coef=None, found_inf=None):
         n = len(params)
@@ -62,10 +64,12 @@ def _v2_update(sgd_update, adam_update):
 
 
 def _compiled_backend(prefix: str = "") -> types.SimpleNamespace:
-    ns = types.SimpleNamespace(**{name: _eager_or_traced(name, prefix)
-                                  for name in ("check", "sgd_update", "adam_update")})
-    ns.update = _v2_update(ns.sgd_update, ns.adam_update)
-    ns.RULES = frozenset({"sgd", "adam"})
+    """A compiled backend: its ``check`` and generic ``update`` ops, the rules its kernels have (the C++ rule
+    list, csrc/include/fusedopt/rules.h), and the v2 named entries on top of ``update``."""
+    ns = types.SimpleNamespace(check=_eager_or_traced("check", prefix), update=_eager_or_traced("update", prefix))
+    ns.RULES = frozenset(_C.rules())
+    ns.sgd_update = rules.sgd_entry(ns.update)
+    ns.adam_update = rules.adam_entry(ns.update)
     return ns
 
 
@@ -82,16 +86,10 @@ if EXTENSION_ERROR is None:
     def _check_fake(grads):
         return grads[0].new_empty((2,), dtype=torch.float32)
 
-    # The updates only mutate their arguments (contract v2 signatures; see fusedopt/reference.py).
-    @torch.library.register_fake("fusedopt::sgd_update")
-    def _sgd_update_fake(params, grads, momentum_buffers, master_params, is_first, lr, weight_decay, momentum,
-                         dampening, nesterov, maximize, lr_tensor, grad_scale, clip_coef, found_inf):
-        return None
-
-    @torch.library.register_fake("fusedopt::adam_update")
-    def _adam_update_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, steps, lr, beta1,
-                          beta2, eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor, grad_scale, clip_coef,
-                          found_inf):
+    # The update only mutates its arguments (contract v3; see fusedopt/reference.py), for every rule.
+    @torch.library.register_fake("fusedopt::update")
+    def _update_fake(rule, params, grads, states, master_params, scalars, is_first, hyper, flags, maximize,
+                     lr_tensor, grad_scale, clip_coef, found_inf):
         return None
 
 

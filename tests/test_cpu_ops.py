@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import pathlib
+import types
 
 import pytest
 import torch
@@ -34,13 +35,24 @@ def _load_reference():
 
 
 def _load_ops():
+    """torch.ops.fusedopt's ops (the dispatcher path), with the v2 named entries on the generic update."""
     try:
         import fusedopt._C  # noqa: F401  (registers torch.ops.fusedopt.*)
     except ImportError:
         libs = glob.glob(str(ROOT / "fusedopt" / "_C*.so"))
         assert libs, "fusedopt._C is not built: pip install --no-build-isolation -e ."
         torch.ops.load_library(libs[0])
-    return torch.ops.fusedopt
+    from fusedopt import rules
+    lib = torch.ops.fusedopt
+    return types.SimpleNamespace(check=lib.check, kernel_ready=lib.kernel_ready, update=lib.update,
+                                 sgd_update=rules.sgd_entry(lib.update), adam_update=rules.adam_entry(lib.update))
+
+
+def _eager():
+    """The direct (eager) binding of the same C++ functions, with the same v2 named entries."""
+    from fusedopt import _C, rules
+    return types.SimpleNamespace(update=_C.update, sgd_update=rules.sgd_entry(_C.update),
+                                 adam_update=rules.adam_entry(_C.update))
 
 
 reference = _load_reference()
@@ -464,7 +476,9 @@ BAD_ADAM_ARGS = {
     "mixed param dtypes": (lambda s, g: dict(params=[s["params"][0], s["params"][1].bfloat16(), s["params"][2]],
                                              grads=[g[0], g[1].bfloat16(), g[2]]),
                            r"params\[1\] has dtype BFloat16 but params\[0\] has Float"),
-    "amsgrad without max": (lambda s, g: dict(amsgrad=True), r"max_exp_avg_sqs has 0 entries, expected 3"),
+    "amsgrad without max": (lambda s, g: dict(amsgrad=True),
+                            r"states has 6 entries, expected 9 \(3 state lists \(exp_avgs, exp_avg_sqs, "
+                            r"max_exp_avg_sqs\) of 3 params\)"),
     "step dtype": (lambda s, g: dict(steps=[*s["steps"][:2], torch.tensor(0.0, dtype=torch.float64)]),
                    r"steps\[2\] must be a one-element float32 CPU tensor"),
     "aliasing": (lambda s, g: dict(exp_avg_sqs=[s["exp_avg_sqs"][0], s["exp_avgs"][1], s["exp_avg_sqs"][2]]),
@@ -509,15 +523,15 @@ def test_adam_validation_errors_change_nothing(case):
 def test_lr_tensor_on_another_device_is_rejected():
     """Through torch.ops a tensor on another device would dispatch elsewhere; the eager binding calls the CPU
     function directly, which must name the problem."""
-    from fusedopt import _C
+    eager = _eager()
     state, grads = _adam_problem()
     before = [t.clone() for t in [*state["params"], *state["steps"]]]
     lr = torch.tensor(1e-3, device="meta")
     with pytest.raises(RuntimeError, match=r"lr_tensor is on meta, expected cpu"):
-        _C.adam_update(state["params"], grads, state["exp_avgs"], state["exp_avg_sqs"], [], [], state["steps"], 1e-3,
-                       0.9, 0.999, 1e-8, 0.0, False, False, False, lr, None, None, None)
+        eager.adam_update(state["params"], grads, state["exp_avgs"], state["exp_avg_sqs"], [], [], state["steps"],
+                          1e-3, 0.9, 0.999, 1e-8, 0.0, False, False, False, lr, None, None, None)
     with pytest.raises(RuntimeError, match=r"lr_tensor is on meta, expected cpu"):
-        _C.sgd_update(state["params"], grads, [], [], [], 0.1, 0.0, 0.0, 0.0, False, False, lr, None, None, None)
+        eager.sgd_update(state["params"], grads, [], [], [], 0.1, 0.0, 0.0, 0.0, False, False, lr, None, None, None)
     for a, b in zip([*state["params"], *state["steps"]], before):
         assert_bitwise_equal(a, b, name="state")
 
@@ -623,11 +637,10 @@ def test_eager_binding_rejects_non_tensor_lists():
 
 def test_eager_binding_equals_torch_ops():
     """Both entry points run the same C++ function: identical results, bit for bit."""
-    from fusedopt import _C
     torch.manual_seed(0)
     base = [torch.randn(s) for s in SHAPES]
     runs = []
-    for entry in (_C.adam_update, ops.adam_update):
+    for entry in (_eager().adam_update, ops.adam_update):
         p = [t.clone() for t in base]
         g = [t.sin() for t in base]
         m, v = [torch.zeros_like(t) for t in base], [torch.zeros_like(t) for t in base]
@@ -640,8 +653,9 @@ def test_eager_binding_equals_torch_ops():
         assert torch.equal(a, b)
 
 
-def test_fake_impls_take_the_v2_schemas():
-    """What torch.compile traces through: the fake (meta) impls accept the v2 arguments and write nothing."""
+def test_fake_impl_takes_every_rule():
+    """What torch.compile traces through: the fake (meta) impl of the generic update accepts each rule's flat
+    arguments and writes nothing (returns None), as do the v2 named entries on top of it."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():
         p = [torch.empty(5, dtype=torch.bfloat16)]
@@ -649,8 +663,11 @@ def test_fake_impls_take_the_v2_schemas():
         master = [torch.empty(5)]
         state = [torch.empty(5, dtype=torch.bfloat16)]
         lr = torch.empty(())
-        assert ops.sgd_update(p, g, state, master, [True], 0.1, 0.0, 0.9, 0.0, False, False, lr, None, None,
-                              None) is None
-        assert ops.adam_update(p, g, state, state, [], master, [torch.empty(())], 0.1, 0.9, 0.999, 1e-8, 0.0,
-                               False, False, True, lr, None, None, None) is None
+        assert ops.update("sgd", p, g, state, master, [], [True], [0.1, 0.0, 0.9, 0.0], 1, False, lr, None, None,
+                          None) is None
+        assert ops.update("adam", p, g, state * 2, master, [torch.empty(())], [], [0.1, 0.9, 0.999, 1e-8, 0.0], 2,
+                          False, lr, None, None, None) is None
+        ops.sgd_update(p, g, state, master, [True], 0.1, 0.0, 0.9, 0.0, False, False, lr, None, None, None)
+        ops.adam_update(p, g, state, state, [], master, [torch.empty(())], 0.1, 0.9, 0.999, 1e-8, 0.0, False, False,
+                        True, lr, None, None, None)
         assert ops.check(g).shape == (2,)

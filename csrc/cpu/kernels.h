@@ -33,42 +33,31 @@ struct GradPrep {
   bool maximize;
 };
 
-// Params and grads share `dtype`; states are all `state_dtype` (Float32 or BFloat16); every list has one entry
-// per param (numels[i] elements) or is empty where unused. With master_params, the update reads and writes the
-// fp32 master copy and stores its new value, rounded to `dtype`, into the param. lr is a host double (the CPU
-// op reads a lr_tensor on the host: no sync on CPU).
-struct SgdArgs {
-  Dtype dtype;
+// One update call of a rule (math.h; op contract v3, fusedopt/reference.py), filled by validate::fill_update.
+// Params and grads share `dtype`; states are all `state_dtype` (Float32 or BFloat16). With n params (numels[i]
+// elements each): states[k * n + i] is the rule's state k of param i (nullptr where the rule does not use state
+// k under `switches`), scalars[j * n + i] its j-th scalar state (a host float: the CPU op reads it on the host,
+// no sync), is_first is empty or one entry per param. With master_params, the update reads and writes the fp32
+// master copy and stores its new value, rounded to `dtype`, into the param. hyper[0] is the learning rate
+// (lr_tensor's value when given, read on the host).
+struct UpdateArgs {
+  Dtype dtype = Dtype::Float32;
   Dtype state_dtype = Dtype::Float32;
   std::vector<void*> params;
   std::vector<void*> grads;
-  std::vector<float*> master_params;     // empty: no master copy
-  std::vector<void*> momentum_buffers;   // empty when momentum == 0
+  std::vector<float*> master_params;  // empty: no master copy
+  std::vector<void*> states;
+  std::vector<float*> scalars;         // advanced here (Rule::per_tensor)
   std::vector<uint8_t> is_first;
   std::vector<int64_t> numels;
-  double lr, weight_decay, momentum, dampening;
-  bool nesterov;
+  std::vector<double> hyper;
+  uint32_t flags = 0;
+  uint32_t switches = 0;               // Rule::switches(hyper, flags)
   GradPrep grad;
 };
 
-void sgd_update(const SgdArgs& args);
-
-struct AdamArgs {
-  Dtype dtype;
-  Dtype state_dtype = Dtype::Float32;
-  std::vector<void*> params;
-  std::vector<void*> grads;
-  std::vector<float*> master_params;    // empty: no master copy
-  std::vector<void*> exp_avgs;
-  std::vector<void*> exp_avg_sqs;
-  std::vector<void*> max_exp_avg_sqs;  // empty unless amsgrad
-  std::vector<float*> steps;            // one float each, incremented here
-  std::vector<int64_t> numels;
-  double lr, beta1, beta2, eps, weight_decay;
-  bool amsgrad, decoupled;
-  GradPrep grad;
-};
-
-void adam_update(const AdamArgs& args);
+// Instantiated for every rule of fusedopt/rules.h's list (csrc/cpu/update.cpp).
+template <typename Rule>
+void update(const UpdateArgs& args);
 
 }  // namespace fusedopt::cpu

@@ -1,5 +1,6 @@
 // Multi-tensor machinery of the CPU kernels: a chunk table over all tensors of a call, a parallel loop over
-// it, fp32 block buffers for low-precision storage, and compile-time dispatch of the structural switches.
+// it, fp32 block buffers for low-precision storage, and compile-time dispatch of the structural switches (used
+// by the generic update loop, update.cpp, and the check pass, norm.cpp).
 #pragma once
 
 #include <stdint.h>
@@ -8,6 +9,7 @@
 #include <array>
 #include <atomic>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <ATen/Parallel.h>
@@ -162,6 +164,17 @@ inline void with_bool(bool b, const F& f) {
   } else {
     f(std::false_type{});
   }
+}
+
+template <typename F, uint32_t... SW>
+inline void with_switches(uint32_t sw, const F& f, std::integer_sequence<uint32_t, SW...>) {
+  ((sw == SW ? (f(std::integral_constant<uint32_t, SW>{}), 0) : 0), ...);
+}
+
+// f(std::integral_constant<uint32_t, sw>): a rule's switches (math.h, Rule::switches) as a template argument.
+template <int BITS, typename F>
+inline void with_switches(uint32_t sw, const F& f) {
+  with_switches(sw, f, std::make_integer_sequence<uint32_t, (uint32_t(1) << BITS)>{});
 }
 
 // ---------------------------------------------------------------------------------------------------------------

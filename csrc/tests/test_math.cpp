@@ -26,6 +26,54 @@ struct Lcg {
   double normal() { return std::sqrt(-2.0 * std::log(uniform())) * std::cos(6.283185307179586 * uniform()); }
 };
 
+using fusedopt::AdamRule;
+using fusedopt::SgdRule;
+
+// A rule's element<SW> with the switches chosen at run time, as the loops dispatch them.
+template <typename Rule, uint32_t SW = 0>
+void element(uint32_t sw, float& p, float g, float (&s)[Rule::kStates], const typename Rule::Hyper& h,
+             const typename Rule::PerTensor& t) {
+  if constexpr (SW < (uint32_t(1) << Rule::kSwitchBits)) {
+    if (sw == SW) return Rule::template element<SW>(p, g, s, h, t);
+    element<Rule, SW + 1>(sw, p, g, s, h, t);
+  }
+}
+
+// The rules in the shape of the tests below: one call per element with the states and switches spelled out.
+AdamRule::Hyper adam_hyper(double lr, double beta1, double beta2, double eps, double weight_decay) {
+  const double h[] = {lr, beta1, beta2, eps, weight_decay};
+  return AdamRule::hyper(h);
+}
+
+AdamRule::PerTensor adam_step(double lr, double beta1, double beta2, double step) {
+  return AdamRule::coefficients(lr, beta1, beta2, step);
+}
+
+void adam_element(float& p, float g, float& m, float& v, float& vmax, const AdamRule::Hyper& h,
+                  const AdamRule::PerTensor& t, bool weight_decay, bool decoupled, bool amsgrad) {
+  const uint32_t sw = (weight_decay ? AdamRule::kWeightDecay : 0u) |
+                      (weight_decay && decoupled ? AdamRule::kDecoupled : 0u) | (amsgrad ? AdamRule::kAmsgrad : 0u);
+  float s[3] = {m, v, vmax};
+  element<AdamRule>(sw, p, g, s, h, t);
+  m = s[0];
+  v = s[1];
+  vmax = s[2];
+}
+
+SgdRule::Hyper sgd_hyper(double lr, double weight_decay, double momentum, double dampening) {
+  const double h[] = {lr, weight_decay, momentum, dampening};
+  return SgdRule::hyper(h);
+}
+
+void sgd_element(float& p, float g, float& buf, bool first, const SgdRule::Hyper& h, bool weight_decay,
+                 bool momentum, bool nesterov) {
+  const uint32_t sw = (weight_decay ? SgdRule::kWeightDecay : 0u) | (momentum ? SgdRule::kMomentum : 0u) |
+                      (momentum && nesterov ? SgdRule::kNesterov : 0u);
+  float s[1] = {buf};
+  element<SgdRule>(sw, p, g, s, h, SgdRule::PerTensor{first});
+  buf = s[0];
+}
+
 bool close(double actual, double expected, double rtol, double atol) {
   return std::fabs(actual - expected) <= atol + rtol * std::fabs(expected);
 }
@@ -47,18 +95,17 @@ void test_adam(const AdamCase& c) {
   std::vector<double> pd(n), md(n, 0.0), vd(n, 0.0), vmaxd(n, 0.0);
   for (int i = 0; i < n; ++i) pd[i] = p[i] = float(rng.normal());
 
-  const fusedopt::AdamHyper h = fusedopt::adam_hyper(c.lr, c.beta1, c.beta2, c.eps, c.weight_decay);
+  const AdamRule::Hyper h = adam_hyper(c.lr, c.beta1, c.beta2, c.eps, c.weight_decay);
   const float factor = fusedopt::grad_factor(c.clip != 1.0, float(c.clip), c.maximize);
   const bool wd = c.weight_decay != 0.0;
 
   int bad = 0;
   double worst = 0.0;
   for (int t = 1; t <= steps; ++t) {
-    const fusedopt::AdamStep s = fusedopt::adam_step(c.lr, c.beta1, c.beta2, t);
+    const AdamRule::PerTensor s = adam_step(c.lr, c.beta1, c.beta2, t);
     for (int i = 0; i < n; ++i) {
       float g = float(rng.normal());
-      fusedopt::adam_element(p[i], fusedopt::prepare_grad(g, factor), m[i], v[i], vmax[i], h, s, wd, c.decoupled,
-                             c.amsgrad);
+      adam_element(p[i], fusedopt::prepare_grad(g, factor), m[i], v[i], vmax[i], h, s, wd, c.decoupled, c.amsgrad);
 
       double gd = double(g) * c.clip * (c.maximize ? -1.0 : 1.0);
       if (wd && c.decoupled) pd[i] *= 1.0 - c.lr * c.weight_decay;
@@ -98,7 +145,7 @@ void test_sgd(const SgdCase& c) {
   std::vector<float> p(n), buf(n, 123.0f);  // garbage before the first step: buf = g must ignore it
   std::vector<double> pd(n), bufd(n, 0.0);
   for (int i = 0; i < n; ++i) pd[i] = p[i] = float(rng.normal());
-  const fusedopt::SgdHyper h = fusedopt::sgd_hyper(c.lr, c.weight_decay, c.momentum, c.dampening);
+  const SgdRule::Hyper h = sgd_hyper(c.lr, c.weight_decay, c.momentum, c.dampening);
   const float factor = fusedopt::grad_factor(c.clip != 1.0, float(c.clip), c.maximize);
   const bool wd = c.weight_decay != 0.0, mom = c.momentum != 0.0;
 
@@ -106,7 +153,7 @@ void test_sgd(const SgdCase& c) {
   for (int t = 0; t < steps; ++t) {
     for (int i = 0; i < n; ++i) {
       float g = float(rng.normal());
-      fusedopt::sgd_element(p[i], fusedopt::prepare_grad(g, factor), buf[i], t == 0, h, wd, mom, c.nesterov);
+      sgd_element(p[i], fusedopt::prepare_grad(g, factor), buf[i], t == 0, h, wd, mom, c.nesterov);
 
       double gd = double(g) * c.clip * (c.maximize ? -1.0 : 1.0);
       if (wd) gd += c.weight_decay * pd[i];
@@ -134,9 +181,9 @@ float fused(float a, float b, float c) { return float(double(a) * double(b) + do
 void test_torch_roundings() {
   using namespace fusedopt;
   Lcg rng{13};
-  const SgdHyper sh = sgd_hyper(0.05, 0.01, 0.9, 0.3);
-  const AdamHyper ah = adam_hyper(1e-2, 0.9, 0.999, 1e-8, 0.05);
-  const AdamStep as = adam_step(1e-2, 0.9, 0.999, 3.0);
+  const SgdRule::Hyper sh = sgd_hyper(0.05, 0.01, 0.9, 0.3);
+  const AdamRule::Hyper ah = adam_hyper(1e-2, 0.9, 0.999, 1e-8, 0.05);
+  const AdamRule::PerTensor as = adam_step(1e-2, 0.9, 0.999, 3.0);
   int sgd_bad = 0, adam_bad = 0;
   for (int k = 0; k < 100000; ++k) {
     const float p0 = float(rng.normal()), g0 = float(rng.normal()), b0 = float(rng.normal());
@@ -164,7 +211,7 @@ void test_torch_roundings() {
   EXPECT(adam_bad == 0, "adam_element rounds as torch's kernels: %d of 100000 results differ", adam_bad);
   // The bias corrections as torch.optim computes them in Python: bias_correction2 ** 0.5 is C's pow.
   for (double t = 1; t <= 1000; ++t) {
-    AdamStep s = adam_step(1e-3, 0.9, 0.999, t);
+    AdamRule::PerTensor s = adam_step(1e-3, 0.9, 0.999, t);
     EXPECT(float_bits(s.bc2_sqrt) == float_bits(float(std::pow(1.0 - std::pow(0.999, t), 0.5))) &&
                float_bits(s.step_size) == float_bits(float(1e-3 / (1.0 - std::pow(0.9, t)))),
            "adam_step at step %g", t);
@@ -202,17 +249,17 @@ void test_element_details() {
   EXPECT(prepare_grad(3.0f, grad_factor(false, 0.0f, true)) == -3.0f, "maximize negates");
   // Switched-off terms do not touch the value: no 0 * inf NaN from an absent weight decay, buf = g exactly.
   float inf = std::numeric_limits<float>::infinity();
-  SgdHyper h{0.5f, 0.0f, 0.9f, 0.7f};
+  SgdRule::Hyper h{0.5f, 0.0f, 0.9f, 0.7f};
   float p = inf, buf = 42.0f;
   sgd_element(p, 1.0f, buf, true, h, false, true, false);
   EXPECT(buf == 1.0f && p == inf, "first step: buf = g; inf param stays inf (got buf %g, p %g)", buf, p);
   float q = 1.0f, unused = 0.0f;
-  SgdHyper zero_lr{0.0f, 0.0f, 0.0f, 1.0f};
+  SgdRule::Hyper zero_lr{0.0f, 0.0f, 0.0f, 1.0f};
   sgd_element(q, 123.0f, unused, false, zero_lr, false, false, false);
   EXPECT(q == 1.0f, "lr 0 leaves the param");
   // Adam without amsgrad leaves vmax alone; with it, vmax is the running max.
-  AdamHyper ah{0.1f, 0.999f, 0.001f, 1e-8f, 0.0f, 1.0f};
-  AdamStep as{1e-3f, 1.0f};
+  AdamRule::Hyper ah{0.1f, 0.999f, 0.001f, 1e-8f, 0.0f, 1.0f};
+  AdamRule::PerTensor as{1e-3f, 1.0f};
   float ap = 1.0f, am = 0.0f, av = 4.0f, avmax = 9.0f;
   adam_element(ap, 0.0f, am, av, avmax, ah, as, false, false, false);
   EXPECT(avmax == 9.0f, "vmax untouched without amsgrad");
@@ -225,6 +272,32 @@ void test_element_details() {
   EXPECT(!is_nonfinite(std::numeric_limits<float>::max()) && !is_nonfinite(1e30f) && !is_nonfinite(1e-45f) &&
              !is_nonfinite(0.0f),
          "finite values are finite");
+}
+
+// The rules' switches, states in use and per-tensor step, as the ops use them.
+void test_rule_interfaces() {
+  using fusedopt::float_bits;
+  const double sgd_plain[] = {0.1, 0.0, 0.0, 0.0}, sgd_momentum[] = {0.1, 0.01, 0.9, 0.0};
+  EXPECT(SgdRule::switches(sgd_plain, 1) == 0, "sgd: nesterov without momentum switches nothing on");
+  EXPECT(SgdRule::switches(sgd_momentum, 1) == (SgdRule::kWeightDecay | SgdRule::kMomentum | SgdRule::kNesterov),
+         "sgd: weight decay, momentum, nesterov");
+  EXPECT(!SgdRule::uses_state(0, SgdRule::switches(sgd_plain, 0)) &&
+             SgdRule::uses_state(0, SgdRule::switches(sgd_momentum, 0)),
+         "sgd: the momentum buffer only with momentum");
+  const double adam_plain[] = {1e-3, 0.9, 0.999, 1e-8, 0.0}, adam_wd[] = {1e-3, 0.9, 0.999, 1e-8, 0.1};
+  EXPECT(AdamRule::switches(adam_plain, 2) == 0, "adam: decoupled without weight decay switches nothing on");
+  EXPECT(AdamRule::switches(adam_wd, 3) == (AdamRule::kWeightDecay | AdamRule::kDecoupled | AdamRule::kAmsgrad),
+         "adam: weight decay, decoupled, amsgrad");
+  EXPECT(AdamRule::uses_state(0, 0) && AdamRule::uses_state(1, 0) && !AdamRule::uses_state(2, 0) &&
+             AdamRule::uses_state(2, AdamRule::kAmsgrad),
+         "adam: max_exp_avg_sq only with amsgrad");
+  float step = 2.0f;
+  float* scalars[] = {&step};
+  const AdamRule::PerTensor t = AdamRule::per_tensor(adam_wd, scalars, false);
+  const AdamRule::PerTensor want = AdamRule::coefficients(1e-3, 0.9, 0.999, 3.0);
+  EXPECT(step == 3.0f && float_bits(t.step_size) == float_bits(want.step_size) &&
+             float_bits(t.bc2_sqrt) == float_bits(want.bc2_sqrt),
+         "adam: per_tensor advances the step, then uses the new count");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -388,6 +461,7 @@ int main() {
   };
   for (const auto& c : sgd_cases) test_sgd(c);
   test_element_details();
+  test_rule_interfaces();
   test_torch_roundings();
   test_bf16();
   test_fp16();

@@ -21,6 +21,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <array>
 #include <cmath>
 
 #ifdef __CUDACC__
@@ -109,64 +110,89 @@ FUSEDOPT_HD inline float grad_factor(bool has_clip, float clip_coef, bool maximi
 FUSEDOPT_HD inline float prepare_grad(float g, float factor) { return g * factor; }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Update rules. Each is a struct of one shape, which the generic CPU loop (csrc/cpu/update.cpp) and the CUDA
+// kernel template take as a template argument; fusedopt/rules.py describes the same rule to Python (same name,
+// same hyperparameter, flag, state and scalar names in the same order: tests/test_rules.py compares them), and
+// csrc/include/fusedopt/rules.h lists the rules the backends compile.
+//
+//   kName                        the rule's name (the op's `rule` argument)
+//   kHyper, kHyperNames          per-call hyperparameters, host doubles in the op's `hyper` order; [0] is lr
+//   kFlags, kFlagNames           user switches: bit i of the op's `flags` is kFlagNames[i]
+//   kStates, kStateNames         per-param tensor states (state_dict keys; the op's lists are named key + "s")
+//   kScalars, kScalarNames       per-param one-element float32 states (step counts), advanced by per_tensor
+//   kScalarNonNegative           which scalar states the op refuses below zero (where it can read them)
+//   kTakesIsFirst                whether the op's is_first says a state has no history yet
+//   switches(hyper, flags)       the compile-time switches (kSwitchBits bits) from the flags and from values
+//                                (weight_decay != 0): the loops dispatch over them as a template argument, so
+//                                element() has no branches on them
+//   uses_state(k, sw)            whether the op's states list holds state k under switches sw
+//   Hyper hyper(h)               the per-call float coefficients from the doubles (h[0]: lr, lr_tensor's value
+//                                when given)
+//   PerTensor per_tensor(h, scalars, first)
+//                                once per tensor before its elements, only when the step is not skipped:
+//                                advances its scalar states in place (scalars[j] points at the tensor's j-th)
+//                                and returns its per-tensor coefficients
+//   element<SW>(p, g, s, hyper, per_tensor)
+//                                one element: p is the param's fp32 value, g the gradient already unscaled,
+//                                clipped and sign-flipped (take_grad/prepare_grad, in the loops), s the fp32
+//                                values of its states (those not in use hold 0 and are not stored)
+// Name lists are std::arrays, as an empty C array (kScalars = 0) is not valid C++.
+
 // SGD (torch.optim.sgd._single_tensor_sgd).
+struct SgdRule {
+  static constexpr const char* kName = "sgd";
+  static constexpr int kHyper = 4;
+  static constexpr int kFlags = 1;
+  static constexpr int kStates = 1;
+  static constexpr int kScalars = 0;
+  static constexpr std::array<const char*, kHyper> kHyperNames = {"lr", "weight_decay", "momentum", "dampening"};
+  static constexpr std::array<const char*, kFlags> kFlagNames = {"nesterov"};
+  static constexpr std::array<const char*, kStates> kStateNames = {"momentum_buffer"};
+  static constexpr std::array<const char*, kScalars> kScalarNames = {};
+  static constexpr std::array<bool, kScalars> kScalarNonNegative = {};
+  static constexpr bool kTakesIsFirst = true;
 
-struct SgdHyper {
-  float lr;
-  float weight_decay;
-  float momentum;
-  float one_minus_dampening;  // 1 - dampening, from double
-};
-
-// The float scalars from the Python (double) hyperparameters: on the host, or on the device when lr is a device
-// tensor (CUDA kernels read it there).
-FUSEDOPT_HD inline SgdHyper sgd_hyper(double lr, double weight_decay, double momentum, double dampening) {
-  return {float(lr), float(weight_decay), float(momentum), float(1.0 - dampening)};
-}
-
-// The structural switches are plain bools: callers pass compile-time constants, so they fold away. Each line is
-// one torch op of _single_tensor_sgd (named at its end); maximize and clipping are prepare_grad's.
-FUSEDOPT_HD inline void sgd_element(float& p, float g, float& buf, bool first, const SgdHyper& h,
-                                    bool weight_decay, bool momentum, bool nesterov) {
-  if (weight_decay) g = std::fma(p, h.weight_decay, g);  // grad.add(param, alpha=weight_decay)
-  if (momentum) {
-    // buf = grad.clone(), then buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-    buf = first ? g : std::fma(g, h.one_minus_dampening, buf * h.momentum);
-    g = nesterov ? std::fma(buf, h.momentum, g) : buf;  // grad.add(buf, alpha=momentum)
+  enum : uint32_t { kWeightDecay = 1, kMomentum = 2, kNesterov = 4 };
+  static constexpr int kSwitchBits = 3;
+  FUSEDOPT_HD static uint32_t switches(const double* h, uint32_t flags) {
+    const bool momentum = h[2] != 0.0;
+    return (h[1] != 0.0 ? kWeightDecay : 0u) | (momentum ? kMomentum : 0u) |
+           (momentum && (flags & 1u) ? kNesterov : 0u);
   }
-  p = std::fma(g, -h.lr, p);  // param.add_(grad, alpha=-lr)
-}
+  FUSEDOPT_HD static constexpr bool uses_state(int /*k: the momentum buffer*/, uint32_t sw) {
+    return (sw & kMomentum) != 0;
+  }
 
-// ---------------------------------------------------------------------------------------------------------------
-// Adam / AdamW (torch.optim.adam._single_tensor_adam).
+  struct Hyper {
+    float lr;
+    float weight_decay;
+    float momentum;
+    float one_minus_dampening;  // 1 - dampening, from double
+  };
+  FUSEDOPT_HD static Hyper hyper(const double* h) {
+    return {float(h[0]), float(h[1]), float(h[2]), float(1.0 - h[3])};
+  }
 
-struct AdamHyper {
-  float lerp_weight;      // 1 - beta1
-  float beta2;
-  float one_minus_beta2;  // 1 - beta2
-  float eps;
-  float weight_decay;
-  float decay;            // 1 - lr * weight_decay (decoupled)
+  struct PerTensor {
+    bool first;  // the momentum buffer has no history yet: buf = g
+  };
+  FUSEDOPT_HD static PerTensor per_tensor(const double* /*h*/, float* const* /*scalars*/, bool first) {
+    return {first};
+  }
+
+  // Each line is one torch op of _single_tensor_sgd (named at its end).
+  template <uint32_t SW>
+  FUSEDOPT_HD static void element(float& p, float g, float (&s)[kStates], const Hyper& h, const PerTensor& t) {
+    if constexpr ((SW & kWeightDecay) != 0) g = std::fma(p, h.weight_decay, g);  // grad.add(param, alpha=wd)
+    if constexpr ((SW & kMomentum) != 0) {
+      float& buf = s[0];
+      // buf = grad.clone(), then buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+      buf = t.first ? g : std::fma(g, h.one_minus_dampening, buf * h.momentum);
+      g = (SW & kNesterov) != 0 ? std::fma(buf, h.momentum, g) : buf;  // grad.add(buf, alpha=momentum)
+    }
+    p = std::fma(g, -h.lr, p);  // param.add_(grad, alpha=-lr)
+  }
 };
-
-// Per tensor, from its step count on the host in double.
-struct AdamStep {
-  float step_size;  // lr / (1 - beta1^step)
-  float bc2_sqrt;   // sqrt(1 - beta2^step)
-};
-
-// In double as torch.optim computes them (on the host, or on the device when lr or the step count live there);
-// `step` is the count after this step's increment.
-FUSEDOPT_HD inline AdamHyper adam_hyper(double lr, double beta1, double beta2, double eps, double weight_decay) {
-  return {float(1.0 - beta1), float(beta2), float(1.0 - beta2), float(eps), float(weight_decay),
-          float(1.0 - lr * weight_decay)};
-}
-
-// bias_correction2 ** 0.5 as torch writes it: Python's float ** is C's pow, which differs from sqrt in the last
-// double bit for ~0.1% of arguments (seen: none of those changed the float here, but pow is what torch rounds).
-FUSEDOPT_HD inline AdamStep adam_step(double lr, double beta1, double beta2, double step) {
-  return {float(lr / (1.0 - std::pow(beta1, step))), float(std::pow(1.0 - std::pow(beta2, step), 0.5))};
-}
 
 // torch.lerp: two branches (on |weight| < 0.5, as torch's is_lerp_weight_small) so that weight 1 gives exactly
 // `end`, each a single fused multiply-add, which is how torch evaluates it (its vectorized CPU kernel uses fmadd,
@@ -183,28 +209,85 @@ FUSEDOPT_HD inline float lerp(float start, float end, float weight) {
 // torch.maximum: a NaN in either operand wins.
 FUSEDOPT_HD inline float maximum(float a, float b) { return (a != a || a > b) ? a : b; }
 
-// Each line is one torch op of _single_tensor_adam (named at its end); maximize and clipping are prepare_grad's.
-FUSEDOPT_HD inline void adam_element(float& p, float g, float& m, float& v, float& vmax, const AdamHyper& h,
-                                     const AdamStep& s, bool weight_decay, bool decoupled, bool amsgrad) {
-  if (weight_decay) {
-    if (decoupled) {
+// Adam / AdamW (torch.optim.adam._single_tensor_adam).
+struct AdamRule {
+  static constexpr const char* kName = "adam";
+  static constexpr int kHyper = 5;
+  static constexpr int kFlags = 2;
+  static constexpr int kStates = 3;
+  static constexpr int kScalars = 1;
+  static constexpr std::array<const char*, kHyper> kHyperNames = {"lr", "beta1", "beta2", "eps", "weight_decay"};
+  static constexpr std::array<const char*, kFlags> kFlagNames = {"amsgrad", "decoupled"};
+  static constexpr std::array<const char*, kStates> kStateNames = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
+  static constexpr std::array<const char*, kScalars> kScalarNames = {"step"};
+  // A count below 0 would make a bias correction 1 - beta^0 = 0 and write inf/NaN.
+  static constexpr std::array<bool, kScalars> kScalarNonNegative = {true};
+  static constexpr bool kTakesIsFirst = false;
+
+  enum : uint32_t { kWeightDecay = 1, kDecoupled = 2, kAmsgrad = 4 };
+  static constexpr int kSwitchBits = 3;
+  FUSEDOPT_HD static uint32_t switches(const double* h, uint32_t flags) {
+    const bool wd = h[4] != 0.0;
+    return (wd ? kWeightDecay : 0u) | (wd && (flags & 2u) ? kDecoupled : 0u) | ((flags & 1u) ? kAmsgrad : 0u);
+  }
+  FUSEDOPT_HD static constexpr bool uses_state(int k, uint32_t sw) { return k != 2 || (sw & kAmsgrad) != 0; }
+
+  // In double as torch.optim computes them (on the host, or on the device when lr lives there).
+  struct Hyper {
+    float lerp_weight;      // 1 - beta1
+    float beta2;
+    float one_minus_beta2;  // 1 - beta2
+    float eps;
+    float weight_decay;
+    float decay;            // 1 - lr * weight_decay (decoupled)
+  };
+  FUSEDOPT_HD static Hyper hyper(const double* h) {
+    const double lr = h[0], beta1 = h[1], beta2 = h[2], eps = h[3], weight_decay = h[4];
+    return {float(1.0 - beta1), float(beta2), float(1.0 - beta2), float(eps), float(weight_decay),
+            float(1.0 - lr * weight_decay)};
+  }
+
+  // From the step count after this step's increment, in double.
+  struct PerTensor {
+    float step_size;  // lr / (1 - beta1^step)
+    float bc2_sqrt;   // sqrt(1 - beta2^step)
+  };
+  // bias_correction2 ** 0.5 as torch writes it: Python's float ** is C's pow, which differs from sqrt in the
+  // last double bit for ~0.1% of arguments (seen: none of those changed the float here, but pow is what torch
+  // rounds).
+  FUSEDOPT_HD static PerTensor coefficients(double lr, double beta1, double beta2, double step) {
+    return {float(lr / (1.0 - std::pow(beta1, step))), float(std::pow(1.0 - std::pow(beta2, step), 0.5))};
+  }
+  // The count advances, then the bias corrections use the new count (as torch.optim does).
+  FUSEDOPT_HD static PerTensor per_tensor(const double* h, float* const* scalars, bool /*first*/) {
+    *scalars[0] += 1.0f;
+    return coefficients(h[0], h[1], h[2], double(*scalars[0]));
+  }
+
+  // Each line is one torch op of _single_tensor_adam (named at its end).
+  template <uint32_t SW>
+  FUSEDOPT_HD static void element(float& p, float g, float (&s)[kStates], const Hyper& h, const PerTensor& t) {
+    float& m = s[0];
+    float& v = s[1];
+    float& vmax = s[2];
+    if constexpr ((SW & kDecoupled) != 0) {
       p = p * h.decay;  // param.mul_(1 - lr * weight_decay)
-    } else {
+    } else if constexpr ((SW & kWeightDecay) != 0) {
       g = std::fma(p, h.weight_decay, g);  // grad.add(param, alpha=weight_decay)
     }
+    m = lerp(m, g, h.lerp_weight);  // exp_avg.lerp_(grad, 1 - beta1)
+    // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    v = std::fma(h.one_minus_beta2 * g, g, v * h.beta2);
+    float vhat = v;
+    if constexpr ((SW & kAmsgrad) != 0) {
+      vmax = maximum(vmax, v);  // torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+      vhat = vmax;
+    }
+    float denom = std::sqrt(vhat) / t.bc2_sqrt + h.eps;  // (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    // param.addcdiv_(exp_avg, denom, value=-step_size) is p + ((-step_size) * m) / denom: the same bits as this,
+    // since rounding to nearest is symmetric under negation.
+    p = p - (t.step_size * m) / denom;
   }
-  m = lerp(m, g, h.lerp_weight);  // exp_avg.lerp_(grad, 1 - beta1)
-  // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-  v = std::fma(h.one_minus_beta2 * g, g, v * h.beta2);
-  float vhat = v;
-  if (amsgrad) {
-    vmax = maximum(vmax, v);  // torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-    vhat = vmax;
-  }
-  float denom = std::sqrt(vhat) / s.bc2_sqrt + h.eps;  // (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-  // param.addcdiv_(exp_avg, denom, value=-step_size) is p + ((-step_size) * m) / denom: the same bits as this,
-  // since rounding to nearest is symmetric under negation.
-  p = p - (s.step_size * m) / denom;
-}
+};
 
 }  // namespace fusedopt

@@ -1,0 +1,113 @@
+// The update of every rule (math.h) over all tensors of a group in one parallel loop: one loop, generic over the
+// rule, the storage type, GradScaler's unscale and the rule's switches, all template arguments, so that each
+// instantiation is a branch-free fp32 loop the compiler vectorizes.
+#include <array>
+#include <utility>
+
+#include "fusedopt/math.h"
+#include "fusedopt/rules.h"
+#include "kernels.h"
+#include "multi_tensor.h"
+
+namespace fusedopt::cpu {
+namespace {
+
+// The element's state values from the state arrays, and back; states the rule does not use under SW have no
+// array (nullptr), are passed as 0 and not stored. Folds over the state indices, so no loop is left for the
+// vectorizer to trip over.
+template <typename Rule, uint32_t SW, int... K>
+FUSEDOPT_INLINE void load_states(float (&v)[Rule::kStates], float* const (&s)[Rule::kStates], int64_t i,
+                                 std::integer_sequence<int, K...>) {
+  ((v[K] = Rule::uses_state(K, SW) ? s[K][i] : 0.0f), ...);
+}
+
+template <typename Rule, uint32_t SW, int... K>
+FUSEDOPT_INLINE void store_states(const float (&v)[Rule::kStates], float* const (&s)[Rule::kStates], int64_t i,
+                                  std::integer_sequence<int, K...>) {
+  ((Rule::uses_state(K, SW) ? void(s[K][i] = v[K]) : void()), ...);
+}
+
+// The whole kernel: a loop over fp32 arrays (scalars by value, so it vectorizes without alias checks).
+template <typename Rule, bool UNSCALE, uint32_t SW>
+FUSEDOPT_INLINE void update_fp32(float* __restrict__ p, float* __restrict__ g,
+                                 const std::array<float*, Rule::kStates>& states, int64_t n,
+                                 const typename Rule::Hyper hyper, const typename Rule::PerTensor pt,
+                                 const float grad_scale, const float factor) {
+  constexpr auto kIndices = std::make_integer_sequence<int, Rule::kStates>{};
+  float* s[Rule::kStates];
+  for (int k = 0; k < Rule::kStates; ++k) s[k] = states[k];
+  // No overlap between the arrays (validate.h checks it): no runtime alias checks needed.
+#pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) {
+    float gi = take_grad<UNSCALE>(g[i], grad_scale, factor);
+    float v[Rule::kStates];
+    load_states<Rule, SW>(v, s, i, kIndices);
+    Rule::template element<SW>(p[i], gi, v, hyper, pt);
+    store_states<Rule, SW>(v, s, i, kIndices);
+  }
+}
+
+// One segment of one tensor; bf16/fp16 params and grads, and bf16 states, go through fp32 blocks.
+template <typename Rule, typename S, bool UNSCALE, uint32_t SW>
+FUSEDOPT_CLONES void update_segment(const ParamSpan<Rule::kStates>& span, bool bf16_states, int64_t begin,
+                                    int64_t end, typename Rule::Hyper hyper, typename Rule::PerTensor pt,
+                                    float grad_scale, float factor) {
+  for_fp32_blocks<S, UNSCALE>(span, bf16_states, begin, end,
+                              [&](float* p, float* g, const std::array<float*, Rule::kStates>& st, int64_t n)
+                                  FUSEDOPT_LAMBDA_INLINE {
+    update_fp32<Rule, UNSCALE, SW>(p, g, st, n, hyper, pt, grad_scale, factor);
+  });
+}
+
+template <typename Rule, typename S, bool UNSCALE, uint32_t SW>
+void run(const UpdateArgs& a, const typename Rule::Hyper& hyper, const std::vector<typename Rule::PerTensor>& pts,
+         float factor) {
+  ChunkTable table(a.numels);
+  const size_t n = a.numels.size();
+  const bool bf16_states = a.state_dtype == Dtype::BFloat16;
+  table.parallel_for_each([&](int64_t, const Segment& s) {
+    const size_t t = size_t(s.tensor);
+    ParamSpan<Rule::kStates> span{a.params[t], a.grads[t], a.master_params.empty() ? nullptr : a.master_params[t],
+                                  {}};
+    for (int k = 0; k < Rule::kStates; ++k) span.states[k] = a.states[size_t(k) * n + t];
+    update_segment<Rule, S, UNSCALE, SW>(span, bf16_states, s.begin, s.end, hyper, pts[t], a.grad.grad_scale,
+                                         factor);
+  });
+}
+
+}  // namespace
+
+template <typename Rule>
+void update(const UpdateArgs& a) {
+  const typename Rule::Hyper hyper = Rule::hyper(a.hyper.data());
+  // Per tensor on the host (its scalar states are host floats): advance them, then its coefficients.
+  const size_t n = a.numels.size();
+  std::vector<typename Rule::PerTensor> pts(n);
+  std::array<float*, Rule::kScalars> scalars{};
+  for (size_t i = 0; i < n; ++i) {
+    for (int j = 0; j < Rule::kScalars; ++j) scalars[j] = a.scalars[size_t(j) * n + i];
+    pts[i] = Rule::per_tensor(a.hyper.data(), scalars.data(), !a.is_first.empty() && a.is_first[i] != 0);
+  }
+
+  const float factor = grad_factor(a.grad.has_clip, a.grad.clip_coef, a.grad.maximize);
+  with_dtype(a.dtype, [&](auto s) {
+    using S = decltype(s);
+    with_bool(a.grad.has_grad_scale, [&](auto unscale) {
+      with_switches<Rule::kSwitchBits>(a.switches, [&](auto sw) {
+        run<Rule, S, unscale.value, sw.value>(a, hyper, pts, factor);
+      });
+    });
+  });
+}
+
+// Emits update<Rule> for every rule of the list (the ops in bindings.cpp call them): a table with external
+// linkage referencing each one, so adding a rule to fusedopt/rules.h is all it takes.
+template <typename... R>
+constexpr std::array<void (*)(const UpdateArgs&), sizeof...(R)> update_instances(Rules<R...>) {
+  return {&update<R>...};
+}
+using UpdateInstances = decltype(update_instances(AllRules{}));
+extern const UpdateInstances kUpdateInstances;
+const UpdateInstances kUpdateInstances = update_instances(AllRules{});
+
+}  // namespace fusedopt::cpu
