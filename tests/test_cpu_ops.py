@@ -536,6 +536,55 @@ def test_lr_tensor_on_another_device_is_rejected():
         assert_bitwise_equal(a, b, name="state")
 
 
+def _generic_adam_args(state, grads):
+    """The generic op's flat arguments (op contract v3) for the Adam problem, as a dict to override."""
+    return dict(rule="adam", params=state["params"], grads=grads, states=[*state["exp_avgs"], *state["exp_avg_sqs"]],
+                master_params=[], scalars=state["steps"], is_first=[], hyper=[1e-3, 0.9, 0.999, 1e-8, 0.0], flags=0)
+
+
+def _with_step(state, i, value):
+    steps = [t.clone() for t in state["steps"]]
+    steps[i].fill_(value)
+    return steps
+
+
+# What the generic op checks on its flat arguments, for any rule: (override, message).
+BAD_UPDATE_ARGS = {
+    "hyper length": (lambda s: dict(hyper=[1e-3, 0.9, 0.999, 1e-8]),
+                     r"rule 'adam' takes 5 hyperparameters \(lr, beta1, beta2, eps, weight_decay\), got 4"),
+    "flags out of range": (lambda s: dict(flags=4), r"flags is 4; rule 'adam' has 2 flag bits \(amsgrad, decoupled\)"),
+    "negative flags": (lambda s: dict(flags=-1), r"flags is -1; rule 'adam' has 2 flag bits"),
+    "scalars length": (lambda s: dict(scalars=s["steps"][:2]),
+                       r"scalars has 2 entries, expected 3 \(1 scalar lists \(step\) of 3 params\)"),
+    "scalars for a rule without": (lambda s: dict(rule="sgd", states=[], scalars=s["steps"][:1], is_first=[],
+                                                  hyper=[0.1, 0.0, 0.0, 0.0]),
+                                   r"scalars has 1 entries, expected 0 \(0 scalar lists \(none\) of 3 params\)"),
+    "states length": (lambda s: dict(states=s["exp_avgs"]),
+                      r"states has 3 entries, expected 6 \(2 state lists \(exp_avgs, exp_avg_sqs\) of 3 params\)"),
+    "sgd momentum without buffers": (lambda s: dict(rule="sgd", states=[], scalars=[], hyper=[0.1, 0.0, 0.9, 0.0]),
+                                     r"states has 0 entries, expected 3 \(1 state lists \(momentum_buffers\)"),
+    "is_first length": (lambda s: dict(is_first=[True]), r"is_first has 1 entries, expected 3 \(one per param\)"),
+    "negative step": (lambda s: dict(scalars=_with_step(s, 1, -1.0)),
+                      r"steps\[1\] is -1; step counts must be non-negative"),
+    "NaN step": (lambda s: dict(scalars=_with_step(s, 2, float("nan"))),
+                 r"steps\[2\] is nan; step counts must be non-negative"),
+}
+
+
+@pytest.mark.parametrize("entry", ["torch.ops", "eager"])
+@pytest.mark.parametrize("case", list(BAD_UPDATE_ARGS), ids=str)
+def test_update_validation_errors_change_nothing(case, entry):
+    state, grads = _adam_problem()
+    make_override, message = BAD_UPDATE_ARGS[case]
+    args = _generic_adam_args(state, grads)
+    args.update(make_override(state))
+    update = ops.update if entry == "torch.ops" else _eager().update
+    everything = [*state["params"], *state["exp_avgs"], *state["exp_avg_sqs"], *state["steps"], *grads,
+                  *args["scalars"]]
+    assert_raises_unchanged(lambda: update(*args.values(), False, None, None, None, None), everything,
+                            match=message)
+
+
 def test_sgd_validation_errors():
     gen = torch.Generator().manual_seed(9)
     state = make_sgd_state(torch.bfloat16, 0.9, gen, [(10,), (20,)], master=True)
