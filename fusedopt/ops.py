@@ -48,7 +48,7 @@ def _eager_or_traced(name: str, prefix: str = ""):
 
 def _v2_update(sgd_update, adam_update):
     """Op contract v3's ``update`` on top of a backend's per-algorithm v2 ops, until the backend has its own (the
-    Triton backend and the emulated CUDA module of the tests still use it)."""
+    Triton backend still uses it)."""
     def update(rule, params, grads, states, master_params, scalars, is_first, hyper, flags, maximize,
                lr_tensor=None, grad_scale=None, clip_coef=None, found_inf=None):
         n = len(params)

@@ -13,7 +13,7 @@ import torch
 import fusedopt
 from fusedopt import ops
 
-OPS = ("check", "sgd_update", "adam_update")
+OPS = ("check", "update")
 
 
 def main(build_base: Path) -> int:

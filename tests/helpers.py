@@ -12,7 +12,7 @@ Stable API (other test files import it):
 - ``snapshot(optimizer) -> dict`` and ``assert_snapshot_equal(before, after)`` (params, grads, state, bitwise)
 - ``require_backend(name)`` (fails, never skips, when a compiled backend is missing)
 - ``load_cuda_emu()`` (the CUDA kernels on an emulated grid, on CPU tensors: ``fusedopt_cuda_emu``, registered as
-  ``ops.BACKENDS["cuda-emu"]``) and ``backend_served_by(name, module)`` (the optimizer classes' ``backend=name``
+  ``ops.BACKENDS["cuda-emu"]`` with ``update``, ``RULES`` and the named entries) and ``backend_served_by(name, module)`` (the optimizer classes' ``backend=name``
   runs ``module``'s ops within a ``with`` block)
 """
 from __future__ import annotations
@@ -199,9 +199,11 @@ CUDA_EMU_DIR = pathlib.Path(os.environ.get("FUSEDOPT_CUDA_EMU_DIR",
 
 
 def load_cuda_emu():
-    """The module ``fusedopt_cuda_emu`` (check, sgd_update, adam_update of op contract v2 on CPU tensors, plus
-    set_seed/seed/stats), registered as ``ops.BACKENDS["cuda-emu"]``. Fails, never skips, when it is not built."""
-    from fusedopt import ops
+    """The module ``fusedopt_cuda_emu`` (check and update of op contract v3 on CPU tensors, plus set_seed/seed/
+    stats), registered as ``ops.BACKENDS["cuda-emu"]`` with what every backend offers besides: ``RULES`` (the
+    module's ``rules()``) and the v2 named entries ``sgd_update``/``adam_update`` (fusedopt/rules.py) on its
+    ``update``. Fails, never skips, when it is not built."""
+    from fusedopt import ops, rules
 
     if "cuda-emu" in ops.BACKENDS:
         return ops.BACKENDS["cuda-emu"]
@@ -212,9 +214,9 @@ def load_cuda_emu():
     except ImportError as exc:
         raise AssertionError(f"the emulated CUDA backend is not built in {CUDA_EMU_DIR} ({exc}): run "
                              f"`make cuda-emu`") from exc
-    if not hasattr(module, "update"):
-        module.update = ops._v2_update(module.sgd_update, module.adam_update)
-        module.RULES = frozenset({"sgd", "adam"})
+    module.RULES = frozenset(module.rules())
+    module.sgd_update = rules.sgd_entry(module.update)
+    module.adam_update = rules.adam_entry(module.update)
     ops.BACKENDS["cuda-emu"] = module
     return module
 
@@ -222,8 +224,8 @@ def load_cuda_emu():
 @contextlib.contextmanager
 def backend_served_by(name: str, module):
     """Within the block, the backend ``name`` (as the optimizer classes' ``backend=name`` resolves it, e.g. "cpu"
-    for CPU tensors) runs ``module``'s check/sgd_update/adam_update: the classes then drive the emulated CUDA
-    kernels on CPU tensors."""
+    for CPU tensors) runs ``module``'s check/update: the classes then drive the emulated CUDA kernels on CPU
+    tensors."""
     from fusedopt import ops
 
     saved = ops.BACKENDS[name]

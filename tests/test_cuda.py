@@ -38,10 +38,10 @@ import pytest
 import torch
 
 import fusedopt
-from fusedopt import ops, reference
+from fusedopt import ops, reference, rules
 from configs import ALL_CONFIGS, REPRESENTATIVE, config_id, for_dtype
-from helpers import (assert_bitwise_equal, assert_close, assert_within_ulps, backend_served_by, load_cuda_emu,
-                     require_backend)
+from helpers import (assert_bitwise_equal, assert_close, assert_raises_unchanged, assert_within_ulps,
+                     backend_served_by, load_cuda_emu, require_backend)
 from test_parity import (LOW_PRECISION, PARAM_NAMES, RTOL, Run, assert_low_precision_bound, assert_runs_close,
                          clone_params, flat, make_grads, make_params, run, run_torch)
 
@@ -56,8 +56,8 @@ HAS_GPU = torch.cuda.is_available()
 
 @dataclass(frozen=True)
 class Target:
-    """Where a test runs the CUDA kernels: ``ops`` is the backend (check/sgd_update/adam_update), ``device``
-    where its tensors live."""
+    """Where a test runs the CUDA kernels: ``ops`` is the backend (check and update, and the named entries
+    sgd_update/adam_update on its update), ``device`` where its tensors live."""
     name: str
     ops: object
     device: torch.device
@@ -183,7 +183,8 @@ def _call(backend, kind: str, inputs: dict, grads, *, is_first, lr_tensor, grad_
                             lr, 0.9, 0.999, 1e-8, 0.05, amsgrad, False, True, *extra.values())
 
 
-# More tensors than one chunk table holds (SGD's tables take 160, Adam's 110): several launches per call.
+# More tensors than one chunk table holds (SGD's tables take 163, Adam's 123: update.cu's UpdateTable): several
+# launches per call.
 TABLE_OVERFLOW = {"sgd": 200, "adam": 150}
 
 OP_CASES = [
@@ -313,6 +314,57 @@ def test_adam_without_amsgrad_and_empty_lists(target):
             assert_bitwise_equal(x.cpu(), xc, name=f"{key}[{i}]")
     target.ops.adam_update([], [], [], [], [], [], [], 0.1, 0.9, 0.99, 1e-8, 0.0, False, False, False,
                            None, None, None, _scalar(0.0, target.device))
+
+
+# More params than one launch of Adam's per-tensor pass takes (update.cu's PrepTable: 2048 step counts).
+MANY_STEPS = 2048 + 70
+
+
+def test_adam_steps_over_several_per_tensor_launches(target):
+    """Every step count advances once and every param reads its own bias corrections when the per-tensor pass
+    takes several launches (tiny and empty params: the update's tables overflow too); then a skipped step."""
+    gen = torch.Generator().manual_seed(5)
+    n = MANY_STEPS
+    params = [_tensor(i % 4, torch.float32, target.device, gen) for i in range(n)]
+    inputs = {"params": params, "master_params": [],
+              "exp_avgs": [_tensor(p.numel(), torch.float32, target.device, gen, scale=0.1) for p in params],
+              "exp_avg_sqs": [_tensor(p.numel(), torch.float32, target.device, gen, scale=0.01, positive=True)
+                              for p in params],
+              "max_exp_avg_sqs": [],
+              "steps": [torch.full((), float(i % 7), device=target.device) for i in range(n)]}
+    cpu_in = _to(inputs, "cpu")
+    for step, found_inf in ((0, None), (1, None), (2, 1.0)):
+        grads = _grads(params, step)
+        kwargs = dict(is_first=[], lr_tensor=0.02, grad_scale=None, clip_coef=None, found_inf=found_inf,
+                      amsgrad=False)
+        _call(target.ops, "adam", inputs, grads, device=target.device, **kwargs)
+        _call(ops.BACKENDS["cpu"], "adam", cpu_in, _to({"g": grads}, "cpu")["g"], device="cpu", **kwargs)
+        target.sync()
+        for key in inputs:
+            _assert_all_bitwise(inputs[key], cpu_in[key], name=f"step {step} {key} ({target.name} vs CPU)")
+    assert [float(s) for s in inputs["steps"][:3]] == [2.0, 3.0, 4.0]
+
+
+def test_update_op_rules_and_refusals(target):
+    """The generic op: the rules it has kernels for are fusedopt/rules.py's; an unknown rule, a wrong number of
+    hyperparameters and a states list of the wrong length are refused with the problem named, nothing written."""
+    assert target.ops.RULES == frozenset(rules.RULES)
+    inputs = _op_inputs("adam", torch.float32, torch.float32, False, target.device, 2)
+    grads = _grads(inputs["params"], 0)
+    tensors = [t for key in inputs for t in inputs[key]] + grads
+    states = [*inputs["exp_avgs"], *inputs["exp_avg_sqs"]]
+    hyper = [0.01, 0.9, 0.999, 1e-8, 0.0]
+
+    def update(rule="adam", states=states, hyper=hyper):
+        return lambda: target.ops.update(rule, inputs["params"], grads, states, [], inputs["steps"], [], hyper, 0,
+                                         False, None, None, None, None)
+
+    assert_raises_unchanged(update(rule="lion"), tensors, match="unknown update rule 'lion'")
+    assert_raises_unchanged(update(hyper=hyper[:4]), tensors, match="takes 5 hyperparameters")
+    assert_raises_unchanged(update(states=states[:-1]), tensors, match=r"states has \d+ entries")
+    update()()
+    target.sync()
+    assert all(float(s) == 4.0 + i % 4 for i, s in enumerate(inputs["steps"]))
 
 
 # A tensor of more chunks than one check table holds (1000 chunks of 64K elements).

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import fusedopt
-from fusedopt import ops
+from fusedopt import ops, rules
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,9 +80,10 @@ cuda_build = pytest.mark.skipif(not ops.HAS_CUDA_KERNELS, reason="needs the exte
 
 @cuda_build
 def test_cuda_ops_are_registered():
-    for op in ("check", "sgd_update", "adam_update"):
+    for op in ("check", "update"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedopt::{op}", "CUDA"), op
     assert "cuda" in ops.BACKENDS
+    assert ops.BACKENDS["cuda"].RULES == frozenset(rules.RULES)
 
 
 def _adam_args(n: int = 3, **changes) -> dict:
@@ -98,7 +99,8 @@ def _adam_args(n: int = 3, **changes) -> dict:
 
 @cuda_build
 @pytest.mark.parametrize("changes,message", [
-    (dict(exp_avgs=[torch.zeros(5)]), r"exp_avgs has 1 entries, expected 3"),
+    (dict(exp_avgs=[torch.zeros(5)]), r"states has 4 entries, expected 6 \(2 state lists \(exp_avgs, exp_avg_sqs\)"),
+    (dict(steps=[torch.zeros(())] * 2), r"scalars has 2 entries, expected 3"),
     (dict(grads=[torch.zeros(5), torch.zeros(4), torch.zeros(5)]), r"grads\[1\] has 4 elements but params\[1\]"),
     (dict(exp_avg_sqs=[torch.zeros(5), torch.zeros(5), torch.zeros(5, dtype=torch.bfloat16)]),
      r"exp_avg_sqs\[2\] has dtype BFloat16 but the other states"),
@@ -108,18 +110,22 @@ def _adam_args(n: int = 3, **changes) -> dict:
     (dict(), r"params\[0\] is on cpu, expected cuda"),
 ])
 def test_cuda_adam_validates_before_launching(changes, message):
-    """Errors name the argument and index; CPU tensors given to the CUDA op are refused, not launched on."""
+    """Errors name the argument and index; CPU tensors given to the CUDA op are refused, not launched on (the
+    generic op through the named entry adam_update)."""
     args = _adam_args(**changes)
     with pytest.raises(RuntimeError, match=message):
-        ops._C.cuda_adam_update(*args.values())
+        ops.BACKENDS["cuda"].adam_update(*args.values())
 
 
 @cuda_build
 def test_cuda_sgd_and_check_refuse_cpu_tensors():
     p = [torch.zeros(4)]
     with pytest.raises(RuntimeError, match=r"params\[0\] is on cpu, expected cuda"):
-        ops._C.cuda_sgd_update(p, [torch.zeros(4)], [], [], [], 0.1, 0.0, 0.0, 0.0, False, False, None, None, None,
-                               None)
+        ops.BACKENDS["cuda"].sgd_update(p, [torch.zeros(4)], [], [], [], 0.1, 0.0, 0.0, 0.0, False, False, None, None,
+                                        None, None)
+    with pytest.raises(RuntimeError, match="unknown update rule 'lion'"):
+        ops.BACKENDS["cuda"].update("lion", p, [torch.zeros(4)], [], [], [], [], [0.1], 0, False, None, None, None,
+                                    None)
     with pytest.raises(RuntimeError, match="check needs at least one grad"):
         ops._C.cuda_check([])
     with pytest.raises(RuntimeError, match=r"grads\[0\] is on cpu, expected cuda"):

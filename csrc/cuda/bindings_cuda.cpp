@@ -1,6 +1,7 @@
 // CUDA implementations of the fusedopt ops (schemas in csrc/bindings.cpp): the ops of ops_impl.h (validation, then
 // the kernels of csrc/cuda/*.cu) on the current stream of the params' device.
 #include <optional>
+#include <string_view>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -25,30 +26,18 @@ struct CudaRuntime {
 
 at::Tensor check(at::TensorList grads) { return check_op<CudaRuntime>(grads); }
 
-void sgd_update(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                at::TensorList master_params, c10::List<bool> is_first, double lr, double weight_decay,
-                double momentum, double dampening, bool nesterov, bool maximize,
-                const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& grad_scale,
-                const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& found_inf) {
-  sgd_update_op<CudaRuntime>(params, grads, momentum_buffers, master_params, is_first, lr, weight_decay, momentum,
-                             dampening, nesterov, maximize, lr_tensor, grad_scale, clip_coef, found_inf);
-}
-
-void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-                 at::TensorList max_exp_avg_sqs, at::TensorList master_params, at::TensorList steps, double lr,
-                 double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
-                 bool decoupled, const std::optional<at::Tensor>& lr_tensor,
-                 const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& clip_coef,
-                 const std::optional<at::Tensor>& found_inf) {
-  adam_update_op<CudaRuntime>(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, steps, lr,
-                              beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor, grad_scale,
-                              clip_coef, found_inf);
+void update(std::string_view rule, at::TensorList params, at::TensorList grads, at::TensorList states,
+            at::TensorList master_params, at::TensorList scalars, c10::List<bool> is_first,
+            c10::ArrayRef<double> hyper, int64_t flags, bool maximize, const std::optional<at::Tensor>& lr_tensor,
+            const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& clip_coef,
+            const std::optional<at::Tensor>& found_inf) {
+  update_op<CudaRuntime>(rule, params, grads, states, master_params, scalars, is_first, hyper, flags, maximize,
+                         lr_tensor, grad_scale, clip_coef, found_inf);
 }
 
 TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) {
   m.impl("check", &check);
-  m.impl("sgd_update", &sgd_update);
-  m.impl("adam_update", &adam_update);
+  m.impl("update", &update);
 }
 
 }  // namespace fusedopt::cuda_ops

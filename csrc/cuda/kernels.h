@@ -34,34 +34,38 @@ int64_t check_workspace_floats(const std::vector<GradView>& grads);
 // out[1] = 1 if any element is inf/NaN else 0. `workspace` holds check_workspace_floats(grads) floats.
 void check(const std::vector<GradView>& grads, float* workspace, float* out, cudaStream_t stream);
 
-// One entry per param in every non-empty list; numels[i] elements each. States are all state_dtype (fp32 or
-// bf16); master_params (fp32) is empty or full.
-struct SgdArgs {
+// The generic update (update.cu) of a rule of math.h (`Rule`, e.g. AdamRule), filled by validate::fill_update
+// (the CPU op's fields, op contract v3: fusedopt/reference.py). With n params (numels[i] elements each):
+// states[k * n + i] is the rule's state k of param i (nullptr where the rule does not use state k under
+// `switches`), scalars[j * n + i] its j-th scalar state (a device float, advanced on the device unless the step
+// is skipped), is_first is empty or one entry per param. States are all state_dtype (fp32 or bf16);
+// master_params (fp32) is empty or full.
+struct UpdateArgs {
   Dtype dtype = Dtype::Float32;
   Dtype state_dtype = Dtype::Float32;
-  std::vector<void*> params, grads, momentum_buffers;
+  std::vector<void*> params, grads;
   std::vector<float*> master_params;  // empty: no master copy
+  std::vector<void*> states;
+  std::vector<float*> scalars;
   std::vector<uint8_t> is_first;
   std::vector<int64_t> numels;
-  double lr = 0, weight_decay = 0, momentum = 0, dampening = 0;
-  bool nesterov = false, maximize = false;
-  DeviceScalars scalars;
+  std::vector<double> hyper;  // Rule::kHyper host doubles; hyper[0] = lr, replaced by dev.lr when given
+  uint32_t flags = 0;         // bit i: the rule's switch kFlagNames[i]
+  uint32_t switches = 0;      // Rule::switches(hyper, flags)
+  bool maximize = false;
+  DeviceScalars dev;
 };
 
-void sgd_update(const SgdArgs& args, cudaStream_t stream);
+// Floats of device scratch update<Rule> needs for `tensors` params: the rule's per-tensor coefficients, written
+// by the kernels before they read them; none for a rule without scalar states (each block computes its own).
+template <class Rule>
+int64_t update_scratch_floats(int64_t tensors) {
+  static_assert(alignof(typename Rule::PerTensor) <= 16, "PerTensor lives in float scratch memory");
+  return Rule::kScalars == 0 ? 0 : (tensors * int64_t(sizeof(typename Rule::PerTensor)) + 3) / 4;
+}
 
-struct AdamArgs {
-  Dtype dtype = Dtype::Float32;
-  Dtype state_dtype = Dtype::Float32;
-  std::vector<void*> params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs;
-  std::vector<float*> master_params;  // empty: no master copy
-  std::vector<float*> steps;  // device floats, incremented on the device unless the step is skipped
-  std::vector<int64_t> numels;
-  double lr = 0, beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0;
-  bool amsgrad = false, maximize = false, decoupled = false;
-  DeviceScalars scalars;
-};
-
-void adam_update(const AdamArgs& args, cudaStream_t stream);
+// One update of every param of a call on `stream` (instantiated in update.cu for every rule of rules.h).
+template <class Rule>
+void update(const UpdateArgs& args, float* scratch, cudaStream_t stream);
 
 }  // namespace fusedopt::cuda

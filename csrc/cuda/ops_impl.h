@@ -1,11 +1,12 @@
-// The CUDA ops (check, sgd_update, adam_update) once, for every way of running the kernels of csrc/cuda: the real
-// ones on CUDA tensors (bindings_cuda.cpp) and the emulated ones on CPU tensors (csrc/tests/cuda_emu). Each op
-// validates every argument with the checks the CPU ops share (validate.h) before anything is written, fills the
-// raw-pointer arguments of kernels.h and calls the kernels. Nothing here reads a device value on the host:
-// lr_tensor, grad_scale, clip_coef, found_inf and the step counts are read by the kernels.
+// The CUDA ops (check, update) once, for every way of running the kernels of csrc/cuda: the real ones on CUDA
+// tensors (bindings_cuda.cpp) and the emulated ones on CPU tensors (csrc/tests/cuda_emu). Each op validates every
+// argument with the checks the CPU op shares (validate.h) before anything is written, fills the raw-pointer
+// arguments of kernels.h and calls the kernels. Nothing here reads a device value on the host: lr_tensor,
+// grad_scale, clip_coef, found_inf and the scalar states (step counts) are read by the kernels. (So, unlike the CPU
+// op, the CUDA op cannot refuse a negative step count: validate::check_scalar_values reads values on the host.)
 //
-// check_op<Runtime>, sgd_update_op<Runtime> and adam_update_op<Runtime> take the ops' arguments; a Runtime says
-// what differs between the two:
+// check_op<Runtime> and update_op<Runtime> take the ops' arguments (op contract v3, fusedopt/reference.py); a
+// Runtime says what differs between the two:
 //   static constexpr c10::DeviceType kDeviceType;           the tensors' device type
 //   struct Guard { explicit Guard(c10::Device); };          makes the device current for the op
 //   static cudaStream_t stream();                           the stream the kernels run on
@@ -15,12 +16,15 @@
 #include <stdint.h>
 
 #include <optional>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
 
 #include "cuda/kernels.h"
+#include "fusedopt/rules.h"
 #include "validate.h"
 #include "versions.h"
 
@@ -75,59 +79,48 @@ at::Tensor check_op(at::TensorList grads) {
   return out;
 }
 
-template <typename Runtime>
-void sgd_update_op(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                   at::TensorList master_params, const c10::List<bool>& is_first, double lr, double weight_decay,
-                   double momentum, double dampening, bool nesterov, bool maximize,
-                   const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& grad_scale,
-                   const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& found_inf) {
-  cuda::SgdArgs args;
-  validate::fill_params(args, params, grads);
-  validate::fill_master_params(args, params, master_params);
-  validate::fill_sgd_states(args, params, momentum_buffers, is_first, momentum != 0.0);
-  if (params.empty()) return;  // nothing to update (as on the CPU)
-  validate::check_device_type(params[0], Runtime::kDeviceType, "params", 0);
-  const c10::Device device = params[0].device();
-  const Scalars scalars(device, lr_tensor, grad_scale, clip_coef, found_inf);
-  bump_sgd_writes(params, grads, momentum_buffers, master_params, grad_scale);
-  args.lr = lr;
-  args.weight_decay = weight_decay;
-  args.momentum = momentum;
-  args.dampening = dampening;
-  args.nesterov = nesterov;
-  args.maximize = maximize;
-  args.scalars = scalars.ptrs();
-  const typename Runtime::Guard guard(device);
-  cuda::sgd_update(args, Runtime::stream());
-}
-
-template <typename Runtime>
-void adam_update_op(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                    at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList master_params,
-                    at::TensorList steps, double lr, double beta1, double beta2, double eps, double weight_decay,
-                    bool amsgrad, bool maximize, bool decoupled, const std::optional<at::Tensor>& lr_tensor,
+// The update of one rule (math.h), on the device of params[0].
+template <typename Runtime, typename Rule>
+void update_rule_op(at::TensorList params, at::TensorList grads, at::TensorList states, at::TensorList master_params,
+                    at::TensorList scalars, const c10::List<bool>& is_first, c10::ArrayRef<double> hyper,
+                    int64_t flags, bool maximize, const std::optional<at::Tensor>& lr_tensor,
                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& clip_coef,
                     const std::optional<at::Tensor>& found_inf) {
-  cuda::AdamArgs args;
-  validate::fill_params(args, params, grads);
-  validate::fill_master_params(args, params, master_params);
-  validate::fill_adam_states(args, params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad);
+  cuda::UpdateArgs args;
+  validate::fill_update<Rule>(args, params, grads, states, master_params, scalars, is_first, hyper, flags);
   if (params.empty()) return;  // nothing to update (as on the CPU)
   validate::check_device_type(params[0], Runtime::kDeviceType, "params", 0);
   const c10::Device device = params[0].device();
-  const Scalars scalars(device, lr_tensor, grad_scale, clip_coef, found_inf);
-  bump_adam_writes(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, amsgrad, master_params, steps, grad_scale);
-  args.lr = lr;
-  args.beta1 = beta1;
-  args.beta2 = beta2;
-  args.eps = eps;
-  args.weight_decay = weight_decay;
-  args.amsgrad = amsgrad;
+  const Scalars device_scalars(device, lr_tensor, grad_scale, clip_coef, found_inf);
+  bump_update_writes(params, grads, states, master_params, scalars, grad_scale);
   args.maximize = maximize;
-  args.decoupled = decoupled;
-  args.scalars = scalars.ptrs();
+  args.dev = device_scalars.ptrs();
   const typename Runtime::Guard guard(device);
-  cuda::adam_update(args, Runtime::stream());
+  const int64_t scratch_floats = cuda::update_scratch_floats<Rule>(int64_t(params.size()));
+  at::Tensor scratch;
+  if (scratch_floats > 0) scratch = Runtime::scratch(scratch_floats, params[0].options().dtype(at::kFloat));
+  cuda::update<Rule>(args, scratch_floats > 0 ? scratch.data_ptr<float>() : nullptr, Runtime::stream());
+}
+
+// The names of the compiled rules (rules.h), comma-separated.
+inline std::string rule_names() {
+  std::string names;
+  for_each_rule([&](auto rule) { names += (names.empty() ? "" : ", ") + std::string(decltype(rule)::kName); });
+  return names;
+}
+
+// The generic op: the rule named `rule` of rules.h.
+template <typename Runtime>
+void update_op(std::string_view rule, at::TensorList params, at::TensorList grads, at::TensorList states,
+               at::TensorList master_params, at::TensorList scalars, const c10::List<bool>& is_first,
+               c10::ArrayRef<double> hyper, int64_t flags, bool maximize, const std::optional<at::Tensor>& lr_tensor,
+               const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& clip_coef,
+               const std::optional<at::Tensor>& found_inf) {
+  const bool known = with_rule(rule, [&](auto r) {
+    update_rule_op<Runtime, decltype(r)>(params, grads, states, master_params, scalars, is_first, hyper, flags,
+                                         maximize, lr_tensor, grad_scale, clip_coef, found_inf);
+  });
+  TORCH_CHECK(known, "fusedopt: unknown update rule '", rule, "'; known: ", rule_names());
 }
 
 }  // namespace fusedopt::cuda_ops

@@ -28,7 +28,7 @@ constexpr int kVecElems = 4;
 
 // Per-tensor flag bits in a table.
 constexpr uint8_t kFlagVectorized = 1;  // every pointer of the tensor is aligned to its vector width
-constexpr uint8_t kFlagFirst = 2;       // SGD: the momentum buffer has no history yet (buf = g)
+constexpr uint8_t kFlagFirst = 2;       // is_first: the tensor's state has no history yet (SGD: buf = g)
 // Bits 4..7: a per-tensor dtype code (the check pass takes grads of several dtypes in one launch).
 constexpr int kDtypeShift = 4;
 
@@ -91,7 +91,7 @@ struct Table {
 
   void* ptrs[DEPTH][MAX_TENSORS];
   int64_t numel[MAX_TENSORS];
-  void* extra[MAX_TENSORS];  // one per-tensor pointer (Adam: its step count), else nullptr
+  void* extra[MAX_TENSORS];  // one per-tensor pointer (the update: its coefficients in scratch), else nullptr
   uint8_t flags[MAX_TENSORS];
   uint16_t block_slot[MAX_BLOCKS];
   int32_t block_chunk[MAX_BLOCKS];  // chunk index in its tensor: offsets up to 2^31 * 2^16 elements
@@ -142,7 +142,7 @@ inline uint8_t vector_flag(const void* const* ptrs, const int* elem_bytes, int n
   return kFlagVectorized;
 }
 
-// Pointer lists of at most MAX per launch (the Adam step increments): the launches of n items.
+// Pointer lists of at most MAX per launch (the update's per-tensor pass): the launches of n items.
 inline std::vector<std::pair<int64_t, int64_t>> batches(int64_t n, int64_t max_per_launch) {
   std::vector<std::pair<int64_t, int64_t>> out;
   for (int64_t b = 0; b < n; b += max_per_launch) out.push_back({b, std::min(n, b + max_per_launch)});

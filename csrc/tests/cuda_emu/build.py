@@ -17,7 +17,7 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension
 HERE = pathlib.Path(__file__).resolve().parent
 CSRC = HERE.parents[1]
 
-SOURCES = ["module.cpp", "cuda_emu.cpp", "kernels_norm.cpp", "kernels_sgd.cpp", "kernels_adam.cpp"]
+SOURCES = ["module.cpp", "cuda_emu.cpp", "kernels_norm.cpp", "kernels_update.cpp"]
 # The CPU ops' floating-point flags (setup.py): math.h's roundings as written, so results equal the CPU op's bits.
 FLAGS = ["-O2", "-fno-math-errno", "-ffp-contract=off", "-Wno-unknown-pragmas"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize=alignment", "-fno-sanitize-recover=undefined",

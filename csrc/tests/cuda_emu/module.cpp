@@ -1,11 +1,13 @@
 // The Python module fusedopt_cuda_emu: the CUDA ops of csrc/cuda/ops_impl.h (the same validation and kernel calls
 // as the real CUDA ops) on CPU tensors, with the kernels of csrc/cuda running on the emulated grid (cuda_emu.h).
-// check, sgd_update and adam_update take the op contract v2's arguments (fusedopt/reference.py); set_seed/seed and
-// stats control and observe the emulation. Built by `make cuda-emu` into build/cuda-emu/; never shipped.
+// check and update take the op contract v3's arguments (fusedopt/reference.py), rules() names the compiled rules
+// (tests/helpers.py's load_cuda_emu adds the named entries sgd_update, adam_update); set_seed/seed and stats
+// control and observe the emulation. Built by `make cuda-emu` into build/cuda-emu/; never shipped.
 #include <torch/extension.h>
 
 #include <limits>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "cuda/ops_impl.h"
@@ -43,37 +45,24 @@ PYBIND11_MODULE(fusedopt_cuda_emu, m) {
   m.doc() = "fusedopt's CUDA kernels on an emulated CUDA grid, on CPU tensors (tests only)";
   m.def("check", [](const std::vector<at::Tensor>& grads) { return check_op<EmuRuntime>(grads); }, py::arg("grads"));
   m.def(
-      "sgd_update",
-      [](const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
-         const std::vector<at::Tensor>& momentum_buffers, const std::vector<at::Tensor>& master_params,
-         const std::vector<bool>& is_first, double lr, double weight_decay, double momentum, double dampening,
-         bool nesterov, bool maximize, const OptTensor& lr_tensor, const OptTensor& grad_scale,
+      "update",
+      [](const std::string& rule, const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+         const std::vector<at::Tensor>& states, const std::vector<at::Tensor>& master_params,
+         const std::vector<at::Tensor>& scalars, const std::vector<bool>& is_first, const std::vector<double>& hyper,
+         int64_t flags, bool maximize, const OptTensor& lr_tensor, const OptTensor& grad_scale,
          const OptTensor& clip_coef, const OptTensor& found_inf) {
-        sgd_update_op<EmuRuntime>(params, grads, momentum_buffers, master_params, to_list(is_first), lr,
-                                  weight_decay, momentum, dampening, nesterov, maximize, lr_tensor, grad_scale,
-                                  clip_coef, found_inf);
+        update_op<EmuRuntime>(rule, params, grads, states, master_params, scalars, to_list(is_first), hyper, flags,
+                              maximize, lr_tensor, grad_scale, clip_coef, found_inf);
       },
-      py::arg("params"), py::arg("grads"), py::arg("momentum_buffers"), py::arg("master_params"),
-      py::arg("is_first"), py::arg("lr"), py::arg("weight_decay"), py::arg("momentum"), py::arg("dampening"),
-      py::arg("nesterov"), py::arg("maximize"), py::arg("lr_tensor") = py::none(),
-      py::arg("grad_scale") = py::none(), py::arg("clip_coef") = py::none(), py::arg("found_inf") = py::none());
-  m.def(
-      "adam_update",
-      [](const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
-         const std::vector<at::Tensor>& exp_avgs, const std::vector<at::Tensor>& exp_avg_sqs,
-         const std::vector<at::Tensor>& max_exp_avg_sqs, const std::vector<at::Tensor>& master_params,
-         const std::vector<at::Tensor>& steps, double lr, double beta1, double beta2, double eps,
-         double weight_decay, bool amsgrad, bool maximize, bool decoupled, const OptTensor& lr_tensor,
-         const OptTensor& grad_scale, const OptTensor& clip_coef, const OptTensor& found_inf) {
-        adam_update_op<EmuRuntime>(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, steps,
-                                   lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor,
-                                   grad_scale, clip_coef, found_inf);
-      },
-      py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"), py::arg("max_exp_avg_sqs"),
-      py::arg("master_params"), py::arg("steps"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
-      py::arg("eps"), py::arg("weight_decay"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled"),
+      py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("master_params"),
+      py::arg("scalars"), py::arg("is_first"), py::arg("hyper"), py::arg("flags"), py::arg("maximize"),
       py::arg("lr_tensor") = py::none(), py::arg("grad_scale") = py::none(), py::arg("clip_coef") = py::none(),
       py::arg("found_inf") = py::none());
+  m.def("rules", []() {
+    std::vector<std::string> names;
+    fusedopt::for_each_rule([&](auto rule) { names.push_back(decltype(rule)::kName); });
+    return names;
+  }, "The names of the update rules the module has kernels for (csrc/include/fusedopt/rules.h).");
   m.def("set_seed", &cuda_emu::set_seed, py::arg("seed"),
         "Block and warp order of the following launches: 0 = index order, else shuffled (a new order per launch).");
   m.def("seed", &cuda_emu::seed);
