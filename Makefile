@@ -51,6 +51,7 @@ test-cuda-emu: build cuda-emu
 # EMU_ASAN_TESTS selects the cases: a share of the emulated ones that takes every kernel, dtype path, table
 # overflow, misaligned and skipped case (ASan makes the kernels several times slower).
 EMU_ASAN_TESTS ?= cuda-emu and (test_op_block_order or test_adam_without or test_op_validation or \
+	test_adam_steps_over_several or test_update_op_rules or \
 	test_op_check[cuda-emu-float32] or sgd-float16-states_bfloat16-master-plain or \
 	adam-float32-states_float32-found_inf or adam-float16-states_bfloat16-lr_tensor or \
 	cuda-emu-Adam-fusedopt:clip_active-bfloat16-master_weights-bf16_states)
