@@ -164,11 +164,52 @@ REPRESENTATIVE = select(
 )
 
 
+# Algorithms whose torch fp16 run divides by a zero denominator with the default eps (see for_dtype).
+FP16_LARGE_EPS = {torch.optim.Adam, torch.optim.AdamW}
+
+
 def for_dtype(alg: Algorithm, kwargs: dict, dtype: torch.dtype) -> dict:
     """Constructor kwargs adjusted for ``dtype`` the way optim_db adjusts its own: for fp16, Adam's eps becomes
     0.1 because torch's fp16 states underflow (g*g < 6e-8 gives v = 0, and 1e-8 rounds to 0 in fp16, so
     torch's own fp16 run divides by zero and has no finite error to compare against). fusedopt's fp16 run with
     a tiny eps is tested separately (test_fp16_adam_tiny_eps)."""
-    if dtype == torch.float16 and alg.torch_cls in (torch.optim.Adam, torch.optim.AdamW):
+    if dtype == torch.float16 and alg.torch_cls in FP16_LARGE_EPS:
         return {**kwargs, "eps": 0.1}
     return kwargs
+
+
+# --- NAdam, RAdam, Adadelta, Rprop, ASGD (issue 12 part 2): the same tables. Their rules run on the reference
+# backend until the compiled backends get kernels for them (tests skip, saying so, a backend without the rule).
+
+def _adam_like(lr: float, extra: list[OptimConfig]) -> list[OptimConfig]:
+    """What NAdam and RAdam share with Adam's options (torch's NAdam/RAdam accept tensor betas, not fused)."""
+    return [
+        OptimConfig("lr", {"lr": lr}),
+        OptimConfig("tensor lr", {"lr": torch.tensor(lr)}),
+        OptimConfig("betas", {"lr": lr, "betas": (0.8, 0.95)}),
+        OptimConfig("tensor betas", {"lr": lr, "betas": (torch.tensor(0.85), torch.tensor(0.99))}),
+        OptimConfig("eps", {"lr": lr, "eps": 1e-3}),
+        OptimConfig("weight_decay", {"lr": lr, "weight_decay": 0.1}),
+        OptimConfig("decoupled_weight_decay", {"lr": lr, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+        OptimConfig("maximize", {"lr": lr, "maximize": True}),
+        *extra,
+        OptimConfig("impl flags", {"lr": lr, "foreach": False, "capturable": True}),
+        *_extras({"lr": lr, "weight_decay": 0.05}),
+    ]
+
+
+_NADAM_CONFIGS = _adam_like(0.01, [
+    OptimConfig("momentum_decay", {"lr": 0.01, "momentum_decay": 0.1}),
+    OptimConfig("everything", {"lr": torch.tensor(0.02), "betas": (0.85, 0.98), "eps": 1e-6, "weight_decay": 0.2,
+                               "momentum_decay": 0.01, "decoupled_weight_decay": True, "maximize": True}),
+])
+
+ALGORITHMS.update({
+    "NAdam": Algorithm("NAdam", fusedopt.NAdam, torch.optim.NAdam, _ADAM_SECOND_GROUP,
+                       _NADAM_CONFIGS + _from_optim_db("NAdam")),
+})
+FP16_LARGE_EPS |= {torch.optim.NAdam}
+ALL_CONFIGS.extend((alg, config) for name in ("NAdam",) for alg in [ALGORITHMS[name]] for config in alg.configs)
+REPRESENTATIVE.extend(select(
+    "NAdam-optim_db:default", "NAdam-fusedopt:everything", "NAdam-fusedopt:clip_active",
+))

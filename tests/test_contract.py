@@ -23,11 +23,16 @@ from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_
 
 import fusedopt
 from fusedopt import ops
-from helpers import assert_bitwise_equal, assert_close, require_backend, snapshot
+from helpers import assert_bitwise_equal, assert_close, require_backend, require_rule, snapshot
 
 TORCH = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
 FUSED = {"SGD": fusedopt.SGD, "Adam": fusedopt.Adam, "AdamW": fusedopt.AdamW}
+# NAdam, RAdam, Adadelta, Rprop, ASGD (issue 12 part 2)
+for _name in ("NAdam",):
+    TORCH[_name], FUSED[_name] = getattr(torch.optim, _name), getattr(fusedopt, _name)
 NAMES = tuple(TORCH)
+# The ones torch has a fused implementation of (fused=True: GradScaler's in-step unscale and skip).
+TORCH_FUSED = ("SGD", "Adam", "AdamW")
 EXTRAS = (("max_grad_norm", None), ("nonfinite", "ignore"), ("backend", "auto"), ("master_weights", False),
           ("state_dtype", None))
 # The contract's fp32 tolerance: 1e-5 relative to each tensor's scale (so near-zero elements do not dominate).
@@ -41,6 +46,8 @@ CONFIGS = [
     ("Adam", dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
     ("Adam", dict(lr=0.01, betas=(0.8, 0.99), maximize=True)),
     ("AdamW", dict(lr=0.01, amsgrad=True)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1, momentum_decay=0.01, decoupled_weight_decay=True, maximize=True)),
 ]
 CONFIG_IDS = [f"{name}-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) for name, kwargs in CONFIGS]
 STATEFUL = [pytest.param(name, kwargs, id=case_id) for (name, kwargs), case_id in zip(CONFIGS, CONFIG_IDS)
@@ -48,6 +55,14 @@ STATEFUL = [pytest.param(name, kwargs, id=case_id) for (name, kwargs), case_id i
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _backend_has_the_rule(request):
+    """A case of an optimizer on a backend without a kernel for its rule yet is skipped, saying so."""
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    if "name" in params and "backend" in params:
+        require_rule(params["backend"], FUSED[params["name"]])
+
 
 def make_params(dtype=torch.float32, seed=0) -> list[nn.Parameter]:
     """Small params of several shapes, a 0-dim one included."""
@@ -259,6 +274,14 @@ MORE_TORCH_ERRORS = [
     ("Adam", list, {}),
     ("SGD", _nonleaf, {}),
     ("AdamW", _nonleaf, {}),
+    ("NAdam", make_params, dict(lr=-1e-3)),
+    ("NAdam", make_params, dict(eps=-1e-8)),
+    ("NAdam", make_params, dict(betas=(1.0, 0.9))),
+    ("NAdam", make_params, dict(betas=(0.9, -0.5))),
+    ("NAdam", make_params, dict(weight_decay=-0.1)),
+    ("NAdam", make_params, dict(momentum_decay=-0.1)),
+    ("NAdam", make_params, dict(lr=torch.tensor([1e-3, 1e-3]))),
+    ("NAdam", list, {}),
 ]
 
 
@@ -379,12 +402,16 @@ def test_params_on_two_devices_raise_and_change_nothing(name, backend):
     _assert_unchanged(opt, before)
 
 
+# A tensor state of each optimizer that every stateful config keeps.
+LOADED_STATE_KEY = {"SGD": "momentum_buffer", "Adam": "exp_avg_sq", "AdamW": "exp_avg_sq", "NAdam": "exp_avg_sq"}
+
+
 @pytest.mark.parametrize("name, kwargs", STATEFUL)
 def test_load_state_dict_with_wrong_state_shape_raises_and_changes_nothing(name, kwargs, backend):
     opt, params = _trained(name, kwargs, backend)
     bad = copy.deepcopy(opt.state_dict())
     bad["param_groups"][0]["lr"] = 123.0
-    key = "momentum_buffer" if name == "SGD" else "exp_avg_sq"
+    key = LOADED_STATE_KEY[name]
     bad["state"][1][key] = torch.zeros(7)
     before = _frozen(opt)
     with pytest.raises((ValueError, RuntimeError)) as info:
@@ -620,7 +647,7 @@ def loss_of(model: nn.Module, step: int) -> torch.Tensor:
 INF_STEP = 2
 SCALER_STEPS = 6
 SCALER_KWARGS = {"SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01), "Adam": dict(lr=0.01, amsgrad=True),
-                 "AdamW": dict(lr=0.01)}
+                 "AdamW": dict(lr=0.01), "NAdam": dict(lr=0.01, weight_decay=0.01)}
 
 
 def _scaler():
@@ -652,7 +679,7 @@ def _scaler_trace(model, opt, unscale_first: bool) -> list[dict]:
     return trace
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TORCH_FUSED)
 @pytest.mark.parametrize("unscale_first", [False, True], ids=["scaler-step", "unscale_-then-step"])
 def test_grad_scaler_matches_torch_fused(name, backend, unscale_first):
     torch_model, model = make_model(), make_model()
@@ -719,7 +746,7 @@ def test_grad_scaler_with_max_grad_norm_matches_unscale_clip_step(name, nonfinit
     assert clipped_steps >= 2, "max_norm must be small enough to clip"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TORCH_FUSED)
 def test_found_inf_step_changes_nothing_like_torch_fused(name, backend):
     """torch's test_fused_does_not_step_if_foundinf: grad_scale and found_inf set by hand, as GradScaler does."""
     kwargs = SCALER_KWARGS[name]

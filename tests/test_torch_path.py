@@ -19,6 +19,8 @@ from helpers import assert_bitwise_equal, assert_close, assert_snapshot_equal, s
 
 TORCH = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
 FUSED = {"SGD": fusedopt.SGD, "Adam": fusedopt.Adam, "AdamW": fusedopt.AdamW}
+for _name in ("NAdam",):  # issue 12 part 2
+    TORCH[_name], FUSED[_name] = getattr(torch.optim, _name), getattr(fusedopt, _name)
 SHAPES = [(4, 3), (3,), ()]
 STEPS = 4
 RTOL = 1e-5
@@ -31,6 +33,9 @@ DIFFERENTIABLE_CONFIGS = [
     ("Adam", dict(lr=0.05, betas=(0.8, 0.95), weight_decay=0.1, maximize=True)),
     ("AdamW", dict(lr=0.05, weight_decay=0.1)),
     # torch's own differentiable amsgrad fails on its in-place max (checked in test_differentiable_amsgrad...).
+    # issue 12 part 2
+    ("NAdam", dict(lr=0.05, weight_decay=0.1)),
+    ("NAdam", dict(lr=0.05, weight_decay=0.1, momentum_decay=0.01, decoupled_weight_decay=True, maximize=True)),
 ]
 IDS = [f"{name}-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) for name, kwargs in DIFFERENTIABLE_CONFIGS]
 

@@ -2,3 +2,8 @@ from fusedopt.optim.adam import Adam, AdamW
 from fusedopt.optim.sgd import SGD
 
 __all__ = ["SGD", "Adam", "AdamW"]
+
+# issue 12 part 2 (NAdam, RAdam, Adadelta, Rprop, ASGD)
+from fusedopt.optim.nadam import NAdam  # noqa: E402
+
+__all__ += ["NAdam"]
