@@ -204,12 +204,24 @@ _NADAM_CONFIGS = _adam_like(0.01, [
                                "momentum_decay": 0.01, "decoupled_weight_decay": True, "maximize": True}),
 ])
 
+# betas (0.8, 0.9) make RAdam rectify from step 5 on (rho_inf = 19), torch's defaults from step 6 on.
+_RADAM_CONFIGS = _adam_like(0.01, [
+    OptimConfig("rectified early", {"lr": 0.01, "betas": (0.8, 0.9), "weight_decay": 0.05}),
+    OptimConfig("everything", {"lr": torch.tensor(0.02), "betas": (0.85, 0.9), "eps": 1e-6, "weight_decay": 0.2,
+                               "decoupled_weight_decay": True, "maximize": True}),
+])
+
 ALGORITHMS.update({
     "NAdam": Algorithm("NAdam", fusedopt.NAdam, torch.optim.NAdam, _ADAM_SECOND_GROUP,
                        _NADAM_CONFIGS + _from_optim_db("NAdam")),
+    "RAdam": Algorithm("RAdam", fusedopt.RAdam, torch.optim.RAdam, {"lr": 0.003, "betas": (0.8, 0.9),
+                                                                      "weight_decay": 0.05},
+                       _RADAM_CONFIGS + _from_optim_db("RAdam")),
 })
-FP16_LARGE_EPS |= {torch.optim.NAdam}
-ALL_CONFIGS.extend((alg, config) for name in ("NAdam",) for alg in [ALGORITHMS[name]] for config in alg.configs)
+FP16_LARGE_EPS |= {torch.optim.NAdam, torch.optim.RAdam}
+ALL_CONFIGS.extend((alg, config) for name in ("NAdam", "RAdam") for alg in [ALGORITHMS[name]]
+                   for config in alg.configs)
 REPRESENTATIVE.extend(select(
     "NAdam-optim_db:default", "NAdam-fusedopt:everything", "NAdam-fusedopt:clip_active",
+    "RAdam-optim_db:default", "RAdam-fusedopt:everything", "RAdam-fusedopt:clip_active",
 ))

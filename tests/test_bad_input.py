@@ -51,6 +51,7 @@ ALGORITHMS = {
     # NAdam, RAdam, Adadelta, Rprop, ASGD (issue 12 part 2)
     "NAdam": Algorithm(fusedopt.NAdam, torch.optim.NAdam, dict(lr=0.01, weight_decay=0.1,
                                                                decoupled_weight_decay=True)),
+    "RAdam": Algorithm(fusedopt.RAdam, torch.optim.RAdam, dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1)),
 }
 ADAMS = ("Adam", "AdamW")
 SGDS = ("SGD", "SGD-momentum")
@@ -283,6 +284,9 @@ def _loaded_hyper(key, value):
 
 
 NOT_RUN = object()  # torch.optim has no such input (a fusedopt-only option)
+# Algorithms whose torch.optim step divides by a Python float that a step count of 0 makes zero (a step count
+# loaded or set as -1 is incremented to 0 first).
+STEP_DIVIDES = (*ADAMS, "RAdam")
 
 
 def _only(error: type, names) -> dict:
@@ -349,11 +353,13 @@ BAD_INPUTS = [
              ("parameter 0 of param group 0", "7"), NOT_RUN, STATEFUL, ("cpu", "triton"),
              why="SGD keeps no state; the reference backend leaves state checks to the compiled ones"),
     BadInput("step set to -1 by hand", _step_set_by_hand, RuntimeError,
-             ("parameter 0 of param group 0", "steps[0] is -1"), _only(ZeroDivisionError, ADAMS), WITH_STEP,
+             ("parameter 0 of param group 0", "steps[0] is -1"), _only(ZeroDivisionError, STEP_DIVIDES),
+             WITH_STEP,
              ("cpu", "reference"),
              why="the Triton (and CUDA) kernels never read step counts on the host"),
     BadInput("loaded step of -1", _loaded_step(torch.tensor(-1.0)), ValueError,
-             ("'step' is -1", "parameter 1 of param group 1"), _only(ZeroDivisionError, ADAMS), WITH_STEP),
+             ("'step' is -1", "parameter 1 of param group 1"), _only(ZeroDivisionError, STEP_DIVIDES),
+             WITH_STEP),
     BadInput("loaded step NaN", _loaded_step(float("nan")), ValueError, ("'step' is nan",), None, WITH_STEP),
     BadInput("loaded step on meta", _loaded_step(torch.tensor(1.0, device="meta")), ValueError,
              ("'step'", "meta", "parameter 1 of param group 1"), RuntimeError, WITH_STEP),

@@ -28,7 +28,7 @@ from helpers import assert_bitwise_equal, assert_close, require_backend, require
 TORCH = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
 FUSED = {"SGD": fusedopt.SGD, "Adam": fusedopt.Adam, "AdamW": fusedopt.AdamW}
 # NAdam, RAdam, Adadelta, Rprop, ASGD (issue 12 part 2)
-for _name in ("NAdam",):
+for _name in ("NAdam", "RAdam"):
     TORCH[_name], FUSED[_name] = getattr(torch.optim, _name), getattr(fusedopt, _name)
 NAMES = tuple(TORCH)
 # The ones torch has a fused implementation of (fused=True: GradScaler's in-step unscale and skip).
@@ -48,6 +48,8 @@ CONFIGS = [
     ("AdamW", dict(lr=0.01, amsgrad=True)),
     ("NAdam", dict(lr=0.01, weight_decay=0.1)),
     ("NAdam", dict(lr=0.01, weight_decay=0.1, momentum_decay=0.01, decoupled_weight_decay=True, maximize=True)),
+    ("RAdam", dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1)),
+    ("RAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
 ]
 CONFIG_IDS = [f"{name}-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) for name, kwargs in CONFIGS]
 STATEFUL = [pytest.param(name, kwargs, id=case_id) for (name, kwargs), case_id in zip(CONFIGS, CONFIG_IDS)
@@ -282,6 +284,12 @@ MORE_TORCH_ERRORS = [
     ("NAdam", make_params, dict(momentum_decay=-0.1)),
     ("NAdam", make_params, dict(lr=torch.tensor([1e-3, 1e-3]))),
     ("NAdam", list, {}),
+    ("RAdam", make_params, dict(lr=-1e-3)),
+    ("RAdam", make_params, dict(eps=-1e-8)),
+    ("RAdam", make_params, dict(betas=(1.0, 0.9))),
+    ("RAdam", make_params, dict(betas=(0.9, 1.0))),
+    ("RAdam", make_params, dict(weight_decay=-0.1)),
+    ("RAdam", _nonleaf, {}),
 ]
 
 
@@ -403,7 +411,8 @@ def test_params_on_two_devices_raise_and_change_nothing(name, backend):
 
 
 # A tensor state of each optimizer that every stateful config keeps.
-LOADED_STATE_KEY = {"SGD": "momentum_buffer", "Adam": "exp_avg_sq", "AdamW": "exp_avg_sq", "NAdam": "exp_avg_sq"}
+LOADED_STATE_KEY = {"SGD": "momentum_buffer", "Adam": "exp_avg_sq", "AdamW": "exp_avg_sq", "NAdam": "exp_avg_sq",
+                    "RAdam": "exp_avg_sq"}
 
 
 @pytest.mark.parametrize("name, kwargs", STATEFUL)
@@ -647,7 +656,8 @@ def loss_of(model: nn.Module, step: int) -> torch.Tensor:
 INF_STEP = 2
 SCALER_STEPS = 6
 SCALER_KWARGS = {"SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01), "Adam": dict(lr=0.01, amsgrad=True),
-                 "AdamW": dict(lr=0.01), "NAdam": dict(lr=0.01, weight_decay=0.01)}
+                 "AdamW": dict(lr=0.01), "NAdam": dict(lr=0.01, weight_decay=0.01),
+                 "RAdam": dict(lr=0.01, betas=(0.8, 0.9))}
 
 
 def _scaler():

@@ -19,7 +19,7 @@ from helpers import assert_bitwise_equal, assert_close, assert_snapshot_equal, s
 
 TORCH = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
 FUSED = {"SGD": fusedopt.SGD, "Adam": fusedopt.Adam, "AdamW": fusedopt.AdamW}
-for _name in ("NAdam",):  # issue 12 part 2
+for _name in ("NAdam", "RAdam"):  # issue 12 part 2
     TORCH[_name], FUSED[_name] = getattr(torch.optim, _name), getattr(fusedopt, _name)
 SHAPES = [(4, 3), (3,), ()]
 STEPS = 4
@@ -36,6 +36,8 @@ DIFFERENTIABLE_CONFIGS = [
     # issue 12 part 2
     ("NAdam", dict(lr=0.05, weight_decay=0.1)),
     ("NAdam", dict(lr=0.05, weight_decay=0.1, momentum_decay=0.01, decoupled_weight_decay=True, maximize=True)),
+    ("RAdam", dict(lr=0.05, betas=(0.8, 0.9), weight_decay=0.1)),
+    ("RAdam", dict(lr=0.05, betas=(0.8, 0.9), weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
 ]
 IDS = [f"{name}-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) for name, kwargs in DIFFERENTIABLE_CONFIGS]
 
