@@ -211,17 +211,33 @@ _RADAM_CONFIGS = _adam_like(0.01, [
                                "decoupled_weight_decay": True, "maximize": True}),
 ])
 
+_ADADELTA_CONFIGS = [
+    OptimConfig("lr", {"lr": 0.5}),
+    OptimConfig("tensor lr", {"lr": torch.tensor(0.5)}),
+    OptimConfig("rho", {"lr": 0.5, "rho": 0.5}),
+    OptimConfig("eps", {"lr": 0.5, "eps": 1e-3}),
+    OptimConfig("weight_decay", {"lr": 0.5, "weight_decay": 0.1}),
+    OptimConfig("maximize", {"lr": 0.5, "maximize": True}),
+    OptimConfig("everything", {"lr": torch.tensor(0.3), "rho": 0.8, "eps": 1e-4, "weight_decay": 0.2,
+                               "maximize": True}),
+    OptimConfig("impl flags", {"lr": 0.5, "foreach": False, "capturable": True}),
+    *_extras({"lr": 0.5, "weight_decay": 0.05}),
+]
+
 ALGORITHMS.update({
     "NAdam": Algorithm("NAdam", fusedopt.NAdam, torch.optim.NAdam, _ADAM_SECOND_GROUP,
                        _NADAM_CONFIGS + _from_optim_db("NAdam")),
     "RAdam": Algorithm("RAdam", fusedopt.RAdam, torch.optim.RAdam, {"lr": 0.003, "betas": (0.8, 0.9),
                                                                       "weight_decay": 0.05},
                        _RADAM_CONFIGS + _from_optim_db("RAdam")),
+    "Adadelta": Algorithm("Adadelta", fusedopt.Adadelta, torch.optim.Adadelta,
+                          {"lr": 0.3, "rho": 0.8, "weight_decay": 0.05}, _ADADELTA_CONFIGS + _from_optim_db("Adadelta")),
 })
 FP16_LARGE_EPS |= {torch.optim.NAdam, torch.optim.RAdam}
-ALL_CONFIGS.extend((alg, config) for name in ("NAdam", "RAdam") for alg in [ALGORITHMS[name]]
+ALL_CONFIGS.extend((alg, config) for name in ("NAdam", "RAdam", "Adadelta") for alg in [ALGORITHMS[name]]
                    for config in alg.configs)
 REPRESENTATIVE.extend(select(
     "NAdam-optim_db:default", "NAdam-fusedopt:everything", "NAdam-fusedopt:clip_active",
     "RAdam-optim_db:default", "RAdam-fusedopt:everything", "RAdam-fusedopt:clip_active",
+    "Adadelta-optim_db:default", "Adadelta-fusedopt:everything", "Adadelta-fusedopt:clip_active",
 ))

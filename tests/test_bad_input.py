@@ -52,6 +52,7 @@ ALGORITHMS = {
     "NAdam": Algorithm(fusedopt.NAdam, torch.optim.NAdam, dict(lr=0.01, weight_decay=0.1,
                                                                decoupled_weight_decay=True)),
     "RAdam": Algorithm(fusedopt.RAdam, torch.optim.RAdam, dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1)),
+    "Adadelta": Algorithm(fusedopt.Adadelta, torch.optim.Adadelta, dict(lr=0.5, weight_decay=0.1)),
 }
 ADAMS = ("Adam", "AdamW")
 SGDS = ("SGD", "SGD-momentum")
@@ -287,6 +288,8 @@ NOT_RUN = object()  # torch.optim has no such input (a fusedopt-only option)
 # Algorithms whose torch.optim step divides by a Python float that a step count of 0 makes zero (a step count
 # loaded or set as -1 is incremented to 0 first).
 STEP_DIVIDES = (*ADAMS, "RAdam")
+# Algorithms whose torch.optim step reads the step count on the host (a meta tensor has no value to read).
+STEP_READ = (*ADAMS, "NAdam", "RAdam")
 
 
 def _only(error: type, names) -> dict:
@@ -316,7 +319,7 @@ BAD_INPUTS = [
              ("parameter 1 of param group 1", "[2, 2]", "[5]"), RuntimeError),
     BadInput("grad of wrong dtype", _grad_of_wrong_dtype, RuntimeError,
              ("parameter 1 of param group 1", "torch.float64", "torch.bfloat16"),
-             {name: None if name in SGDS else RuntimeError for name in ALGORITHMS}),
+             {name: None if name in (*SGDS, "Adadelta") else RuntimeError for name in ALGORITHMS}),
     BadInput("params on two devices", _param_on_meta, RuntimeError, ("one device", "cpu", "meta"), None,
              why="torch.optim updates each param on its own device"),
     BadInput("inference-mode param", _inference_param, RuntimeError,
@@ -345,6 +348,8 @@ BAD_INPUTS = [
              WITH["weight_decay"]),
     BadInput("negative momentum", _set_hyper("momentum", -0.5), ValueError, ("Invalid momentum value: -0.5",),
              None, SGDS),
+    BadInput("rho > 1", _set_hyper("rho", 1.5), ValueError, ("Invalid rho value: 1.5", "param group 1"), None,
+             ("Adadelta",)),
     BadInput("nesterov with dampening", _set_hyper("nesterov", True), ValueError,
              ("Nesterov momentum requires a momentum and zero dampening",), None, ("SGD-momentum",)),
     BadInput("NaN grad under nonfinite='raise'", _nan_grad, RuntimeError,
@@ -362,7 +367,7 @@ BAD_INPUTS = [
              WITH_STEP),
     BadInput("loaded step NaN", _loaded_step(float("nan")), ValueError, ("'step' is nan",), None, WITH_STEP),
     BadInput("loaded step on meta", _loaded_step(torch.tensor(1.0, device="meta")), ValueError,
-             ("'step'", "meta", "parameter 1 of param group 1"), RuntimeError, WITH_STEP),
+             ("'step'", "meta", "parameter 1 of param group 1"), _only(RuntimeError, STEP_READ), WITH_STEP),
     BadInput("loaded step a string", _loaded_step("3"), ValueError, ("'step'", "str"), ValueError, WITH_STEP),
     BadInput("loaded state of wrong shape", _loaded_state_of_wrong_shape, ValueError,
              ("has shape [7]", "[2, 2]", "parameter 1 of param group 1"), RuntimeError, STATEFUL),

@@ -353,10 +353,12 @@ SKIP_CONFIGS = select("SGD-fusedopt:dampening", "SGD-fusedopt:clip_active", "Ada
 RAISE_CONFIGS = select("SGD-fusedopt:nonfinite_raise_with_clip", "Adam-fusedopt:nonfinite_raise_with_clip",
                        "AdamW-fusedopt:nonfinite_raise_with_clip")
 # NAdam, RAdam, Adadelta, Rprop, ASGD (issue 12 part 2)
-CLIP_CONFIGS += select("NAdam-fusedopt:clip_active", "RAdam-fusedopt:clip_active")
+CLIP_CONFIGS += select("NAdam-fusedopt:clip_active", "RAdam-fusedopt:clip_active", "Adadelta-fusedopt:clip_active")
 SKIP_CONFIGS += select("NAdam-fusedopt:clip_active", "NAdam-fusedopt:everything", "RAdam-fusedopt:clip_active",
-                       "RAdam-fusedopt:everything")
-RAISE_CONFIGS += select("NAdam-fusedopt:nonfinite_raise_with_clip", "RAdam-fusedopt:nonfinite_raise_with_clip")
+                       "RAdam-fusedopt:everything", "Adadelta-fusedopt:clip_active",
+                       "Adadelta-fusedopt:everything")
+RAISE_CONFIGS += select("NAdam-fusedopt:nonfinite_raise_with_clip", "RAdam-fusedopt:nonfinite_raise_with_clip",
+                        "Adadelta-fusedopt:nonfinite_raise_with_clip")
 BAD_AT = ("w3d", (3, 4, 1))  # where a non-finite value is injected: param name, element
 
 

@@ -6,5 +6,6 @@ __all__ = ["SGD", "Adam", "AdamW"]
 # issue 12 part 2 (NAdam, RAdam, Adadelta, Rprop, ASGD)
 from fusedopt.optim.nadam import NAdam  # noqa: E402
 from fusedopt.optim.radam import RAdam  # noqa: E402
+from fusedopt.optim.adadelta import Adadelta  # noqa: E402
 
-__all__ += ["NAdam", "RAdam"]
+__all__ += ["NAdam", "RAdam", "Adadelta"]
