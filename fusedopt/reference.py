@@ -321,8 +321,8 @@ def _adadelta(i, p32, g, states, scalars, first, h, flags):
 
 def _rprop(i, p32, g, states, scalars, first, h, flags):
     """torch.optim.rprop._single_tensor_rprop: per element, the factor is etaplus, etaminus or 1 by the sign of
-    g * prev (NaN stays NaN); the grad is zeroed where the factor equals etaminus (compared in the compute dtype,
-    as torch compares). The step count is only counted."""
+    g * prev (torch's sign of NaN is 0: factor 1, and sign(g) = 0 leaves the param); the grad is zeroed where the
+    factor equals etaminus (compared in the compute dtype, as torch compares). The step count is only counted."""
     dtype = g.dtype
     etaminus, etaplus = h["etaminus"], h["etaplus"]
     scalars["step"] += 1

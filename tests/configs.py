@@ -224,6 +224,25 @@ _ADADELTA_CONFIGS = [
     *_extras({"lr": 0.5, "weight_decay": 0.05}),
 ]
 
+def _without_weight_decay(configs: list[OptimConfig]) -> list[OptimConfig]:
+    """``_extras`` for an algorithm without weight decay (Rprop)."""
+    return [OptimConfig(c.desc, {k: v for k, v in c.kwargs.items() if k != "weight_decay"}, c.extras)
+            for c in configs]
+
+
+# step_sizes (1e-3, 0.05) clamp from both sides within 10 steps.
+_RPROP_CONFIGS = [
+    OptimConfig("lr", {"lr": 0.01}),
+    OptimConfig("tensor lr", {"lr": torch.tensor(0.01)}),
+    OptimConfig("etas", {"lr": 0.01, "etas": (0.3, 1.5)}),
+    OptimConfig("step_sizes", {"lr": 0.01, "step_sizes": (1e-3, 0.05)}),
+    OptimConfig("maximize", {"lr": 0.01, "maximize": True}),
+    OptimConfig("everything", {"lr": torch.tensor(0.02), "etas": (0.4, 1.3), "step_sizes": (5e-3, 0.03),
+                               "maximize": True}),
+    OptimConfig("impl flags", {"lr": 0.01, "foreach": False, "capturable": True}),
+    *_without_weight_decay(_extras({"lr": 0.01, "step_sizes": (1e-3, 0.05)})),
+]
+
 ALGORITHMS.update({
     "NAdam": Algorithm("NAdam", fusedopt.NAdam, torch.optim.NAdam, _ADAM_SECOND_GROUP,
                        _NADAM_CONFIGS + _from_optim_db("NAdam")),
@@ -232,12 +251,15 @@ ALGORITHMS.update({
                        _RADAM_CONFIGS + _from_optim_db("RAdam")),
     "Adadelta": Algorithm("Adadelta", fusedopt.Adadelta, torch.optim.Adadelta,
                           {"lr": 0.3, "rho": 0.8, "weight_decay": 0.05}, _ADADELTA_CONFIGS + _from_optim_db("Adadelta")),
+    "Rprop": Algorithm("Rprop", fusedopt.Rprop, torch.optim.Rprop, {"lr": 0.03, "etas": (0.4, 1.4)},
+                       _RPROP_CONFIGS + _from_optim_db("Rprop")),
 })
 FP16_LARGE_EPS |= {torch.optim.NAdam, torch.optim.RAdam}
-ALL_CONFIGS.extend((alg, config) for name in ("NAdam", "RAdam", "Adadelta") for alg in [ALGORITHMS[name]]
+ALL_CONFIGS.extend((alg, config) for name in ("NAdam", "RAdam", "Adadelta", "Rprop") for alg in [ALGORITHMS[name]]
                    for config in alg.configs)
 REPRESENTATIVE.extend(select(
     "NAdam-optim_db:default", "NAdam-fusedopt:everything", "NAdam-fusedopt:clip_active",
     "RAdam-optim_db:default", "RAdam-fusedopt:everything", "RAdam-fusedopt:clip_active",
     "Adadelta-optim_db:default", "Adadelta-fusedopt:everything", "Adadelta-fusedopt:clip_active",
+    "Rprop-optim_db:default", "Rprop-fusedopt:everything", "Rprop-fusedopt:clip_active",
 ))

@@ -53,6 +53,7 @@ ALGORITHMS = {
                                                                decoupled_weight_decay=True)),
     "RAdam": Algorithm(fusedopt.RAdam, torch.optim.RAdam, dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1)),
     "Adadelta": Algorithm(fusedopt.Adadelta, torch.optim.Adadelta, dict(lr=0.5, weight_decay=0.1)),
+    "Rprop": Algorithm(fusedopt.Rprop, torch.optim.Rprop, dict(lr=0.01, step_sizes=(1e-3, 0.05))),
 }
 ADAMS = ("Adam", "AdamW")
 SGDS = ("SGD", "SGD-momentum")
@@ -319,7 +320,7 @@ BAD_INPUTS = [
              ("parameter 1 of param group 1", "[2, 2]", "[5]"), RuntimeError),
     BadInput("grad of wrong dtype", _grad_of_wrong_dtype, RuntimeError,
              ("parameter 1 of param group 1", "torch.float64", "torch.bfloat16"),
-             {name: None if name in (*SGDS, "Adadelta") else RuntimeError for name in ALGORITHMS}),
+             {name: None if name in (*SGDS, "Adadelta", "Rprop") else RuntimeError for name in ALGORITHMS}),
     BadInput("params on two devices", _param_on_meta, RuntimeError, ("one device", "cpu", "meta"), None,
              why="torch.optim updates each param on its own device"),
     BadInput("inference-mode param", _inference_param, RuntimeError,
@@ -339,7 +340,8 @@ BAD_INPUTS = [
              ("Invalid beta parameter at index 0: -0.1",), None, WITH["betas"]),
     BadInput("negative lr", _set_hyper("lr", -0.1), ValueError, ("Invalid learning rate: -0.1", "param group 1"),
              None),
-    BadInput("string lr", _set_hyper("lr", "0.1"), TypeError, ("lr", "'0.1'", "param group 1"), TypeError),
+    BadInput("string lr", _set_hyper("lr", "0.1"), TypeError, ("lr", "'0.1'", "param group 1"),
+             {name: None if name == "Rprop" else TypeError for name in ALGORITHMS}),  # Rprop: lr only at init
     BadInput("negative eps", _set_hyper("eps", -1e-8), ValueError, ("Invalid epsilon value: -1e-08",), None,
              WITH["eps"]),
     BadInput("negative weight_decay", _set_hyper("weight_decay", -0.1), ValueError,
@@ -350,6 +352,8 @@ BAD_INPUTS = [
              None, SGDS),
     BadInput("rho > 1", _set_hyper("rho", 1.5), ValueError, ("Invalid rho value: 1.5", "param group 1"), None,
              ("Adadelta",)),
+    BadInput("etas out of order", _set_hyper("etas", (1.2, 0.5)), ValueError,
+             ("Invalid eta values: 1.2, 0.5", "param group 1"), None, ("Rprop",)),
     BadInput("nesterov with dampening", _set_hyper("nesterov", True), ValueError,
              ("Nesterov momentum requires a momentum and zero dampening",), None, ("SGD-momentum",)),
     BadInput("NaN grad under nonfinite='raise'", _nan_grad, RuntimeError,

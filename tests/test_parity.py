@@ -353,12 +353,13 @@ SKIP_CONFIGS = select("SGD-fusedopt:dampening", "SGD-fusedopt:clip_active", "Ada
 RAISE_CONFIGS = select("SGD-fusedopt:nonfinite_raise_with_clip", "Adam-fusedopt:nonfinite_raise_with_clip",
                        "AdamW-fusedopt:nonfinite_raise_with_clip")
 # NAdam, RAdam, Adadelta, Rprop, ASGD (issue 12 part 2)
-CLIP_CONFIGS += select("NAdam-fusedopt:clip_active", "RAdam-fusedopt:clip_active", "Adadelta-fusedopt:clip_active")
+CLIP_CONFIGS += select("NAdam-fusedopt:clip_active", "RAdam-fusedopt:clip_active", "Adadelta-fusedopt:clip_active",
+                       "Rprop-fusedopt:clip_active")
 SKIP_CONFIGS += select("NAdam-fusedopt:clip_active", "NAdam-fusedopt:everything", "RAdam-fusedopt:clip_active",
                        "RAdam-fusedopt:everything", "Adadelta-fusedopt:clip_active",
-                       "Adadelta-fusedopt:everything")
+                       "Adadelta-fusedopt:everything", "Rprop-fusedopt:clip_active", "Rprop-fusedopt:everything")
 RAISE_CONFIGS += select("NAdam-fusedopt:nonfinite_raise_with_clip", "RAdam-fusedopt:nonfinite_raise_with_clip",
-                        "Adadelta-fusedopt:nonfinite_raise_with_clip")
+                        "Adadelta-fusedopt:nonfinite_raise_with_clip", "Rprop-fusedopt:nonfinite_raise_with_clip")
 BAD_AT = ("w3d", (3, 4, 1))  # where a non-finite value is injected: param name, element
 
 
@@ -387,7 +388,10 @@ def test_clip_nonfinite_ignore(alg, config, backend, bad):
     assert not math.isfinite(expected.norms[2]), "the poisoned step should have a non-finite norm"
     assert_runs_close(fused, expected, torch.float32, equal_nan=True)
     params = fused.params
-    assert bool(params[PARAM_NAMES.index(BAD_AT[0])].isnan().any()), "the poisoned element should end up NaN"
+    # Not Rprop: its update takes sign(g * prev) and torch's sign of NaN is 0, so a NaN step changes no param and
+    # the next grad overwrites prev (compared with torch above all the same).
+    if alg.name != "Rprop":
+        assert bool(params[PARAM_NAMES.index(BAD_AT[0])].isnan().any()), "the poisoned element should end up NaN"
     if not math.isnan(bad):  # an inf norm zeroes the finite grads: those params stay finite
         assert all(bool(p.isfinite().all()) for name, p in zip(PARAM_NAMES, params) if name != BAD_AT[0])
 
@@ -562,6 +566,9 @@ def test_params_without_grads(alg, config, backend):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("alg,config", ALL_CONFIGS, ids=_ids(ALL_CONFIGS))
 def test_tiny_lr_group_leaves_params_unchanged(alg, config, backend, dtype):
+    if alg.name == "Rprop":
+        pytest.skip("Rprop's lr is only its initial step size, which the update clamps to step_sizes[0] (1e-6 by "
+                    "default), as torch's does")
     groups = make_params(dtype)
     params = flat(clone_params(groups))
     opt = alg.fused_cls(param_groups(alg, [params[:4], params[4:]], {"lr": 1e-28}), **config.fused_kwargs(backend))

@@ -19,7 +19,7 @@ from helpers import assert_bitwise_equal, assert_close, assert_snapshot_equal, s
 
 TORCH = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
 FUSED = {"SGD": fusedopt.SGD, "Adam": fusedopt.Adam, "AdamW": fusedopt.AdamW}
-for _name in ("NAdam", "RAdam", "Adadelta"):  # issue 12 part 2
+for _name in ("NAdam", "RAdam", "Adadelta", "Rprop"):  # issue 12 part 2
     TORCH[_name], FUSED[_name] = getattr(torch.optim, _name), getattr(fusedopt, _name)
 SHAPES = [(4, 3), (3,), ()]
 STEPS = 4
@@ -112,6 +112,17 @@ def test_differentiable_learning_rate_gradient_equals_torch(name, kwargs):
     ours = _meta_run(FUSED[name], kwargs, lr_requires_grad=True)
     _assert_runs_equal(ours, _meta_run(TORCH[name], kwargs, lr_requires_grad=True))
     assert ours[2][-1].abs() > 0
+
+
+def test_differentiable_rprop_fails_like_torch():
+    # torch 2.13's differentiable Rprop changes in place (step_size.mul_(...).clamp_(...)) a tensor its backward
+    # saved at the previous step; ours runs torch's code.
+    errors = []
+    for cls in (torch.optim.Rprop, fusedopt.Rprop):
+        with pytest.raises(RuntimeError, match="modified by an inplace operation") as info:
+            _meta_run(cls, dict(lr=0.05))
+        errors.append(str(info.value).split(";")[0])
+    assert errors[0] == errors[1]
 
 
 def test_differentiable_amsgrad_fails_like_torch():

@@ -7,5 +7,6 @@ __all__ = ["SGD", "Adam", "AdamW"]
 from fusedopt.optim.nadam import NAdam  # noqa: E402
 from fusedopt.optim.radam import RAdam  # noqa: E402
 from fusedopt.optim.adadelta import Adadelta  # noqa: E402
+from fusedopt.optim.rprop import Rprop  # noqa: E402
 
-__all__ += ["NAdam", "RAdam", "Adadelta"]
+__all__ += ["NAdam", "RAdam", "Adadelta", "Rprop"]
