@@ -243,6 +243,21 @@ _RPROP_CONFIGS = [
     *_without_weight_decay(_extras({"lr": 0.01, "step_sizes": (1e-3, 0.05)})),
 ]
 
+# t0 of a few steps: the average ax moves off the params (mu < 1) within 10 steps.
+_ASGD_CONFIGS = [
+    OptimConfig("lr", {"lr": 0.05}),
+    OptimConfig("tensor lr", {"lr": torch.tensor(0.05)}),
+    OptimConfig("lambd", {"lr": 0.05, "lambd": 0.1}),
+    OptimConfig("alpha", {"lr": 0.05, "lambd": 0.05, "alpha": 0.5}),
+    OptimConfig("t0", {"lr": 0.05, "t0": 3}),
+    OptimConfig("weight_decay", {"lr": 0.05, "weight_decay": 0.1}),
+    OptimConfig("maximize", {"lr": 0.05, "maximize": True}),
+    OptimConfig("everything", {"lr": torch.tensor(0.03), "lambd": 0.01, "alpha": 0.6, "t0": 2, "weight_decay": 0.1,
+                               "maximize": True}),
+    OptimConfig("impl flags", {"lr": 0.05, "foreach": False, "capturable": True}),
+    *_extras({"lr": 0.05, "t0": 3}),
+]
+
 ALGORITHMS.update({
     "NAdam": Algorithm("NAdam", fusedopt.NAdam, torch.optim.NAdam, _ADAM_SECOND_GROUP,
                        _NADAM_CONFIGS + _from_optim_db("NAdam")),
@@ -253,13 +268,18 @@ ALGORITHMS.update({
                           {"lr": 0.3, "rho": 0.8, "weight_decay": 0.05}, _ADADELTA_CONFIGS + _from_optim_db("Adadelta")),
     "Rprop": Algorithm("Rprop", fusedopt.Rprop, torch.optim.Rprop, {"lr": 0.03, "etas": (0.4, 1.4)},
                        _RPROP_CONFIGS + _from_optim_db("Rprop")),
+    "ASGD": Algorithm("ASGD", fusedopt.ASGD, torch.optim.ASGD, {"lr": 0.03, "lambd": 0.01, "t0": 4,
+                                                                "weight_decay": 0.05},
+                      _ASGD_CONFIGS + _from_optim_db("ASGD")),
 })
 FP16_LARGE_EPS |= {torch.optim.NAdam, torch.optim.RAdam}
-ALL_CONFIGS.extend((alg, config) for name in ("NAdam", "RAdam", "Adadelta", "Rprop") for alg in [ALGORITHMS[name]]
+ALL_CONFIGS.extend((alg, config) for name in ("NAdam", "RAdam", "Adadelta", "Rprop", "ASGD")
+                   for alg in [ALGORITHMS[name]]
                    for config in alg.configs)
 REPRESENTATIVE.extend(select(
     "NAdam-optim_db:default", "NAdam-fusedopt:everything", "NAdam-fusedopt:clip_active",
     "RAdam-optim_db:default", "RAdam-fusedopt:everything", "RAdam-fusedopt:clip_active",
     "Adadelta-optim_db:default", "Adadelta-fusedopt:everything", "Adadelta-fusedopt:clip_active",
     "Rprop-optim_db:default", "Rprop-fusedopt:everything", "Rprop-fusedopt:clip_active",
+    "ASGD-optim_db:default", "ASGD-fusedopt:everything", "ASGD-fusedopt:clip_active",
 ))

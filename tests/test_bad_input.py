@@ -54,6 +54,7 @@ ALGORITHMS = {
     "RAdam": Algorithm(fusedopt.RAdam, torch.optim.RAdam, dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1)),
     "Adadelta": Algorithm(fusedopt.Adadelta, torch.optim.Adadelta, dict(lr=0.5, weight_decay=0.1)),
     "Rprop": Algorithm(fusedopt.Rprop, torch.optim.Rprop, dict(lr=0.01, step_sizes=(1e-3, 0.05))),
+    "ASGD": Algorithm(fusedopt.ASGD, torch.optim.ASGD, dict(lr=0.05, t0=0, weight_decay=0.1)),
 }
 ADAMS = ("Adam", "AdamW")
 SGDS = ("SGD", "SGD-momentum")
@@ -290,7 +291,7 @@ NOT_RUN = object()  # torch.optim has no such input (a fusedopt-only option)
 # loaded or set as -1 is incremented to 0 first).
 STEP_DIVIDES = (*ADAMS, "RAdam")
 # Algorithms whose torch.optim step reads the step count on the host (a meta tensor has no value to read).
-STEP_READ = (*ADAMS, "NAdam", "RAdam")
+STEP_READ = (*ADAMS, "NAdam", "RAdam", "ASGD")
 
 
 def _only(error: type, names) -> dict:
@@ -320,8 +321,9 @@ BAD_INPUTS = [
              ("parameter 1 of param group 1", "[2, 2]", "[5]"), RuntimeError),
     BadInput("grad of wrong dtype", _grad_of_wrong_dtype, RuntimeError,
              ("parameter 1 of param group 1", "torch.float64", "torch.bfloat16"),
-             {name: None if name in (*SGDS, "Adadelta", "Rprop") else RuntimeError for name in ALGORITHMS}),
-    BadInput("params on two devices", _param_on_meta, RuntimeError, ("one device", "cpu", "meta"), None,
+             {name: None if name in (*SGDS, "Adadelta", "Rprop", "ASGD") else RuntimeError for name in ALGORITHMS}),
+    BadInput("params on two devices", _param_on_meta, RuntimeError, ("one device", "cpu", "meta"),
+             _only(RuntimeError, ("ASGD",)),  # its step reads eta on the host, and a meta one has no value
              why="torch.optim updates each param on its own device"),
     BadInput("inference-mode param", _inference_param, RuntimeError,
              ("parameter 1 of param group 1", "inference tensor"), RuntimeError),

@@ -28,7 +28,7 @@ from helpers import assert_bitwise_equal, assert_close, require_backend, require
 TORCH = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
 FUSED = {"SGD": fusedopt.SGD, "Adam": fusedopt.Adam, "AdamW": fusedopt.AdamW}
 # NAdam, RAdam, Adadelta, Rprop, ASGD (issue 12 part 2)
-for _name in ("NAdam", "RAdam", "Adadelta", "Rprop"):
+for _name in ("NAdam", "RAdam", "Adadelta", "Rprop", "ASGD"):
     TORCH[_name], FUSED[_name] = getattr(torch.optim, _name), getattr(fusedopt, _name)
 NAMES = tuple(TORCH)
 # The ones torch has a fused implementation of (fused=True: GradScaler's in-step unscale and skip).
@@ -54,6 +54,8 @@ CONFIGS = [
     ("Adadelta", dict(lr=0.5, eps=1e-4, maximize=True)),
     ("Rprop", dict(lr=0.01, etas=(0.3, 1.5), step_sizes=(1e-3, 0.05))),
     ("Rprop", dict(lr=0.02, maximize=True)),
+    ("ASGD", dict(lr=0.05, lambd=0.01, t0=2, weight_decay=0.1)),
+    ("ASGD", dict(lr=0.05, alpha=0.5, t0=1, maximize=True)),
 ]
 CONFIG_IDS = [f"{name}-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) for name, kwargs in CONFIGS]
 STATEFUL = [pytest.param(name, kwargs, id=case_id) for (name, kwargs), case_id in zip(CONFIGS, CONFIG_IDS)
@@ -305,6 +307,10 @@ MORE_TORCH_ERRORS = [
     ("Rprop", make_params, dict(etas=(0.5, 1.0))),
     ("Rprop", make_params, dict(etas=(0.0, 2.0))),
     ("Rprop", make_params, dict(lr=torch.tensor([0.1, 0.1]))),
+    ("ASGD", make_params, dict(lr=-0.1)),
+    ("ASGD", make_params, dict(weight_decay=-0.1)),
+    ("ASGD", make_params, dict(lr=torch.tensor([0.1, 0.1]))),
+    ("ASGD", list, {}),
 ]
 
 
@@ -428,7 +434,7 @@ def test_params_on_two_devices_raise_and_change_nothing(name, backend):
 # A tensor state of each optimizer that every stateful config keeps.
 LOADED_STATE_KEY = {"SGD": "momentum_buffer", "Adam": "exp_avg_sq", "AdamW": "exp_avg_sq", "NAdam": "exp_avg_sq",
                     "RAdam": "exp_avg_sq", "Adadelta": "acc_delta",
-                    "Rprop": "step_size"}
+                    "Rprop": "step_size", "ASGD": "ax"}
 
 
 @pytest.mark.parametrize("name, kwargs", STATEFUL)
@@ -674,7 +680,7 @@ SCALER_STEPS = 6
 SCALER_KWARGS = {"SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01), "Adam": dict(lr=0.01, amsgrad=True),
                  "AdamW": dict(lr=0.01), "NAdam": dict(lr=0.01, weight_decay=0.01),
                  "RAdam": dict(lr=0.01, betas=(0.8, 0.9)), "Adadelta": dict(lr=0.5, weight_decay=0.01),
-                 "Rprop": dict(lr=0.01)}
+                 "Rprop": dict(lr=0.01), "ASGD": dict(lr=0.05, t0=2)}
 
 
 def _scaler():

@@ -354,12 +354,14 @@ RAISE_CONFIGS = select("SGD-fusedopt:nonfinite_raise_with_clip", "Adam-fusedopt:
                        "AdamW-fusedopt:nonfinite_raise_with_clip")
 # NAdam, RAdam, Adadelta, Rprop, ASGD (issue 12 part 2)
 CLIP_CONFIGS += select("NAdam-fusedopt:clip_active", "RAdam-fusedopt:clip_active", "Adadelta-fusedopt:clip_active",
-                       "Rprop-fusedopt:clip_active")
+                       "Rprop-fusedopt:clip_active", "ASGD-fusedopt:clip_active")
 SKIP_CONFIGS += select("NAdam-fusedopt:clip_active", "NAdam-fusedopt:everything", "RAdam-fusedopt:clip_active",
                        "RAdam-fusedopt:everything", "Adadelta-fusedopt:clip_active",
-                       "Adadelta-fusedopt:everything", "Rprop-fusedopt:clip_active", "Rprop-fusedopt:everything")
+                       "Adadelta-fusedopt:everything", "Rprop-fusedopt:clip_active", "Rprop-fusedopt:everything",
+                       "ASGD-fusedopt:clip_active", "ASGD-fusedopt:everything")
 RAISE_CONFIGS += select("NAdam-fusedopt:nonfinite_raise_with_clip", "RAdam-fusedopt:nonfinite_raise_with_clip",
-                        "Adadelta-fusedopt:nonfinite_raise_with_clip", "Rprop-fusedopt:nonfinite_raise_with_clip")
+                        "Adadelta-fusedopt:nonfinite_raise_with_clip", "Rprop-fusedopt:nonfinite_raise_with_clip",
+                        "ASGD-fusedopt:nonfinite_raise_with_clip")
 BAD_AT = ("w3d", (3, 4, 1))  # where a non-finite value is injected: param name, element
 
 
@@ -526,7 +528,8 @@ def test_zero_grads(alg, config, backend):
     zeros = [[torch.zeros_like(g) for g in step] for step in make_grads(torch.float32, steps=3)]
     fused = run_fused(alg, config, backend, clone_params(groups), zeros)
     assert_runs_close(fused, run_torch(alg, config, clone_params(groups), zeros), torch.float32)
-    if float(config.kwargs.get("weight_decay", 0)) == 0 and alg.name != "AdamW":  # AdamW decays by default
+    # AdamW decays by default, ASGD by lambd
+    if float(config.kwargs.get("weight_decay", 0)) == 0 and alg.name not in ("AdamW", "ASGD"):
         for name, p, initial in zip(PARAM_NAMES, fused.params[:4], groups[0]):
             assert_bitwise_equal(p, initial.detach(), name=f"param {name!r} after zero-grad steps")
 

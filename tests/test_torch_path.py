@@ -19,7 +19,7 @@ from helpers import assert_bitwise_equal, assert_close, assert_snapshot_equal, s
 
 TORCH = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
 FUSED = {"SGD": fusedopt.SGD, "Adam": fusedopt.Adam, "AdamW": fusedopt.AdamW}
-for _name in ("NAdam", "RAdam", "Adadelta", "Rprop"):  # issue 12 part 2
+for _name in ("NAdam", "RAdam", "Adadelta", "Rprop", "ASGD"):  # issue 12 part 2
     TORCH[_name], FUSED[_name] = getattr(torch.optim, _name), getattr(fusedopt, _name)
 SHAPES = [(4, 3), (3,), ()]
 STEPS = 4
@@ -40,6 +40,8 @@ DIFFERENTIABLE_CONFIGS = [
     ("RAdam", dict(lr=0.05, betas=(0.8, 0.9), weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
     ("Adadelta", dict(lr=0.5, weight_decay=0.1)),
     ("Adadelta", dict(lr=0.5, rho=0.8, eps=1e-4, maximize=True)),
+    ("ASGD", dict(lr=0.05, weight_decay=0.1)),
+    ("ASGD", dict(lr=0.05, lambd=0.01, t0=1, maximize=True)),
 ]
 IDS = [f"{name}-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) for name, kwargs in DIFFERENTIABLE_CONFIGS]
 

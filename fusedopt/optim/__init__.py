@@ -8,5 +8,6 @@ from fusedopt.optim.nadam import NAdam  # noqa: E402
 from fusedopt.optim.radam import RAdam  # noqa: E402
 from fusedopt.optim.adadelta import Adadelta  # noqa: E402
 from fusedopt.optim.rprop import Rprop  # noqa: E402
+from fusedopt.optim.asgd import ASGD  # noqa: E402
 
-__all__ += ["NAdam", "RAdam", "Adadelta", "Rprop"]
+__all__ += ["NAdam", "RAdam", "Adadelta", "Rprop", "ASGD"]
