@@ -25,7 +25,8 @@ grad_scale, clip_coef, found_inf)``
     - ``states``: the rule's tensor states in use (``Rule.used_states``: SGD's ``momentum_buffer`` only when
       momentum != 0, Adam's ``max_exp_avg_sq`` only with amsgrad), list by list: ``states[k * n + i]`` is state
       ``k`` of param ``i``. Errors name them by list (``exp_avgs[3]``).
-    - ``scalars``: the rule's one-element float32 states (``Rule.scalars``: Adam's ``step``), the same way:
+    - ``scalars``: the rule's one-element float32 states (``Rule.scalars``: Adam's ``step``, NAdam's ``step`` and
+      ``mu_product``, ASGD's ``step``, ``eta`` and ``mu``), the same way:
       ``scalars[j * n + i]``; advanced by the op (Adam: incremented, then the bias corrections use the new
       count), on the device, unless the step is skipped.
     - ``is_first``: ``[]`` or one host bool per param (rules with ``takes_is_first``: SGD's ``buf = g.clone()``
@@ -164,22 +165,30 @@ def _sgd(i, p32, g, states, scalars, first, h, flags):
     return p32.add(g, alpha=-h["lr"])
 
 
-def _adam(i, p32, g, states, scalars, first, h, flags):
-    """torch.optim.adam._single_tensor_adam on one param."""
-    dtype = g.dtype
-    lr, beta1, beta2, eps, weight_decay = h["lr"], h["beta1"], h["beta2"], h["eps"], h["weight_decay"]
-    scalars["step"] += 1
-    step = float(scalars["step"].item())
+def _decay_and_moments(p32, g, states, h, flags):
+    """Adam's weight decay (coupled, or decoupled with the flag "decoupled") and moment updates, as Adam, NAdam
+    and RAdam share them: (param, grad, exp_avg, exp_avg_sq) after them. bf16 states are stored rounded; the
+    step goes on with the fp32 values."""
+    lr, beta1, beta2, weight_decay = h["lr"], h["beta1"], h["beta2"], h["weight_decay"]
     if weight_decay != 0:
         if "decoupled" in flags:
             p32 = p32 * (1 - lr * weight_decay)
         else:
             g = g.add(p32, alpha=weight_decay)
-    # bf16 states are stored rounded; this step goes on with the fp32 values.
-    m = states["exp_avg"].to(dtype).lerp(g, 1 - beta1)
-    v = states["exp_avg_sq"].to(dtype).mul(beta2).addcmul_(g, g, value=1 - beta2)
+    m = states["exp_avg"].to(g.dtype).lerp(g, 1 - beta1)
+    v = states["exp_avg_sq"].to(g.dtype).mul(beta2).addcmul_(g, g, value=1 - beta2)
     states["exp_avg"].copy_(m)
     states["exp_avg_sq"].copy_(v)
+    return p32, g, m, v
+
+
+def _adam(i, p32, g, states, scalars, first, h, flags):
+    """torch.optim.adam._single_tensor_adam on one param."""
+    dtype = g.dtype
+    lr, beta1, beta2, eps = h["lr"], h["beta1"], h["beta2"], h["eps"]
+    scalars["step"] += 1
+    step = float(scalars["step"].item())
+    p32, g, m, v = _decay_and_moments(p32, g, states, h, flags)
     if "amsgrad" in flags:
         v = torch.maximum(states["max_exp_avg_sq"].to(dtype), v)
         states["max_exp_avg_sq"].copy_(v)
@@ -249,24 +258,15 @@ def _nadam(i, p32, g, states, scalars, first, h, flags):
     """torch.optim.nadam._single_tensor_nadam. Per tensor, in double from the new step t: bc2 = 1 - beta2^t,
     mu = beta1 (1 - 0.5 * 0.96^(t psi)), mu_next the same at t + 1; mu_product (fp32) *= fp32(mu), then the
     coefficients -lr (1 - mu) / (1 - mu_product) and -lr mu_next / (1 - mu_product * mu_next)."""
-    dtype = g.dtype
-    lr, beta1, beta2, eps, weight_decay = h["lr"], h["beta1"], h["beta2"], h["eps"], h["weight_decay"]
+    lr, beta1, beta2, eps = h["lr"], h["beta1"], h["beta2"], h["eps"]
     scalars["step"] += 1
     step = float(scalars["step"].item())
     bias_correction2 = 1 - beta2**step
-    if weight_decay != 0:
-        if "decoupled" in flags:
-            p32 = p32 * (1 - lr * weight_decay)
-        else:
-            g = g.add(p32, alpha=weight_decay)
     mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * h["momentum_decay"])))
     mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * h["momentum_decay"])))
     scalars["mu_product"] *= mu  # an fp32 multiply, as torch's 0-dim fp32 state
     mu_product = float(scalars["mu_product"].item())
-    m = states["exp_avg"].to(dtype).lerp(g, 1 - beta1)
-    v = states["exp_avg_sq"].to(dtype).mul(beta2).addcmul_(g, g, value=1 - beta2)
-    states["exp_avg"].copy_(m)
-    states["exp_avg_sq"].copy_(v)
+    p32, g, m, v = _decay_and_moments(p32, g, states, h, flags)
     denom = v.div(bias_correction2).sqrt().add_(eps)
     p32 = p32.addcdiv(g, denom, value=-lr * (1.0 - mu) / (1.0 - mu_product))
     return p32.addcdiv(m, denom, value=(-lr * mu_next) / (1.0 - mu_product * mu_next))
@@ -277,19 +277,10 @@ def _radam(i, p32, g, states, scalars, first, h, flags):
     rho_t = rho_inf - 2 t beta2^t / bc2 and, when rho_t > 5 (the rectified branch, chosen per tensor from t), the
     rectification term; the element math of both branches is the same up to the factor lr * rect * sqrt(bc2) /
     (sqrt(v) + eps), which torch writes as the reciprocal of sqrt(v) + eps times sqrt(bc2)."""
-    dtype = g.dtype
-    lr, beta1, beta2, eps, weight_decay = h["lr"], h["beta1"], h["beta2"], h["eps"], h["weight_decay"]
+    lr, beta1, beta2, eps = h["lr"], h["beta1"], h["beta2"], h["eps"]
     scalars["step"] += 1
     step = float(scalars["step"].item())
-    if weight_decay != 0:
-        if "decoupled" in flags:
-            p32 = p32 * (1 - lr * weight_decay)
-        else:
-            g = g.add(p32, alpha=weight_decay)
-    m = states["exp_avg"].to(dtype).lerp(g, 1 - beta1)
-    v = states["exp_avg_sq"].to(dtype).mul(beta2).addcmul_(g, g, value=1 - beta2)
-    states["exp_avg"].copy_(m)
-    states["exp_avg_sq"].copy_(v)
+    p32, g, m, v = _decay_and_moments(p32, g, states, h, flags)
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     bias_corrected_exp_avg = m / bias_correction1

@@ -440,14 +440,15 @@ def test_nonfinite_skip(alg, config, backend, dtype, bad, k):
 
 
 def _assert_fresh_state(opt, param: Tensor, state: dict, name: str) -> None:
-    """``state`` is what the optimizer's lazy initialisation makes for ``param`` (zeros; NAdam's mu_product 1,
-    Rprop's step_size lr, ASGD's eta lr and mu 1), bit for bit."""
+    """``state`` holds only what the optimizer's lazy initialisation makes for ``param`` (zeros; NAdam's
+    mu_product 1, Rprop's step_size lr, ASGD's eta lr and mu 1), bit for bit; SGD with dampening drops its
+    buffer on a skipped first step."""
     group = next(g for g in opt.param_groups if any(q is param for q in g["params"]))
     fresh: dict = {}
     opt._init_state(param, fresh, group)
-    assert sorted(state) == sorted(fresh), f"state keys of {name!r} after a skipped first step"
-    for key, value in fresh.items():
-        assert_bitwise_equal(state[key], value, name=f"state[{name!r}][{key!r}] after a skipped first step")
+    assert set(state) <= set(fresh), f"state keys of {name!r} after a skipped first step: {sorted(state)}"
+    for key, value in state.items():
+        assert_bitwise_equal(value, fresh[key], name=f"state[{name!r}][{key!r}] after a skipped first step")
 
 
 # --- nonfinite="raise": an error naming the params, and nothing changed (no state created at step 0) ---

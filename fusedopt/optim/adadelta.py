@@ -7,6 +7,7 @@ from torch.optim.adadelta import adadelta as torch_adadelta
 
 from fusedopt import rules
 from fusedopt.optim._base import FusedOptimizer, _readable
+from fusedopt.optim._checks import check_lr, check_nonnegative
 
 
 class Adadelta(FusedOptimizer):
@@ -55,16 +56,11 @@ class Adadelta(FusedOptimizer):
     def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
         # torch.optim.Adadelta's checks, in its order and words.
         lr, rho, eps, weight_decay = hp["lr"], hp["rho"], hp["eps"], hp["weight_decay"]
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if _readable(lr, at_step) and not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        check_lr(lr, at_step)
         if _readable(rho, at_step) and not 0.0 <= rho <= 1.0:
             raise ValueError(f"Invalid rho value: {rho}")
-        if _readable(eps, at_step) and not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if _readable(weight_decay, at_step) and not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_nonnegative(eps, "epsilon value", at_step)
+        check_nonnegative(weight_decay, "weight_decay value", at_step)
 
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
         state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)

@@ -6,7 +6,8 @@ from torch import Tensor
 from torch.optim.asgd import asgd as torch_asgd
 
 from fusedopt import rules
-from fusedopt.optim._base import FusedOptimizer, _readable
+from fusedopt.optim._base import FusedOptimizer
+from fusedopt.optim._checks import check_lr, check_nonnegative
 
 
 class ASGD(FusedOptimizer):
@@ -56,12 +57,8 @@ class ASGD(FusedOptimizer):
     def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
         # torch.optim.ASGD's checks, in its order and words (it does not check lambd, alpha, t0).
         lr, weight_decay = hp["lr"], hp["weight_decay"]
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if _readable(lr, at_step) and not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if _readable(weight_decay, at_step) and not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_lr(lr, at_step)
+        check_nonnegative(weight_decay, "weight_decay value", at_step)
 
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
         state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)

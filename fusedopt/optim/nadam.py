@@ -6,7 +6,8 @@ from torch import Tensor
 from torch.optim.nadam import nadam as torch_nadam
 
 from fusedopt import rules
-from fusedopt.optim._base import FusedOptimizer, _readable
+from fusedopt.optim._base import FusedOptimizer
+from fusedopt.optim._checks import check_betas, check_lr, check_nonnegative
 
 
 class NAdam(FusedOptimizer):
@@ -63,22 +64,11 @@ class NAdam(FusedOptimizer):
     def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
         # torch.optim.NAdam's checks, in its order and words.
         lr, betas, eps, weight_decay = hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"]
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if _readable(lr, at_step) and not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if _readable(eps, at_step) and not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if at_step and len(betas) != 2:
-            raise ValueError(f"Invalid betas: {betas}; expected two values")
-        if _readable(betas[0], at_step) and not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if _readable(betas[1], at_step) and not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if _readable(weight_decay, at_step) and not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if _readable(hp["momentum_decay"], at_step) and not 0.0 <= hp["momentum_decay"]:
-            raise ValueError(f"Invalid momentum_decay value: {hp['momentum_decay']}")
+        check_lr(lr, at_step)
+        check_nonnegative(eps, "epsilon value", at_step)
+        check_betas(betas, at_step)
+        check_nonnegative(weight_decay, "weight_decay value", at_step)
+        check_nonnegative(hp["momentum_decay"], "momentum_decay value", at_step)
 
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
         state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)

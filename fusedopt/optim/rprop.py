@@ -7,6 +7,7 @@ from torch.optim.rprop import rprop as torch_rprop
 
 from fusedopt import rules
 from fusedopt.optim._base import FusedOptimizer, _readable, state_dtype
+from fusedopt.optim._checks import check_lr
 
 
 class Rprop(FusedOptimizer):
@@ -55,10 +56,7 @@ class Rprop(FusedOptimizer):
     def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
         # torch.optim.Rprop's checks, in its order and words (it does not check step_sizes).
         lr, etas = hp["lr"], hp["etas"]
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if _readable(lr, at_step) and not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        check_lr(lr, at_step)
         if at_step:
             for key in ("etas", "step_sizes"):
                 if len(hp[key]) != 2:
