@@ -61,6 +61,7 @@ SGDS = ("SGD", "SGD-momentum")
 # The rows of an option or a state apply to every algorithm that has it.
 STATEFUL = tuple(name for name in ALGORITHMS if name != "SGD")
 WITH_STEP = tuple(name for name, a in ALGORITHMS.items() if "step" in a.fused_cls._RULE.scalars)
+WITH_SCALARS = tuple(name for name, a in ALGORITHMS.items() if set(a.fused_cls._RULE.scalars) - {"step"})
 NO_SPARSE = tuple(name for name, a in ALGORITHMS.items() if not a.fused_cls._SPARSE_GRADS)
 WITH = {hyper: tuple(name for name, a in ALGORITHMS.items() if hyper in a.fused_cls._HYPERPARAMETERS)
         for hyper in ("betas", "eps", "weight_decay")}
@@ -270,6 +271,17 @@ def _loaded_step(value):
     return build
 
 
+def _loaded_scalar_state(value):
+    def change(sd):
+        state = sd["state"][_last_state_id(sd)]
+        key = next(k for k in state if k != "step" and state[k].dim() == 0)  # NAdam's mu_product, ASGD's eta
+        state[key] = copy.deepcopy(value)
+    def build(setup):
+        return _state_dict_with(setup, change)
+    build.__name__ = f"loaded scalar state {value!r}"
+    return build
+
+
 def _loaded_state_of_wrong_shape(setup):
     def change(sd):
         state = sd["state"][_last_state_id(sd)]
@@ -375,6 +387,12 @@ BAD_INPUTS = [
     BadInput("loaded step on meta", _loaded_step(torch.tensor(1.0, device="meta")), ValueError,
              ("'step'", "meta", "parameter 1 of param group 1"), _only(RuntimeError, STEP_READ), WITH_STEP),
     BadInput("loaded step a string", _loaded_step("3"), ValueError, ("'step'", "str"), ValueError, WITH_STEP),
+    BadInput("loaded scalar state a string", _loaded_scalar_state("0.5"), ValueError,
+             ("must be a number or a one-element real tensor", "str", "parameter 1 of param group 1"), TypeError,
+             WITH_SCALARS),
+    BadInput("loaded scalar state of two elements", _loaded_scalar_state(torch.ones(2)), ValueError,
+             ("must be a number or a one-element real tensor", "[2]", "parameter 1 of param group 1"),
+             RuntimeError, WITH_SCALARS),
     BadInput("loaded state of wrong shape", _loaded_state_of_wrong_shape, ValueError,
              ("has shape [7]", "[2, 2]", "parameter 1 of param group 1"), RuntimeError, STATEFUL),
     BadInput("loaded betas[0] = 1", _loaded_hyper("betas", (1.0, 0.999)), ValueError,

@@ -618,6 +618,30 @@ def test_non_tensor_step_loads(name, kwargs, backend):
     train_both_and_compare(torch_opt, torch_params, opt, params, range(3, 6))
 
 
+WITH_SCALARS = [pytest.param(name, kwargs, id=case_id) for (name, kwargs), case_id in zip(CONFIGS, CONFIG_IDS)
+                if set(FUSED[name]._RULE.scalars) - {"step"}]
+
+
+@pytest.mark.parametrize("name, kwargs", WITH_SCALARS)
+def test_non_tensor_scalar_states_load(name, kwargs, backend):
+    """Every scalar state saved as a Python float (NAdam's mu_product, ASGD's eta and mu; torch's __setstate__
+    turns them into tensors): ours become 0-dim fp32 tensors on the param's device and the run goes on as torch's."""
+    torch_params = make_params()
+    trainer = TORCH[name](torch_params, **kwargs)
+    train(trainer, torch_params, range(3))
+    old = copy.deepcopy(trainer.state_dict())
+    for state in old["state"].values():
+        for key in FUSED[name]._RULE.scalars:
+            state[key] = state[key].item()
+    torch_opt, torch_params, opt, params = resume_both(name, torch_params, old, backend)
+    for p in params:
+        for key in FUSED[name]._RULE.scalars:
+            value = opt.state[p][key]
+            assert (value.dtype, value.shape, value.device) == (torch.float32, (), p.device), key
+    assert_matches_torch(opt, params, torch_opt, torch_params, rtol=0.0)
+    train_both_and_compare(torch_opt, torch_params, opt, params, range(3, 6))
+
+
 def test_adam_checkpoint_into_adamw_decouples_like_torch(backend):
     """torch.optim.AdamW always decouples weight decay, whatever the loaded param_groups say."""
     torch_params = make_params()
