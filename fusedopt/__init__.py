@@ -3,3 +3,8 @@ from fusedopt.optim import SGD, Adam, AdamW
 
 __version__ = "0.1.0"
 __all__ = ["SGD", "Adam", "AdamW", "__version__"]
+
+# issue 12 part 2 (NAdam, RAdam, Adadelta, Rprop, ASGD)
+from fusedopt.optim import ASGD, Adadelta, NAdam, RAdam, Rprop  # noqa: E402
+
+__all__ += ["NAdam", "RAdam", "Adadelta", "Rprop", "ASGD"]

@@ -25,7 +25,8 @@ grad_scale, clip_coef, found_inf)``
     - ``states``: the rule's tensor states in use (``Rule.used_states``: SGD's ``momentum_buffer`` only when
       momentum != 0, Adam's ``max_exp_avg_sq`` only with amsgrad), list by list: ``states[k * n + i]`` is state
       ``k`` of param ``i``. Errors name them by list (``exp_avgs[3]``).
-    - ``scalars``: the rule's one-element float32 states (``Rule.scalars``: Adam's ``step``), the same way:
+    - ``scalars``: the rule's one-element float32 states (``Rule.scalars``: Adam's ``step``, NAdam's ``step`` and
+      ``mu_product``, ASGD's ``step``, ``eta`` and ``mu``), the same way:
       ``scalars[j * n + i]``; advanced by the op (Adam: incremented, then the bias corrections use the new
       count), on the device, unless the step is skipped.
     - ``is_first``: ``[]`` or one host bool per param (rules with ``takes_is_first``: SGD's ``buf = g.clone()``
@@ -164,22 +165,30 @@ def _sgd(i, p32, g, states, scalars, first, h, flags):
     return p32.add(g, alpha=-h["lr"])
 
 
-def _adam(i, p32, g, states, scalars, first, h, flags):
-    """torch.optim.adam._single_tensor_adam on one param."""
-    dtype = g.dtype
-    lr, beta1, beta2, eps, weight_decay = h["lr"], h["beta1"], h["beta2"], h["eps"], h["weight_decay"]
-    scalars["step"] += 1
-    step = float(scalars["step"].item())
+def _decay_and_moments(p32, g, states, h, flags):
+    """Adam's weight decay (coupled, or decoupled with the flag "decoupled") and moment updates, as Adam, NAdam
+    and RAdam share them: (param, grad, exp_avg, exp_avg_sq) after them. bf16 states are stored rounded; the
+    step goes on with the fp32 values."""
+    lr, beta1, beta2, weight_decay = h["lr"], h["beta1"], h["beta2"], h["weight_decay"]
     if weight_decay != 0:
         if "decoupled" in flags:
             p32 = p32 * (1 - lr * weight_decay)
         else:
             g = g.add(p32, alpha=weight_decay)
-    # bf16 states are stored rounded; this step goes on with the fp32 values.
-    m = states["exp_avg"].to(dtype).lerp(g, 1 - beta1)
-    v = states["exp_avg_sq"].to(dtype).mul(beta2).addcmul_(g, g, value=1 - beta2)
+    m = states["exp_avg"].to(g.dtype).lerp(g, 1 - beta1)
+    v = states["exp_avg_sq"].to(g.dtype).mul(beta2).addcmul_(g, g, value=1 - beta2)
     states["exp_avg"].copy_(m)
     states["exp_avg_sq"].copy_(v)
+    return p32, g, m, v
+
+
+def _adam(i, p32, g, states, scalars, first, h, flags):
+    """torch.optim.adam._single_tensor_adam on one param."""
+    dtype = g.dtype
+    lr, beta1, beta2, eps = h["lr"], h["beta1"], h["beta2"], h["eps"]
+    scalars["step"] += 1
+    step = float(scalars["step"].item())
+    p32, g, m, v = _decay_and_moments(p32, g, states, h, flags)
     if "amsgrad" in flags:
         v = torch.maximum(states["max_exp_avg_sq"].to(dtype), v)
         states["max_exp_avg_sq"].copy_(v)
@@ -238,3 +247,111 @@ def _check_layout(r, n, used, states, scalars, is_first) -> None:
 
 sgd_update = rules.sgd_entry(update)
 adam_update = rules.adam_entry(update)
+
+
+# --- NAdam, RAdam, Adadelta, Rprop, ASGD: torch.optim's _single_tensor_<name> on one param, with torch's ops in
+# torch's order (so fp32 results are torch's for-loop's, bit for bit where the ops are the same). The per-tensor
+# scalars (the step count, NAdam's mu_product, ASGD's eta and mu) are read and advanced here on the host; every
+# coefficient is a function of the scalar states and the hyperparameters alone, computed in double as torch's
+# Python floats are, so a device kernel computes it once per tensor from the states on the device (no host sync).
+
+def _nadam(i, p32, g, states, scalars, first, h, flags):
+    """torch.optim.nadam._single_tensor_nadam. Per tensor, in double from the new step t: bc2 = 1 - beta2^t,
+    mu = beta1 (1 - 0.5 * 0.96^(t psi)), mu_next the same at t + 1; mu_product (fp32) *= fp32(mu), then the
+    coefficients -lr (1 - mu) / (1 - mu_product) and -lr mu_next / (1 - mu_product * mu_next)."""
+    lr, beta1, beta2, eps = h["lr"], h["beta1"], h["beta2"], h["eps"]
+    scalars["step"] += 1
+    step = float(scalars["step"].item())
+    bias_correction2 = 1 - beta2**step
+    mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * h["momentum_decay"])))
+    mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * h["momentum_decay"])))
+    scalars["mu_product"] *= mu  # an fp32 multiply, as torch's 0-dim fp32 state
+    mu_product = float(scalars["mu_product"].item())
+    p32, g, m, v = _decay_and_moments(p32, g, states, h, flags)
+    denom = v.div(bias_correction2).sqrt().add_(eps)
+    p32 = p32.addcdiv(g, denom, value=-lr * (1.0 - mu) / (1.0 - mu_product))
+    return p32.addcdiv(m, denom, value=(-lr * mu_next) / (1.0 - mu_product * mu_next))
+
+
+def _radam(i, p32, g, states, scalars, first, h, flags):
+    """torch.optim.radam._single_tensor_radam. Per tensor, in double from the new step t: bc1, bc2,
+    rho_t = rho_inf - 2 t beta2^t / bc2 and, when rho_t > 5 (the rectified branch, chosen per tensor from t), the
+    rectification term; the element math of both branches is the same up to the factor lr * rect * sqrt(bc2) /
+    (sqrt(v) + eps), which torch writes as the reciprocal of sqrt(v) + eps times sqrt(bc2)."""
+    lr, beta1, beta2, eps = h["lr"], h["beta1"], h["beta2"], h["eps"]
+    scalars["step"] += 1
+    step = float(scalars["step"].item())
+    p32, g, m, v = _decay_and_moments(p32, g, states, h, flags)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    bias_corrected_exp_avg = m / bias_correction1
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
+    if rho_t > 5.0:
+        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        adaptive_lr = (bias_correction2**0.5) / v.sqrt().add_(eps)  # Tensor.__rtruediv__: reciprocal(x) * s
+        return p32.add(bias_corrected_exp_avg * lr * adaptive_lr * rect, alpha=-1.0)
+    return p32.add(bias_corrected_exp_avg * lr, alpha=-1.0)
+
+
+def _adadelta(i, p32, g, states, scalars, first, h, flags):
+    """torch.optim.adadelta._single_tensor_adadelta (the step count is only counted)."""
+    dtype = g.dtype
+    rho, eps = h["rho"], h["eps"]
+    scalars["step"] += 1
+    if h["weight_decay"] != 0:
+        g = g.add(p32, alpha=h["weight_decay"])
+    square_avg = states["square_avg"].to(dtype).mul(rho).addcmul_(g, g, value=1 - rho)
+    std = square_avg.add(eps).sqrt_()
+    delta = states["acc_delta"].to(dtype).add(eps).sqrt_()
+    delta.div_(std).mul_(g)
+    acc_delta = states["acc_delta"].to(dtype).mul(rho).addcmul_(delta, delta, value=1 - rho)
+    states["square_avg"].copy_(square_avg)
+    states["acc_delta"].copy_(acc_delta)
+    return p32.add(delta, alpha=-h["lr"])
+
+
+def _rprop(i, p32, g, states, scalars, first, h, flags):
+    """torch.optim.rprop._single_tensor_rprop: per element, the factor is etaplus, etaminus or 1 by the sign of
+    g * prev (torch's sign of NaN is 0: factor 1, and sign(g) = 0 leaves the param); the grad is zeroed where the
+    factor equals etaminus (compared in the compute dtype, as torch compares). The step count is only counted."""
+    dtype = g.dtype
+    etaminus, etaplus = h["etaminus"], h["etaplus"]
+    scalars["step"] += 1
+    sign = g.mul(states["prev"].to(dtype)).sign()
+    sign[sign.gt(0)] = etaplus
+    sign[sign.lt(0)] = etaminus
+    sign[sign.eq(0)] = 1
+    step_size = states["step_size"].to(dtype).mul(sign).clamp_(h["step_size_min"], h["step_size_max"])
+    g = g.clone(memory_format=torch.preserve_format)
+    g[sign.eq(etaminus)] = 0
+    states["step_size"].copy_(step_size)
+    states["prev"].copy_(g)
+    return p32.addcmul(g.sign(), step_size, value=-1)
+
+
+def _asgd(i, p32, g, states, scalars, first, h, flags):
+    """torch.optim.asgd._single_tensor_asgd: the update reads eta and mu as they were before the step; after it,
+    from the new step t (in double): eta = lr / (1 + lambd lr t)^alpha, mu = 1 / max(1, t - t0). Averaging is a
+    copy while mu == 1 (a per-tensor choice from mu), else ax += (p - ax) * mu."""
+    lr, lambd = h["lr"], h["lambd"]
+    scalars["step"] += 1
+    if h["weight_decay"] != 0:
+        g = g.add(p32, alpha=h["weight_decay"])
+    eta = float(scalars["eta"].item())
+    p32 = p32.mul(1 - lambd * eta)
+    p32 = p32.add(g, alpha=-eta)
+    mu = scalars["mu"]
+    if float(mu.item()) != 1:
+        ax = states["ax"].to(g.dtype)
+        ax = ax.add(p32.sub(ax).mul_(mu))
+    else:
+        ax = p32
+    states["ax"].copy_(ax)
+    step = float(scalars["step"].item())
+    scalars["eta"].fill_(lr / ((1 + lambd * lr * step) ** h["alpha"]))
+    mu.fill_(1 / max(1, step - h["t0"]))
+    return p32
+
+
+RULE_BODIES.update({"nadam": _nadam, "radam": _radam, "adadelta": _adadelta, "rprop": _rprop, "asgd": _asgd})

@@ -105,3 +105,29 @@ def adam_entry(update):
                [lr, beta1, beta2, eps, weight_decay], ADAM.flag_bits(flags), maximize, lr_tensor, grad_scale,
                clip_coef, found_inf)
     return adam_update
+
+
+# --- NAdam, RAdam, Adadelta, Rprop, ASGD (issue 12 part 2). Each rule's per-tensor scalar math is a function of
+# its scalar states and the hyperparameters only (never of the elements), so a device kernel computes it per tensor
+# from the step count on the device, without a host sync; the bodies in fusedopt/reference.py say it exactly.
+
+NADAM = register(Rule(
+    "nadam", hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "momentum_decay"), flags=("decoupled",),
+    states=("exp_avg", "exp_avg_sq"), scalars=("step", "mu_product")))
+
+RADAM = register(Rule(
+    "radam", hyper=("lr", "beta1", "beta2", "eps", "weight_decay"), flags=("decoupled",),
+    states=("exp_avg", "exp_avg_sq"), scalars=("step",)))
+
+ADADELTA = register(Rule(
+    "adadelta", hyper=("lr", "rho", "eps", "weight_decay"), flags=(),
+    states=("square_avg", "acc_delta"), scalars=("step",)))
+
+# lr only sets the initial step_size (the class's _init_state); the update reads the step_size state.
+RPROP = register(Rule(
+    "rprop", hyper=("lr", "etaminus", "etaplus", "step_size_min", "step_size_max"), flags=(),
+    states=("prev", "step_size"), scalars=("step",)))
+
+ASGD = register(Rule(
+    "asgd", hyper=("lr", "lambd", "alpha", "t0", "weight_decay"), flags=(),
+    states=("ax",), scalars=("step", "eta", "mu")))

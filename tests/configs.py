@@ -164,11 +164,122 @@ REPRESENTATIVE = select(
 )
 
 
+# Algorithms whose torch fp16 run divides by a zero denominator with the default eps (see for_dtype).
+FP16_LARGE_EPS = {torch.optim.Adam, torch.optim.AdamW}
+
+
 def for_dtype(alg: Algorithm, kwargs: dict, dtype: torch.dtype) -> dict:
     """Constructor kwargs adjusted for ``dtype`` the way optim_db adjusts its own: for fp16, Adam's eps becomes
     0.1 because torch's fp16 states underflow (g*g < 6e-8 gives v = 0, and 1e-8 rounds to 0 in fp16, so
     torch's own fp16 run divides by zero and has no finite error to compare against). fusedopt's fp16 run with
     a tiny eps is tested separately (test_fp16_adam_tiny_eps)."""
-    if dtype == torch.float16 and alg.torch_cls in (torch.optim.Adam, torch.optim.AdamW):
+    if dtype == torch.float16 and alg.torch_cls in FP16_LARGE_EPS:
         return {**kwargs, "eps": 0.1}
     return kwargs
+
+
+# --- NAdam, RAdam, Adadelta, Rprop, ASGD (issue 12 part 2): the same tables. Their rules run on the reference
+# backend until the compiled backends get kernels for them (tests skip, saying so, a backend without the rule).
+
+def _adam_like(lr: float, extra: list[OptimConfig]) -> list[OptimConfig]:
+    """What NAdam and RAdam share with Adam's options (torch's NAdam/RAdam accept tensor betas, not fused)."""
+    return [
+        OptimConfig("lr", {"lr": lr}),
+        OptimConfig("tensor lr", {"lr": torch.tensor(lr)}),
+        OptimConfig("betas", {"lr": lr, "betas": (0.8, 0.95)}),
+        OptimConfig("tensor betas", {"lr": lr, "betas": (torch.tensor(0.85), torch.tensor(0.99))}),
+        OptimConfig("eps", {"lr": lr, "eps": 1e-3}),
+        OptimConfig("weight_decay", {"lr": lr, "weight_decay": 0.1}),
+        OptimConfig("decoupled_weight_decay", {"lr": lr, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+        OptimConfig("maximize", {"lr": lr, "maximize": True}),
+        *extra,
+        OptimConfig("impl flags", {"lr": lr, "foreach": False, "capturable": True}),
+        *_extras({"lr": lr, "weight_decay": 0.05}),
+    ]
+
+
+_NADAM_CONFIGS = _adam_like(0.01, [
+    OptimConfig("momentum_decay", {"lr": 0.01, "momentum_decay": 0.1}),
+    OptimConfig("everything", {"lr": torch.tensor(0.02), "betas": (0.85, 0.98), "eps": 1e-6, "weight_decay": 0.2,
+                               "momentum_decay": 0.01, "decoupled_weight_decay": True, "maximize": True}),
+])
+
+# betas (0.8, 0.9) make RAdam rectify from step 5 on (rho_inf = 19), torch's defaults from step 6 on.
+_RADAM_CONFIGS = _adam_like(0.01, [
+    OptimConfig("rectified early", {"lr": 0.01, "betas": (0.8, 0.9), "weight_decay": 0.05}),
+    OptimConfig("everything", {"lr": torch.tensor(0.02), "betas": (0.85, 0.9), "eps": 1e-6, "weight_decay": 0.2,
+                               "decoupled_weight_decay": True, "maximize": True}),
+])
+
+_ADADELTA_CONFIGS = [
+    OptimConfig("lr", {"lr": 0.5}),
+    OptimConfig("tensor lr", {"lr": torch.tensor(0.5)}),
+    OptimConfig("rho", {"lr": 0.5, "rho": 0.5}),
+    OptimConfig("eps", {"lr": 0.5, "eps": 1e-3}),
+    OptimConfig("weight_decay", {"lr": 0.5, "weight_decay": 0.1}),
+    OptimConfig("maximize", {"lr": 0.5, "maximize": True}),
+    OptimConfig("everything", {"lr": torch.tensor(0.3), "rho": 0.8, "eps": 1e-4, "weight_decay": 0.2,
+                               "maximize": True}),
+    OptimConfig("impl flags", {"lr": 0.5, "foreach": False, "capturable": True}),
+    *_extras({"lr": 0.5, "weight_decay": 0.05}),
+]
+
+def _without_weight_decay(configs: list[OptimConfig]) -> list[OptimConfig]:
+    """``_extras`` for an algorithm without weight decay (Rprop)."""
+    return [OptimConfig(c.desc, {k: v for k, v in c.kwargs.items() if k != "weight_decay"}, c.extras)
+            for c in configs]
+
+
+# step_sizes (1e-3, 0.05) clamp from both sides within 10 steps.
+_RPROP_CONFIGS = [
+    OptimConfig("lr", {"lr": 0.01}),
+    OptimConfig("tensor lr", {"lr": torch.tensor(0.01)}),
+    OptimConfig("etas", {"lr": 0.01, "etas": (0.3, 1.5)}),
+    OptimConfig("step_sizes", {"lr": 0.01, "step_sizes": (1e-3, 0.05)}),
+    OptimConfig("maximize", {"lr": 0.01, "maximize": True}),
+    OptimConfig("everything", {"lr": torch.tensor(0.02), "etas": (0.4, 1.3), "step_sizes": (5e-3, 0.03),
+                               "maximize": True}),
+    OptimConfig("impl flags", {"lr": 0.01, "foreach": False, "capturable": True}),
+    *_without_weight_decay(_extras({"lr": 0.01, "step_sizes": (1e-3, 0.05)})),
+]
+
+# t0 of a few steps: the average ax moves off the params (mu < 1) within 10 steps.
+_ASGD_CONFIGS = [
+    OptimConfig("lr", {"lr": 0.05}),
+    OptimConfig("tensor lr", {"lr": torch.tensor(0.05)}),
+    OptimConfig("lambd", {"lr": 0.05, "lambd": 0.1}),
+    OptimConfig("alpha", {"lr": 0.05, "lambd": 0.05, "alpha": 0.5}),
+    OptimConfig("t0", {"lr": 0.05, "t0": 3}),
+    OptimConfig("weight_decay", {"lr": 0.05, "weight_decay": 0.1}),
+    OptimConfig("maximize", {"lr": 0.05, "maximize": True}),
+    OptimConfig("everything", {"lr": torch.tensor(0.03), "lambd": 0.01, "alpha": 0.6, "t0": 2, "weight_decay": 0.1,
+                               "maximize": True}),
+    OptimConfig("impl flags", {"lr": 0.05, "foreach": False, "capturable": True}),
+    *_extras({"lr": 0.05, "t0": 3}),
+]
+
+ALGORITHMS.update({
+    "NAdam": Algorithm("NAdam", fusedopt.NAdam, torch.optim.NAdam, _ADAM_SECOND_GROUP,
+                       _NADAM_CONFIGS + _from_optim_db("NAdam")),
+    "RAdam": Algorithm("RAdam", fusedopt.RAdam, torch.optim.RAdam, {"lr": 0.003, "betas": (0.8, 0.9),
+                                                                      "weight_decay": 0.05},
+                       _RADAM_CONFIGS + _from_optim_db("RAdam")),
+    "Adadelta": Algorithm("Adadelta", fusedopt.Adadelta, torch.optim.Adadelta,
+                          {"lr": 0.3, "rho": 0.8, "weight_decay": 0.05}, _ADADELTA_CONFIGS + _from_optim_db("Adadelta")),
+    "Rprop": Algorithm("Rprop", fusedopt.Rprop, torch.optim.Rprop, {"lr": 0.03, "etas": (0.4, 1.4)},
+                       _RPROP_CONFIGS + _from_optim_db("Rprop")),
+    "ASGD": Algorithm("ASGD", fusedopt.ASGD, torch.optim.ASGD, {"lr": 0.03, "lambd": 0.01, "t0": 4,
+                                                                "weight_decay": 0.05},
+                      _ASGD_CONFIGS + _from_optim_db("ASGD")),
+})
+FP16_LARGE_EPS |= {torch.optim.NAdam, torch.optim.RAdam}
+ALL_CONFIGS.extend((alg, config) for name in ("NAdam", "RAdam", "Adadelta", "Rprop", "ASGD")
+                   for alg in [ALGORITHMS[name]]
+                   for config in alg.configs)
+REPRESENTATIVE.extend(select(
+    "NAdam-optim_db:default", "NAdam-fusedopt:everything", "NAdam-fusedopt:clip_active",
+    "RAdam-optim_db:default", "RAdam-fusedopt:everything", "RAdam-fusedopt:clip_active",
+    "Adadelta-optim_db:default", "Adadelta-fusedopt:everything", "Adadelta-fusedopt:clip_active",
+    "Rprop-optim_db:default", "Rprop-fusedopt:everything", "Rprop-fusedopt:clip_active",
+    "ASGD-optim_db:default", "ASGD-fusedopt:everything", "ASGD-fusedopt:clip_active",
+))

@@ -192,6 +192,22 @@ def require_backend(name: str) -> None:
                              f"{ops.EXTENSION_ERROR}); build it with `pip install --no-build-isolation -e .`")
 
 
+def require_rule(backend: str, optimizer_cls) -> None:
+    """Skip, saying why, a case of an optimizer whose update rule the backend ``backend`` (a name of
+    ``ops.BACKENDS``, or "cuda-emu") has no kernel for yet: the case runs once the backend lists the rule
+    (``ops.rules_of``). An unavailable backend fails, as ``require_backend``."""
+    from fusedopt import ops
+
+    module = load_cuda_emu() if backend == "cuda-emu" else None
+    if module is None:
+        require_backend(backend)
+        module = ops.BACKENDS[backend]
+    rule = optimizer_cls._RULE.name
+    if rule not in ops.rules_of(module):
+        pytest.skip(f"backend {backend!r} has no kernel for the update rule {rule!r} yet (it has "
+                    f"{', '.join(sorted(ops.rules_of(module)))})")
+
+
 # The emulated CUDA backend: csrc/cuda's kernels compiled as host C++ against csrc/tests/cuda_emu, built by
 # `make cuda-emu` into build/cuda-emu/ (FUSEDOPT_CUDA_EMU_DIR points elsewhere, e.g. at the ASan build).
 CUDA_EMU_DIR = pathlib.Path(os.environ.get("FUSEDOPT_CUDA_EMU_DIR",

@@ -30,7 +30,7 @@ from torch import nn
 
 import fusedopt
 from helpers import (assert_close, assert_snapshot_equal, backend_served_by, load_cuda_emu, require_backend,
-                     snapshot)
+                     require_rule, snapshot)
 
 BACKENDS = ("reference", "cpu", "triton", "cuda-emu")
 
@@ -48,12 +48,29 @@ ALGORITHMS = {
                               dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01)),
     "Adam": Algorithm(fusedopt.Adam, torch.optim.Adam, dict(lr=0.01, amsgrad=True)),
     "AdamW": Algorithm(fusedopt.AdamW, torch.optim.AdamW, dict(lr=0.01)),
+    # NAdam, RAdam, Adadelta, Rprop, ASGD (issue 12 part 2)
+    "NAdam": Algorithm(fusedopt.NAdam, torch.optim.NAdam, dict(lr=0.01, weight_decay=0.1,
+                                                               decoupled_weight_decay=True)),
+    "RAdam": Algorithm(fusedopt.RAdam, torch.optim.RAdam, dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1)),
+    "Adadelta": Algorithm(fusedopt.Adadelta, torch.optim.Adadelta, dict(lr=0.5, weight_decay=0.1)),
+    "Rprop": Algorithm(fusedopt.Rprop, torch.optim.Rprop, dict(lr=0.01, step_sizes=(1e-3, 0.05))),
+    "ASGD": Algorithm(fusedopt.ASGD, torch.optim.ASGD, dict(lr=0.05, t0=0, weight_decay=0.1)),
 }
 ADAMS = ("Adam", "AdamW")
 SGDS = ("SGD", "SGD-momentum")
+# The rows of an option or a state apply to every algorithm that has it.
+STATEFUL = tuple(name for name in ALGORITHMS if name != "SGD")
+WITH_STEP = tuple(name for name, a in ALGORITHMS.items() if "step" in a.fused_cls._RULE.scalars)
+WITH_SCALARS = tuple(name for name, a in ALGORITHMS.items() if set(a.fused_cls._RULE.scalars) - {"step"})
+NO_SPARSE = tuple(name for name, a in ALGORITHMS.items() if not a.fused_cls._SPARSE_GRADS)
+WITH = {hyper: tuple(name for name, a in ALGORITHMS.items() if hyper in a.fused_cls._HYPERPARAMETERS)
+        for hyper in ("betas", "eps", "weight_decay")}
 
 
-def _require(backend: str) -> None:
+def _require(backend: str, algorithm: str | None = None) -> None:
+    """Fails when the backend is not built; skips, saying so, an algorithm whose rule it has no kernel for yet."""
+    if algorithm is not None:
+        require_rule(backend, ALGORITHMS[algorithm].fused_cls)
     if backend == "cuda-emu":
         load_cuda_emu()  # fails, never skips, when it is not built
         return
@@ -229,9 +246,13 @@ def _replaced_state(setup):
     # re-check state it created), so it must be the first call for nothing to change.
     opt = setup.opt_with_state()
     state = opt.state[setup.groups[0][0]]
-    key = "momentum_buffer" if "momentum_buffer" in state else "exp_avg"
-    state[key] = torch.zeros(7)
+    state[_tensor_state_key(setup, state)] = torch.zeros(7)
     return opt.step
+
+
+def _tensor_state_key(setup, state: dict) -> str:
+    """The first of the algorithm's tensor states that ``state`` holds."""
+    return next(key for key in setup.algorithm.fused_cls._TENSOR_STATE_KEYS if key in state)
 
 
 def _step_set_by_hand(setup):
@@ -250,11 +271,21 @@ def _loaded_step(value):
     return build
 
 
+def _loaded_scalar_state(value):
+    def change(sd):
+        state = sd["state"][_last_state_id(sd)]
+        key = next(k for k in state if k != "step" and state[k].dim() == 0)  # NAdam's mu_product, ASGD's eta
+        state[key] = copy.deepcopy(value)
+    def build(setup):
+        return _state_dict_with(setup, change)
+    build.__name__ = f"loaded scalar state {value!r}"
+    return build
+
+
 def _loaded_state_of_wrong_shape(setup):
     def change(sd):
         state = sd["state"][_last_state_id(sd)]
-        key = "momentum_buffer" if "momentum_buffer" in state else "exp_avg_sq"
-        state[key] = torch.zeros(7)
+        state[_tensor_state_key(setup, state)] = torch.zeros(7)
     return _state_dict_with(setup, change)
 
 
@@ -268,6 +299,16 @@ def _loaded_hyper(key, value):
 
 
 NOT_RUN = object()  # torch.optim has no such input (a fusedopt-only option)
+# Algorithms whose torch.optim step divides by a Python float that a step count of 0 makes zero (a step count
+# loaded or set as -1 is incremented to 0 first).
+STEP_DIVIDES = (*ADAMS, "RAdam")
+# Algorithms whose torch.optim step reads the step count on the host (a meta tensor has no value to read).
+STEP_READ = (*ADAMS, "NAdam", "RAdam", "ASGD")
+
+
+def _only(error: type, names) -> dict:
+    """``torch_raises`` of a row where only the algorithms ``names`` raise ``error`` in torch.optim."""
+    return {name: error for name in names}
 
 
 @dataclass(frozen=True)
@@ -287,13 +328,14 @@ class BadInput:
 
 BAD_INPUTS = [
     BadInput("sparse grad", _sparse_grad, RuntimeError, ("sparse gradients", "parameter 1 of param group 1"),
-             RuntimeError, ADAMS, why="torch.optim.SGD takes sparse grads"),
+             RuntimeError, NO_SPARSE, why="torch.optim.SGD takes sparse grads"),
     BadInput("grad of wrong shape", _grad_of_wrong_shape, RuntimeError,
              ("parameter 1 of param group 1", "[2, 2]", "[5]"), RuntimeError),
     BadInput("grad of wrong dtype", _grad_of_wrong_dtype, RuntimeError,
              ("parameter 1 of param group 1", "torch.float64", "torch.bfloat16"),
-             dict(SGD=None, **{"SGD-momentum": None}, Adam=RuntimeError, AdamW=RuntimeError)),
-    BadInput("params on two devices", _param_on_meta, RuntimeError, ("one device", "cpu", "meta"), None,
+             {name: None if name in (*SGDS, "Adadelta", "Rprop", "ASGD") else RuntimeError for name in ALGORITHMS}),
+    BadInput("params on two devices", _param_on_meta, RuntimeError, ("one device", "cpu", "meta"),
+             _only(RuntimeError, ("ASGD",)),  # its step reads eta on the host, and a meta one has no value
              why="torch.optim updates each param on its own device"),
     BadInput("inference-mode param", _inference_param, RuntimeError,
              ("parameter 1 of param group 1", "inference tensor"), RuntimeError),
@@ -302,43 +344,60 @@ BAD_INPUTS = [
     BadInput("grad aliasing its param", _grad_aliasing_its_param, RuntimeError,
              ("parameter 1 of param group 1", "share memory"), None),
     BadInput("betas[0] = 1", _set_hyper("betas", (1.0, 0.999)), ValueError,
-             ("Invalid beta parameter at index 0: 1.0", "param group 1"), ZeroDivisionError, ADAMS),
+             ("Invalid beta parameter at index 0: 1.0", "param group 1"), _only(ZeroDivisionError, ADAMS),
+             WITH["betas"]),
     BadInput("betas[1] > 1", _set_hyper("betas", (0.9, 1.5)), ValueError,
-             ("Invalid beta parameter at index 1: 1.5", "param group 1"), RuntimeError, ADAMS),
+             ("Invalid beta parameter at index 1: 1.5", "param group 1"), _only(RuntimeError, ADAMS), WITH["betas"]),
     BadInput("betas list changed in place", _betas_list_changed_in_place, ValueError,
-             ("Invalid beta parameter at index 0: 1.0",), ZeroDivisionError, ADAMS),
+             ("Invalid beta parameter at index 0: 1.0",), _only(ZeroDivisionError, ADAMS), WITH["betas"]),
     BadInput("negative beta", _set_hyper("betas", (-0.1, 0.999)), ValueError,
-             ("Invalid beta parameter at index 0: -0.1",), None, ADAMS),
+             ("Invalid beta parameter at index 0: -0.1",), None, WITH["betas"]),
     BadInput("negative lr", _set_hyper("lr", -0.1), ValueError, ("Invalid learning rate: -0.1", "param group 1"),
              None),
-    BadInput("string lr", _set_hyper("lr", "0.1"), TypeError, ("lr", "'0.1'", "param group 1"), TypeError),
+    BadInput("string lr", _set_hyper("lr", "0.1"), TypeError, ("lr", "'0.1'", "param group 1"),
+             {name: None if name == "Rprop" else TypeError for name in ALGORITHMS}),  # Rprop: lr only at init
     BadInput("negative eps", _set_hyper("eps", -1e-8), ValueError, ("Invalid epsilon value: -1e-08",), None,
-             ADAMS),
+             WITH["eps"]),
     BadInput("negative weight_decay", _set_hyper("weight_decay", -0.1), ValueError,
-             ("Invalid weight_decay value: -0.1",), None),
-    BadInput("string weight_decay", _set_hyper("weight_decay", "0"), TypeError, ("weight_decay", "'0'"), TypeError),
+             ("Invalid weight_decay value: -0.1",), None, WITH["weight_decay"]),
+    BadInput("string weight_decay", _set_hyper("weight_decay", "0"), TypeError, ("weight_decay", "'0'"), TypeError,
+             WITH["weight_decay"]),
     BadInput("negative momentum", _set_hyper("momentum", -0.5), ValueError, ("Invalid momentum value: -0.5",),
              None, SGDS),
+    BadInput("rho > 1", _set_hyper("rho", 1.5), ValueError, ("Invalid rho value: 1.5", "param group 1"), None,
+             ("Adadelta",)),
+    BadInput("etas out of order", _set_hyper("etas", (1.2, 0.5)), ValueError,
+             ("Invalid eta values: 1.2, 0.5", "param group 1"), None, ("Rprop",)),
     BadInput("nesterov with dampening", _set_hyper("nesterov", True), ValueError,
              ("Nesterov momentum requires a momentum and zero dampening",), None, ("SGD-momentum",)),
     BadInput("NaN grad under nonfinite='raise'", _nan_grad, RuntimeError,
              ("non-finite", "parameter 1 of param group 1"), NOT_RUN, extras=dict(nonfinite="raise")),
     BadInput("state tensor replaced by hand", _replaced_state, RuntimeError,
-             ("parameter 0 of param group 0", "7"), NOT_RUN, ("SGD-momentum", *ADAMS), ("cpu", "triton"),
+             ("parameter 0 of param group 0", "7"), NOT_RUN, STATEFUL, ("cpu", "triton"),
              why="SGD keeps no state; the reference backend leaves state checks to the compiled ones"),
     BadInput("step set to -1 by hand", _step_set_by_hand, RuntimeError,
-             ("parameter 0 of param group 0", "steps[0] is -1"), ZeroDivisionError, ADAMS, ("cpu", "reference"),
+             ("parameter 0 of param group 0", "steps[0] is -1"), _only(ZeroDivisionError, STEP_DIVIDES),
+             WITH_STEP,
+             ("cpu", "reference"),
              why="the Triton (and CUDA) kernels never read step counts on the host"),
     BadInput("loaded step of -1", _loaded_step(torch.tensor(-1.0)), ValueError,
-             ("'step' is -1", "parameter 1 of param group 1"), ZeroDivisionError, ADAMS),
-    BadInput("loaded step NaN", _loaded_step(float("nan")), ValueError, ("'step' is nan",), None, ADAMS),
+             ("'step' is -1", "parameter 1 of param group 1"), _only(ZeroDivisionError, STEP_DIVIDES),
+             WITH_STEP),
+    BadInput("loaded step NaN", _loaded_step(float("nan")), ValueError, ("'step' is nan",), None, WITH_STEP),
     BadInput("loaded step on meta", _loaded_step(torch.tensor(1.0, device="meta")), ValueError,
-             ("'step'", "meta", "parameter 1 of param group 1"), RuntimeError, ADAMS),
-    BadInput("loaded step a string", _loaded_step("3"), ValueError, ("'step'", "str"), ValueError, ADAMS),
+             ("'step'", "meta", "parameter 1 of param group 1"), _only(RuntimeError, STEP_READ), WITH_STEP),
+    BadInput("loaded step a string", _loaded_step("3"), ValueError, ("'step'", "str"), ValueError, WITH_STEP),
+    BadInput("loaded scalar state a string", _loaded_scalar_state("0.5"), ValueError,
+             ("must be a number or a one-element real tensor", "str", "parameter 1 of param group 1"), TypeError,
+             WITH_SCALARS),
+    BadInput("loaded scalar state of two elements", _loaded_scalar_state(torch.ones(2)), ValueError,
+             ("must be a number or a one-element real tensor", "[2]", "parameter 1 of param group 1"),
+             RuntimeError, WITH_SCALARS),
     BadInput("loaded state of wrong shape", _loaded_state_of_wrong_shape, ValueError,
-             ("has shape [7]", "[2, 2]", "parameter 1 of param group 1"), RuntimeError, ("SGD-momentum", *ADAMS)),
+             ("has shape [7]", "[2, 2]", "parameter 1 of param group 1"), RuntimeError, STATEFUL),
     BadInput("loaded betas[0] = 1", _loaded_hyper("betas", (1.0, 0.999)), ValueError,
-             ("Invalid beta parameter at index 0: 1.0", "param group 1"), ZeroDivisionError, ADAMS),
+             ("Invalid beta parameter at index 0: 1.0", "param group 1"), _only(ZeroDivisionError, ADAMS),
+             WITH["betas"]),
     BadInput("loaded negative lr", _loaded_hyper("lr", -1.0), ValueError, ("Invalid learning rate: -1.0",), None),
 ]
 
@@ -374,7 +433,7 @@ def _assert_unchanged(opt, before: dict) -> None:
 @pytest.mark.parametrize("warm", [0, 1], ids=["first-step", "after-one-step"])
 @pytest.mark.parametrize("case, algorithm, backend", list(_bad_cases()))
 def test_bad_input_raises_and_changes_nothing(case, algorithm, backend, warm):
-    _require(backend)
+    _require(backend, algorithm)
     setup = Setup(algorithm, backend, warm, case.extras)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the reference backend's "slow path" notice on meta tensors
@@ -440,12 +499,12 @@ def test_rejected_step_leaves_no_state_so_next_sgd_step_is_torchs(backend):
     assert torch.equal(opt.state[p]["momentum_buffer"], ref.state[ref_p]["momentum_buffer"])
 
 
-@pytest.mark.parametrize("algorithm", ["SGD-momentum", *ADAMS])
+@pytest.mark.parametrize("algorithm", STATEFUL)
 @pytest.mark.parametrize("backend", ["cpu", "triton", "cuda-emu"])
 def test_call_refused_by_a_kernel_takes_back_the_new_state(algorithm, backend):
     """Only the kernels check a state tensor replaced by hand. When they refuse the step's first call, the
     state just created for another param of that call is taken back out, and the error names the param."""
-    _require(backend)
+    _require(backend, algorithm)
     algo = ALGORITHMS[algorithm]
     model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
     opt = algo.fused_cls(model.named_parameters(), **algo.kwargs, backend=_cls_backend(backend))
@@ -453,7 +512,7 @@ def test_call_refused_by_a_kernel_takes_back_the_new_state(algorithm, backend):
     named["1.bias"].grad = torch.ones(1)
     opt.step()
     state = opt.state[named["1.bias"]]
-    state["momentum_buffer" if "momentum_buffer" in state else "exp_avg"] = torch.zeros(7)
+    state[next(key for key in algo.fused_cls._TENSOR_STATE_KEYS if key in state)] = torch.zeros(7)
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     before = _frozen(opt)
@@ -636,7 +695,7 @@ def _odd_cases():
 
 @pytest.mark.parametrize("case, algorithm, backend", list(_odd_cases()))
 def test_odd_input_gives_torchs_result(case, algorithm, backend):
-    _require(backend)
+    _require(backend, algorithm)
     algo = ALGORITHMS[algorithm]
     params, grads = case.build(torch.Generator().manual_seed(1))
     ref_params, ref_grads = case.build(torch.Generator().manual_seed(1))
@@ -663,7 +722,7 @@ def test_odd_input_gives_torchs_result(case, algorithm, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backward_after_step_raises_like_torch(algorithm, backend):
     """A graph that saved the weights cannot be back-propagated after the step changed them in place."""
-    _require(backend)
+    _require(backend, algorithm)
     algo = ALGORITHMS[algorithm]
     for cls, extra in ((algo.torch_cls, {}), (algo.fused_cls, {"backend": _cls_backend(backend)})):
         w = nn.Parameter(torch.randn(3, 2))
@@ -680,7 +739,7 @@ def test_backward_after_step_raises_like_torch(algorithm, backend):
 @pytest.mark.parametrize("scaled", [False, True], ids=["plain", "grad_scale"])
 def test_every_written_tensor_has_its_version_bumped(algorithm, backend, scaled):
     """Params, states, step counts, master copies and (when unscaled in place, under GradScaler) grads."""
-    _require(backend)
+    _require(backend, algorithm)
     algo = ALGORITHMS[algorithm]
     params = [nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(5).to(torch.bfloat16))]
     opt = algo.fused_cls(params, **algo.kwargs, backend=_cls_backend(backend), master_weights=True)

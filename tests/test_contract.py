@@ -23,11 +23,16 @@ from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_
 
 import fusedopt
 from fusedopt import ops
-from helpers import assert_bitwise_equal, assert_close, require_backend, snapshot
+from helpers import assert_bitwise_equal, assert_close, require_backend, require_rule, snapshot
 
 TORCH = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
 FUSED = {"SGD": fusedopt.SGD, "Adam": fusedopt.Adam, "AdamW": fusedopt.AdamW}
+# NAdam, RAdam, Adadelta, Rprop, ASGD (issue 12 part 2)
+for _name in ("NAdam", "RAdam", "Adadelta", "Rprop", "ASGD"):
+    TORCH[_name], FUSED[_name] = getattr(torch.optim, _name), getattr(fusedopt, _name)
 NAMES = tuple(TORCH)
+# The ones torch has a fused implementation of (fused=True: GradScaler's in-step unscale and skip).
+TORCH_FUSED = ("SGD", "Adam", "AdamW")
 EXTRAS = (("max_grad_norm", None), ("nonfinite", "ignore"), ("backend", "auto"), ("master_weights", False),
           ("state_dtype", None))
 # The contract's fp32 tolerance: 1e-5 relative to each tensor's scale (so near-zero elements do not dominate).
@@ -41,6 +46,16 @@ CONFIGS = [
     ("Adam", dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
     ("Adam", dict(lr=0.01, betas=(0.8, 0.99), maximize=True)),
     ("AdamW", dict(lr=0.01, amsgrad=True)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1, momentum_decay=0.01, decoupled_weight_decay=True, maximize=True)),
+    ("RAdam", dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1)),
+    ("RAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    ("Adadelta", dict(lr=0.5, rho=0.8, weight_decay=0.1)),
+    ("Adadelta", dict(lr=0.5, eps=1e-4, maximize=True)),
+    ("Rprop", dict(lr=0.01, etas=(0.3, 1.5), step_sizes=(1e-3, 0.05))),
+    ("Rprop", dict(lr=0.02, maximize=True)),
+    ("ASGD", dict(lr=0.05, lambd=0.01, t0=2, weight_decay=0.1)),
+    ("ASGD", dict(lr=0.05, alpha=0.5, t0=1, maximize=True)),
 ]
 CONFIG_IDS = [f"{name}-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) for name, kwargs in CONFIGS]
 STATEFUL = [pytest.param(name, kwargs, id=case_id) for (name, kwargs), case_id in zip(CONFIGS, CONFIG_IDS)
@@ -48,6 +63,14 @@ STATEFUL = [pytest.param(name, kwargs, id=case_id) for (name, kwargs), case_id i
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _backend_has_the_rule(request):
+    """A case of an optimizer on a backend without a kernel for its rule yet is skipped, saying so."""
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    if "name" in params and "backend" in params:
+        require_rule(params["backend"], FUSED[params["name"]])
+
 
 def make_params(dtype=torch.float32, seed=0) -> list[nn.Parameter]:
     """Small params of several shapes, a 0-dim one included."""
@@ -259,6 +282,35 @@ MORE_TORCH_ERRORS = [
     ("Adam", list, {}),
     ("SGD", _nonleaf, {}),
     ("AdamW", _nonleaf, {}),
+    ("NAdam", make_params, dict(lr=-1e-3)),
+    ("NAdam", make_params, dict(eps=-1e-8)),
+    ("NAdam", make_params, dict(betas=(1.0, 0.9))),
+    ("NAdam", make_params, dict(betas=(0.9, -0.5))),
+    ("NAdam", make_params, dict(weight_decay=-0.1)),
+    ("NAdam", make_params, dict(momentum_decay=-0.1)),
+    ("NAdam", make_params, dict(lr=torch.tensor([1e-3, 1e-3]))),
+    ("NAdam", list, {}),
+    ("RAdam", make_params, dict(lr=-1e-3)),
+    ("RAdam", make_params, dict(eps=-1e-8)),
+    ("RAdam", make_params, dict(betas=(1.0, 0.9))),
+    ("RAdam", make_params, dict(betas=(0.9, 1.0))),
+    ("RAdam", make_params, dict(weight_decay=-0.1)),
+    ("RAdam", _nonleaf, {}),
+    ("Adadelta", make_params, dict(lr=-1.0)),
+    ("Adadelta", make_params, dict(rho=1.1)),
+    ("Adadelta", make_params, dict(rho=-0.1)),
+    ("Adadelta", make_params, dict(eps=-1e-6)),
+    ("Adadelta", make_params, dict(weight_decay=-0.1)),
+    ("Adadelta", make_params, dict(lr=torch.tensor([1.0, 1.0]))),
+    ("Rprop", make_params, dict(lr=-0.1)),
+    ("Rprop", make_params, dict(etas=(1.0, 1.2))),
+    ("Rprop", make_params, dict(etas=(0.5, 1.0))),
+    ("Rprop", make_params, dict(etas=(0.0, 2.0))),
+    ("Rprop", make_params, dict(lr=torch.tensor([0.1, 0.1]))),
+    ("ASGD", make_params, dict(lr=-0.1)),
+    ("ASGD", make_params, dict(weight_decay=-0.1)),
+    ("ASGD", make_params, dict(lr=torch.tensor([0.1, 0.1]))),
+    ("ASGD", list, {}),
 ]
 
 
@@ -379,12 +431,18 @@ def test_params_on_two_devices_raise_and_change_nothing(name, backend):
     _assert_unchanged(opt, before)
 
 
+# A tensor state of each optimizer that every stateful config keeps.
+LOADED_STATE_KEY = {"SGD": "momentum_buffer", "Adam": "exp_avg_sq", "AdamW": "exp_avg_sq", "NAdam": "exp_avg_sq",
+                    "RAdam": "exp_avg_sq", "Adadelta": "acc_delta",
+                    "Rprop": "step_size", "ASGD": "ax"}
+
+
 @pytest.mark.parametrize("name, kwargs", STATEFUL)
 def test_load_state_dict_with_wrong_state_shape_raises_and_changes_nothing(name, kwargs, backend):
     opt, params = _trained(name, kwargs, backend)
     bad = copy.deepcopy(opt.state_dict())
     bad["param_groups"][0]["lr"] = 123.0
-    key = "momentum_buffer" if name == "SGD" else "exp_avg_sq"
+    key = LOADED_STATE_KEY[name]
     bad["state"][1][key] = torch.zeros(7)
     before = _frozen(opt)
     with pytest.raises((ValueError, RuntimeError)) as info:
@@ -560,6 +618,30 @@ def test_non_tensor_step_loads(name, kwargs, backend):
     train_both_and_compare(torch_opt, torch_params, opt, params, range(3, 6))
 
 
+WITH_SCALARS = [pytest.param(name, kwargs, id=case_id) for (name, kwargs), case_id in zip(CONFIGS, CONFIG_IDS)
+                if set(FUSED[name]._RULE.scalars) - {"step"}]
+
+
+@pytest.mark.parametrize("name, kwargs", WITH_SCALARS)
+def test_non_tensor_scalar_states_load(name, kwargs, backend):
+    """Every scalar state saved as a Python float (NAdam's mu_product, ASGD's eta and mu; torch's __setstate__
+    turns them into tensors): ours become 0-dim fp32 tensors on the param's device and the run goes on as torch's."""
+    torch_params = make_params()
+    trainer = TORCH[name](torch_params, **kwargs)
+    train(trainer, torch_params, range(3))
+    old = copy.deepcopy(trainer.state_dict())
+    for state in old["state"].values():
+        for key in FUSED[name]._RULE.scalars:
+            state[key] = state[key].item()
+    torch_opt, torch_params, opt, params = resume_both(name, torch_params, old, backend)
+    for p in params:
+        for key in FUSED[name]._RULE.scalars:
+            value = opt.state[p][key]
+            assert (value.dtype, value.shape, value.device) == (torch.float32, (), p.device), key
+    assert_matches_torch(opt, params, torch_opt, torch_params, rtol=0.0)
+    train_both_and_compare(torch_opt, torch_params, opt, params, range(3, 6))
+
+
 def test_adam_checkpoint_into_adamw_decouples_like_torch(backend):
     """torch.optim.AdamW always decouples weight decay, whatever the loaded param_groups say."""
     torch_params = make_params()
@@ -620,7 +702,9 @@ def loss_of(model: nn.Module, step: int) -> torch.Tensor:
 INF_STEP = 2
 SCALER_STEPS = 6
 SCALER_KWARGS = {"SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01), "Adam": dict(lr=0.01, amsgrad=True),
-                 "AdamW": dict(lr=0.01)}
+                 "AdamW": dict(lr=0.01), "NAdam": dict(lr=0.01, weight_decay=0.01),
+                 "RAdam": dict(lr=0.01, betas=(0.8, 0.9)), "Adadelta": dict(lr=0.5, weight_decay=0.01),
+                 "Rprop": dict(lr=0.01), "ASGD": dict(lr=0.05, t0=2)}
 
 
 def _scaler():
@@ -652,7 +736,7 @@ def _scaler_trace(model, opt, unscale_first: bool) -> list[dict]:
     return trace
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TORCH_FUSED)
 @pytest.mark.parametrize("unscale_first", [False, True], ids=["scaler-step", "unscale_-then-step"])
 def test_grad_scaler_matches_torch_fused(name, backend, unscale_first):
     torch_model, model = make_model(), make_model()
@@ -719,7 +803,7 @@ def test_grad_scaler_with_max_grad_norm_matches_unscale_clip_step(name, nonfinit
     assert clipped_steps >= 2, "max_norm must be small enough to clip"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TORCH_FUSED)
 def test_found_inf_step_changes_nothing_like_torch_fused(name, backend):
     """torch's test_fused_does_not_step_if_foundinf: grad_scale and found_inf set by hand, as GradScaler does."""
     kwargs = SCALER_KWARGS[name]

@@ -41,7 +41,7 @@ import fusedopt
 from fusedopt import ops, reference, rules
 from configs import ALL_CONFIGS, REPRESENTATIVE, config_id, for_dtype
 from helpers import (assert_bitwise_equal, assert_close, assert_raises_unchanged, assert_within_ulps,
-                     backend_served_by, load_cuda_emu, require_backend)
+                     backend_served_by, load_cuda_emu, require_backend, require_rule)
 from test_parity import (LOW_PRECISION, PARAM_NAMES, RTOL, Run, assert_low_precision_bound, assert_runs_close,
                          clone_params, flat, make_grads, make_params, run, run_torch)
 
@@ -529,6 +529,8 @@ MATRIX = ([pytest.param("cuda", alg, config, dtype, id=f"cuda-{config_id(alg, co
 @pytest.mark.parametrize("target_name,alg,config,dtype", MATRIX)
 def test_matches_cpu_backend_and_torch(request, target_name, alg, config, dtype):
     target = _target(target_name, request.node.nodeid)
+    for name in (target_name, "cpu"):
+        require_rule(name, alg.fused_cls)
     groups = make_params(dtype)
     grads = make_grads(dtype, steps=STEPS)
     on_cuda = _run_on_target(target, alg, config, groups, grads)
@@ -560,6 +562,8 @@ VARIANT_CASES = [pytest.param(target_name, alg, config, dtype, extra,
 def test_variants_match_cpu_backend(request, target_name, alg, config, dtype, extra):
     """Master weights and bf16 states: CUDA against the CPU backend and the reference backend."""
     target = _target(target_name, request.node.nodeid)
+    for name in (target_name, "cpu"):
+        require_rule(name, alg.fused_cls)
     groups = make_params(dtype)
     grads = make_grads(dtype, steps=STEPS)
     on_cuda = _run_on_target(target, alg, config, groups, grads, **extra)

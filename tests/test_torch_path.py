@@ -19,6 +19,8 @@ from helpers import assert_bitwise_equal, assert_close, assert_snapshot_equal, s
 
 TORCH = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
 FUSED = {"SGD": fusedopt.SGD, "Adam": fusedopt.Adam, "AdamW": fusedopt.AdamW}
+for _name in ("NAdam", "RAdam", "Adadelta", "Rprop", "ASGD"):  # issue 12 part 2
+    TORCH[_name], FUSED[_name] = getattr(torch.optim, _name), getattr(fusedopt, _name)
 SHAPES = [(4, 3), (3,), ()]
 STEPS = 4
 RTOL = 1e-5
@@ -31,6 +33,15 @@ DIFFERENTIABLE_CONFIGS = [
     ("Adam", dict(lr=0.05, betas=(0.8, 0.95), weight_decay=0.1, maximize=True)),
     ("AdamW", dict(lr=0.05, weight_decay=0.1)),
     # torch's own differentiable amsgrad fails on its in-place max (checked in test_differentiable_amsgrad...).
+    # issue 12 part 2
+    ("NAdam", dict(lr=0.05, weight_decay=0.1)),
+    ("NAdam", dict(lr=0.05, weight_decay=0.1, momentum_decay=0.01, decoupled_weight_decay=True, maximize=True)),
+    ("RAdam", dict(lr=0.05, betas=(0.8, 0.9), weight_decay=0.1)),
+    ("RAdam", dict(lr=0.05, betas=(0.8, 0.9), weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    ("Adadelta", dict(lr=0.5, weight_decay=0.1)),
+    ("Adadelta", dict(lr=0.5, rho=0.8, eps=1e-4, maximize=True)),
+    ("ASGD", dict(lr=0.05, weight_decay=0.1)),
+    ("ASGD", dict(lr=0.05, lambd=0.01, t0=1, maximize=True)),
 ]
 IDS = [f"{name}-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) for name, kwargs in DIFFERENTIABLE_CONFIGS]
 
@@ -103,6 +114,17 @@ def test_differentiable_learning_rate_gradient_equals_torch(name, kwargs):
     ours = _meta_run(FUSED[name], kwargs, lr_requires_grad=True)
     _assert_runs_equal(ours, _meta_run(TORCH[name], kwargs, lr_requires_grad=True))
     assert ours[2][-1].abs() > 0
+
+
+def test_differentiable_rprop_fails_like_torch():
+    # torch 2.13's differentiable Rprop changes in place (step_size.mul_(...).clamp_(...)) a tensor its backward
+    # saved at the previous step; ours runs torch's code.
+    errors = []
+    for cls in (torch.optim.Rprop, fusedopt.Rprop):
+        with pytest.raises(RuntimeError, match="modified by an inplace operation") as info:
+            _meta_run(cls, dict(lr=0.05))
+        errors.append(str(info.value).split(";")[0])
+    assert errors[0] == errors[1]
 
 
 def test_differentiable_amsgrad_fails_like_torch():

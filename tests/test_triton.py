@@ -31,7 +31,7 @@ import test_parity
 from configs import ALL_CONFIGS, REPRESENTATIVE, config_id, select
 from fusedopt import ops, reference
 from helpers import (assert_bitwise_equal, assert_close, assert_raises_unchanged, assert_within_ulps,
-                     require_backend)
+                     require_backend, require_rule)
 
 ft = pytest.importorskip("fusedopt.triton", reason="triton is not installed (pip install triton==3.9.0)")
 from fusedopt.triton import _multi_tensor as mt  # noqa: E402
@@ -260,6 +260,7 @@ OPTIMIZER_PARAMS = (
 def test_optimizer_matches_torch(alg, config, dtype):
     if DEVICE.type != "cpu":
         pytest.skip("test_parity's params are CPU tensors; on a GPU the op-level tests above cover the kernels")
+    require_rule("triton", alg.fused_cls)
     test_parity.assert_matches_torch(alg, config, "triton", dtype, steps=OPTIMIZER_STEPS, specs=OPTIMIZER_PARAMS)
 
 

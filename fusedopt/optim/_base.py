@@ -891,7 +891,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             if not saved or not state:
                 continue
             for key, value in saved.items():
-                if key == "step":
+                if key in self._RULE.scalars:  # "step", NAdam's "mu_product", ASGD's "eta" and "mu"
                     state[key] = torch.as_tensor(float(value), dtype=torch.float32, device=p.device) \
                         if not torch.is_tensor(value) else value.to(dtype=torch.float32, device=p.device)
                 elif key in self._TENSOR_STATE_KEYS and torch.is_tensor(value):
@@ -924,8 +924,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             for pi, (saved_id, p) in enumerate(zip(saved_group["params"], group["params"])):
                 where = self._describe(gi, pi)
                 for key, value in state_dict["state"].get(saved_id, {}).items():
-                    if key == "step":
-                        _check_loaded_step(value, p, where)
+                    if key in self._RULE.scalars:
+                        _check_loaded_scalar(key, value, p, where)
                         continue
                     if not torch.is_tensor(value) or not (key in self._TENSOR_STATE_KEYS or key == MASTER_KEY):
                         continue
@@ -948,20 +948,22 @@ def _check_movable(value: Tensor, param: Tensor, where: str, key: str) -> None:
                          f"the parameter is on {param.device}")
 
 
-def _check_loaded_step(value, param: Tensor, where: str) -> None:
+def _check_loaded_scalar(key: str, value, param: Tensor, where: str) -> None:
+    """A scalar state of the rule (``step``, NAdam's ``mu_product``, ASGD's ``eta``/``mu``): a real number or a
+    one-element real tensor; a step count must also be non-negative."""
     if torch.is_tensor(value):
         if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
-            raise ValueError(f"loaded state dict does not match {where}: 'step' must be a number or a one-element "
+            raise ValueError(f"loaded state dict does not match {where}: {key!r} must be a number or a one-element "
                              f"real tensor, got {value.dtype}{list(value.shape)}")
-        _check_movable(value, param, where, "step")
+        _check_movable(value, param, where, key)
         if value.device.type == "meta":
             return
         count = float(value.item())  # once per load, not per step
     elif isinstance(value, numbers.Real) and not isinstance(value, bool):
         count = float(value)
     else:
-        raise ValueError(f"loaded state dict does not match {where}: 'step' must be a number or a one-element "
+        raise ValueError(f"loaded state dict does not match {where}: {key!r} must be a number or a one-element "
                          f"real tensor, got {type(value).__name__} {value!r}")
-    if not count >= 0.0:
+    if key == "step" and not count >= 0.0:
         raise ValueError(f"loaded state dict does not match {where}: 'step' is {count:g}; step counts are "
                          f"non-negative")

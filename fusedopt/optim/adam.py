@@ -6,7 +6,8 @@ from torch import Tensor
 from torch.optim.adam import adam as torch_adam
 
 from fusedopt import rules
-from fusedopt.optim._base import FusedOptimizer, _readable
+from fusedopt.optim._base import FusedOptimizer
+from fusedopt.optim._checks import check_betas, check_nonnegative
 
 
 def _to_scalar(beta):
@@ -75,18 +76,10 @@ class Adam(FusedOptimizer):
                 raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
             if lr.numel() != 1:
                 raise ValueError("Tensor lr must be 1-element")
-        if _readable(lr, at_step) and not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if _readable(eps, at_step) and not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if at_step and len(betas) != 2:
-            raise ValueError(f"Invalid betas: {betas}; expected two values")
-        if _readable(betas[0], at_step) and not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if _readable(betas[1], at_step) and not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if _readable(weight_decay, at_step) and not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_nonnegative(lr, "learning rate", at_step)
+        check_nonnegative(eps, "epsilon value", at_step)
+        check_betas(betas, at_step)
+        check_nonnegative(weight_decay, "weight_decay value", at_step)
         if not ((isinstance(betas[0], float) and isinstance(betas[1], float))
                 or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))):
             raise ValueError("betas must be either both floats or both Tensors")
