@@ -16,8 +16,9 @@ its hyperparameters, flags, states and scalar states); a ``TritonRule`` adds the
 ``element(p, g, s, h, t, first, FLAGS, USED) -> (p, s)``
     math.h's ``element<SW>()``: one block of elements, all fp32: ``p`` the param's value, ``g`` the gradient
     already unscaled, clipped and sign-flipped (math.py's prepare_grad, in the kernel), ``s`` the tuple of the
-    rule's states (every state of ``Rule.states``; those not in use hold 0 and are not stored), ``h`` what
-    ``hyper`` returned, ``t`` the tensor's coefficients, ``first`` its is_first (a bool vector).
+    rule's states (every state of ``Rule.states``; those not in use hold 0 and are not stored; with is_first
+    set, none is read: no history yet, they hold 0), ``h`` what ``hyper`` returned, ``t`` the tensor's
+    coefficients, ``first`` its is_first (a bool vector; all False unless the rule takes it).
 
 Compile-time switches: ``FLAGS`` is the op's ``flags`` (bit i = ``Rule.flags[i]``), ``USED`` has bit k set when
 state k is in use (``Rule.used_states``), both constexpr. Tests on values that do not change the state lists
@@ -25,8 +26,6 @@ state k is in use (``Rule.used_states``), both constexpr. Tests on values that d
 whenever a scheduler moves the value to or from 0 (math.h makes them template switches, since the C++ loops are
 all compiled ahead of time).
 """
-from __future__ import annotations
-
 from collections import namedtuple
 from dataclasses import dataclass
 

@@ -20,8 +20,8 @@ Nothing here changes: the records, validation, version bumps, custom op (``fused
 are generic over the rule's lists. Its configs in tests/test_triton.py then run it against the reference and the
 CPU backend. Limits: at most rules.MAX_HYPER hyperparameters; states share one dtype per call.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Triton reads the kernels' "fp64" annotations as written (postponed,
+# they are the strings "'fp64'", which it ignores: the hyperparameters became fp32 arguments).
 import torch
 import triton
 import triton.language as tl
