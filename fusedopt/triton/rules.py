@@ -41,9 +41,11 @@ MAX_HYPER = 8
 
 @dataclass(frozen=True)
 class TritonRule:
+    """A rule's Triton functions (``@triton.jit``: JITFunctions, or InterpretedFunctions under
+    TRITON_INTERPRET=1; see the module docstring) next to its fusedopt/rules.py entry."""
     rule: rules.Rule
-    hyper: object                     # @triton.jit functions (JITFunction, or InterpretedFunction under
-    element: object                   # TRITON_INTERPRET=1): see the module docstring
+    hyper: object
+    element: object
     per_tensor: object | None = None
     coefficients: tuple[str, ...] = ()  # what per_tensor returns per tensor, in order (math.h's PerTensor)
 
