@@ -202,10 +202,11 @@ def update(rule, params, grads, states, master_params, scalars, is_first, hyper,
     block = mt.block_size(_update_kernel)
     columns = [params, grads, master_params if has_master else params,
                *(by_state.get(key, params) for key in r.states), *by_scalar.values()]
-    extra = tuple(int(bool(f)) for f in is_first) if is_first else (0,) * n
+    first = ()  # the records' last entry, for rules that take is_first (none given: no fresh state)
+    if r.takes_is_first:
+        first = tuple(int(bool(f)) for f in is_first) if is_first else (0,) * n
     disjoint = [params, grads, *by_state.values(), *([master_params] if has_master else [])]
-    records, work, n_work = mt.tables(device, columns, numels, block, extra=extra if r.takes_is_first else (),
-                                      disjoint=disjoint)
+    records, work, n_work = mt.tables(device, columns, numels, block, extra=first, disjoint=disjoint)
     mt.bump_versions(params, master_params, states, scalars, grads if grad_scale is not None else [])
 
     slots = [float(x) for x in hyper] + [0.0] * (MAX_HYPER - len(hyper))
