@@ -106,6 +106,8 @@ def _triton():
 
 
 if TRITON_AVAILABLE:
+    from fusedopt import rules as _rules  # (here: the Triton section of this file)
+
     @torch.library.custom_op("fusedopt::triton_check", mutates_args=())
     def _triton_check(grads: list[torch.Tensor]) -> torch.Tensor:
         return _triton().check(grads)
@@ -114,36 +116,19 @@ if TRITON_AVAILABLE:
     def _triton_check_fake(grads):
         return grads[0].new_empty((2,), dtype=torch.float32)
 
-    @torch.library.custom_op("fusedopt::triton_sgd_update",
-                             mutates_args=("params", "grads", "momentum_buffers", "master_params"))
-    def _triton_sgd_update(params: list[torch.Tensor], grads: list[torch.Tensor],
-                           momentum_buffers: list[torch.Tensor], master_params: list[torch.Tensor],
-                           is_first: list[bool], lr: float, weight_decay: float, momentum: float, dampening: float,
-                           nesterov: bool, maximize: bool, lr_tensor: Optional[torch.Tensor],
-                           grad_scale: Optional[torch.Tensor], clip_coef: Optional[torch.Tensor],
-                           found_inf: Optional[torch.Tensor]) -> None:
-        _triton().sgd_update(params, grads, momentum_buffers, master_params, is_first, lr, weight_decay, momentum,
-                             dampening, nesterov, maximize, lr_tensor, grad_scale, clip_coef, found_inf)
+    # Op contract v3's generic update (fusedopt/reference.py): the rule's flat lists, all mutated in place.
+    @torch.library.custom_op("fusedopt::triton_update",
+                             mutates_args=("params", "grads", "states", "master_params", "scalars"))
+    def _triton_update(rule: str, params: list[torch.Tensor], grads: list[torch.Tensor], states: list[torch.Tensor],
+                       master_params: list[torch.Tensor], scalars: list[torch.Tensor], is_first: list[bool],
+                       hyper: list[float], flags: int, maximize: bool, lr_tensor: Optional[torch.Tensor],
+                       grad_scale: Optional[torch.Tensor], clip_coef: Optional[torch.Tensor],
+                       found_inf: Optional[torch.Tensor]) -> None:
+        _triton().update(rule, params, grads, states, master_params, scalars, is_first, hyper, flags, maximize,
+                         lr_tensor, grad_scale, clip_coef, found_inf)
 
-    @_triton_sgd_update.register_fake
-    def _triton_sgd_update_fake(*args):
-        return None
-
-    @torch.library.custom_op("fusedopt::triton_adam_update",
-                             mutates_args=("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs",
-                                           "master_params", "steps"))
-    def _triton_adam_update(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-                            exp_avg_sqs: list[torch.Tensor], max_exp_avg_sqs: list[torch.Tensor],
-                            master_params: list[torch.Tensor], steps: list[torch.Tensor], lr: float, beta1: float,
-                            beta2: float, eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
-                            decoupled: bool, lr_tensor: Optional[torch.Tensor], grad_scale: Optional[torch.Tensor],
-                            clip_coef: Optional[torch.Tensor], found_inf: Optional[torch.Tensor]) -> None:
-        _triton().adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, steps, lr,
-                              beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, lr_tensor, grad_scale,
-                              clip_coef, found_inf)
-
-    @_triton_adam_update.register_fake
-    def _triton_adam_update_fake(*args):
+    @_triton_update.register_fake
+    def _triton_update_fake(*args):
         return None
 
     def _triton_entry(name: str, op):
@@ -156,13 +141,17 @@ if TRITON_AVAILABLE:
         call.__name__ = name
         return call
 
-    BACKENDS["triton"] = types.SimpleNamespace(
-        check=_triton_entry("check", _triton_check),
-        sgd_update=_triton_entry("sgd_update", _triton_sgd_update),
-        adam_update=_triton_entry("adam_update", _triton_adam_update),
-    )
-    BACKENDS["triton"].update = _v2_update(BACKENDS["triton"].sgd_update, BACKENDS["triton"].adam_update)
-    BACKENDS["triton"].RULES = frozenset({"sgd", "adam"})
+    class _TritonBackend(types.SimpleNamespace):
+        @property
+        def RULES(self) -> frozenset[str]:  # noqa: N802  (the backend attribute rules_of() reads)
+            """The rules fusedopt/triton/rules.py has kernels for (read when a step resolves its backend, which
+            imports Triton then anyway)."""
+            return frozenset(_triton().RULES)
+
+    _update = _triton_entry("update", _triton_update)
+    BACKENDS["triton"] = _TritonBackend(
+        check=_triton_entry("check", _triton_check), update=_update,
+        sgd_update=_rules.sgd_entry(_update), adam_update=_rules.adam_entry(_update))
 
 
 def kernel_ready(params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:

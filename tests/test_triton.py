@@ -16,7 +16,9 @@ Tolerances (why):
 - against the compiled CPU backend: bit for bit (both evaluate math.h in the same order with the same
   roundings), params, states, grads and step counts.
 """
+import collections
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -30,11 +32,21 @@ import torch
 import test_parity
 from configs import ALL_CONFIGS, REPRESENTATIVE, config_id, select
 from fusedopt import ops, reference
+from fusedopt import rules as fusedopt_rules
 from helpers import (assert_bitwise_equal, assert_close, assert_raises_unchanged, assert_within_ulps,
                      require_backend, require_rule)
 
 ft = pytest.importorskip("fusedopt.triton", reason="triton is not installed (pip install triton==3.9.0)")
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
 from fusedopt.triton import _multi_tensor as mt  # noqa: E402
+from fusedopt.triton import rules as ftrules  # noqa: E402
+
+# The backend as the optimizer classes see it: its generic update and the v2 entries on it (eager calls go
+# straight to fusedopt.triton.update; torch.compile sees the custom op). `up` is the launcher's module.
+TRITON = ops.BACKENDS["triton"]
+up = importlib.import_module("fusedopt.triton.update")
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -229,8 +241,8 @@ def test_bf16_param_rounds_to_nearest_even():
     params = [torch.zeros(6, dtype=torch.bfloat16, device=DEVICE)]
     master = [values.clone()]
     # p = master - lr * 0: the new fp32 value is the master's exactly; the bf16 param is its rounding.
-    ft.sgd_update(params, [torch.zeros(6, dtype=torch.bfloat16, device=DEVICE)], [], master, [], 1.0, 0.0, 0.0,
-                  0.0, False, False)
+    TRITON.sgd_update(params, [torch.zeros(6, dtype=torch.bfloat16, device=DEVICE)], [], master, [], 1.0, 0.0,
+                      0.0, 0.0, False, False)
     assert_bitwise_equal(params[0], values.to(torch.bfloat16), name="bf16 param from its fp32 master")
     assert not torch.equal(params[0], _truncate_bf16(values)), "the values must tell rounding from truncation"
 
@@ -307,8 +319,8 @@ def test_found_inf_changes_nothing(dtype):
     grads = [_randn(s, dtype, gen, scale=100.0) for s in SHAPES]
     grads[2][5] = float("inf")
     before = [t.clone() for t in [*grads, *(t for st in (adam, sgd) for v in st.values() for t in v)]]
-    call(ft, "adam", adam, grads, cfg, [])
-    call(ft, "sgd", sgd, grads, cfg, [True] * len(SHAPES))
+    call(TRITON, "adam", adam, grads, cfg, [])
+    call(TRITON, "sgd", sgd, grads, cfg, [True] * len(SHAPES))
     after = [*grads, *(t for st in (adam, sgd) for v in st.values() for t in v)]
     for i, (a, b) in enumerate(zip(after, before)):
         assert_bitwise_equal(a, b, name=f"tensor {i}")
@@ -374,9 +386,9 @@ def _adam_call(state, grads, over):
                 max_exp_avg_sqs=[], master_params=[], steps=state["steps"], amsgrad=False, lr_tensor=None,
                 grad_scale=None)
     args.update(over)
-    ft.adam_update(args["params"], args["grads"], args["exp_avgs"], args["exp_avg_sqs"], args["max_exp_avg_sqs"],
-                   args["master_params"], args["steps"], 1e-3, 0.9, 0.999, 1e-8, 0.0, args["amsgrad"], False, False,
-                   args["lr_tensor"], args["grad_scale"], None, None)
+    TRITON.adam_update(args["params"], args["grads"], args["exp_avgs"], args["exp_avg_sqs"],
+                       args["max_exp_avg_sqs"], args["master_params"], args["steps"], 1e-3, 0.9, 0.999, 1e-8, 0.0,
+                       args["amsgrad"], False, False, args["lr_tensor"], args["grad_scale"], None, None)
 
 
 BAD_ADAM_ARGS = {
@@ -397,7 +409,9 @@ BAD_ADAM_ARGS = {
     "mixed param dtypes": (lambda s, g: dict(params=[s["params"][0], s["params"][1].bfloat16(), s["params"][2]],
                                              grads=[g[0], g[1].bfloat16(), g[2]]),
                            r"params\[1\] has dtype torch.bfloat16 but params\[0\] has torch.float32"),
-    "amsgrad without max": (lambda s, g: dict(amsgrad=True), r"max_exp_avg_sqs has 0 entries, expected 3"),
+    "amsgrad without max": (lambda s, g: dict(amsgrad=True),
+                            r"states has 6 entries, expected 9 \(3 state lists \(exp_avgs, exp_avg_sqs, "
+                            r"max_exp_avg_sqs\) of 3 params\)"),
     "step dtype": (lambda s, g: dict(steps=[*s["steps"][:2], torch.tensor(0.0, dtype=torch.float64, device=DEVICE)]),
                    r"steps\[2\] has dtype torch.float64, expected torch.float32"),
     "step numel": (lambda s, g: dict(steps=[*s["steps"][:2], torch.zeros(2, device=DEVICE)]),
@@ -437,15 +451,159 @@ def test_sgd_validation_errors():
     p, bufs = state["params"], state["momentum_buffers"]
     before = [t.clone() for t in [*p, *bufs]]
     with pytest.raises(RuntimeError, match=r"is_first has 1 entries, expected 2"):
-        ft.sgd_update(p, grads, bufs, [], [True], 0.1, 0.0, 0.9, 0.0, False, False)
+        TRITON.sgd_update(p, grads, bufs, [], [True], 0.1, 0.0, 0.9, 0.0, False, False)
     with pytest.raises(RuntimeError, match=r"momentum_buffers\[1\] has dtype torch.float16"):
-        ft.sgd_update(p, grads, [bufs[0], torch.zeros(20, dtype=torch.float16, device=DEVICE)], [], [True, True],
-                      0.1, 0.0, 0.9, 0.0, False, False)
+        TRITON.sgd_update(p, grads, [bufs[0], torch.zeros(20, dtype=torch.float16, device=DEVICE)], [],
+                          [True, True], 0.1, 0.0, 0.9, 0.0, False, False)
     with pytest.raises(RuntimeError, match=r"clip_coef must have one element"):
-        ft.sgd_update(p, grads, bufs, [], [True, True], 0.1, 0.0, 0.9, 0.0, False, False, None, None,
-                      torch.ones(2, device=DEVICE))
+        TRITON.sgd_update(p, grads, bufs, [], [True, True], 0.1, 0.0, 0.9, 0.0, False, False, None, None,
+                          torch.ones(2, device=DEVICE))
     for a, b in zip([*p, *bufs], before):
         assert_bitwise_equal(a, b, name="sgd state")
+
+
+def _generic_problem():
+    """Adam's flat arguments for three params (op contract v3)."""
+    state, grads = _adam_problem()
+    return dict(params=state["params"], grads=grads, states=[*state["exp_avgs"], *state["exp_avg_sqs"]],
+                master_params=[], scalars=state["steps"], is_first=[], hyper=[1e-3, 0.9, 0.999, 1e-8, 0.0],
+                flags=0)
+
+
+BAD_GENERIC_ARGS = {
+    "unknown rule": (dict(rule="nope"), r"unknown update rule 'nope'; known: adam, sgd"),
+    "hyper count": (dict(hyper=[1e-3, 0.9, 0.999, 1e-8]),
+                    r"rule 'adam' takes 5 hyperparameters \(lr, beta1, beta2, eps, weight_decay\), got 4"),
+    "flag bits": (dict(flags=4), r"flags is 4; rule 'adam' has 2 flag bits \(amsgrad, decoupled\)"),
+    "states count": (dict(flags=1), r"states has 6 entries, expected 9 \(3 state lists \(exp_avgs, exp_avg_sqs, "
+                                    r"max_exp_avg_sqs\) of 3 params\)"),
+    "scalars count": (lambda a: dict(scalars=a["scalars"][:2]),
+                      r"scalars has 2 entries, expected 3 \(1 scalar lists \(step\) of 3 params\)"),
+    "is_first count": (dict(is_first=[True]), r"is_first has 1 entries, expected 3"),
+    "state list named by its key": (lambda a: dict(states=[*a["states"][:4], a["states"][4].double(),
+                                                           a["states"][5]]),
+                                    r"exp_avg_sqs\[1\] has dtype torch.float64"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_GENERIC_ARGS), ids=str)
+def test_generic_update_validation_errors_change_nothing(case):
+    """The generic op's own arguments (the flat lists, the rule, hyper and flags), in the compiled ops' words."""
+    args = dict(rule="adam", **_generic_problem())
+    over, message = BAD_GENERIC_ARGS[case]
+    args.update(over(args) if callable(over) else over)
+    everything = [*args["params"], *args["grads"], *args["states"], *args["scalars"]]
+    assert_raises_unchanged(lambda: TRITON.update(
+        args["rule"], args["params"], args["grads"], args["states"], args["master_params"], args["scalars"],
+        args["is_first"], args["hyper"], args["flags"], False, None, None, None, None), everything, match=message)
+
+
+def test_rule_without_triton_kernel_is_refused(monkeypatch):
+    monkeypatch.setitem(fusedopt_rules.RULES, "other", dataclasses.replace(fusedopt_rules.SGD, name="other"))
+    a = _generic_problem()
+    with pytest.raises(RuntimeError, match=r"Triton backend has no kernel for the update rule 'other' \(it has "
+                                           r"adam, sgd\)"):
+        TRITON.update("other", a["params"], a["grads"], [], [], [], [], [0.1, 0.0, 0.0, 0.0], 0, False, None, None,
+                      None, None)
+
+
+# A rule added from outside, as a new algorithm would be (fusedopt/triton/update.py's docstring): nothing in the
+# launcher, the kernels, the validation or the custom op changes. It takes every generic path SGD and Adam leave
+# out: an optional state before a state always in use (USED = 0b10), two scalar states, per-tensor coefficients
+# that depend on is_first, a flag.
+TOY = fusedopt_rules.Rule(
+    "toy", hyper=("lr", "decay"), flags=("negate",), states=("trace", "acc"), scalars=("step", "total"),
+    optional={"trace": lambda h, f: h["decay"] != 0}, takes_is_first=True)
+ToyHyper = collections.namedtuple("ToyHyper", "decay")
+_TOY_NEGATE = tl.constexpr(1)
+_TOY_TRACE = tl.constexpr(1)
+
+
+@triton.jit
+def _toy_hyper(h):
+    return ToyHyper(h[1].to(tl.float32))
+
+
+@triton.jit
+def _toy_per_tensor(h, scalars, first):
+    step = scalars[0] + 1.0
+    total = scalars[1] + h[0].to(tl.float32)
+    scale = (total.to(tl.float64) / step.to(tl.float64)).to(tl.float32)
+    return (step, total), (scale, tl.where(first, 2.0, 1.0))
+
+
+@triton.jit
+def _toy_element(p, g, s, h, t, first, FLAGS: tl.constexpr, USED: tl.constexpr):
+    trace = s[0]
+    acc = s[1]
+    if _TOY_NEGATE & FLAGS:
+        g = -g
+    acc = tl.where(first, g, acc + g)
+    if _TOY_TRACE & USED:
+        trace = trace * h.decay + acc
+    else:
+        trace = acc
+    p = p - (t[0] * t[1]) * trace
+    return p, (trace, acc)
+
+
+def _toy_reference(params, grads, trace, acc, steps, totals, first, lr, decay, negate, skipped):
+    """The toy rule in torch (fp32, the kernel's order of operations), one param at a time."""
+    if skipped:
+        return
+    for i, (p, g) in enumerate(zip(params, grads)):
+        steps[i] += 1
+        totals[i] += torch.tensor(lr, dtype=torch.float32)
+        scale = torch.tensor(float(totals[i]) / float(steps[i]), dtype=torch.float32)
+        bonus = 2.0 if first[i] else 1.0
+        g = -g if negate else g
+        acc[i].copy_(g if first[i] else acc[i] + g)
+        old = torch.zeros_like(p) if first[i] or not trace else trace[i]  # is_first: the states read as 0
+        t = old * torch.tensor(decay, dtype=torch.float32) + acc[i] if trace else acc[i]
+        if trace:
+            trace[i].copy_(t)
+        p.sub_((scale * bonus) * t)
+
+
+@pytest.mark.parametrize("decay,negate,lr_tensor,found_inf", [(0.5, False, None, None), (0.0, True, 0.25, 0.0),
+                                                              (0.9, True, None, 1.0)],
+                         ids=["trace", "no-trace-negate-lr_tensor", "skipped"])
+def test_a_rule_added_from_outside_runs_on_the_generic_kernel(monkeypatch, launches, decay, negate, lr_tensor,
+                                                              found_inf):
+    monkeypatch.setitem(fusedopt_rules.RULES, "toy", TOY)
+    monkeypatch.setitem(ft.RULES, "toy", ftrules.TritonRule(TOY, hyper=_toy_hyper, element=_toy_element,
+                                                            per_tensor=_toy_per_tensor,
+                                                            coefficients=("scale", "bonus")))
+    assert "toy" in ops.rules_of(TRITON)
+    gen = torch.Generator().manual_seed(12)
+    shapes = [(0,), (1,), (4097,), (7, 11, 2)]
+    n = len(shapes)
+    ours = dict(params=[_randn(s, torch.float32, gen) for s in shapes],
+                acc=[_randn(s, torch.float32, gen) for s in shapes],
+                trace=[_randn(s, torch.float32, gen) for s in shapes] if decay != 0 else [],
+                steps=[torch.full((), 3.0, device=DEVICE) for _ in shapes],
+                totals=[torch.full((), 0.5, device=DEVICE) for _ in shapes])
+    theirs = clone_state(ours)
+    lr_t = None if lr_tensor is None else torch.tensor([lr_tensor], device=DEVICE)
+    found = None if found_inf is None else torch.tensor(found_inf, device=DEVICE)
+    lr = 0.1 if lr_tensor is None else lr_tensor
+    for step in range(2):
+        grads = [_randn(s, torch.float32, gen) for s in shapes]
+        first = [step == 0 and i % 2 == 1 for i in range(n)]
+        launches.clear()
+        op = TRITON.update if step == 0 else torch.ops.fusedopt.triton_update  # eager: the launcher, then the op
+        op("toy", ours["params"], grads, [*ours["trace"], *ours["acc"]], [], [*ours["steps"], *ours["totals"]],
+           first, [99.0 if lr_t is not None else lr, decay], TOY.flag_bits(["negate"] if negate else []), False,
+           lr_t, None, None, found)
+        if step == 0:
+            assert [k.fn.__name__ for k, *_ in launches] == ["_per_tensor_kernel", "_update_kernel"]
+        _toy_reference(theirs["params"], grads, theirs["trace"], theirs["acc"], theirs["steps"], theirs["totals"],
+                       first, lr, decay, negate, skipped=bool(found_inf))
+        for key in ours:
+            for i, (a, e) in enumerate(zip(ours[key], theirs[key], strict=True)):
+                assert_bitwise_equal(a, e, name=f"step {step}: {key}[{i}]")
+    if found_inf:
+        assert all(float(t) == 3.0 for t in ours["steps"]), "a skipped step advanced a scalar state"
 
 
 def test_check_rejects_unsupported_dtype():
@@ -507,7 +665,7 @@ def test_launch_count_does_not_grow_with_tensors(algo, cfg, expected, launches_n
     for n in (1, 300):
         launches.clear()
         state, grads = _tiny_problem(n, algo, cfg)
-        call(ft, algo, state, grads, cfg, [True] * n)
+        call(TRITON, algo, state, grads, cfg, [True] * n)
         assert len(launches) == expected, f"{n} tensors: {len(launches)} launches"
         launches.clear()
         ft.check(grads)
@@ -517,12 +675,12 @@ def test_launch_count_does_not_grow_with_tensors(algo, cfg, expected, launches_n
 def test_tables_are_cached_for_the_same_tensors(launches):
     mt.clear_cache()
     state, grads = _tiny_problem(5, "adam", dict(lr=1e-3))
-    call(ft, "adam", state, grads, dict(lr=1e-3), [])
+    call(TRITON, "adam", state, grads, dict(lr=1e-3), [])
     tables = {id(args[0]) for _, _, args, _ in launches}
-    call(ft, "adam", state, grads, dict(lr=2e-3), [])
+    call(TRITON, "adam", state, grads, dict(lr=2e-3), [])
     assert {id(args[0]) for _, _, args, _ in launches} == tables, "a steady-state step rebuilt its tables"
     other_grads = [g.clone() for g in grads]
-    call(ft, "adam", state, other_grads, dict(lr=2e-3), [])
+    call(TRITON, "adam", state, other_grads, dict(lr=2e-3), [])
     assert len({id(args[0]) for _, _, args, _ in launches}) > len(tables), "new grads must get a new table"
 
 
@@ -536,6 +694,8 @@ def _compile_keys(launched):
     backend = make_backend(GPUTarget("cuda", 90, 32))
     keys = []
     for kernel, _, args, meta in launched:
+        # A rule's functions (constexpr arguments), by name where they ran interpreted (not JITFunctions then).
+        meta = {k: f"{v.fn.__module__}.{v.fn.__qualname__}" if mt.interpreted(v) else v for k, v in meta.items()}
         jit = kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn, **kernel.kwargs)
         binder = create_function_from_signature(jit.signature, jit.params, backend)
         _, specialization, options = binder(*args, **meta, num_warps=mt.NUM_WARPS, enable_fp_fusion=False)
@@ -560,10 +720,10 @@ def test_hyperparameter_changes_never_recompile(algo, launches):
     structural switch (amsgrad, nesterov) must change the key: the test can tell."""
     state, grads = _tiny_problem(4, algo, dict(momentum=0.9))
     for cfg in SCHEDULES[algo]:
-        call(ft, algo, state, grads, cfg, [False] * 4)
+        call(TRITON, algo, state, grads, cfg, [False] * 4)
     for n in (1, 17, 32):  # the number of tensors is a runtime value too
         state_n, grads_n = _tiny_problem(n, algo, dict(momentum=0.9))
-        call(ft, algo, state_n, grads_n, SCHEDULES[algo][0], [True] * n)
+        call(TRITON, algo, state_n, grads_n, SCHEDULES[algo][0], [True] * n)
     keys = _compile_keys(launches)
     by_kernel = {}
     for name, key, specialization in keys:
@@ -574,20 +734,20 @@ def test_hyperparameter_changes_never_recompile(algo, launches):
     launches.clear()
     structural = dict(amsgrad=True) if algo == "adam" else dict(nesterov=True, momentum=0.9)
     state, grads = _tiny_problem(4, algo, {**structural, "momentum": 0.9})
-    call(ft, algo, state, grads, {**SCHEDULES[algo][0], **structural}, [False] * 4)
-    update = [key for name, key, _ in _compile_keys(launches) if name in ("_adam_kernel", "_sgd_kernel")]
+    call(TRITON, algo, state, grads, {**SCHEDULES[algo][0], **structural}, [False] * 4)
+    update = [key for name, key, _ in _compile_keys(launches) if name == "_update_kernel"]
     assert update and update[0] not in set().union(*by_kernel.values())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="counts compiled kernels in Triton's cache: needs a GPU")
 def test_hyperparameter_changes_never_recompile_on_gpu():
     state, grads = _tiny_problem(4, "adam", {})
-    call(ft, "adam", state, grads, SCHEDULES["adam"][0], [])
+    call(TRITON, "adam", state, grads, SCHEDULES["adam"][0], [])
     device = torch.cuda.current_device()
-    kernels = (ft.adam._adam_kernel, ft.adam._adam_steps_kernel)
+    kernels = (up._update_kernel, up._per_tensor_kernel)
     before = [len(k.device_caches[device][0]) for k in kernels]
     for cfg in SCHEDULES["adam"][1:]:
-        call(ft, "adam", state, grads, cfg, [])
+        call(TRITON, "adam", state, grads, cfg, [])
     assert [len(k.device_caches[device][0]) for k in kernels] == before
 
 
@@ -607,10 +767,13 @@ def test_kernels_compile_for_gpu_with_mathh_roundings():
     facts = json.loads(done.stdout.strip().splitlines()[-1])
     for name, f in facts.items():
         assert f["div_approx"] == f["sqrt_approx"] == f["rcp_approx"] == 0, (name, f)
+        assert f["spills"] == 0, (name, f)  # a spill costs memory traffic in these memory-bound kernels
     per_thread = facts["adam_bf16_master_amsgrad"]["elements_per_thread"]
     adam = facts["adam_bf16_master_amsgrad"]
     assert adam["fma_f32"] == 3 * per_thread, adam  # lerp's two (selected between), addcmul's; decay is a mul
     assert adam["div_rn_f32"] == 3 * per_thread and adam["sqrt_rn_f32"] == per_thread, adam  # unscale, 2 in denom
+    assert facts["adamw_fp32"]["fma_f32"] == 3 * per_thread, facts["adamw_fp32"]
+    assert facts["adam_fp32_master_amsgrad"]["fma_f32"] == 4 * per_thread  # and the coupled weight decay's
     sgd = facts["sgd_fp32_nesterov"]
     assert sgd["fma_f32"] == 4 * per_thread and sgd["div_rn_f32"] == per_thread, sgd  # wd, buf, nesterov, param
     assert facts["adam_steps"]["fp64_sqrt"] >= 1
@@ -620,27 +783,35 @@ def test_kernels_compile_for_gpu_with_mathh_roundings():
 # torch.compile traces a step through the custom ops.
 
 
-def test_torch_compile_traces_the_ops():
+@pytest.mark.parametrize("algo", ["adam", "sgd"])
+def test_torch_compile_traces_the_ops(algo):
+    """A step through the generic op (``fusedopt::triton_update``, via the v2 entries), compiled with
+    fullgraph=True, equals the eager step bit for bit."""
     backend = ops.BACKENDS["triton"]
     gen = torch.Generator().manual_seed(11)
-    cfg = dict(lr=1e-2, weight_decay=0.1, decoupled=True)
-    eager = make_state("adam", torch.float32, cfg, gen)
+    cfg = dict(lr=1e-2, weight_decay=0.1, decoupled=True, momentum=0.9, nesterov=True)
+    eager = make_state(algo, torch.float32, cfg, gen)
     compiled = clone_state(eager)
     grads = [_randn(s, torch.float32, gen) for s in SHAPES]
 
-    def step(state, grads, lr):
+    def step(state, grads, lr, first):
         norm = backend.check(grads)
-        backend.adam_update(state["params"], grads, state["exp_avgs"], state["exp_avg_sqs"], [], [],
-                            state["steps"], 1e-2, 0.9, 0.999, 1e-8, 0.1, False, False, True, lr,
-                            None, None, None)
+        if algo == "adam":
+            backend.adam_update(state["params"], grads, state["exp_avgs"], state["exp_avg_sqs"], [], [],
+                                state["steps"], 1e-2, 0.9, 0.999, 1e-8, 0.1, False, False, True, lr,
+                                None, None, None)
+        else:
+            backend.sgd_update(state["params"], grads, state["momentum_buffers"], [], first, 1e-2, 0.1, 0.9, 0.0,
+                               True, False, lr, None, None, None)
         return norm
 
     lr = torch.tensor(1e-2, device=DEVICE)
     torch._dynamo.reset()
     fn = torch.compile(step, backend="aot_eager", fullgraph=True)
-    for _ in range(2):
-        want = step(eager, [g.clone() for g in grads], lr)
-        got = fn(compiled, [g.clone() for g in grads], lr)
+    for k in range(2):
+        first = [k == 0] * len(SHAPES)
+        want = step(eager, [g.clone() for g in grads], lr, first)
+        got = fn(compiled, [g.clone() for g in grads], lr, first)
         assert_bitwise_equal(got, want, name="check")
     for key in eager:
         for i, (a, b) in enumerate(zip(compiled[key], eager[key])):

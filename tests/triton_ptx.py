@@ -1,32 +1,61 @@
 """Compiles the Triton kernels for a CUDA target (sm_90) without a GPU and prints facts about their PTX as JSON:
 run by test_triton.py in a process of its own, without TRITON_INTERPRET (the kernels must be real JIT functions
-there). Triton's bundled ptxas assembles the PTX too, so this is the compiler's full path short of a launch."""
+there). Triton's bundled ptxas assembles the PTX too, so this is the compiler's full path short of a launch; its
+bundled cuobjdump disassembles the result (register spills)."""
+import importlib
 import json
 import os
+import pathlib
 import re
+import subprocess
+import tempfile
 
 os.environ.pop("TRITON_INTERPRET", None)
 
 import triton  # noqa: E402
+import triton.backends.nvidia  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from fusedopt.triton import _multi_tensor as mt  # noqa: E402
-from fusedopt.triton import adam, norm, sgd  # noqa: E402
+from fusedopt.triton import norm, rules  # noqa: E402
 
-# Types of the runtime (non-constexpr) arguments; tables are int64, everything else here fp32 tensors.
+# The module (the package's `update` is its launcher function).
+update = importlib.import_module("fusedopt.triton.update")
+
+# Types of the runtime (non-constexpr) arguments; tables are int64, hyperparameters fp64, everything else here
+# fp32 tensors.
 _TYPES = {"records": "*i64", "work": "*i64", "n_tensors": "i32", "n_partials": "i32",
-          **{name: "fp64" for name in ("lr", "beta1", "beta2", "eps", "weight_decay", "momentum", "dampening")}}
+          **{f"h{k}": "fp64" for k in range(rules.MAX_HYPER)}}
+
+
+def _update_case(rule, flags, used, **constexprs):
+    r = rules.RULES[rule]
+    return update._update_kernel, dict(
+        HYPER=r.hyper, ELEMENT=r.element, FLAGS=flags, USED=used, N_STATES=len(r.rule.states),
+        N_COEFS=len(r.coefficients), TAKES_FIRST=r.rule.takes_is_first, RECORD=update._record_size(r.rule),
+        RELOAD=update.reload_addresses(constexprs["HAS_MASTER"], bin(used).count("1")), BLOCK=mt.BLOCK_GPU,
+        **constexprs)
+
 
 CASES = {
-    "adam_bf16_master_amsgrad": (adam._adam_kernel, dict(
-        P_KIND=1, S_KIND=1, HAS_MASTER=True, HAS_LR_TENSOR=True, HAS_GRAD_SCALE=True, HAS_CLIP=True,
-        HAS_FOUND_INF=True, AMSGRAD=True, MAXIMIZE=True, DECOUPLED=True, RECORD=8, BLOCK=mt.BLOCK_GPU)),
-    "adam_steps": (adam._adam_steps_kernel, dict(HAS_LR_TENSOR=False, HAS_FOUND_INF=True, RECORD=8,
-                                                 TENSOR_BLOCK=mt.TENSOR_BLOCK)),
-    "sgd_fp32_nesterov": (sgd._sgd_kernel, dict(
-        P_KIND=0, S_KIND=0, HAS_MASTER=False, HAS_LR_TENSOR=False, HAS_GRAD_SCALE=True, HAS_CLIP=True,
-        HAS_FOUND_INF=True, HAS_MOMENTUM=True, NESTEROV=True, MAXIMIZE=False, RECORD=6, BLOCK=mt.BLOCK_GPU)),
+    "adam_bf16_master_amsgrad": _update_case(
+        "adam", flags=3, used=7, P_KIND=1, S_KIND=1, HAS_MASTER=True, HAS_LR_TENSOR=True, HAS_GRAD_SCALE=True,
+        HAS_CLIP=True, HAS_FOUND_INF=True, MAXIMIZE=True),  # amsgrad, decoupled; all three states
+    # Six tensors per element, the most of any update (addresses computed again for the stores: no spills).
+    "adam_fp32_master_amsgrad": _update_case(
+        "adam", flags=1, used=7, P_KIND=0, S_KIND=0, HAS_MASTER=True, HAS_LR_TENSOR=False, HAS_GRAD_SCALE=False,
+        HAS_CLIP=True, HAS_FOUND_INF=True, MAXIMIZE=False),
+    "adamw_fp32": _update_case(
+        "adam", flags=2, used=3, P_KIND=0, S_KIND=0, HAS_MASTER=False, HAS_LR_TENSOR=False, HAS_GRAD_SCALE=False,
+        HAS_CLIP=True, HAS_FOUND_INF=True, MAXIMIZE=False),
+    "adam_steps": (update._per_tensor_kernel, dict(
+        PER_TENSOR=rules.ADAM.per_tensor, N_STATES=3, N_SCALARS=1, N_COEFS=2, TAKES_FIRST=False,
+        HAS_LR_TENSOR=False, HAS_FOUND_INF=True, RECORD=update._record_size(rules.ADAM.rule),
+        TENSOR_BLOCK=mt.TENSOR_BLOCK)),
+    "sgd_fp32_nesterov": _update_case(
+        "sgd", flags=1, used=1, P_KIND=0, S_KIND=0, HAS_MASTER=False, HAS_LR_TENSOR=False, HAS_GRAD_SCALE=True,
+        HAS_CLIP=True, HAS_FOUND_INF=True, MAXIMIZE=False),
     "check_partials_fp16": (norm._partials_kernel, dict(G_KIND=2, RECORD=2, BLOCK=mt.BLOCK_GPU)),
     "check_reduce": (norm._reduce_kernel, dict(BLOCK=1024)),
 }
@@ -41,13 +70,27 @@ def compile_case(kernel, constexprs: dict):
                           options={"num_warps": mt.NUM_WARPS, "enable_fp_fusion": False})
 
 
-def facts(ptx: str) -> dict:
+_CUOBJDUMP = pathlib.Path(triton.backends.nvidia.__file__).parent / "bin" / "cuobjdump"
+
+
+def spills(cubin: bytes) -> int:
+    """Local-memory loads and stores in the machine code: ptxas's register spills."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([str(_CUOBJDUMP), "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    return len(re.findall(r"\b(LDL|STL)\b", sass))
+
+
+def facts(compiled) -> dict:
+    ptx = compiled.asm["ptx"]
     count = lambda pattern: len(re.findall(pattern, ptx))  # noqa: E731
-    return {"fma_f32": count(r"\bfma\.rn\.f32\b"), "div_rn_f32": count(r"\bdiv\.rn\.f32\b"),
+    return {"spills": spills(compiled.asm["cubin"]),
+            "fma_f32": count(r"\bfma\.rn\.f32\b"), "div_rn_f32": count(r"\bdiv\.rn\.f32\b"),
             "div_approx": count(r"\bdiv\.(full|approx)\.f32\b"), "sqrt_rn_f32": count(r"\bsqrt\.rn\.f32\b"),
             "sqrt_approx": count(r"\bsqrt\.approx\.f32\b"), "rcp_approx": count(r"\brcp\.approx"),
             "fp64_sqrt": count(r"\bsqrt\.rn\.f64\b"), "elements_per_thread": mt.BLOCK_GPU // (32 * mt.NUM_WARPS)}
 
 
 if __name__ == "__main__":
-    print(json.dumps({name: facts(compile_case(k, c).asm["ptx"]) for name, (k, c) in CASES.items()}))
+    print(json.dumps({name: facts(compile_case(k, c)) for name, (k, c) in CASES.items()}))

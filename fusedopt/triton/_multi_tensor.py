@@ -4,7 +4,7 @@ validation, the device tables the kernels read, and the one place kernels are la
 A call over N tensors becomes one launch whatever N: each tensor has a *record* of int64s in a device table
 (its numel, then the addresses of its param, grad, states ...), and each program of the grid takes one *work
 item* (tensor index, first element) of BLOCK elements. The tables depend only on the tensors' addresses and
-sizes (and SGD's is_first flags), so they are cached under exactly that key: a steady-state step reuses them and
+sizes (and is_first flags), so they are cached under exactly that key: a steady-state step reuses them and
 copies nothing to the device. Nothing in a step reads a device value on the host.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ KIND = {torch.float32: F32, torch.bfloat16: BF16, torch.float16: F16}
 # Elements per program. The interpreter runs programs one after another, so it gets fewer, larger ones.
 BLOCK_GPU, BLOCK_INTERPRETER = 4096, 8192
 NUM_WARPS = 8
-# Adam's/SGD's scalar per-tensor pass (steps) takes this many tensors per loop iteration.
+# The per-tensor pass (update.py: scalar states such as Adam's step) takes this many tensors per program.
 TENSOR_BLOCK = 256
 
 _CACHE_SIZE = 16
