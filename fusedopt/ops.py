@@ -46,23 +46,6 @@ def _eager_or_traced(name: str, prefix: str = ""):
     return call
 
 
-def _v2_update(sgd_update, adam_update):
-    """Op contract v3's ``update`` on top of a backend's per-algorithm v2 ops, until the backend has its own (the
-    Triton backend still uses it)."""
-    def update(rule, params, grads, states, master_params, scalars, is_first, hyper, flags, maximize,
-               lr_tensor=None, grad_scale=None, clip_coef=None, found_inf=None):
-        n = len(params)
-        if rule == "sgd":
-            sgd_update(params, grads, states, master_params, is_first, *hyper, bool(flags & 1), maximize, lr_tensor,
-                       grad_scale, clip_coef, found_inf)
-        elif rule == "adam":
-            adam_update(params, grads, states[:n], states[n:2 * n], states[2 * n:], master_params, scalars, *hyper,
-                        bool(flags & 1), maximize, bool(flags & 2), lr_tensor, grad_scale, clip_coef, found_inf)
-        else:
-            raise RuntimeError(f"fusedopt: unknown update rule {rule!r}")
-    return update
-
-
 def _compiled_backend(prefix: str = "") -> types.SimpleNamespace:
     """A compiled backend: its ``check`` and generic ``update`` ops, the rules its kernels have (the C++ rule
     list, csrc/include/fusedopt/rules.h), and the v2 named entries on top of ``update``."""
@@ -106,8 +89,6 @@ def _triton():
 
 
 if TRITON_AVAILABLE:
-    from fusedopt import rules as _rules  # (here: the Triton section of this file)
-
     @torch.library.custom_op("fusedopt::triton_check", mutates_args=())
     def _triton_check(grads: list[torch.Tensor]) -> torch.Tensor:
         return _triton().check(grads)
@@ -151,7 +132,7 @@ if TRITON_AVAILABLE:
     _update = _triton_entry("update", _triton_update)
     BACKENDS["triton"] = _TritonBackend(
         check=_triton_entry("check", _triton_check), update=_update,
-        sgd_update=_rules.sgd_entry(_update), adam_update=_rules.adam_entry(_update))
+        sgd_update=rules.sgd_entry(_update), adam_update=rules.adam_entry(_update))
 
 
 def kernel_ready(params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
