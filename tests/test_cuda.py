@@ -346,9 +346,10 @@ def test_adam_steps_over_several_per_tensor_launches(target):
 
 
 def test_update_op_rules_and_refusals(target):
-    """The generic op: the rules it has kernels for are fusedopt/rules.py's; an unknown rule, a wrong number of
-    hyperparameters and a states list of the wrong length are refused with the problem named, nothing written."""
-    assert target.ops.RULES == frozenset(rules.RULES)
+    """The generic op: the rules it has kernels for are the C++ rule list's (the CPU op's too: one rules.h), each
+    one of fusedopt/rules.py; an unknown rule, a wrong number of hyperparameters and a states list of the wrong
+    length are refused with the problem named, nothing written."""
+    assert target.ops.RULES == frozenset(ops._C.rules()) and target.ops.RULES <= frozenset(rules.RULES)
     inputs = _op_inputs("adam", torch.float32, torch.float32, False, target.device, 2)
     grads = _grads(inputs["params"], 0)
     tensors = [t for key in inputs for t in inputs[key]] + grads
@@ -359,7 +360,7 @@ def test_update_op_rules_and_refusals(target):
         return lambda: target.ops.update(rule, inputs["params"], grads, states, [], inputs["steps"], [], hyper, 0,
                                          False, None, None, None, None)
 
-    assert_raises_unchanged(update(rule="lion"), tensors, match="unknown update rule 'lion'")
+    assert_raises_unchanged(update(rule="no-such-rule"), tensors, match="unknown update rule 'no-such-rule'")
     assert_raises_unchanged(update(hyper=hyper[:4]), tensors, match="takes 5 hyperparameters")
     assert_raises_unchanged(update(states=states[:-1]), tensors, match=r"states has \d+ entries")
     update()()
