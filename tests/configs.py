@@ -24,6 +24,7 @@ import torch
 from torch.testing._internal.common_optimizers import optim_db
 
 import fusedopt
+from helpers import has_kernel
 
 # Implementation switches torch.optim and fusedopt both accept; fusedopt ignores them (it always runs its own
 # kernels), torch runs the for-loop regardless (see the module docstring).
@@ -137,8 +138,36 @@ ALGORITHMS = {
                        _ADAM_COMMON + _from_optim_db("AdamW")),
 }
 
+# --- Adagrad, RMSprop, Adamax, Lion (issue 12 part 2). Their update rules have no compiled kernels yet: tests of a
+# compiled backend take the algorithms it has kernels for (helpers.has_kernel), and the shared ``backend``
+# fixture runs their "cpu" cases with backend="auto" (the fallback onto the reference; see conftest.py).
+
+_ADAGRAD_CONFIGS = [
+    OptimConfig("lr", {"lr": 0.1}),
+    OptimConfig("tensor lr", {"lr": torch.tensor(0.05)}),
+    OptimConfig("lr_decay", {"lr": 0.1, "lr_decay": 0.05}),
+    OptimConfig("initial_accumulator_value", {"lr": 0.1, "initial_accumulator_value": 0.5}),
+    OptimConfig("eps", {"lr": 0.1, "eps": 1e-3}),
+    OptimConfig("weight_decay", {"lr": 0.1, "weight_decay": 0.1}),
+    OptimConfig("tensor weight_decay", {"lr": 0.1, "weight_decay": torch.tensor(0.2)}),
+    OptimConfig("maximize", {"lr": 0.1, "maximize": True}),
+    OptimConfig("everything", {"lr": torch.tensor(0.05), "lr_decay": 0.02, "weight_decay": 0.1,
+                               "initial_accumulator_value": 0.2, "eps": 1e-6, "maximize": True}),
+    OptimConfig("impl flags", {"lr": 0.1, "foreach": False, "fused": True}),
+    *_extras({"lr": 0.1, "lr_decay": 0.01, "weight_decay": 0.05}),
+]
+ALGORITHMS["Adagrad"] = Algorithm("Adagrad", fusedopt.Adagrad, torch.optim.Adagrad,
+                                  {"lr": 0.03, "lr_decay": 0.01, "weight_decay": 0.05},
+                                  _ADAGRAD_CONFIGS + _from_optim_db("Adagrad"))
+
 # (algorithm, config) for every config: what the option-by-option parity tests run.
 ALL_CONFIGS = [(alg, config) for alg in ALGORITHMS.values() for config in alg.configs]
+
+
+def with_kernels(pairs: list[tuple[Algorithm, OptimConfig]], backend: str) -> list[tuple[Algorithm, OptimConfig]]:
+    """The pairs whose algorithm's update rule the compiled backend ``backend`` has a kernel for (see
+    helpers.has_kernel: the rest run on the reference, and under backend="auto")."""
+    return [(a, c) for a, c in pairs if has_kernel(backend, a.fused_cls._RULE.name)]
 
 
 def config_id(alg: Algorithm, config: OptimConfig) -> str:
@@ -164,11 +193,21 @@ REPRESENTATIVE = select(
 )
 
 
+# Adagrad, RMSprop, Adamax, Lion: every distinct path (issue 12 part 2).
+REPRESENTATIVE += select(
+    "Adagrad-optim_db:default", "Adagrad-fusedopt:everything", "Adagrad-fusedopt:clip_active",
+)
+
+
 def for_dtype(alg: Algorithm, kwargs: dict, dtype: torch.dtype) -> dict:
     """Constructor kwargs adjusted for ``dtype`` the way optim_db adjusts its own: for fp16, Adam's eps becomes
     0.1 because torch's fp16 states underflow (g*g < 6e-8 gives v = 0, and 1e-8 rounds to 0 in fp16, so
     torch's own fp16 run divides by zero and has no finite error to compare against). fusedopt's fp16 run with
-    a tiny eps is tested separately (test_fp16_adam_tiny_eps)."""
-    if dtype == torch.float16 and alg.torch_cls in (torch.optim.Adam, torch.optim.AdamW):
+    a tiny eps is tested separately (test_fp16_adam_tiny_eps). The same for Adagrad, RMSprop and Adamax, whose
+    fp16 denominators (sqrt of an underflowed sum, |g| + eps) are 0 where torch's fp16 eps rounds to 0."""
+    if dtype == torch.float16 and alg.torch_cls in (torch.optim.Adam, torch.optim.AdamW, *_FP16_EPS):
         return {**kwargs, "eps": 0.1}
     return kwargs
+
+
+_FP16_EPS = (torch.optim.Adagrad,)

@@ -13,14 +13,27 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from helpers import load_cuda_emu, require_backend  # noqa: E402
+from helpers import class_backend, load_cuda_emu, require_backend  # noqa: E402
 
 BACKEND_NAMES = ("reference", "cpu")
 
 
 @pytest.fixture(params=BACKEND_NAMES)
 def backend(request) -> str:
+    """A backend name for the optimizer classes. In a case parametrized by a configs.Algorithm (``alg``) whose
+    update rule the compiled "cpu" backend has no kernel for yet (or by ``name``, a fusedopt class name), the
+    "cpu" case runs ``backend="auto"``: the fallback onto the reference that such an algorithm takes on CPU
+    tensors (helpers.class_backend)."""
+    import fusedopt
+
     require_backend(request.param)
+    callspec = getattr(request.node, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    alg, name = params.get("alg"), params.get("name")
+    cls = alg.fused_cls if hasattr(alg, "fused_cls") else getattr(fusedopt, name, None) if isinstance(name, str) \
+        else None
+    if isinstance(cls, type) and hasattr(cls, "_RULE"):
+        return class_backend(request.param, cls._RULE.name)
     return request.param
 
 

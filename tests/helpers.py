@@ -11,6 +11,8 @@ Stable API (other test files import it):
 - ``assert_within_ulps(actual, expected, *, ulps=1, name="tensor")`` (elementwise, in ``expected``'s dtype)
 - ``snapshot(optimizer) -> dict`` and ``assert_snapshot_equal(before, after)`` (params, grads, state, bitwise)
 - ``require_backend(name)`` (fails, never skips, when a compiled backend is missing)
+- ``has_kernel(backend, rule)`` and ``class_backend(backend, rule)`` (algorithms whose rule a compiled backend
+  has no kernel for yet: which cases to run on it, and the ``backend=`` that takes the "auto" fallback instead)
 - ``load_cuda_emu()`` (the CUDA kernels on an emulated grid, on CPU tensors: ``fusedopt_cuda_emu``, registered as
   ``ops.BACKENDS["cuda-emu"]``) and ``backend_served_by(name, module)`` (the optimizer classes' ``backend=name``
   runs ``module``'s ops within a ``with`` block)
@@ -190,6 +192,26 @@ def require_backend(name: str) -> None:
     if name not in ops.BACKENDS:
         raise AssertionError(f"fusedopt backend {name!r} is not available (extension import error: "
                              f"{ops.EXTENSION_ERROR}); build it with `pip install --no-build-isolation -e .`")
+
+
+def has_kernel(backend: str, rule: str) -> bool:
+    """Whether the compiled backend ``backend`` has a kernel for the update rule ``rule`` (the reference has every
+    rule). A backend that is not loaded counts as having it, so a test that needs it fails (require_backend or
+    load_cuda_emu), never skips; "cuda-emu" runs the CUDA kernels, so it has the rules the "cuda" backend has, or
+    where that is not built, the "cpu" backend (one C++ rule table serves both)."""
+    from fusedopt import ops
+
+    if backend == "cuda-emu":
+        backend = "cuda-emu" if "cuda-emu" in ops.BACKENDS else "cuda" if "cuda" in ops.BACKENDS else "cpu"
+    module = ops.BACKENDS.get(backend)
+    return module is None or rule in ops.rules_of(module)
+
+
+def class_backend(backend: str, rule: str) -> str:
+    """The ``backend=`` to give an optimizer class for a test case of ``backend``: the compiled "cpu" backend
+    where it has the rule's kernel, else "auto" (which then falls back to the reference with a warning: the path
+    a user of an algorithm without a compiled kernel takes; once the kernel lands, the case runs it)."""
+    return "auto" if backend == "cpu" and not has_kernel("cpu", rule) else backend
 
 
 # The emulated CUDA backend: csrc/cuda's kernels compiled as host C++ against csrc/tests/cuda_emu, built by

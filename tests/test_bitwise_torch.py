@@ -37,7 +37,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from configs import ALL_CONFIGS, Algorithm, OptimConfig, config_id, select
+from configs import ALL_CONFIGS, Algorithm, OptimConfig, config_id, select, with_kernels
 from helpers import assert_bitwise_equal, require_backend
 from test_parity import (clone_params, flat, fused_step, make_grads, make_params, param_groups, run_fused, run_torch,
                          set_grads, states)
@@ -101,7 +101,8 @@ def bitwise_with_torch(alg: Algorithm, config: OptimConfig) -> bool:
     return not (is_adam(alg) and config.has_tensor_hyperparameter)
 
 
-BITWISE = [(a, c) for a, c in ALL_CONFIGS if bitwise_with_torch(a, c)]
+CPU_CONFIGS = with_kernels(ALL_CONFIGS, "cpu")  # the compiled backend against torch
+BITWISE = [(a, c) for a, c in CPU_CONFIGS if bitwise_with_torch(a, c)]
 
 
 def assert_runs_bitwise(actual, expected) -> None:
@@ -233,7 +234,7 @@ def test_grad_scaler_bitwise(alg, config):
 def report(steps: int = STEPS) -> None:
     """Percent of bit-equal fp32 elements per config against plain torch.optim (no sqrt patch)."""
     torch.set_num_threads(1)
-    for alg, config in ALL_CONFIGS:
+    for alg, config in CPU_CONFIGS:
         groups = make_params(torch.float32, specs=SPECS)
         grads = make_grads(torch.float32, steps, specs=SPECS)
         fused = run_fused(alg, config, "cpu", clone_params(groups), grads)

@@ -23,10 +23,13 @@ from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_
 
 import fusedopt
 from fusedopt import ops
-from helpers import assert_bitwise_equal, assert_close, require_backend, snapshot
+from helpers import assert_bitwise_equal, assert_close, class_backend, has_kernel, require_backend, snapshot
 
 TORCH = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
 FUSED = {"SGD": fusedopt.SGD, "Adam": fusedopt.Adam, "AdamW": fusedopt.AdamW}
+# Adagrad, RMSprop, Adamax (issue 12 part 2).
+TORCH.update(Adagrad=torch.optim.Adagrad)
+FUSED.update(Adagrad=fusedopt.Adagrad)
 NAMES = tuple(TORCH)
 EXTRAS = (("max_grad_norm", None), ("nonfinite", "ignore"), ("backend", "auto"), ("master_weights", False),
           ("state_dtype", None))
@@ -41,6 +44,9 @@ CONFIGS = [
     ("Adam", dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
     ("Adam", dict(lr=0.01, betas=(0.8, 0.99), maximize=True)),
     ("AdamW", dict(lr=0.01, amsgrad=True)),
+    # Adagrad, RMSprop, Adamax (issue 12 part 2).
+    ("Adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.2)),
+    ("Adagrad", dict(lr=0.1, maximize=True)),
 ]
 CONFIG_IDS = [f"{name}-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) for name, kwargs in CONFIGS]
 STATEFUL = [pytest.param(name, kwargs, id=case_id) for (name, kwargs), case_id in zip(CONFIGS, CONFIG_IDS)
@@ -130,7 +136,8 @@ def assert_state_dict_like(actual: dict, expected: dict, rtol: float = RTOL, gro
                 assert (got.shape, got.dtype, got.device) == (value.shape, value.dtype, value.device), \
                     f"{where}: {got.dtype}{list(got.shape)} on {got.device}, torch: " \
                     f"{value.dtype}{list(value.shape)} on {value.device}"
-                assert_close_rel(got, value, where, rtol)
+                if value.device.type != "meta":  # a meta tensor has no values
+                    assert_close_rel(got, value, where, rtol)
             else:
                 assert_same_value(state[key], value, where)
     assert len(actual["param_groups"]) == len(expected["param_groups"])
@@ -259,6 +266,15 @@ MORE_TORCH_ERRORS = [
     ("Adam", list, {}),
     ("SGD", _nonleaf, {}),
     ("AdamW", _nonleaf, {}),
+    # Adagrad, RMSprop, Adamax (issue 12 part 2)
+    ("Adagrad", make_params, dict(lr=-0.1)),
+    ("Adagrad", make_params, dict(lr_decay=-0.5, eps=-1.0)),
+    ("Adagrad", make_params, dict(weight_decay=-1.0, initial_accumulator_value=-1.0)),
+    ("Adagrad", make_params, dict(initial_accumulator_value=-1.0, eps=-1.0)),
+    ("Adagrad", make_params, dict(eps=-1e-10)),
+    ("Adagrad", make_params, dict(lr=torch.tensor([0.1, 0.2]), lr_decay=-1.0)),
+    ("Adagrad", make_params, dict(lr="0.1")),
+    ("Adagrad", _nonleaf, {}),
 ]
 
 
@@ -289,8 +305,9 @@ def test_fusedopt_constructor_errors(name, kwargs, error, match):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fusedopt_extras_accept_valid_values(name):
+    compiled = class_backend("cpu", FUSED[name]._RULE.name)  # "auto" until the rule has a kernel
     for kwargs in [dict(max_grad_norm=0.0), dict(max_grad_norm=1), dict(nonfinite="skip"),
-                   dict(nonfinite="raise"), dict(backend="reference"), dict(backend="cpu")]:
+                   dict(nonfinite="raise"), dict(backend="reference"), dict(backend=compiled)]:
         opt = FUSED[name](make_params(), **kwargs)
         (key, value), = kwargs.items()
         assert getattr(opt, key) == value
@@ -384,7 +401,7 @@ def test_load_state_dict_with_wrong_state_shape_raises_and_changes_nothing(name,
     opt, params = _trained(name, kwargs, backend)
     bad = copy.deepcopy(opt.state_dict())
     bad["param_groups"][0]["lr"] = 123.0
-    key = "momentum_buffer" if name == "SGD" else "exp_avg_sq"
+    key = {"SGD": "momentum_buffer", "Adagrad": "sum"}.get(name, "exp_avg_sq")
     bad["state"][1][key] = torch.zeros(7)
     before = _frozen(opt)
     with pytest.raises((ValueError, RuntimeError)) as info:
@@ -621,6 +638,9 @@ INF_STEP = 2
 SCALER_STEPS = 6
 SCALER_KWARGS = {"SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01), "Adam": dict(lr=0.01, amsgrad=True),
                  "AdamW": dict(lr=0.01)}
+# Adagrad, RMSprop, Adamax (issue 12 part 2); the fused comparisons only for algorithms torch has fused.
+SCALER_KWARGS.update(Adagrad=dict(lr=0.1, lr_decay=0.01, weight_decay=0.01))
+TORCH_FUSED = tuple(name for name in NAMES if "fused" in inspect.signature(TORCH[name]).parameters)
 
 
 def _scaler():
@@ -652,7 +672,7 @@ def _scaler_trace(model, opt, unscale_first: bool) -> list[dict]:
     return trace
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TORCH_FUSED)
 @pytest.mark.parametrize("unscale_first", [False, True], ids=["scaler-step", "unscale_-then-step"])
 def test_grad_scaler_matches_torch_fused(name, backend, unscale_first):
     torch_model, model = make_model(), make_model()
@@ -719,7 +739,7 @@ def test_grad_scaler_with_max_grad_norm_matches_unscale_clip_step(name, nonfinit
     assert clipped_steps >= 2, "max_norm must be small enough to clip"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TORCH_FUSED)
 def test_found_inf_step_changes_nothing_like_torch_fused(name, backend):
     """torch's test_fused_does_not_step_if_foundinf: grad_scale and found_inf set by hand, as GradScaler does."""
     kwargs = SCALER_KWARGS[name]
@@ -1006,7 +1026,10 @@ def test_params_without_grads_get_no_state(name, kwargs, backend):
     torch_opt, torch_params, opt, params = torch_and_ours(name, kwargs, backend)
     before = [p.detach().clone() for p in params]
     assert opt.step() is None and torch_opt.step() is None  # no grads anywhere: a no-op
-    assert not opt.state and opt.state_dict()["state"] == {}
+    # No state, except what torch.optim creates at construction (Adagrad: every param's).
+    assert_state_dict_like(opt.state_dict(), torch_opt.state_dict(), rtol=0.0)
+    eager = bool(torch_opt.state)
+    assert eager or (not opt.state and opt.state_dict()["state"] == {})
     for p, b in zip(params, before):
         assert_bitwise_equal(p, b, name="param")
     for o, ps in [(torch_opt, torch_params), (opt, params)]:
@@ -1014,7 +1037,7 @@ def test_params_without_grads_get_no_state(name, kwargs, backend):
             set_grads(ps, step)
             ps[1].grad = None
             o.step()
-    assert params[1] not in opt.state
+    assert eager or params[1] not in opt.state
     assert_bitwise_equal(params[1], before[1], name="param without grad")
     assert_matches_torch(opt, params, torch_opt, torch_params)
 
@@ -1081,3 +1104,48 @@ def test_missing_extension_is_explained_and_only_auto_falls_back(monkeypatch):
             opt.step()
         torch_opt.step()
     torch.testing.assert_close(p, q, rtol=1e-6, atol=0)
+
+
+# --- algorithms without a compiled kernel yet (issue 12 part 2): "auto" falls back, a named backend refuses ------
+
+NO_CPU_KERNEL = [name for name in NAMES if not has_kernel("cpu", FUSED[name]._RULE.name)]
+
+
+@pytest.mark.parametrize("name", NO_CPU_KERNEL)
+def test_backend_without_the_rule_is_refused_at_construction(name):
+    require_backend("cpu")
+    for backend in ("cpu", "triton"):
+        if backend in ops.BACKENDS and not has_kernel(backend, FUSED[name]._RULE.name):
+            with pytest.raises(RuntimeError, match=f"backend '{backend}' has no kernel for the update rule "
+                                                   f"'{FUSED[name]._RULE.name}'.*backend='auto'"):
+                FUSED[name](make_params(), backend=backend)
+
+
+@pytest.mark.parametrize("name", NO_CPU_KERNEL)
+def test_auto_backend_without_the_rule_runs_the_reference_with_a_warning(name, monkeypatch):
+    """CPU tensors under "auto": the reference's results bit for bit, and one RuntimeWarning that says so."""
+    require_backend("cpu")
+    monkeypatch.setattr(ops, "_warned", set())
+    params, reference_params = make_params(), make_params()
+    opt = FUSED[name](params, backend="auto")
+    reference = FUSED[name](reference_params, backend="reference")
+    with pytest.warns(RuntimeWarning, match=f"no compiled cpu kernel for the update rule "
+                                            f"'{FUSED[name]._RULE.name}'"):
+        train(opt, params, range(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, not at every step
+        train(opt, params, range(1, 3))
+    train(reference, reference_params, range(3))
+    for i, (p, q) in enumerate(zip(params, reference_params)):
+        assert_bitwise_equal(p, q, name=f"param {i}")
+    assert_state_dict_like(opt.state_dict(), reference.state_dict(), rtol=0.0, groups=False)
+
+
+def test_adagrad_matches_torch_fused_adagrad(backend):
+    """torch's fused CPU Adagrad (its own kernel) against ours: the same math, rounding apart."""
+    kwargs = dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.2, eps=1e-6)
+    torch_params = make_params()
+    params = clone_params(torch_params)
+    torch_opt = torch.optim.Adagrad(torch_params, **kwargs, fused=True)
+    opt = fusedopt.Adagrad(params, **kwargs, fused=True, backend=class_backend(backend, "adagrad"))
+    train_both_and_compare(torch_opt, torch_params, opt, params, range(6))

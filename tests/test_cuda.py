@@ -39,7 +39,7 @@ import torch
 
 import fusedopt
 from fusedopt import ops, reference
-from configs import ALL_CONFIGS, REPRESENTATIVE, config_id, for_dtype
+from configs import ALL_CONFIGS, REPRESENTATIVE, config_id, for_dtype, with_kernels
 from helpers import (assert_bitwise_equal, assert_close, assert_within_ulps, backend_served_by, load_cuda_emu,
                      require_backend)
 from test_parity import (LOW_PRECISION, PARAM_NAMES, RTOL, Run, assert_low_precision_bound, assert_runs_close,
@@ -469,9 +469,9 @@ def _run_on_target(target: Target, alg, config, groups, grads, **extra) -> Run:
 
 # Every config on the GPU; the representative ones (every distinct kernel path) on the emulated grid.
 MATRIX = ([pytest.param("cuda", alg, config, dtype, id=f"cuda-{config_id(alg, config)}-{_dtype_name(dtype)}")
-           for dtype in DTYPES for alg, config in ALL_CONFIGS]
+           for dtype in DTYPES for alg, config in with_kernels(ALL_CONFIGS, "cuda")]
           + [pytest.param("cuda-emu", alg, config, dtype, id=f"cuda-emu-{config_id(alg, config)}-{_dtype_name(dtype)}")
-             for dtype in DTYPES for alg, config in REPRESENTATIVE])
+             for dtype in DTYPES for alg, config in with_kernels(REPRESENTATIVE, "cuda-emu")])
 
 
 @pytest.mark.parametrize("target_name,alg,config,dtype", MATRIX)
@@ -501,7 +501,8 @@ VARIANTS = [
 VARIANT_CASES = [pytest.param(target_name, alg, config, dtype, extra,
                               id=f"{target_name}-{config_id(alg, config)}-{_dtype_name(dtype)}-{extra_id}")
                  for target_name, dtypes in (("cuda", DTYPES), ("cuda-emu", (torch.bfloat16,)))
-                 for alg, config in REPRESENTATIVE for dtype in dtypes for extra_id, extra in VARIANTS]
+                 for alg, config in with_kernels(REPRESENTATIVE, "cuda-emu") for dtype in dtypes
+                 for extra_id, extra in VARIANTS]
 
 
 @pytest.mark.parametrize("target_name,alg,config,dtype,extra", VARIANT_CASES)

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import fusedopt
-from configs import ALGORITHMS, REPRESENTATIVE, config_id, for_dtype
+from configs import ALGORITHMS, REPRESENTATIVE, config_id, for_dtype, with_kernels
 from fusedopt import ops
 from helpers import assert_bitwise_equal, assert_close, assert_within_ulps, max_errors, require_backend
 from test_parity import (PARAM_NAMES, _scale, _threads, clone_params, flat, fused_step, make_grads, make_params,
@@ -54,9 +54,12 @@ def _expected_state_dtype(param_dtype, extras):
 
 
 # --- the compiled backend against the reference ---
+CPU_REPRESENTATIVE = with_kernels(REPRESENTATIVE, "cpu")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("alg,config", REPRESENTATIVE, ids=[config_id(a, c) for a, c in REPRESENTATIVE])
+@pytest.mark.parametrize("alg,config", CPU_REPRESENTATIVE, ids=[config_id(a, c) for a, c in CPU_REPRESENTATIVE])
 def test_cpu_matches_reference(alg, config, mode, dtype):
     """Params within one ulp of their dtype (fp32: 1e-6 relative), fp32 states and masters within 1e-6
     relative, bf16 states within one bf16 ulp: both sides do the same fp32 math, and a rounding decision may

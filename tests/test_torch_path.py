@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import fusedopt
-from helpers import assert_bitwise_equal, assert_close, assert_snapshot_equal, snapshot
+from helpers import assert_bitwise_equal, assert_close, assert_snapshot_equal, class_backend, snapshot
 
 TORCH = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
 FUSED = {"SGD": fusedopt.SGD, "Adam": fusedopt.Adam, "AdamW": fusedopt.AdamW}
@@ -31,6 +31,13 @@ DIFFERENTIABLE_CONFIGS = [
     ("Adam", dict(lr=0.05, betas=(0.8, 0.95), weight_decay=0.1, maximize=True)),
     ("AdamW", dict(lr=0.05, weight_decay=0.1)),
     # torch's own differentiable amsgrad fails on its in-place max (checked in test_differentiable_amsgrad...).
+]
+# Adagrad, RMSprop, Adamax (issue 12 part 2); Lion has no torch implementation to run (no differentiable=True).
+TORCH.update(Adagrad=torch.optim.Adagrad)
+FUSED.update(Adagrad=fusedopt.Adagrad)
+DIFFERENTIABLE_CONFIGS += [
+    ("Adagrad", dict(lr=0.1)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.05, weight_decay=0.1, initial_accumulator_value=0.3, maximize=True)),
 ]
 IDS = [f"{name}-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) for name, kwargs in DIFFERENTIABLE_CONFIGS]
 
@@ -380,3 +387,34 @@ def test_fused_meta_param_after_real_ones_changes_nothing():
     assert not opt.state
     for i, (p, b) in enumerate(zip(real, before)):
         assert_bitwise_equal(p.detach(), b, name=f"param {i}")
+
+
+# --- Adagrad takes sparse grads too (torch's single-tensor Adagrad; issue 12 part 2) ---------------------------
+
+ADAGRAD_SPARSE_CONFIGS = [dict(lr=0.1), dict(lr=0.1, lr_decay=0.1, initial_accumulator_value=0.5, maximize=True)]
+
+
+@pytest.mark.parametrize("kwargs", ADAGRAD_SPARSE_CONFIGS, ids=[str(k) for k in ADAGRAD_SPARSE_CONFIGS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adagrad_sparse_grads_equal_torch(kwargs, dtype, backend):
+    opt, params = _sparse_training(fusedopt.Adagrad, kwargs, dtype=dtype, backend=class_backend(backend, "adagrad"))
+    torch_opt, torch_params = _sparse_training(torch.optim.Adagrad, kwargs, dtype=dtype)
+    for i, (p, tp) in enumerate(zip(params, torch_params)):
+        assert_bitwise_equal(p.detach(), tp.detach(), name=f"param {i}")
+        state, torch_state = opt.state[p], torch_opt.state[tp]
+        assert sorted(state) == sorted(torch_state)
+        for key, value in torch_state.items():
+            assert_bitwise_equal(state[key], value, name=f"state[{i}][{key!r}]")
+
+
+def test_adagrad_sparse_grads_with_weight_decay_fail_like_torch():
+    """torch's Adagrad refuses weight decay with sparse grads, before it writes anything."""
+    for cls in (torch.optim.Adagrad, fusedopt.Adagrad):
+        p = nn.Parameter(torch.randn(4))
+        opt = cls([p], lr=0.1, weight_decay=0.1)
+        p.grad = torch.ones(4).to_sparse()
+        before = [p.detach().clone(), opt.state[p]["sum"].clone()]
+        with pytest.raises(RuntimeError, match="weight_decay option is not compatible with sparse gradients"):
+            opt.step()
+        assert_bitwise_equal(p.detach(), before[0], name="param")
+        assert_bitwise_equal(opt.state[p]["sum"], before[1], name="sum")

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import test_parity
-from configs import ALL_CONFIGS, REPRESENTATIVE, config_id, select
+from configs import ALL_CONFIGS, REPRESENTATIVE, config_id, select, with_kernels
 from fusedopt import ops, reference
 from helpers import (assert_bitwise_equal, assert_close, assert_raises_unchanged, assert_within_ulps,
                      require_backend)
@@ -256,7 +256,8 @@ OPTIMIZER_PARAMS = (
 # both modes) for the configs that take every distinct path (configs.REPRESENTATIVE), to keep the file fast.
 @pytest.mark.parametrize("alg,config,dtype", [
     pytest.param(alg, config, dtype, id=f"{config_id(alg, config)}-{_name(dtype)}")
-    for dtype in DTYPES for alg, config in (REPRESENTATIVE if dtype == torch.float16 else ALL_CONFIGS)])
+    for dtype in DTYPES
+    for alg, config in with_kernels(REPRESENTATIVE if dtype == torch.float16 else ALL_CONFIGS, "triton")])
 def test_optimizer_matches_torch(alg, config, dtype):
     if DEVICE.type != "cpu":
         pytest.skip("test_parity's params are CPU tensors; on a GPU the op-level tests above cover the kernels")

@@ -2,3 +2,8 @@ from fusedopt.optim.adam import Adam, AdamW
 from fusedopt.optim.sgd import SGD
 
 __all__ = ["SGD", "Adam", "AdamW"]
+
+# Issue 12 part 2 (algos1): Adagrad, RMSprop, Adamax, Lion.
+from fusedopt.optim.adagrad import Adagrad  # noqa: E402
+
+__all__ += ["Adagrad"]
