@@ -160,6 +160,29 @@ ALGORITHMS["Adagrad"] = Algorithm("Adagrad", fusedopt.Adagrad, torch.optim.Adagr
                                   {"lr": 0.03, "lr_decay": 0.01, "weight_decay": 0.05},
                                   _ADAGRAD_CONFIGS + _from_optim_db("Adagrad"))
 
+_RMSPROP_CONFIGS = [
+    OptimConfig("lr", {"lr": 0.01}),
+    OptimConfig("tensor lr", {"lr": torch.tensor(0.01)}),
+    OptimConfig("alpha", {"lr": 0.01, "alpha": 0.9}),
+    OptimConfig("eps", {"lr": 0.01, "eps": 1e-3}),
+    OptimConfig("weight_decay", {"lr": 0.01, "weight_decay": 0.1}),
+    OptimConfig("tensor weight_decay", {"lr": 0.01, "weight_decay": torch.tensor(0.2)}),
+    OptimConfig("momentum", {"lr": 0.01, "momentum": 0.9}),
+    OptimConfig("centered", {"lr": 0.01, "centered": True}),
+    OptimConfig("maximize", {"lr": 0.01, "maximize": True}),
+    OptimConfig("everything", {"lr": torch.tensor(0.005), "alpha": 0.95, "eps": 1e-6, "weight_decay": 0.1,
+                               "momentum": 0.8, "centered": True, "maximize": True}),
+    OptimConfig("impl flags", {"lr": 0.01, "foreach": False, "capturable": True}),
+    # No weight decay under clipping: with it, one element's g * clip_coef + wd * p cancels to 2e-7 at step 0,
+    # where g / (sqrt((1 - alpha) g^2) + eps) is ill-conditioned (eps = 1e-8 ~ the root), so the one ulp by which
+    # the two global norms differ moves that param by 3e-5 after 10 steps. Given torch's own clipped grads, the
+    # reference equals torch bit for bit there.
+    *_extras({"lr": 0.01, "momentum": 0.9, "centered": True}),
+]
+ALGORITHMS["RMSprop"] = Algorithm("RMSprop", fusedopt.RMSprop, torch.optim.RMSprop,
+                                  {"lr": 0.003, "alpha": 0.9, "momentum": 0.5, "weight_decay": 0.05},
+                                  _RMSPROP_CONFIGS + _from_optim_db("RMSprop"))
+
 # (algorithm, config) for every config: what the option-by-option parity tests run.
 ALL_CONFIGS = [(alg, config) for alg in ALGORITHMS.values() for config in alg.configs]
 
@@ -196,6 +219,7 @@ REPRESENTATIVE = select(
 # Adagrad, RMSprop, Adamax, Lion: every distinct path (issue 12 part 2).
 REPRESENTATIVE += select(
     "Adagrad-optim_db:default", "Adagrad-fusedopt:everything", "Adagrad-fusedopt:clip_active",
+    "RMSprop-optim_db:default", "RMSprop-fusedopt:everything", "RMSprop-fusedopt:clip_active",
 )
 
 
@@ -210,4 +234,4 @@ def for_dtype(alg: Algorithm, kwargs: dict, dtype: torch.dtype) -> dict:
     return kwargs
 
 
-_FP16_EPS = (torch.optim.Adagrad,)
+_FP16_EPS = (torch.optim.Adagrad, torch.optim.RMSprop)

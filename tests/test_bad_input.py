@@ -56,10 +56,12 @@ SGDS = ("SGD", "SGD-momentum")
 ALGORITHMS.update({
     "Adagrad": Algorithm(fusedopt.Adagrad, torch.optim.Adagrad,
                          dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1)),
+    "RMSprop": Algorithm(fusedopt.RMSprop, torch.optim.RMSprop,
+                         dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.01)),
 })
 ALL_OF_TORCH = tuple(name for name in ALGORITHMS if name != "Lion")  # the torch.optim namesakes
-WITH_STEP = (*ADAMS, "Adagrad")  # algorithms with a per-param step count
-WITH_EPS = (*ADAMS, "Adagrad")
+WITH_STEP = (*ADAMS, "Adagrad", "RMSprop")  # algorithms with a per-param step count
+WITH_EPS = (*ADAMS, "Adagrad", "RMSprop")
 
 
 def _require(backend: str) -> None:
@@ -310,16 +312,19 @@ class BadInput:
 
 # A step count of -1: Adam's bias correction divides by 1 - beta1**0 = 0; Adagrad's lr / (1 + (0 - 1) * lr_decay)
 # does not (fusedopt refuses such a count for every algorithm: it is no count of steps taken).
-_STEP_MINUS_ONE = dict(Adam=ZeroDivisionError, AdamW=ZeroDivisionError, Adagrad=None)
+_STEP_MINUS_ONE = dict(Adam=ZeroDivisionError, AdamW=ZeroDivisionError, Adagrad=None, RMSprop=None)
+# A step count on the meta device: read by the update (.item()) except in RMSprop, which only counts.
+_STEP_ON_META = dict(Adam=RuntimeError, AdamW=RuntimeError, Adagrad=RuntimeError, RMSprop=None)
 
 BAD_INPUTS = [
     BadInput("sparse grad", _sparse_grad, RuntimeError, ("sparse gradients", "parameter 1 of param group 1"),
-             RuntimeError, ADAMS, why="torch.optim.SGD takes sparse grads"),
+             RuntimeError, (*ADAMS, "RMSprop"), why="torch.optim.SGD and Adagrad take sparse grads"),
     BadInput("grad of wrong shape", _grad_of_wrong_shape, RuntimeError,
              ("parameter 1 of param group 1", "[2, 2]", "[5]"), RuntimeError),
     BadInput("grad of wrong dtype", _grad_of_wrong_dtype, RuntimeError,
              ("parameter 1 of param group 1", "torch.float64", "torch.bfloat16"),
-             dict(SGD=None, **{"SGD-momentum": None}, Adam=RuntimeError, AdamW=RuntimeError, Adagrad=None)),
+             dict(SGD=None, **{"SGD-momentum": None}, Adam=RuntimeError, AdamW=RuntimeError, Adagrad=None,
+                  RMSprop=RuntimeError)),
     BadInput("params on two devices", _param_on_meta, RuntimeError, ("one device", "cpu", "meta"), None,
              why="torch.optim updates each param on its own device"),
     BadInput("inference-mode param", _inference_param, RuntimeError,
@@ -345,7 +350,7 @@ BAD_INPUTS = [
              ("Invalid weight_decay value: -0.1",), None),
     BadInput("string weight_decay", _set_hyper("weight_decay", "0"), TypeError, ("weight_decay", "'0'"), TypeError),
     BadInput("negative momentum", _set_hyper("momentum", -0.5), ValueError, ("Invalid momentum value: -0.5",),
-             None, SGDS),
+             None, (*SGDS, "RMSprop")),
     BadInput("nesterov with dampening", _set_hyper("nesterov", True), ValueError,
              ("Nesterov momentum requires a momentum and zero dampening",), None, ("SGD-momentum",)),
     BadInput("NaN grad under nonfinite='raise'", _nan_grad, RuntimeError,
@@ -361,11 +366,11 @@ BAD_INPUTS = [
              ("'step' is -1", "parameter 1 of param group 1"), _STEP_MINUS_ONE, WITH_STEP),
     BadInput("loaded step NaN", _loaded_step(float("nan")), ValueError, ("'step' is nan",), None, WITH_STEP),
     BadInput("loaded step on meta", _loaded_step(torch.tensor(1.0, device="meta")), ValueError,
-             ("'step'", "meta", "parameter 1 of param group 1"), RuntimeError, WITH_STEP),
+             ("'step'", "meta", "parameter 1 of param group 1"), _STEP_ON_META, WITH_STEP),
     BadInput("loaded step a string", _loaded_step("3"), ValueError, ("'step'", "str"), ValueError, WITH_STEP),
     BadInput("loaded state of wrong shape", _loaded_state_of_wrong_shape, ValueError,
              ("has shape [7]", "[2, 2]", "parameter 1 of param group 1"), RuntimeError,
-             ("SGD-momentum", *ADAMS, "Adagrad")),
+             ("SGD-momentum", *ADAMS, "Adagrad", "RMSprop")),
     BadInput("loaded betas[0] = 1", _loaded_hyper("betas", (1.0, 0.999)), ValueError,
              ("Invalid beta parameter at index 0: 1.0", "param group 1"), ZeroDivisionError, ADAMS),
     BadInput("loaded negative lr", _loaded_hyper("lr", -1.0), ValueError, ("Invalid learning rate: -1.0",), None),

@@ -33,11 +33,14 @@ DIFFERENTIABLE_CONFIGS = [
     # torch's own differentiable amsgrad fails on its in-place max (checked in test_differentiable_amsgrad...).
 ]
 # Adagrad, RMSprop, Adamax (issue 12 part 2); Lion has no torch implementation to run (no differentiable=True).
-TORCH.update(Adagrad=torch.optim.Adagrad)
-FUSED.update(Adagrad=fusedopt.Adagrad)
+TORCH.update(Adagrad=torch.optim.Adagrad, RMSprop=torch.optim.RMSprop)
+FUSED.update(Adagrad=fusedopt.Adagrad, RMSprop=fusedopt.RMSprop)
 DIFFERENTIABLE_CONFIGS += [
     ("Adagrad", dict(lr=0.1)),
     ("Adagrad", dict(lr=0.1, lr_decay=0.05, weight_decay=0.1, initial_accumulator_value=0.3, maximize=True)),
+    ("RMSprop", dict(lr=0.01)),
+    ("RMSprop", dict(lr=0.01, alpha=0.9, weight_decay=0.1, momentum=0.5, maximize=True)),
+    # torch's own differentiable centered RMSprop fails on its in-place lerp (test_differentiable_centered...).
 ]
 IDS = [f"{name}-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) for name, kwargs in DIFFERENTIABLE_CONFIGS]
 
@@ -118,6 +121,16 @@ def test_differentiable_amsgrad_fails_like_torch():
     for cls in (torch.optim.Adam, fusedopt.Adam):
         with pytest.raises(RuntimeError, match="modified by an inplace operation") as info:
             _meta_run(cls, dict(lr=0.05, amsgrad=True))
+        errors.append(str(info.value).split(";")[0])
+    assert errors[0] == errors[1]
+
+
+def test_differentiable_centered_rmsprop_fails_like_torch():
+    # torch 2.13's differentiable centered RMSprop updates grad_avg in place after its backward saved it.
+    errors = []
+    for cls in (torch.optim.RMSprop, fusedopt.RMSprop):
+        with pytest.raises(RuntimeError, match="modified by an inplace operation") as info:
+            _meta_run(cls, dict(lr=0.01, centered=True))
         errors.append(str(info.value).split(";")[0])
     assert errors[0] == errors[1]
 
