@@ -183,6 +183,23 @@ ALGORITHMS["RMSprop"] = Algorithm("RMSprop", fusedopt.RMSprop, torch.optim.RMSpr
                                   {"lr": 0.003, "alpha": 0.9, "momentum": 0.5, "weight_decay": 0.05},
                                   _RMSPROP_CONFIGS + _from_optim_db("RMSprop"))
 
+_ADAMAX_CONFIGS = [
+    OptimConfig("lr", {"lr": 0.01}),
+    OptimConfig("tensor lr", {"lr": torch.tensor(0.01)}),
+    OptimConfig("betas", {"lr": 0.01, "betas": (0.8, 0.95)}),
+    OptimConfig("eps", {"lr": 0.01, "eps": 1e-3}),
+    OptimConfig("weight_decay", {"lr": 0.01, "weight_decay": 0.1}),
+    OptimConfig("tensor weight_decay", {"lr": 0.01, "weight_decay": torch.tensor(0.2)}),
+    OptimConfig("maximize", {"lr": 0.01, "maximize": True}),
+    OptimConfig("everything", {"lr": torch.tensor(0.02), "betas": (0.85, 0.98), "eps": 1e-6, "weight_decay": 0.2,
+                               "maximize": True}),
+    OptimConfig("impl flags", {"lr": 0.01, "foreach": False, "capturable": True}),
+    *_extras({"lr": 0.01, "weight_decay": 0.05}),
+]
+ALGORITHMS["Adamax"] = Algorithm("Adamax", fusedopt.Adamax, torch.optim.Adamax,
+                                 {"lr": 0.003, "betas": (0.8, 0.99), "weight_decay": 0.05},
+                                 _ADAMAX_CONFIGS + _from_optim_db("Adamax"))
+
 # (algorithm, config) for every config: what the option-by-option parity tests run.
 ALL_CONFIGS = [(alg, config) for alg in ALGORITHMS.values() for config in alg.configs]
 
@@ -220,6 +237,7 @@ REPRESENTATIVE = select(
 REPRESENTATIVE += select(
     "Adagrad-optim_db:default", "Adagrad-fusedopt:everything", "Adagrad-fusedopt:clip_active",
     "RMSprop-optim_db:default", "RMSprop-fusedopt:everything", "RMSprop-fusedopt:clip_active",
+    "Adamax-optim_db:default", "Adamax-fusedopt:everything", "Adamax-fusedopt:clip_active",
 )
 
 
@@ -234,4 +252,4 @@ def for_dtype(alg: Algorithm, kwargs: dict, dtype: torch.dtype) -> dict:
     return kwargs
 
 
-_FP16_EPS = (torch.optim.Adagrad, torch.optim.RMSprop)
+_FP16_EPS = (torch.optim.Adagrad, torch.optim.RMSprop, torch.optim.Adamax)

@@ -58,10 +58,13 @@ ALGORITHMS.update({
                          dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1)),
     "RMSprop": Algorithm(fusedopt.RMSprop, torch.optim.RMSprop,
                          dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.01)),
+    "Adamax": Algorithm(fusedopt.Adamax, torch.optim.Adamax, dict(lr=0.01, weight_decay=0.01)),
 })
 ALL_OF_TORCH = tuple(name for name in ALGORITHMS if name != "Lion")  # the torch.optim namesakes
-WITH_STEP = (*ADAMS, "Adagrad", "RMSprop")  # algorithms with a per-param step count
-WITH_EPS = (*ADAMS, "Adagrad", "RMSprop")
+WITH_STEP = (*ADAMS, "Adagrad", "RMSprop", "Adamax")  # algorithms with a per-param step count
+WITH_EPS = (*ADAMS, "Adagrad", "RMSprop", "Adamax")
+WITH_BETAS = (*ADAMS, "Adamax")
+BETAS_BELOW_1 = (*ADAMS, "Adamax")  # betas in [0, 1)
 
 
 def _require(backend: str) -> None:
@@ -312,19 +315,22 @@ class BadInput:
 
 # A step count of -1: Adam's bias correction divides by 1 - beta1**0 = 0; Adagrad's lr / (1 + (0 - 1) * lr_decay)
 # does not (fusedopt refuses such a count for every algorithm: it is no count of steps taken).
-_STEP_MINUS_ONE = dict(Adam=ZeroDivisionError, AdamW=ZeroDivisionError, Adagrad=None, RMSprop=None)
+_STEP_MINUS_ONE = dict(Adam=ZeroDivisionError, AdamW=ZeroDivisionError, Adagrad=None, RMSprop=None,
+                       Adamax=ZeroDivisionError)
 # A step count on the meta device: read by the update (.item()) except in RMSprop, which only counts.
-_STEP_ON_META = dict(Adam=RuntimeError, AdamW=RuntimeError, Adagrad=RuntimeError, RMSprop=None)
+_STEP_ON_META = dict(Adam=RuntimeError, AdamW=RuntimeError, Adagrad=RuntimeError, RMSprop=None, Adamax=RuntimeError)
+# beta2 = 1.5: Adam's sqrt of a negative bias correction fails; Adamax's max(1.5 u, |g| + eps) only grows.
+_BETA2_ABOVE_1 = dict(Adam=RuntimeError, AdamW=RuntimeError, Adamax=None)
 
 BAD_INPUTS = [
     BadInput("sparse grad", _sparse_grad, RuntimeError, ("sparse gradients", "parameter 1 of param group 1"),
-             RuntimeError, (*ADAMS, "RMSprop"), why="torch.optim.SGD and Adagrad take sparse grads"),
+             RuntimeError, (*ADAMS, "RMSprop", "Adamax"), why="torch.optim.SGD and Adagrad take sparse grads"),
     BadInput("grad of wrong shape", _grad_of_wrong_shape, RuntimeError,
              ("parameter 1 of param group 1", "[2, 2]", "[5]"), RuntimeError),
     BadInput("grad of wrong dtype", _grad_of_wrong_dtype, RuntimeError,
              ("parameter 1 of param group 1", "torch.float64", "torch.bfloat16"),
              dict(SGD=None, **{"SGD-momentum": None}, Adam=RuntimeError, AdamW=RuntimeError, Adagrad=None,
-                  RMSprop=RuntimeError)),
+                  RMSprop=RuntimeError, Adamax=RuntimeError)),
     BadInput("params on two devices", _param_on_meta, RuntimeError, ("one device", "cpu", "meta"), None,
              why="torch.optim updates each param on its own device"),
     BadInput("inference-mode param", _inference_param, RuntimeError,
@@ -334,13 +340,13 @@ BAD_INPUTS = [
     BadInput("grad aliasing its param", _grad_aliasing_its_param, RuntimeError,
              ("parameter 1 of param group 1", "share memory"), None),
     BadInput("betas[0] = 1", _set_hyper("betas", (1.0, 0.999)), ValueError,
-             ("Invalid beta parameter at index 0: 1.0", "param group 1"), ZeroDivisionError, ADAMS),
+             ("Invalid beta parameter at index 0: 1.0", "param group 1"), ZeroDivisionError, BETAS_BELOW_1),
     BadInput("betas[1] > 1", _set_hyper("betas", (0.9, 1.5)), ValueError,
-             ("Invalid beta parameter at index 1: 1.5", "param group 1"), RuntimeError, ADAMS),
+             ("Invalid beta parameter at index 1: 1.5", "param group 1"), _BETA2_ABOVE_1, WITH_BETAS),
     BadInput("betas list changed in place", _betas_list_changed_in_place, ValueError,
-             ("Invalid beta parameter at index 0: 1.0",), ZeroDivisionError, ADAMS),
+             ("Invalid beta parameter at index 0: 1.0",), ZeroDivisionError, BETAS_BELOW_1),
     BadInput("negative beta", _set_hyper("betas", (-0.1, 0.999)), ValueError,
-             ("Invalid beta parameter at index 0: -0.1",), None, ADAMS),
+             ("Invalid beta parameter at index 0: -0.1",), None, WITH_BETAS),
     BadInput("negative lr", _set_hyper("lr", -0.1), ValueError, ("Invalid learning rate: -0.1", "param group 1"),
              None),
     BadInput("string lr", _set_hyper("lr", "0.1"), TypeError, ("lr", "'0.1'", "param group 1"), TypeError),
@@ -370,9 +376,9 @@ BAD_INPUTS = [
     BadInput("loaded step a string", _loaded_step("3"), ValueError, ("'step'", "str"), ValueError, WITH_STEP),
     BadInput("loaded state of wrong shape", _loaded_state_of_wrong_shape, ValueError,
              ("has shape [7]", "[2, 2]", "parameter 1 of param group 1"), RuntimeError,
-             ("SGD-momentum", *ADAMS, "Adagrad", "RMSprop")),
+             ("SGD-momentum", *ADAMS, "Adagrad", "RMSprop", "Adamax")),
     BadInput("loaded betas[0] = 1", _loaded_hyper("betas", (1.0, 0.999)), ValueError,
-             ("Invalid beta parameter at index 0: 1.0", "param group 1"), ZeroDivisionError, ADAMS),
+             ("Invalid beta parameter at index 0: 1.0", "param group 1"), ZeroDivisionError, BETAS_BELOW_1),
     BadInput("loaded negative lr", _loaded_hyper("lr", -1.0), ValueError, ("Invalid learning rate: -1.0",), None),
 ]
 

@@ -28,8 +28,8 @@ from helpers import assert_bitwise_equal, assert_close, class_backend, has_kerne
 TORCH = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
 FUSED = {"SGD": fusedopt.SGD, "Adam": fusedopt.Adam, "AdamW": fusedopt.AdamW}
 # Adagrad, RMSprop, Adamax (issue 12 part 2).
-TORCH.update(Adagrad=torch.optim.Adagrad, RMSprop=torch.optim.RMSprop)
-FUSED.update(Adagrad=fusedopt.Adagrad, RMSprop=fusedopt.RMSprop)
+TORCH.update(Adagrad=torch.optim.Adagrad, RMSprop=torch.optim.RMSprop, Adamax=torch.optim.Adamax)
+FUSED.update(Adagrad=fusedopt.Adagrad, RMSprop=fusedopt.RMSprop, Adamax=fusedopt.Adamax)
 NAMES = tuple(TORCH)
 EXTRAS = (("max_grad_norm", None), ("nonfinite", "ignore"), ("backend", "auto"), ("master_weights", False),
           ("state_dtype", None))
@@ -49,6 +49,8 @@ CONFIGS = [
     ("Adagrad", dict(lr=0.1, maximize=True)),
     ("RMSprop", dict(lr=0.01, alpha=0.9, momentum=0.9, centered=True, weight_decay=0.1)),
     ("RMSprop", dict(lr=0.01, maximize=True)),
+    ("Adamax", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1)),
+    ("Adamax", dict(lr=0.01, eps=1e-3, maximize=True)),
 ]
 CONFIG_IDS = [f"{name}-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) for name, kwargs in CONFIGS]
 STATEFUL = [pytest.param(name, kwargs, id=case_id) for (name, kwargs), case_id in zip(CONFIGS, CONFIG_IDS)
@@ -284,6 +286,13 @@ MORE_TORCH_ERRORS = [
     ("RMSprop", make_params, dict(alpha=-0.5)),
     ("RMSprop", make_params, dict(lr=torch.tensor([0.1, 0.2]), alpha=-1.0)),
     ("RMSprop", list, {}),
+    ("Adamax", make_params, dict(lr=-0.1, eps=-1.0)),
+    ("Adamax", make_params, dict(eps=-1.0, betas=(1.0, 0.9))),
+    ("Adamax", make_params, dict(betas=(0.9, 1.0), weight_decay=-1.0)),
+    ("Adamax", make_params, dict(betas=(-0.1, 0.9))),
+    ("Adamax", make_params, dict(weight_decay=-1.0)),
+    ("Adamax", make_params, dict(lr=torch.tensor([0.1, 0.2]), eps=-1.0)),
+    ("Adamax", _nonleaf, {}),
 ]
 
 
@@ -410,7 +419,8 @@ def test_load_state_dict_with_wrong_state_shape_raises_and_changes_nothing(name,
     opt, params = _trained(name, kwargs, backend)
     bad = copy.deepcopy(opt.state_dict())
     bad["param_groups"][0]["lr"] = 123.0
-    key = {"SGD": "momentum_buffer", "Adagrad": "sum", "RMSprop": "square_avg"}.get(name, "exp_avg_sq")
+    key = {"SGD": "momentum_buffer", "Adagrad": "sum", "RMSprop": "square_avg", "Adamax": "exp_inf"}.get(
+        name, "exp_avg_sq")
     bad["state"][1][key] = torch.zeros(7)
     before = _frozen(opt)
     with pytest.raises((ValueError, RuntimeError)) as info:
@@ -649,7 +659,8 @@ SCALER_KWARGS = {"SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01), "Adam": 
                  "AdamW": dict(lr=0.01)}
 # Adagrad, RMSprop, Adamax (issue 12 part 2); the fused comparisons only for algorithms torch has fused.
 SCALER_KWARGS.update(Adagrad=dict(lr=0.1, lr_decay=0.01, weight_decay=0.01),
-                     RMSprop=dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.01))
+                     RMSprop=dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.01),
+                     Adamax=dict(lr=0.01, weight_decay=0.01))
 TORCH_FUSED = tuple(name for name in NAMES if "fused" in inspect.signature(TORCH[name]).parameters)
 
 

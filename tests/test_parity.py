@@ -346,10 +346,11 @@ SKIP_CONFIGS = select("SGD-fusedopt:dampening", "SGD-fusedopt:clip_active", "Ada
 RAISE_CONFIGS = select("SGD-fusedopt:nonfinite_raise_with_clip", "Adam-fusedopt:nonfinite_raise_with_clip",
                        "AdamW-fusedopt:nonfinite_raise_with_clip")
 # Adagrad, RMSprop, Adamax, Lion (issue 12 part 2).
-CLIP_CONFIGS += select("Adagrad-fusedopt:clip_active", "RMSprop-fusedopt:clip_active")
+CLIP_CONFIGS += select("Adagrad-fusedopt:clip_active", "RMSprop-fusedopt:clip_active", "Adamax-fusedopt:clip_active")
 SKIP_CONFIGS += select("Adagrad-fusedopt:everything", "Adagrad-fusedopt:clip_active", "RMSprop-fusedopt:everything",
-                       "RMSprop-fusedopt:clip_active")
-RAISE_CONFIGS += select("Adagrad-fusedopt:nonfinite_raise_with_clip", "RMSprop-fusedopt:nonfinite_raise_with_clip")
+                       "RMSprop-fusedopt:clip_active", "Adamax-fusedopt:everything", "Adamax-fusedopt:clip_active")
+RAISE_CONFIGS += select("Adagrad-fusedopt:nonfinite_raise_with_clip", "RMSprop-fusedopt:nonfinite_raise_with_clip",
+                        "Adamax-fusedopt:nonfinite_raise_with_clip")
 BAD_AT = ("w3d", (3, 4, 1))  # where a non-finite value is injected: param name, element
 
 

@@ -33,14 +33,14 @@ DIFFERENTIABLE_CONFIGS = [
     # torch's own differentiable amsgrad fails on its in-place max (checked in test_differentiable_amsgrad...).
 ]
 # Adagrad, RMSprop, Adamax (issue 12 part 2); Lion has no torch implementation to run (no differentiable=True).
-TORCH.update(Adagrad=torch.optim.Adagrad, RMSprop=torch.optim.RMSprop)
-FUSED.update(Adagrad=fusedopt.Adagrad, RMSprop=fusedopt.RMSprop)
+TORCH.update(Adagrad=torch.optim.Adagrad, RMSprop=torch.optim.RMSprop, Adamax=torch.optim.Adamax)
+FUSED.update(Adagrad=fusedopt.Adagrad, RMSprop=fusedopt.RMSprop, Adamax=fusedopt.Adamax)
 DIFFERENTIABLE_CONFIGS += [
     ("Adagrad", dict(lr=0.1)),
     ("Adagrad", dict(lr=0.1, lr_decay=0.05, weight_decay=0.1, initial_accumulator_value=0.3, maximize=True)),
     ("RMSprop", dict(lr=0.01)),
     ("RMSprop", dict(lr=0.01, alpha=0.9, weight_decay=0.1, momentum=0.5, maximize=True)),
-    # torch's own differentiable centered RMSprop fails on its in-place lerp (test_differentiable_centered...).
+    # torch's own differentiable centered RMSprop and Adamax fail on an in-place lerp (test_differentiable_lerp...).
 ]
 IDS = [f"{name}-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) for name, kwargs in DIFFERENTIABLE_CONFIGS]
 
@@ -125,12 +125,15 @@ def test_differentiable_amsgrad_fails_like_torch():
     assert errors[0] == errors[1]
 
 
-def test_differentiable_centered_rmsprop_fails_like_torch():
-    # torch 2.13's differentiable centered RMSprop updates grad_avg in place after its backward saved it.
+@pytest.mark.parametrize("name, kwargs", [("RMSprop", dict(lr=0.01, centered=True)), ("Adamax", dict(lr=0.05))],
+                         ids=["RMSprop-centered", "Adamax"])
+def test_differentiable_lerp_state_fails_like_torch(name, kwargs):
+    # torch 2.13's differentiable centered RMSprop (grad_avg) and Adamax (exp_avg) lerp a state in place after
+    # the backward saved it; ours runs torch's code.
     errors = []
-    for cls in (torch.optim.RMSprop, fusedopt.RMSprop):
+    for cls in (TORCH[name], FUSED[name]):
         with pytest.raises(RuntimeError, match="modified by an inplace operation") as info:
-            _meta_run(cls, dict(lr=0.01, centered=True))
+            _meta_run(cls, kwargs)
         errors.append(str(info.value).split(";")[0])
     assert errors[0] == errors[1]
 
