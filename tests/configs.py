@@ -21,6 +21,7 @@ import copy
 from dataclasses import dataclass, field
 
 import torch
+from lion_pytorch.lion_pytorch import update_fn as lion_pytorch_update
 from torch.testing._internal.common_optimizers import optim_db
 
 import fusedopt
@@ -200,6 +201,61 @@ ALGORITHMS["Adamax"] = Algorithm("Adamax", fusedopt.Adamax, torch.optim.Adamax,
                                  {"lr": 0.003, "betas": (0.8, 0.99), "weight_decay": 0.05},
                                  _ADAMAX_CONFIGS + _from_optim_db("Adamax"))
 
+
+class LionPytorch(torch.optim.Optimizer):
+    """lion-pytorch's Lion (its own update function, ``lion_pytorch.lion_pytorch.update_fn``, on lion-pytorch's
+    state) behind fusedopt.Lion's signature, so that the tables can run it where they run a torch.optim class
+    with the same kwargs: ``maximize`` negates the grad first (as torch.optim does), ``foreach``/``capturable``
+    change nothing, a tensor lr, betas or weight_decay is read as a float (anything else is passed as it is) (lion-pytorch's update takes Python
+    numbers), and a complex param is updated as its real view (torch.optim's convention, which fusedopt.Lion
+    follows). tests/test_lion.py checks that it equals lion_pytorch.Lion itself where both apply."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False, foreach=None,
+                 capturable=False):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize,
+                                      foreach=foreach, capturable=capturable))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd, (beta1, beta2) = _number(group["lr"]), _number(group["weight_decay"]), map(_number, group["betas"])
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if len(state) == 0:
+                    state["exp_avg"] = torch.zeros_like(p)
+                grad = -p.grad if group["maximize"] else p.grad
+                real = [torch.view_as_real(t) if t.is_complex() else t for t in (p, grad, state["exp_avg"])]
+                lion_pytorch_update(*real, lr, wd, beta1, beta2)
+        return loss
+
+
+def _number(value):
+    return float(value) if torch.is_tensor(value) else value
+
+
+_LION_CONFIGS = [
+    OptimConfig("default", {}),
+    OptimConfig("lr", {"lr": 0.01}),
+    OptimConfig("tensor lr", {"lr": torch.tensor(0.01)}),
+    OptimConfig("betas", {"lr": 0.01, "betas": (0.95, 0.98)}),
+    OptimConfig("beta1 = 1 and beta2 = 0", {"lr": 0.01, "betas": (1.0, 0.0)}),
+    OptimConfig("weight_decay", {"lr": 0.01, "weight_decay": 0.5}),
+    OptimConfig("tensor weight_decay", {"lr": 0.01, "weight_decay": torch.tensor(0.2)}),
+    OptimConfig("maximize", {"lr": 0.01, "maximize": True}),
+    OptimConfig("everything", {"lr": torch.tensor(0.02), "betas": (0.8, 0.9), "weight_decay": 1.0, "maximize": True}),
+    OptimConfig("impl flags", {"lr": 0.01, "foreach": False, "capturable": True}),
+    *_extras({"lr": 0.01, "weight_decay": 0.1}),
+]
+# Lion's reference is lion-pytorch (its update), not torch.optim (configs.LionPytorch).
+ALGORITHMS["Lion"] = Algorithm("Lion", fusedopt.Lion, LionPytorch, {"lr": 0.003, "betas": (0.8, 0.95),
+                                                                    "weight_decay": 0.1}, _LION_CONFIGS)
+
 # (algorithm, config) for every config: what the option-by-option parity tests run.
 ALL_CONFIGS = [(alg, config) for alg in ALGORITHMS.values() for config in alg.configs]
 
@@ -238,6 +294,7 @@ REPRESENTATIVE += select(
     "Adagrad-optim_db:default", "Adagrad-fusedopt:everything", "Adagrad-fusedopt:clip_active",
     "RMSprop-optim_db:default", "RMSprop-fusedopt:everything", "RMSprop-fusedopt:clip_active",
     "Adamax-optim_db:default", "Adamax-fusedopt:everything", "Adamax-fusedopt:clip_active",
+    "Lion-fusedopt:default", "Lion-fusedopt:everything", "Lion-fusedopt:clip_active",
 )
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 import fusedopt
+from configs import LionPytorch
 from helpers import (assert_close, assert_snapshot_equal, backend_served_by, class_backend, has_kernel,
                      load_cuda_emu, require_backend, snapshot)
 
@@ -59,11 +60,12 @@ ALGORITHMS.update({
     "RMSprop": Algorithm(fusedopt.RMSprop, torch.optim.RMSprop,
                          dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.01)),
     "Adamax": Algorithm(fusedopt.Adamax, torch.optim.Adamax, dict(lr=0.01, weight_decay=0.01)),
+    "Lion": Algorithm(fusedopt.Lion, LionPytorch, dict(lr=0.01, weight_decay=0.1)),
 })
 ALL_OF_TORCH = tuple(name for name in ALGORITHMS if name != "Lion")  # the torch.optim namesakes
 WITH_STEP = (*ADAMS, "Adagrad", "RMSprop", "Adamax")  # algorithms with a per-param step count
 WITH_EPS = (*ADAMS, "Adagrad", "RMSprop", "Adamax")
-WITH_BETAS = (*ADAMS, "Adamax")
+WITH_BETAS = (*ADAMS, "Adamax", "Lion")
 BETAS_BELOW_1 = (*ADAMS, "Adamax")  # betas in [0, 1)
 
 
@@ -320,11 +322,13 @@ _STEP_MINUS_ONE = dict(Adam=ZeroDivisionError, AdamW=ZeroDivisionError, Adagrad=
 # A step count on the meta device: read by the update (.item()) except in RMSprop, which only counts.
 _STEP_ON_META = dict(Adam=RuntimeError, AdamW=RuntimeError, Adagrad=RuntimeError, RMSprop=None, Adamax=RuntimeError)
 # beta2 = 1.5: Adam's sqrt of a negative bias correction fails; Adamax's max(1.5 u, |g| + eps) only grows.
-_BETA2_ABOVE_1 = dict(Adam=RuntimeError, AdamW=RuntimeError, Adamax=None)
+_BETA2_ABOVE_1 = dict(Adam=RuntimeError, AdamW=RuntimeError, Adamax=None, Lion=None)
 
 BAD_INPUTS = [
     BadInput("sparse grad", _sparse_grad, RuntimeError, ("sparse gradients", "parameter 1 of param group 1"),
-             RuntimeError, (*ADAMS, "RMSprop", "Adamax"), why="torch.optim.SGD and Adagrad take sparse grads"),
+             dict(Adam=RuntimeError, AdamW=RuntimeError, RMSprop=RuntimeError, Adamax=RuntimeError, Lion=None),
+             (*ADAMS, "RMSprop", "Adamax", "Lion"),
+             why="torch.optim.SGD and Adagrad take sparse grads (lion-pytorch adds one to its dense state)"),
     BadInput("grad of wrong shape", _grad_of_wrong_shape, RuntimeError,
              ("parameter 1 of param group 1", "[2, 2]", "[5]"), RuntimeError),
     BadInput("grad of wrong dtype", _grad_of_wrong_dtype, RuntimeError,
@@ -376,7 +380,7 @@ BAD_INPUTS = [
     BadInput("loaded step a string", _loaded_step("3"), ValueError, ("'step'", "str"), ValueError, WITH_STEP),
     BadInput("loaded state of wrong shape", _loaded_state_of_wrong_shape, ValueError,
              ("has shape [7]", "[2, 2]", "parameter 1 of param group 1"), RuntimeError,
-             ("SGD-momentum", *ADAMS, "Adagrad", "RMSprop", "Adamax")),
+             ("SGD-momentum", *ADAMS, "Adagrad", "RMSprop", "Adamax", "Lion")),
     BadInput("loaded betas[0] = 1", _loaded_hyper("betas", (1.0, 0.999)), ValueError,
              ("Invalid beta parameter at index 0: 1.0", "param group 1"), ZeroDivisionError, BETAS_BELOW_1),
     BadInput("loaded negative lr", _loaded_hyper("lr", -1.0), ValueError, ("Invalid learning rate: -1.0",), None),
