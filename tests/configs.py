@@ -206,8 +206,8 @@ class LionPytorch(torch.optim.Optimizer):
     """lion-pytorch's Lion (its own update function, ``lion_pytorch.lion_pytorch.update_fn``, on lion-pytorch's
     state) behind fusedopt.Lion's signature, so that the tables can run it where they run a torch.optim class
     with the same kwargs: ``maximize`` negates the grad first (as torch.optim does), ``foreach``/``capturable``
-    change nothing, a tensor lr, betas or weight_decay is read as a float (anything else is passed as it is) (lion-pytorch's update takes Python
-    numbers), and a complex param is updated as its real view (torch.optim's convention, which fusedopt.Lion
+    change nothing, a tensor lr, betas or weight_decay is read as a float (lion-pytorch's update takes Python
+    numbers; anything else is passed as it is), and a complex param is updated as its real view (torch.optim's convention, which fusedopt.Lion
     follows). tests/test_lion.py checks that it equals lion_pytorch.Lion itself where both apply."""
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False, foreach=None,

@@ -148,7 +148,8 @@ class Setup:
             if self.backend is None:
                 self._opt = algo.torch_cls(groups, **algo.kwargs)
             else:
-                self._opt = algo.fused_cls(groups, **algo.kwargs, **self.extras, backend=_cls_backend(self.backend, self.name))
+                self._opt = algo.fused_cls(groups, **algo.kwargs, **self.extras,
+                                           backend=_cls_backend(self.backend, self.name))
             for _ in range(self.warm):
                 self.set_grads()
                 self._opt.step()

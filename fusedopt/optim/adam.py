@@ -14,6 +14,23 @@ def _to_scalar(beta):
     return beta.squeeze() if isinstance(beta, Tensor) and beta.dim() != 0 else beta
 
 
+def check_ranges(lr, betas, eps, weight_decay, at_step: bool) -> None:
+    """The range checks torch.optim.Adam and Adamax share (after their tensor-lr checks), in their order and
+    words."""
+    if _readable(lr, at_step) and not 0.0 <= lr:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if _readable(eps, at_step) and not 0.0 <= eps:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    if at_step and len(betas) != 2:
+        raise ValueError(f"Invalid betas: {betas}; expected two values")
+    if _readable(betas[0], at_step) and not 0.0 <= betas[0] < 1.0:
+        raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+    if _readable(betas[1], at_step) and not 0.0 <= betas[1] < 1.0:
+        raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+    if _readable(weight_decay, at_step) and not 0.0 <= weight_decay:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+
 class Adam(FusedOptimizer):
     r"""Adam, a drop-in for :class:`torch.optim.Adam` (AdamW with ``decoupled_weight_decay=True``).
 
@@ -75,18 +92,7 @@ class Adam(FusedOptimizer):
                 raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
             if lr.numel() != 1:
                 raise ValueError("Tensor lr must be 1-element")
-        if _readable(lr, at_step) and not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if _readable(eps, at_step) and not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if at_step and len(betas) != 2:
-            raise ValueError(f"Invalid betas: {betas}; expected two values")
-        if _readable(betas[0], at_step) and not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if _readable(betas[1], at_step) and not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if _readable(weight_decay, at_step) and not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_ranges(lr, betas, eps, weight_decay, at_step)
         if not ((isinstance(betas[0], float) and isinstance(betas[1], float))
                 or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))):
             raise ValueError("betas must be either both floats or both Tensors")

@@ -6,7 +6,8 @@ from torch import Tensor
 from torch.optim.adamax import adamax as torch_adamax
 
 from fusedopt import rules
-from fusedopt.optim._base import FusedOptimizer, _readable
+from fusedopt.optim._base import FusedOptimizer
+from fusedopt.optim.adam import check_ranges
 
 
 class Adamax(FusedOptimizer):
@@ -56,18 +57,7 @@ class Adamax(FusedOptimizer):
         lr, betas, eps, weight_decay = hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"]
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        if _readable(lr, at_step) and not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if _readable(eps, at_step) and not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if at_step and len(betas) != 2:
-            raise ValueError(f"Invalid betas: {betas}; expected two values")
-        if _readable(betas[0], at_step) and not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if _readable(betas[1], at_step) and not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if _readable(weight_decay, at_step) and not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_ranges(lr, betas, eps, weight_decay, at_step)
 
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
         state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
