@@ -381,9 +381,9 @@ def test_clip_nonfinite_ignore(alg, config, backend, bad):
     assert not math.isfinite(expected.norms[2]), "the poisoned step should have a non-finite norm"
     assert_runs_close(fused, expected, torch.float32, equal_nan=True)
     params = fused.params
-    bad = PARAM_NAMES.index(BAD_AT[0])
+    at = PARAM_NAMES.index(BAD_AT[0])
     # Lion: torch's sign of NaN is 0, so the param stays where it was and its momentum holds the NaN.
-    assert bool(params[bad].isnan().any()) or any(bool(v.isnan().any()) for v in fused.states[bad].values()), \
+    assert bool(params[at].isnan().any()) or any(bool(v.isnan().any()) for v in fused.states[at].values()), \
         "the poisoned element should end up NaN"
     if not math.isnan(bad):  # an inf norm zeroes the finite grads: those params stay finite
         assert all(bool(p.isfinite().all()) for name, p in zip(PARAM_NAMES, params) if name != BAD_AT[0])
