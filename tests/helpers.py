@@ -197,12 +197,12 @@ def require_backend(name: str) -> None:
 def has_kernel(backend: str, rule: str) -> bool:
     """Whether the compiled backend ``backend`` has a kernel for the update rule ``rule`` (the reference has every
     rule). A backend that is not loaded counts as having it, so a test that needs it fails (require_backend or
-    load_cuda_emu), never skips; "cuda-emu" runs the CUDA kernels, so it has the rules the "cuda" backend has, or
-    where that is not built, the "cpu" backend (one C++ rule table serves both)."""
+    load_cuda_emu), never skips; the CUDA kernels ("cuda", and "cuda-emu" on the emulated grid) where they are not
+    loaded have the rules of the "cpu" backend (one C++ rule table serves both)."""
     from fusedopt import ops
 
-    if backend == "cuda-emu":
-        backend = "cuda-emu" if "cuda-emu" in ops.BACKENDS else "cuda" if "cuda" in ops.BACKENDS else "cpu"
+    if backend in ("cuda", "cuda-emu") and backend not in ops.BACKENDS:
+        backend = "cuda" if "cuda" in ops.BACKENDS else "cpu"
     module = ops.BACKENDS.get(backend)
     return module is None or rule in ops.rules_of(module)
 
