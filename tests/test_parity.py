@@ -615,6 +615,27 @@ def test_fp16_adam_tiny_eps(alg, backend):
     assert_states_close(fused.states, truth.states, RTOL[torch.float32], FLOOR[torch.float32])
 
 
+@pytest.mark.parametrize("alg", [ALGORITHMS[n] for n in ("Adagrad", "RMSprop", "Adamax")], ids=lambda a: a.name)
+def test_fp16_tiny_eps(alg, backend):
+    """Adagrad, RMSprop, Adamax in fp16 with their default eps (torch's own fp16 run divides by zero, see
+    configs.for_dtype): fp32 states match the fp32 truth to fp32 precision (no weight decay: they depend on the
+    grads alone), and each step adds at most half an fp16 ulp of rounding to the params."""
+    config = OptimConfig("tiny eps", {"lr": 0.01})
+    alg = dataclasses.replace(alg, second_group={"lr": 0.003})
+    groups = make_params(torch.float16)
+    grads = make_grads(torch.float16)
+    grads[0][PARAM_NAMES.index("big")][:10] = 1e-4  # g*g underflows fp16 here
+    fused = run(lambda g: alg.fused_cls(param_groups(alg, g), **config.fused_kwargs(backend)),  # not for_dtype
+                clone_params(groups), grads, fused_step)
+    truth = run(lambda g: alg.torch_cls(param_groups(alg, g), **config.torch_kwargs()),
+                clone_params(groups, torch.float32), [[g.float() for g in step] for step in grads],
+                lambda opt: torch_step(opt, None))
+    for name, f, t in zip(PARAM_NAMES, fused.params, truth.params):
+        bound = STEPS / 2 * ulp(_scale(t), torch.float16) + 1e-5 * _scale(t)
+        assert_close(f, t, rtol=0.0, atol=bound, name=f"fp16 param {name!r}")
+    assert_states_close(fused.states, truth.states, RTOL[torch.float32], FLOOR[torch.float32])
+
+
 @pytest.mark.parametrize("alg", list(ALGORITHMS.values()), ids=list(ALGORITHMS))
 def test_fp64_grads_beyond_fp32_range(alg, backend):
     """Finite fp64 grads of 1e20 (square beyond fp32) and 1e39 (beyond fp32 itself) behave as in torch."""
