@@ -5,8 +5,8 @@ PyTorch's ``test/test_optim.py`` (class ``TestOptimRenewed``, generated over
 repository: pass the path of a copy that matches the installed torch (e.g. from a pytorch checkout at the
 installed version's tag). This adapter
 
-- keeps the SGD, Adam and AdamW entries of ``optim_db`` (the algorithms fusedopt implements), and with
-  ``--optim fusedopt`` swaps ``fusedopt.SGD/Adam/AdamW`` in as their ``optim_cls`` (the class names, and so the
+- keeps the entries of ``optim_db`` for the torch.optim algorithms fusedopt implements (``ALGORITHMS``), and
+  with ``--optim fusedopt`` swaps fusedopt's classes in as their ``optim_cls`` (the class names, and so the
   test names, stay the same); every other field of torch's OptimizerInfo (configs, error inputs, skips,
   supported impls) is torch's own;
 - generates the CPU tests only (``PYTORCH_TESTING_DEVICE_ONLY_FOR=cpu``);
@@ -33,13 +33,13 @@ import types
 from collections import Counter
 from pathlib import Path
 
-ALGORITHMS = ("SGD", "Adam", "AdamW")
+ALGORITHMS = ("SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax")
 SIBLINGS = {"optim.test_lrscheduler": "TestLRScheduler", "optim.test_optim": "TestDifferentiableOptimizer",
             "optim.test_swa_utils": "TestSWAUtils"}
 
 
 def patch_optim_db(optim: str) -> None:
-    """Restrict optim_db (in place: test_optim.py imports the list object) to SGD/Adam/AdamW, and for
+    """Restrict optim_db (in place: test_optim.py imports the list object) to ALGORITHMS, and for
     ``optim == "fusedopt"`` make fusedopt's classes their ``optim_cls``. Must run before test_optim.py is
     imported, as its ``@optims(optim_db)`` decorators read the list at class creation."""
     from torch.testing._internal import common_optimizers
