@@ -19,7 +19,7 @@ test_optim.py imports three sibling modules of pytorch's test folder (``optim.te
 file, empty stand-ins are installed under those names (this adapter runs none of those classes).
 
     .venv/bin/python tests/torch_suite.py /path/to/test_optim.py --optim both
-    .venv/bin/python tests/torch_suite.py /path/to/test_optim.py --optim fusedopt -- -x -k test_errors
+    .venv/bin/python tests/torch_suite.py --optim fusedopt /path/to/test_optim.py -- -x -k test_errors
 """
 from __future__ import annotations
 
@@ -108,7 +108,8 @@ def run_both(test_file: Path, json_dir: Path, pytest_args: list[str]) -> int:
         out = json_dir / f"{optim}.json"
         out.unlink(missing_ok=True)
         extra = ["--", *pytest_args] if pytest_args else []
-        subprocess.run([sys.executable, __file__, str(test_file), "--optim", optim, "--json", str(out), *extra],
+        # The file right before "--": argparse matches the positionals in one go.
+        subprocess.run([sys.executable, __file__, "--optim", optim, "--json", str(out), str(test_file), *extra],
                        check=False)
         if not out.exists():
             raise SystemExit(f"the {optim} run wrote no outcomes ({out}): see its output above")
