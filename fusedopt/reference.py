@@ -202,7 +202,6 @@ def _adam(i, p32, g, states, scalars, first, h, flags):
 # scalar states by key, is_first, hyperparameters by name (lr already from lr_tensor), the switches that are on)
 # -> the new value. Scalar states are advanced here (the caller has already returned for a skipped step).
 RULE_BODIES = {"sgd": _sgd, "adam": _adam}
-RULES = frozenset(RULE_BODIES)  # the rules this backend runs (fusedopt.ops.rules_of)
 
 
 # --- Adagrad, RMSprop, Adamax, Lion: torch.optim's single-tensor loops (Lion: lion-pytorch's update_fn), op for
@@ -428,3 +427,5 @@ def _asgd(i, p32, g, states, scalars, first, h, flags):
 
 
 RULE_BODIES.update({"nadam": _nadam, "radam": _radam, "adadelta": _adadelta, "rprop": _rprop, "asgd": _asgd})
+
+RULES = frozenset(RULE_BODIES)  # the rules this backend runs (fusedopt.ops.rules_of): every body above

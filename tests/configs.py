@@ -298,9 +298,9 @@ def for_dtype(alg: Algorithm, kwargs: dict, dtype: torch.dtype) -> dict:
     """Constructor kwargs adjusted for ``dtype`` the way optim_db adjusts its own: for fp16, Adam's eps becomes
     0.1 because torch's fp16 states underflow (g*g < 6e-8 gives v = 0, and 1e-8 rounds to 0 in fp16, so
     torch's own fp16 run divides by zero and has no finite error to compare against). fusedopt's fp16 run with
-    a tiny eps is tested separately (test_fp16_adam_tiny_eps). The same for the others in FP16_LARGE_EPS: NAdam,
-    RAdam, and Adagrad, RMSprop, Adamax, whose fp16 denominators (sqrt of an underflowed sum, |g| + eps) are 0
-    where torch's fp16 eps rounds to 0 (fusedopt's fp16 runs with their default eps: test_fp16_tiny_eps)."""
+    a tiny eps is tested separately (test_parity.test_fp16_tiny_eps). The same for the others in FP16_LARGE_EPS:
+    NAdam, RAdam, and Adagrad, RMSprop, Adamax, whose fp16 denominators (sqrt of an underflowed sum, |g| + eps)
+    are 0 where torch's fp16 eps rounds to 0."""
     if dtype == torch.float16 and alg.torch_cls in FP16_LARGE_EPS:
         return {**kwargs, "eps": 0.1}
     return kwargs
