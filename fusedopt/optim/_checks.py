@@ -10,9 +10,13 @@ from fusedopt.optim._base import _readable
 
 def check_lr(lr, at_step: bool) -> None:
     """torch's checks of lr in every class but SGD (which lets NaN through: ``lr < 0.0``)."""
+    check_tensor_lr(lr)
+    check_nonnegative(lr, "learning rate", at_step)
+
+
+def check_tensor_lr(lr) -> None:
     if isinstance(lr, Tensor) and lr.numel() != 1:
         raise ValueError("Tensor lr must be 1-element")
-    check_nonnegative(lr, "learning rate", at_step)
 
 
 def check_nonnegative(value, what: str, at_step: bool) -> None:
@@ -22,10 +26,19 @@ def check_nonnegative(value, what: str, at_step: bool) -> None:
 
 
 def check_betas(betas, at_step: bool) -> None:
-    """Two betas in [0, 1) (Adam, NAdam, RAdam)."""
+    """Two betas in [0, 1) (Adam, NAdam, RAdam, Adamax)."""
     if at_step and len(betas) != 2:
         raise ValueError(f"Invalid betas: {betas}; expected two values")
     for i in (0, 1):  # torch indexes them (an IndexError for one beta, more are not looked at)
         beta = betas[i]
         if _readable(beta, at_step) and not 0.0 <= beta < 1.0:
             raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+
+
+def check_adam_ranges(lr, betas, eps, weight_decay, at_step: bool) -> None:
+    """lr, eps, betas and weight_decay in the order and words of torch's Adam, NAdam, RAdam and Adamax (after
+    their own checks of a tensor lr)."""
+    check_nonnegative(lr, "learning rate", at_step)
+    check_nonnegative(eps, "epsilon value", at_step)
+    check_betas(betas, at_step)
+    check_nonnegative(weight_decay, "weight_decay value", at_step)

@@ -7,7 +7,7 @@ from torch.optim.adam import adam as torch_adam
 
 from fusedopt import rules
 from fusedopt.optim._base import FusedOptimizer
-from fusedopt.optim._checks import check_betas, check_nonnegative
+from fusedopt.optim._checks import check_adam_ranges, check_tensor_lr
 
 
 def _to_scalar(beta):
@@ -74,12 +74,8 @@ class Adam(FusedOptimizer):
         if isinstance(lr, Tensor):
             if foreach and not capturable:
                 raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
-            if lr.numel() != 1:
-                raise ValueError("Tensor lr must be 1-element")
-        check_nonnegative(lr, "learning rate", at_step)
-        check_nonnegative(eps, "epsilon value", at_step)
-        check_betas(betas, at_step)
-        check_nonnegative(weight_decay, "weight_decay value", at_step)
+            check_tensor_lr(lr)
+        check_adam_ranges(lr, betas, eps, weight_decay, at_step)
         if not ((isinstance(betas[0], float) and isinstance(betas[1], float))
                 or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))):
             raise ValueError("betas must be either both floats or both Tensors")

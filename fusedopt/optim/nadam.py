@@ -7,7 +7,7 @@ from torch.optim.nadam import nadam as torch_nadam
 
 from fusedopt import rules
 from fusedopt.optim._base import FusedOptimizer
-from fusedopt.optim._checks import check_betas, check_lr, check_nonnegative
+from fusedopt.optim._checks import check_adam_ranges, check_nonnegative, check_tensor_lr
 
 
 class NAdam(FusedOptimizer):
@@ -64,10 +64,8 @@ class NAdam(FusedOptimizer):
     def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
         # torch.optim.NAdam's checks, in its order and words.
         lr, betas, eps, weight_decay = hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"]
-        check_lr(lr, at_step)
-        check_nonnegative(eps, "epsilon value", at_step)
-        check_betas(betas, at_step)
-        check_nonnegative(weight_decay, "weight_decay value", at_step)
+        check_tensor_lr(lr)
+        check_adam_ranges(lr, betas, eps, weight_decay, at_step)
         check_nonnegative(hp["momentum_decay"], "momentum_decay value", at_step)
 
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:

@@ -7,7 +7,7 @@ from torch.optim.radam import radam as torch_radam
 
 from fusedopt import rules
 from fusedopt.optim._base import FusedOptimizer
-from fusedopt.optim._checks import check_betas, check_lr, check_nonnegative
+from fusedopt.optim._checks import check_adam_ranges, check_tensor_lr
 
 
 class RAdam(FusedOptimizer):
@@ -64,10 +64,8 @@ class RAdam(FusedOptimizer):
     def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
         # torch.optim.RAdam's checks, in its order and words.
         lr, betas, eps, weight_decay = hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"]
-        check_lr(lr, at_step)
-        check_nonnegative(eps, "epsilon value", at_step)
-        check_betas(betas, at_step)
-        check_nonnegative(weight_decay, "weight_decay value", at_step)
+        check_tensor_lr(lr)
+        check_adam_ranges(lr, betas, eps, weight_decay, at_step)
 
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
         state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
