@@ -173,6 +173,20 @@ def check_backend_name(name: str) -> None:
         )
 
 
+def check_backend_rule(name: str, rule: str) -> None:
+    """At construction: a backend named explicitly must have a kernel for the optimizer's update rule (the same
+    error ``resolve`` raises at a step); "auto" falls back to the reference instead, and the reference has every
+    rule."""
+    backend = BACKENDS.get(name)
+    if name not in ("auto", "reference") and backend is not None and rule not in rules_of(backend):
+        raise RuntimeError(_no_kernel_message(name, rule, backend))
+
+
+def _no_kernel_message(name: str, rule: str, backend) -> str:
+    return (f"fusedopt backend {name!r} has no kernel for the update rule {rule!r} (it has "
+            f"{', '.join(sorted(rules_of(backend)))}); use backend='auto' or 'reference'")
+
+
 def rules_of(backend) -> frozenset[str]:
     """The update rules a backend has kernels for (the reference has every rule)."""
     return backend.RULES
@@ -185,8 +199,7 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, rule: str | Non
     backend = _resolve(name, device, dtype)
     if rule is not None and rule not in rules_of(backend):
         if name != "auto":
-            raise RuntimeError(f"fusedopt backend {name!r} has no kernel for the update rule {rule!r} (it has "
-                               f"{', '.join(sorted(rules_of(backend)))}); use backend='auto' or 'reference'")
+            raise RuntimeError(_no_kernel_message(name, rule, backend))
         _warn_once(f"no-{rule}-kernel-{device.type}",
                    f"fusedopt: no compiled {device.type} kernel for the update rule {rule!r} yet; using the slow "
                    f"pure-torch reference")

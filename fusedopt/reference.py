@@ -205,6 +205,79 @@ RULE_BODIES = {"sgd": _sgd, "adam": _adam}
 RULES = frozenset(RULE_BODIES)  # the rules this backend runs (fusedopt.ops.rules_of)
 
 
+# --- Adagrad, RMSprop, Adamax, Lion: torch.optim's single-tensor loops (Lion: lion-pytorch's update_fn), op for
+# op, so that fp32 results equal theirs. States are read in the compute dtype and written back rounded; the rest
+# of the step uses the unrounded values (see the module docstring).
+
+def _adagrad(i, p32, g, states, scalars, first, h, flags):
+    """torch.optim.adagrad._single_tensor_adagrad on one (dense) param."""
+    scalars["step"] += 1
+    step = float(scalars["step"].item())
+    if h["weight_decay"] != 0:
+        g = g.add(p32, alpha=h["weight_decay"])
+    clr = h["lr"] / (1 + (step - 1) * h["lr_decay"])
+    state_sum = states["sum"].to(g.dtype).addcmul(g, g, value=1)
+    states["sum"].copy_(state_sum)
+    std = state_sum.sqrt().add_(h["eps"])
+    return p32.addcdiv(g, std, value=-clr)
+
+
+def _rmsprop(i, p32, g, states, scalars, first, h, flags):
+    """torch.optim.rmsprop._single_tensor_rmsprop on one param."""
+    dtype = g.dtype
+    alpha, momentum = h["alpha"], h["momentum"]
+    scalars["step"] += 1  # counted as torch does; the update does not use it
+    if h["weight_decay"] != 0:
+        g = g.add(p32, alpha=h["weight_decay"])
+    square_avg = states["square_avg"].to(dtype).mul(alpha).addcmul_(g, g, value=1 - alpha)
+    states["square_avg"].copy_(square_avg)
+    if "centered" in flags:
+        grad_avg = states["grad_avg"].to(dtype).lerp(g, 1 - alpha)
+        states["grad_avg"].copy_(grad_avg)
+        avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+    else:
+        avg = square_avg.sqrt()
+    avg = avg.add_(h["eps"])
+    if momentum > 0:
+        buf = states["momentum_buffer"].to(dtype).mul(momentum).addcdiv_(g, avg)
+        states["momentum_buffer"].copy_(buf)
+        return p32.add(buf, alpha=-h["lr"])
+    return p32.addcdiv(g, avg, value=-h["lr"])
+
+
+def _adamax(i, p32, g, states, scalars, first, h, flags):
+    """torch.optim.adamax._single_tensor_adamax (not capturable) on one param."""
+    dtype = g.dtype
+    beta1 = h["beta1"]
+    scalars["step"] += 1
+    step = float(scalars["step"].item())
+    if h["weight_decay"] != 0:
+        g = g.add(p32, alpha=h["weight_decay"])
+    exp_avg = states["exp_avg"].to(dtype).lerp(g, 1 - beta1)
+    exp_inf = torch.maximum(states["exp_inf"].to(dtype).mul(h["beta2"]), g.abs().add_(h["eps"]))
+    states["exp_avg"].copy_(exp_avg)
+    states["exp_inf"].copy_(exp_inf)
+    clr = h["lr"] / (1 - beta1**step)
+    return p32.addcdiv(exp_avg, exp_inf, value=-clr)
+
+
+def _lion(i, p32, g, states, scalars, first, h, flags):
+    """lion-pytorch's update_fn (Chen et al. 2023, Algorithm 2) on one param: decay, the sign of the
+    interpolated momentum (sign(0) = 0), then the momentum update."""
+    dtype = g.dtype
+    lr, beta1, beta2 = h["lr"], h["beta1"], h["beta2"]
+    if h["weight_decay"] != 0:  # lion-pytorch multiplies by 1 - lr * 0 = 1 too: the same bits
+        p32 = p32.mul(1.0 - lr * h["weight_decay"])
+    exp_avg = states["exp_avg"].to(dtype)
+    update = exp_avg.mul(beta1).add(g, alpha=1.0 - beta1).sgn_()
+    p32 = p32.add(update, alpha=-lr)
+    states["exp_avg"].copy_(exp_avg.mul(beta2).add_(g, alpha=1.0 - beta2))
+    return p32
+
+
+RULE_BODIES.update(adagrad=_adagrad, rmsprop=_rmsprop, adamax=_adamax, lion=_lion)
+
+
 def _check_steps(scalars: dict[str, list[Tensor]]) -> None:
     # As the compiled ops: a count below 0 would divide by a zero bias correction.
     for i, step in enumerate(scalars.get("step", ())):

@@ -131,3 +131,20 @@ RPROP = register(Rule(
 ASGD = register(Rule(
     "asgd", hyper=("lr", "lambd", "alpha", "t0", "weight_decay"), flags=(),
     states=("ax",), scalars=("step", "eta", "mu")))
+
+# --- Adagrad, RMSprop, Adamax, Lion (issue 12 part 2) ---
+
+ADAGRAD = register(Rule(
+    "adagrad", hyper=("lr", "lr_decay", "weight_decay", "eps"), flags=(), states=("sum",), scalars=("step",)))
+
+RMSPROP = register(Rule(
+    "rmsprop", hyper=("lr", "alpha", "eps", "weight_decay", "momentum"), flags=("centered",),
+    states=("square_avg", "grad_avg", "momentum_buffer"), scalars=("step",),
+    optional={"grad_avg": lambda h, f: "centered" in f, "momentum_buffer": lambda h, f: h["momentum"] > 0}))
+
+ADAMAX = register(Rule(
+    "adamax", hyper=("lr", "beta1", "beta2", "eps", "weight_decay"), flags=(), states=("exp_avg", "exp_inf"),
+    scalars=("step",)))
+
+# Lion keeps no step count (its update does not use one; lion-pytorch keeps none either).
+LION = register(Rule("lion", hyper=("lr", "beta1", "beta2", "weight_decay"), flags=(), states=("exp_avg",)))

@@ -21,6 +21,7 @@ import copy
 from dataclasses import dataclass, field
 
 import torch
+from lion_pytorch.lion_pytorch import update_fn as lion_pytorch_update
 from torch.testing._internal.common_optimizers import optim_db
 
 import fusedopt
@@ -137,6 +138,122 @@ ALGORITHMS = {
                        _ADAM_COMMON + _from_optim_db("AdamW")),
 }
 
+# --- Adagrad, RMSprop, Adamax, Lion (issue 12 part 2). Their rules run on the reference backend until the
+# compiled backends get kernels for them (tests skip, saying so, a backend without the rule: helpers.require_rule).
+
+_ADAGRAD_CONFIGS = [
+    OptimConfig("lr", {"lr": 0.1}),
+    OptimConfig("tensor lr", {"lr": torch.tensor(0.05)}),
+    OptimConfig("lr_decay", {"lr": 0.1, "lr_decay": 0.05}),
+    OptimConfig("initial_accumulator_value", {"lr": 0.1, "initial_accumulator_value": 0.5}),
+    OptimConfig("eps", {"lr": 0.1, "eps": 1e-3}),
+    OptimConfig("weight_decay", {"lr": 0.1, "weight_decay": 0.1}),
+    OptimConfig("tensor weight_decay", {"lr": 0.1, "weight_decay": torch.tensor(0.2)}),
+    OptimConfig("maximize", {"lr": 0.1, "maximize": True}),
+    OptimConfig("everything", {"lr": torch.tensor(0.05), "lr_decay": 0.02, "weight_decay": 0.1,
+                               "initial_accumulator_value": 0.2, "eps": 1e-6, "maximize": True}),
+    OptimConfig("impl flags", {"lr": 0.1, "foreach": False, "fused": True}),
+    *_extras({"lr": 0.1, "lr_decay": 0.01, "weight_decay": 0.05}),
+]
+ALGORITHMS["Adagrad"] = Algorithm("Adagrad", fusedopt.Adagrad, torch.optim.Adagrad,
+                                  {"lr": 0.03, "lr_decay": 0.01, "weight_decay": 0.05},
+                                  _ADAGRAD_CONFIGS + _from_optim_db("Adagrad"))
+
+_RMSPROP_CONFIGS = [
+    OptimConfig("lr", {"lr": 0.01}),
+    OptimConfig("tensor lr", {"lr": torch.tensor(0.01)}),
+    OptimConfig("alpha", {"lr": 0.01, "alpha": 0.9}),
+    OptimConfig("eps", {"lr": 0.01, "eps": 1e-3}),
+    OptimConfig("weight_decay", {"lr": 0.01, "weight_decay": 0.1}),
+    OptimConfig("tensor weight_decay", {"lr": 0.01, "weight_decay": torch.tensor(0.2)}),
+    OptimConfig("momentum", {"lr": 0.01, "momentum": 0.9}),
+    OptimConfig("centered", {"lr": 0.01, "centered": True}),
+    OptimConfig("maximize", {"lr": 0.01, "maximize": True}),
+    OptimConfig("everything", {"lr": torch.tensor(0.005), "alpha": 0.95, "eps": 1e-6, "weight_decay": 0.1,
+                               "momentum": 0.8, "centered": True, "maximize": True}),
+    OptimConfig("impl flags", {"lr": 0.01, "foreach": False, "capturable": True}),
+    # No weight decay under clipping: with it, one element's g * clip_coef + wd * p cancels to 2e-7 at step 0,
+    # where g / (sqrt((1 - alpha) g^2) + eps) is ill-conditioned (eps = 1e-8 ~ the root), so the one ulp by which
+    # the two global norms differ moves that param by 3e-5 after 10 steps. Given torch's own clipped grads, the
+    # reference equals torch bit for bit there.
+    *_extras({"lr": 0.01, "momentum": 0.9, "centered": True}),
+]
+ALGORITHMS["RMSprop"] = Algorithm("RMSprop", fusedopt.RMSprop, torch.optim.RMSprop,
+                                  {"lr": 0.003, "alpha": 0.9, "momentum": 0.5, "weight_decay": 0.05},
+                                  _RMSPROP_CONFIGS + _from_optim_db("RMSprop"))
+
+_ADAMAX_CONFIGS = [
+    OptimConfig("lr", {"lr": 0.01}),
+    OptimConfig("tensor lr", {"lr": torch.tensor(0.01)}),
+    OptimConfig("betas", {"lr": 0.01, "betas": (0.8, 0.95)}),
+    OptimConfig("eps", {"lr": 0.01, "eps": 1e-3}),
+    OptimConfig("weight_decay", {"lr": 0.01, "weight_decay": 0.1}),
+    OptimConfig("tensor weight_decay", {"lr": 0.01, "weight_decay": torch.tensor(0.2)}),
+    OptimConfig("maximize", {"lr": 0.01, "maximize": True}),
+    OptimConfig("everything", {"lr": torch.tensor(0.02), "betas": (0.85, 0.98), "eps": 1e-6, "weight_decay": 0.2,
+                               "maximize": True}),
+    OptimConfig("impl flags", {"lr": 0.01, "foreach": False, "capturable": True}),
+    *_extras({"lr": 0.01, "weight_decay": 0.05}),
+]
+ALGORITHMS["Adamax"] = Algorithm("Adamax", fusedopt.Adamax, torch.optim.Adamax,
+                                 {"lr": 0.003, "betas": (0.8, 0.99), "weight_decay": 0.05},
+                                 _ADAMAX_CONFIGS + _from_optim_db("Adamax"))
+
+
+class LionPytorch(torch.optim.Optimizer):
+    """lion-pytorch's Lion (its own update function, ``lion_pytorch.lion_pytorch.update_fn``, on lion-pytorch's
+    state) behind fusedopt.Lion's signature, so that the tables can run it where they run a torch.optim class
+    with the same kwargs: ``maximize`` negates the grad first (as torch.optim does), ``foreach``/``capturable``
+    change nothing, a tensor lr, betas or weight_decay is read as a float (lion-pytorch's update takes Python
+    numbers; anything else is passed as it is), and a complex param is updated as its real view (torch.optim's convention, which fusedopt.Lion
+    follows). tests/test_lion.py checks that it equals lion_pytorch.Lion itself where both apply."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False, foreach=None,
+                 capturable=False):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize,
+                                      foreach=foreach, capturable=capturable))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd, (beta1, beta2) = _number(group["lr"]), _number(group["weight_decay"]), map(_number, group["betas"])
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if len(state) == 0:
+                    state["exp_avg"] = torch.zeros_like(p)
+                grad = -p.grad if group["maximize"] else p.grad
+                real = [torch.view_as_real(t) if t.is_complex() else t for t in (p, grad, state["exp_avg"])]
+                lion_pytorch_update(*real, lr, wd, beta1, beta2)
+        return loss
+
+
+def _number(value):
+    return float(value) if torch.is_tensor(value) else value
+
+
+_LION_CONFIGS = [
+    OptimConfig("default", {}),
+    OptimConfig("lr", {"lr": 0.01}),
+    OptimConfig("tensor lr", {"lr": torch.tensor(0.01)}),
+    OptimConfig("betas", {"lr": 0.01, "betas": (0.95, 0.98)}),
+    OptimConfig("beta1 = 1 and beta2 = 0", {"lr": 0.01, "betas": (1.0, 0.0)}),
+    OptimConfig("weight_decay", {"lr": 0.01, "weight_decay": 0.5}),
+    OptimConfig("tensor weight_decay", {"lr": 0.01, "weight_decay": torch.tensor(0.2)}),
+    OptimConfig("maximize", {"lr": 0.01, "maximize": True}),
+    OptimConfig("everything", {"lr": torch.tensor(0.02), "betas": (0.8, 0.9), "weight_decay": 1.0, "maximize": True}),
+    OptimConfig("impl flags", {"lr": 0.01, "foreach": False, "capturable": True}),
+    *_extras({"lr": 0.01, "weight_decay": 0.1}),
+]
+# Lion's reference is lion-pytorch (its update), not torch.optim (configs.LionPytorch).
+ALGORITHMS["Lion"] = Algorithm("Lion", fusedopt.Lion, LionPytorch, {"lr": 0.003, "betas": (0.8, 0.95),
+                                                                    "weight_decay": 0.1}, _LION_CONFIGS)
+
 # (algorithm, config) for every config: what the option-by-option parity tests run.
 ALL_CONFIGS = [(alg, config) for alg in ALGORITHMS.values() for config in alg.configs]
 
@@ -164,15 +281,26 @@ REPRESENTATIVE = select(
 )
 
 
+# Adagrad, RMSprop, Adamax, Lion: every distinct path (issue 12 part 2).
+REPRESENTATIVE += select(
+    "Adagrad-optim_db:default", "Adagrad-fusedopt:everything", "Adagrad-fusedopt:clip_active",
+    "RMSprop-optim_db:default", "RMSprop-fusedopt:everything", "RMSprop-fusedopt:clip_active",
+    "Adamax-optim_db:default", "Adamax-fusedopt:everything", "Adamax-fusedopt:clip_active",
+    "Lion-fusedopt:default", "Lion-fusedopt:everything", "Lion-fusedopt:clip_active",
+)
+
 # Algorithms whose torch fp16 run divides by a zero denominator with the default eps (see for_dtype).
-FP16_LARGE_EPS = {torch.optim.Adam, torch.optim.AdamW}
+FP16_LARGE_EPS = {torch.optim.Adam, torch.optim.AdamW, torch.optim.Adagrad, torch.optim.RMSprop,
+                  torch.optim.Adamax}
 
 
 def for_dtype(alg: Algorithm, kwargs: dict, dtype: torch.dtype) -> dict:
     """Constructor kwargs adjusted for ``dtype`` the way optim_db adjusts its own: for fp16, Adam's eps becomes
     0.1 because torch's fp16 states underflow (g*g < 6e-8 gives v = 0, and 1e-8 rounds to 0 in fp16, so
     torch's own fp16 run divides by zero and has no finite error to compare against). fusedopt's fp16 run with
-    a tiny eps is tested separately (test_fp16_adam_tiny_eps)."""
+    a tiny eps is tested separately (test_fp16_adam_tiny_eps). The same for the others in FP16_LARGE_EPS: NAdam,
+    RAdam, and Adagrad, RMSprop, Adamax, whose fp16 denominators (sqrt of an underflowed sum, |g| + eps) are 0
+    where torch's fp16 eps rounds to 0 (fusedopt's fp16 runs with their default eps: test_fp16_tiny_eps)."""
     if dtype == torch.float16 and alg.torch_cls in FP16_LARGE_EPS:
         return {**kwargs, "eps": 0.1}
     return kwargs

@@ -13,7 +13,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from helpers import load_cuda_emu, require_backend  # noqa: E402
+from helpers import load_cuda_emu, require_backend, require_rule  # noqa: E402
 
 BACKEND_NAMES = ("reference", "cpu")
 
@@ -22,6 +22,22 @@ BACKEND_NAMES = ("reference", "cpu")
 def backend(request) -> str:
     require_backend(request.param)
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def _backend_has_the_rule(request):
+    """A case of an algorithm on a backend without a kernel for its rule yet is skipped, saying so (and runs once
+    the backend has it): a case parametrized by ``backend`` and by ``alg`` (a configs.Algorithm) or ``name`` (a
+    fusedopt class name)."""
+    import fusedopt
+
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    if "backend" not in params:
+        return
+    alg, name = params.get("alg"), params.get("name")
+    cls = getattr(alg, "fused_cls", None) or (getattr(fusedopt, name, None) if isinstance(name, str) else None)
+    if hasattr(cls, "_RULE"):
+        require_rule(params["backend"], cls)
 
 
 @pytest.fixture

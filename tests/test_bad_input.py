@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 import fusedopt
+from configs import LionPytorch
 from helpers import (assert_close, assert_snapshot_equal, backend_served_by, load_cuda_emu, require_backend,
                      require_rule, snapshot)
 
@@ -55,6 +56,14 @@ ALGORITHMS = {
     "Adadelta": Algorithm(fusedopt.Adadelta, torch.optim.Adadelta, dict(lr=0.5, weight_decay=0.1)),
     "Rprop": Algorithm(fusedopt.Rprop, torch.optim.Rprop, dict(lr=0.01, step_sizes=(1e-3, 0.05))),
     "ASGD": Algorithm(fusedopt.ASGD, torch.optim.ASGD, dict(lr=0.05, t0=0, weight_decay=0.1)),
+    # Adagrad, RMSprop, Adamax, Lion (issue 12 part 2). Lion's torch_cls is lion-pytorch's update
+    # (configs.LionPytorch).
+    "Adagrad": Algorithm(fusedopt.Adagrad, torch.optim.Adagrad,
+                         dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1)),
+    "RMSprop": Algorithm(fusedopt.RMSprop, torch.optim.RMSprop,
+                         dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.01)),
+    "Adamax": Algorithm(fusedopt.Adamax, torch.optim.Adamax, dict(lr=0.01, weight_decay=0.01)),
+    "Lion": Algorithm(fusedopt.Lion, LionPytorch, dict(lr=0.01, weight_decay=0.1)),
 }
 ADAMS = ("Adam", "AdamW")
 SGDS = ("SGD", "SGD-momentum")
@@ -65,6 +74,10 @@ WITH_SCALARS = tuple(name for name, a in ALGORITHMS.items() if set(a.fused_cls._
 NO_SPARSE = tuple(name for name, a in ALGORITHMS.items() if not a.fused_cls._SPARSE_GRADS)
 WITH = {hyper: tuple(name for name, a in ALGORITHMS.items() if hyper in a.fused_cls._HYPERPARAMETERS)
         for hyper in ("betas", "eps", "weight_decay")}
+
+BETAS_BELOW_1 = tuple(name for name in WITH["betas"] if name != "Lion")  # betas in [0, 1) (Lion's in [0, 1])
+# Algorithms whose torch.optim step divides by 1 - beta1**t, which beta1 = 1 makes zero.
+BETA1_DIVIDES = (*ADAMS, "Adamax")
 
 
 def _require(backend: str, algorithm: str | None = None) -> None:
@@ -301,9 +314,9 @@ def _loaded_hyper(key, value):
 NOT_RUN = object()  # torch.optim has no such input (a fusedopt-only option)
 # Algorithms whose torch.optim step divides by a Python float that a step count of 0 makes zero (a step count
 # loaded or set as -1 is incremented to 0 first).
-STEP_DIVIDES = (*ADAMS, "RAdam")
+STEP_DIVIDES = (*ADAMS, "RAdam", "Adamax")
 # Algorithms whose torch.optim step reads the step count on the host (a meta tensor has no value to read).
-STEP_READ = (*ADAMS, "NAdam", "RAdam", "ASGD")
+STEP_READ = (*ADAMS, "NAdam", "RAdam", "ASGD", "Adagrad", "Adamax")
 
 
 def _only(error: type, names) -> dict:
@@ -328,12 +341,14 @@ class BadInput:
 
 BAD_INPUTS = [
     BadInput("sparse grad", _sparse_grad, RuntimeError, ("sparse gradients", "parameter 1 of param group 1"),
-             RuntimeError, NO_SPARSE, why="torch.optim.SGD takes sparse grads"),
+             {**_only(RuntimeError, NO_SPARSE), "Lion": None}, NO_SPARSE,
+             why="torch.optim.SGD and Adagrad take sparse grads (lion-pytorch adds one to its dense state)"),
     BadInput("grad of wrong shape", _grad_of_wrong_shape, RuntimeError,
              ("parameter 1 of param group 1", "[2, 2]", "[5]"), RuntimeError),
     BadInput("grad of wrong dtype", _grad_of_wrong_dtype, RuntimeError,
              ("parameter 1 of param group 1", "torch.float64", "torch.bfloat16"),
-             {name: None if name in (*SGDS, "Adadelta", "Rprop", "ASGD") else RuntimeError for name in ALGORITHMS}),
+             {name: None if name in (*SGDS, "Adadelta", "Rprop", "ASGD", "Adagrad") else RuntimeError
+              for name in ALGORITHMS}),
     BadInput("params on two devices", _param_on_meta, RuntimeError, ("one device", "cpu", "meta"),
              _only(RuntimeError, ("ASGD",)),  # its step reads eta on the host, and a meta one has no value
              why="torch.optim updates each param on its own device"),
@@ -344,12 +359,13 @@ BAD_INPUTS = [
     BadInput("grad aliasing its param", _grad_aliasing_its_param, RuntimeError,
              ("parameter 1 of param group 1", "share memory"), None),
     BadInput("betas[0] = 1", _set_hyper("betas", (1.0, 0.999)), ValueError,
-             ("Invalid beta parameter at index 0: 1.0", "param group 1"), _only(ZeroDivisionError, ADAMS),
-             WITH["betas"]),
+             ("Invalid beta parameter at index 0: 1.0", "param group 1"), _only(ZeroDivisionError, BETA1_DIVIDES),
+             BETAS_BELOW_1),
+    # beta2 = 1.5: Adam's sqrt of a negative bias correction fails; Adamax's max(1.5 u, |g| + eps) only grows.
     BadInput("betas[1] > 1", _set_hyper("betas", (0.9, 1.5)), ValueError,
              ("Invalid beta parameter at index 1: 1.5", "param group 1"), _only(RuntimeError, ADAMS), WITH["betas"]),
     BadInput("betas list changed in place", _betas_list_changed_in_place, ValueError,
-             ("Invalid beta parameter at index 0: 1.0",), _only(ZeroDivisionError, ADAMS), WITH["betas"]),
+             ("Invalid beta parameter at index 0: 1.0",), _only(ZeroDivisionError, BETA1_DIVIDES), BETAS_BELOW_1),
     BadInput("negative beta", _set_hyper("betas", (-0.1, 0.999)), ValueError,
              ("Invalid beta parameter at index 0: -0.1",), None, WITH["betas"]),
     BadInput("negative lr", _set_hyper("lr", -0.1), ValueError, ("Invalid learning rate: -0.1", "param group 1"),
@@ -363,7 +379,7 @@ BAD_INPUTS = [
     BadInput("string weight_decay", _set_hyper("weight_decay", "0"), TypeError, ("weight_decay", "'0'"), TypeError,
              WITH["weight_decay"]),
     BadInput("negative momentum", _set_hyper("momentum", -0.5), ValueError, ("Invalid momentum value: -0.5",),
-             None, SGDS),
+             None, (*SGDS, "RMSprop")),
     BadInput("rho > 1", _set_hyper("rho", 1.5), ValueError, ("Invalid rho value: 1.5", "param group 1"), None,
              ("Adadelta",)),
     BadInput("etas out of order", _set_hyper("etas", (1.2, 0.5)), ValueError,
@@ -396,8 +412,8 @@ BAD_INPUTS = [
     BadInput("loaded state of wrong shape", _loaded_state_of_wrong_shape, ValueError,
              ("has shape [7]", "[2, 2]", "parameter 1 of param group 1"), RuntimeError, STATEFUL),
     BadInput("loaded betas[0] = 1", _loaded_hyper("betas", (1.0, 0.999)), ValueError,
-             ("Invalid beta parameter at index 0: 1.0", "param group 1"), _only(ZeroDivisionError, ADAMS),
-             WITH["betas"]),
+             ("Invalid beta parameter at index 0: 1.0", "param group 1"), _only(ZeroDivisionError, BETA1_DIVIDES),
+             BETAS_BELOW_1),
     BadInput("loaded negative lr", _loaded_hyper("lr", -1.0), ValueError, ("Invalid learning rate: -1.0",), None),
 ]
 

@@ -38,15 +38,11 @@ FACTORY = {"SGD": lambda p, **kw: fusedopt.SGD(p, **{"lr": 0.05, "momentum": 0.9
            "RAdam": lambda p, **kw: fusedopt.RAdam(p, **{"lr": 0.01, "betas": (0.8, 0.9), **kw}),
            "Adadelta": lambda p, **kw: fusedopt.Adadelta(p, **{"lr": 0.5, **kw}),
            "Rprop": lambda p, **kw: fusedopt.Rprop(p, **{"lr": 0.01, **kw}),
-           "ASGD": lambda p, **kw: fusedopt.ASGD(p, **{"lr": 0.05, "t0": 1, **kw})}
-
-
-@pytest.fixture(autouse=True)
-def _backend_has_the_rule(request):
-    """A case of an algorithm on a backend without a kernel for its rule yet is skipped, saying so."""
-    params = getattr(getattr(request.node, "callspec", None), "params", {})
-    if params.get("name") in FACTORY and "backend" in params:
-        require_rule(params["backend"], getattr(fusedopt, params["name"]))
+           "ASGD": lambda p, **kw: fusedopt.ASGD(p, **{"lr": 0.05, "t0": 1, **kw}),
+           "Adagrad": lambda p, **kw: fusedopt.Adagrad(p, **{"lr": 0.1, "lr_decay": 0.01, **kw}),
+           "RMSprop": lambda p, **kw: fusedopt.RMSprop(p, **{"lr": 0.01, "momentum": 0.9, "centered": True, **kw}),
+           "Adamax": lambda p, **kw: fusedopt.Adamax(p, **{"lr": 0.01, "weight_decay": 0.01, **kw}),
+           "Lion": lambda p, **kw: fusedopt.Lion(p, **{"lr": 0.003, "weight_decay": 0.1, **kw})}
 
 
 def _run_fused(alg, config, backend, dtype, extras, groups, grads):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import fusedopt
-from helpers import assert_bitwise_equal, assert_close, assert_snapshot_equal, snapshot
+from helpers import assert_bitwise_equal, assert_close, assert_snapshot_equal, require_rule, snapshot
 
 TORCH = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
 FUSED = {"SGD": fusedopt.SGD, "Adam": fusedopt.Adam, "AdamW": fusedopt.AdamW}
@@ -42,6 +42,16 @@ DIFFERENTIABLE_CONFIGS = [
     ("Adadelta", dict(lr=0.5, rho=0.8, eps=1e-4, maximize=True)),
     ("ASGD", dict(lr=0.05, weight_decay=0.1)),
     ("ASGD", dict(lr=0.05, lambd=0.01, t0=1, maximize=True)),
+]
+# Adagrad, RMSprop, Adamax (issue 12 part 2); Lion has no torch implementation to run (no differentiable=True).
+TORCH.update(Adagrad=torch.optim.Adagrad, RMSprop=torch.optim.RMSprop, Adamax=torch.optim.Adamax)
+FUSED.update(Adagrad=fusedopt.Adagrad, RMSprop=fusedopt.RMSprop, Adamax=fusedopt.Adamax)
+DIFFERENTIABLE_CONFIGS += [
+    ("Adagrad", dict(lr=0.1)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.05, weight_decay=0.1, initial_accumulator_value=0.3, maximize=True)),
+    ("RMSprop", dict(lr=0.01)),
+    ("RMSprop", dict(lr=0.01, alpha=0.9, weight_decay=0.1, momentum=0.5, maximize=True)),
+    # torch's own differentiable centered RMSprop and Adamax fail on an in-place lerp (test_differentiable_lerp...).
 ]
 IDS = [f"{name}-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) for name, kwargs in DIFFERENTIABLE_CONFIGS]
 
@@ -133,6 +143,19 @@ def test_differentiable_amsgrad_fails_like_torch():
     for cls in (torch.optim.Adam, fusedopt.Adam):
         with pytest.raises(RuntimeError, match="modified by an inplace operation") as info:
             _meta_run(cls, dict(lr=0.05, amsgrad=True))
+        errors.append(str(info.value).split(";")[0])
+    assert errors[0] == errors[1]
+
+
+@pytest.mark.parametrize("name, kwargs", [("RMSprop", dict(lr=0.01, centered=True)), ("Adamax", dict(lr=0.05))],
+                         ids=["RMSprop-centered", "Adamax"])
+def test_differentiable_lerp_state_fails_like_torch(name, kwargs):
+    # torch 2.13's differentiable centered RMSprop (grad_avg) and Adamax (exp_avg) lerp a state in place after
+    # the backward saved it; ours runs torch's code.
+    errors = []
+    for cls in (TORCH[name], FUSED[name]):
+        with pytest.raises(RuntimeError, match="modified by an inplace operation") as info:
+            _meta_run(cls, kwargs)
         errors.append(str(info.value).split(";")[0])
     assert errors[0] == errors[1]
 
@@ -402,3 +425,35 @@ def test_fused_meta_param_after_real_ones_changes_nothing():
     assert not opt.state
     for i, (p, b) in enumerate(zip(real, before)):
         assert_bitwise_equal(p.detach(), b, name=f"param {i}")
+
+
+# --- Adagrad takes sparse grads too (torch's single-tensor Adagrad; issue 12 part 2) ---------------------------
+
+ADAGRAD_SPARSE_CONFIGS = [dict(lr=0.1), dict(lr=0.1, lr_decay=0.1, initial_accumulator_value=0.5, maximize=True)]
+
+
+@pytest.mark.parametrize("kwargs", ADAGRAD_SPARSE_CONFIGS, ids=[str(k) for k in ADAGRAD_SPARSE_CONFIGS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adagrad_sparse_grads_equal_torch(kwargs, dtype, backend):
+    require_rule(backend, fusedopt.Adagrad)
+    opt, params = _sparse_training(fusedopt.Adagrad, kwargs, dtype=dtype, backend=backend)
+    torch_opt, torch_params = _sparse_training(torch.optim.Adagrad, kwargs, dtype=dtype)
+    for i, (p, tp) in enumerate(zip(params, torch_params)):
+        assert_bitwise_equal(p.detach(), tp.detach(), name=f"param {i}")
+        state, torch_state = opt.state[p], torch_opt.state[tp]
+        assert sorted(state) == sorted(torch_state)
+        for key, value in torch_state.items():
+            assert_bitwise_equal(state[key], value, name=f"state[{i}][{key!r}]")
+
+
+def test_adagrad_sparse_grads_with_weight_decay_fail_like_torch():
+    """torch's Adagrad refuses weight decay with sparse grads, before it writes anything."""
+    for cls in (torch.optim.Adagrad, fusedopt.Adagrad):
+        p = nn.Parameter(torch.randn(4))
+        opt = cls([p], lr=0.1, weight_decay=0.1)
+        p.grad = torch.ones(4).to_sparse()
+        before = [p.detach().clone(), opt.state[p]["sum"].clone()]
+        with pytest.raises(RuntimeError, match="weight_decay option is not compatible with sparse gradients"):
+            opt.step()
+        assert_bitwise_equal(p.detach(), before[0], name="param")
+        assert_bitwise_equal(opt.state[p]["sum"], before[1], name="sum")

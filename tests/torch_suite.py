@@ -5,8 +5,8 @@ PyTorch's ``test/test_optim.py`` (class ``TestOptimRenewed``, generated over
 repository: pass the path of a copy that matches the installed torch (e.g. from a pytorch checkout at the
 installed version's tag). This adapter
 
-- keeps the entries of ``optim_db`` of the algorithms fusedopt implements (``ALGORITHMS``), and with
-  ``--optim fusedopt`` swaps fusedopt's classes in as their ``optim_cls`` (the class names, and so the
+- keeps the entries of ``optim_db`` for the torch.optim algorithms fusedopt implements (``ALGORITHMS``), and
+  with ``--optim fusedopt`` swaps fusedopt's classes in as their ``optim_cls`` (the class names, and so the
   test names, stay the same); every other field of torch's OptimizerInfo (configs, error inputs, skips,
   supported impls) is torch's own;
 - generates the CPU tests only (``PYTORCH_TESTING_DEVICE_ONLY_FOR=cpu``);
@@ -19,7 +19,7 @@ test_optim.py imports three sibling modules of pytorch's test folder (``optim.te
 file, empty stand-ins are installed under those names (this adapter runs none of those classes).
 
     .venv/bin/python tests/torch_suite.py /path/to/test_optim.py --optim both
-    .venv/bin/python tests/torch_suite.py /path/to/test_optim.py --optim fusedopt -- -x -k test_errors
+    .venv/bin/python tests/torch_suite.py --optim fusedopt /path/to/test_optim.py -- -x -k test_errors
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import types
 from collections import Counter
 from pathlib import Path
 
-ALGORITHMS = ("SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adadelta", "Rprop", "ASGD")
+ALGORITHMS = ("SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adadelta", "Rprop", "ASGD", "Adagrad", "RMSprop", "Adamax")
 SIBLINGS = {"optim.test_lrscheduler": "TestLRScheduler", "optim.test_optim": "TestDifferentiableOptimizer",
             "optim.test_swa_utils": "TestSWAUtils"}
 
@@ -108,7 +108,8 @@ def run_both(test_file: Path, json_dir: Path, pytest_args: list[str]) -> int:
         out = json_dir / f"{optim}.json"
         out.unlink(missing_ok=True)
         extra = ["--", *pytest_args] if pytest_args else []
-        subprocess.run([sys.executable, __file__, str(test_file), "--optim", optim, "--json", str(out), *extra],
+        # The file right before "--": argparse matches the positionals in one go.
+        subprocess.run([sys.executable, __file__, "--optim", optim, "--json", str(out), str(test_file), *extra],
                        check=False)
         if not out.exists():
             raise SystemExit(f"the {optim} run wrote no outcomes ({out}): see its output above")

@@ -346,6 +346,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         if not any(state_dtype is d for d in STATE_DTYPES):
             raise ValueError(f"Invalid state_dtype: {state_dtype!r}; expected None, torch.float32 or torch.bfloat16")
         ops.check_backend_name(backend)
+        ops.check_backend_rule(backend, self._RULE.name)
         super().__init__(params, defaults)
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.nonfinite = nonfinite

@@ -3,11 +3,12 @@
 Two cases send a whole step of the optimizer (every param group, each with its own flags) this way:
 
 - any param group with ``differentiable=True`` (autograd through the step: meta-learning, higher-order
-  gradients). The kernels write in place outside autograd; torch's functional ``sgd``/``adam`` with
+  gradients). The kernels write in place outside autograd; torch's functional ``sgd``/``adam``/... with
   ``foreach=False`` record the update in the graph. Grad mode is torch's (``_use_grad_for_differentiable``):
   enabled during the update exactly when the optimizer's default ``differentiable`` is True.
 - SGD with a sparse gradient (``nn.Embedding(sparse=True)``): torch's single-tensor SGD adds sparse gradients
-  (and keeps a sparse momentum buffer when the first one is sparse), as torch.optim.SGD does.
+  (and keeps a sparse momentum buffer when the first one is sparse), as torch.optim.SGD does; the same for
+  Adagrad (torch's single-tensor Adagrad's sparse update).
 
 The update is torch.optim's for-loop (so its results, bit for bit); fusedopt's extras apply around it, with the
 same meaning as on the kernel path: the check pass (over all grads; sparse ones coalesced) gives ``grad_norm``
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from fusedopt.optim import _base
 
-# Returned by FusedOptimizer._validate when the grads are valid and some are sparse (SGD): the step goes here.
+# Returned by FusedOptimizer._validate when the grads are valid and some are sparse (SGD, Adagrad): the step goes here.
 SPARSE = object()
 
 
