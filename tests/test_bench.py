@@ -607,6 +607,37 @@ def test_verdict_flags_busy_machines_and_missing_fusedopt():
     assert report.verdict([]) == "No rows ran."
 
 
+def test_summary_table_per_case_and_optimizer():
+    rows = report.summarize(_fake_group()) + report.summarize(_fake_group(optim="adagrad"))
+    no_kernel = _fake_group(optim="lion")
+    for r in no_kernel.rows:
+        if r.impl.family == "fusedopt":
+            r.times, r.wrong, r.skipped = [], None, "NoKernel: fusedopt's cpu backend has no compiled kernel"
+    rows += report.summarize(no_kernel)
+    text = report.format_summary(rows)
+    lines = text.splitlines()
+    assert lines[0].startswith("summary | clipped, checked step") and len(lines) == 2 + 3
+    assert "fake (1 tensors, 1M)" in lines[2] and "AdamW" in lines[2] and "torch fused: 6 ms" in lines[2]
+    assert "cpu: 3 ms" in lines[2] and "2.00x" in lines[2] and "0.89 / 1.78" in lines[2]
+    assert "Adagrad" in lines[3] and "Lion" in lines[4] and "no kernel yet" in lines[4]
+    md = report.format_summary(rows, markdown=True)
+    assert "| case | optimizer | torch's fastest whole step |" in md
+    assert report.format_summary(_sweep_rows()) == ""
+
+
+def test_plots_of_many_algorithms(tmp_path):
+    rows = []
+    for optim in impls.OPTIMS:
+        rows += report.summarize(_fake_group(optim=optim))
+        rows += report.summarize(_fake_group("sweep", "sweep-1024", 1024, optim=optim))
+        rows += report.summarize(_fake_group("sweep", "sweep-4096", 4096, optim=optim))
+    data = report.load_json(_saved(tmp_path, rows=rows))
+    paths = plot.plot_all(data, tmp_path / "many")
+    assert [p.name for p in paths] == ["many-sweep.png", "many-speedup.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 10_000
+
+
 # --- JSON, compare, plots --------------------------------------------------------------------------------------
 
 def _saved(tmp_path, name="a.json", rows=None) -> Path:
@@ -690,8 +721,11 @@ def test_progress_bar_redraws_in_place_on_a_terminal():
 def test_arguments():
     args = cli.parse_args(["--device", "cpu"])
     assert args.suite == list(cases.SUITES) and args.optim == ["sgd", "adam", "adamw"] and args.repeats == 7
+    assert cli.parse_args(["--optim", "all"]).optim == list(impls.OPTIMS)
+    assert cli.parse_args(["--optim", "lion,rprop"]).optim == ["lion", "rprop"]
     assert cli.parse_args(["--suite", "sweep,model", "--optim", "adamw", "--quick"]).suite == ["sweep", "model"]
-    for bad in (["--repeats", "0"], ["--suite", "bogus"], ["--optim", "lamb"], ["--sweep-max", "10"]):
+    for bad in (["--repeats", "0"], ["--suite", "bogus"], ["--optim", "lamb"], ["--optim", "all,sgd"],
+                ["--sweep-max", "10"]):
         with pytest.raises(SystemExit):
             cli.parse_args(bad)
 
@@ -735,6 +769,31 @@ def test_quick_run_writes_json_and_plots_and_replots(tmp_path, capsys):
     assert "B's median time is 1.00x A's" in capsys.readouterr().out
 
 
+def test_quick_run_of_every_algorithm(tmp_path, capsys):
+    from fusedopt import ops
+
+    path = tmp_path / "all.json"
+    assert cli.main(["--quick", "--device", "cpu", "--suite", "sweep", "--sweep-max", "1024", "--optim", "all",
+                     "--repeats", "1", "--warmup", "0", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "absent (raises here; the errors are in the JSON): fused: RMSprop (momentum), Adamax" in out
+    assert "sweep | Lion | clip+check+update" in out and "sweep | Rprop | update" in out
+    data = report.load_json(path)
+    assert data["config"]["optims"] == list(impls.OPTIMS) and data["config"]["left_out"] == {}
+    assert set(data["config"]["absent_variants"]) == {"rmsprop", "adamax", "nadam", "radam", "adadelta", "rprop",
+                                                      "asgd"}
+    has = ops.rules_of(ops.BACKENDS["cpu"])
+    for d in data["rows"]:
+        assert d["bytes_per_param"] == FLOORS[d["optim"]][2] + (4 if d["job"] != "update" else 0)
+        kernel = d["family"] == "torch" or optims.traffic(d["optim"]).rule in has
+        assert d["status"] == ("ok" if kernel else "skipped"), d
+        assert kernel or report.is_no_kernel(d)
+    assert {(d["optim"], d["impl"]) for d in data["rows"]} >= {("lion", "lion-pytorch"), ("adagrad", "torch fused")}
+    assert ("rmsprop", "torch fused") not in {(d["optim"], d["impl"]) for d in data["rows"]}
+    png = tmp_path / "all-sweep.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
+
+
 def test_quick_run_as_module():
     proc = subprocess.run([sys.executable, "-m", "fusedopt.bench", "--quick", "--device", "cpu", "--suite", "sweep",
                            "--sweep-max", "1024", "--optim", "sgd", "--repeats", "1", "--warmup", "0"], cwd=REPO,
@@ -761,4 +820,6 @@ def test_pytest_benchmark_entry_points_are_collected_only_from_bench():
     assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout
     assert "fusedopt bench: quick sizes, each run once as a check" in proc.stdout and "Mean" not in proc.stdout
     n = len(cases.select("model", quick=True)) + 1 + len(cases.select("sweep", quick=True))
-    assert f"{n * 3 * len(impls.impls_for('sgd', impls.fusedopt_backends(torch.device('cpu'))[0]))} tests" in out
+    backends = impls.fusedopt_backends(torch.device("cpu"))[0]
+    assert f"{n * sum(len(impls.impls_for(o, backends)) for o in impls.OPTIMS)} tests" in out
+    assert "test_optim_steps.py::test_step[many-small-lion-lion-pytorch_clip_check]" in out

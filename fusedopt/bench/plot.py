@@ -88,7 +88,7 @@ def plot_sweep(data: dict[str, Any], path: str | os.PathLike) -> bool:
             ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(_title(data, "Sweep, one fp32 tensor") + "\nflat: per-step overhead; parallel to the roofline: "
                  "bandwidth-bound", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))  # room for the two-line title
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -137,11 +137,11 @@ def plot_speedup(data: dict[str, Any], path: str | os.PathLike) -> bool:
             ax.set_ylabel("speedup over torch's fastest (x)", fontsize=8)
             ax.set_title(f"{case}: {JOB_TITLE[job]}", fontsize=10)
             ax.grid(True, axis="y", alpha=0.3)
-    fig.legend(list(handles.values()), list(handles), fontsize=8, ncol=min(6, len(handles)), loc="upper center",
-               bbox_to_anchor=(0.5, 0.985))
+    height = fig.get_figheight()
+    fig.legend(list(handles.values()), list(handles), fontsize=8, ncol=min(6, len(handles)), loc="lower center")
     fig.suptitle(_title(data, "Speedup, median of per-round ratios") + "\nclip + check: torch's clip_grad_norm_ + "
-                 "isfinite sync + step; fusedopt's max_grad_norm + nonfinite='skip'", fontsize=10, y=0.999)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+                 "isfinite sync + step; fusedopt's max_grad_norm + nonfinite='skip'", fontsize=10)
+    fig.tight_layout(rect=(0, 0.4 / height, 1, 1 - 0.6 / height))  # room for the legend below, the title above
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
