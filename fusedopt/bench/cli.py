@@ -131,12 +131,8 @@ def baseline_absences(optims: Sequence[str], device: torch.device) -> tuple[dict
 
 def describe_absences(absent: dict[str, dict[str, str]], dropped: dict[str, str]) -> str:
     """One line per absent way ("fused: RMSprop (momentum), Adamax, ..."), then one per optimizer left out."""
-    by_variant: dict[str, list[str]] = {}
-    for o, a in absent.items():
-        for variant in a:
-            by_variant.setdefault(variant, []).append(OPTIMS[o].label)
     lines = [f"  absent (raises here; the errors are in the JSON): {v}: {', '.join(labels)}"
-             for v, labels in by_variant.items()]
+             for v, labels in report.absent_by_variant(absent).items()]
     lines += [f"  left out: {OPTIMS[o].label}: {why}" for o, why in dropped.items()]
     return "\n".join(lines)
 

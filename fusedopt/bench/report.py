@@ -319,6 +319,15 @@ def _sweep_sentence(rows: Sequence[dict[str, Any]]) -> str | None:
     return text + "."
 
 
+def absent_by_variant(absent: dict[str, dict[str, str]]) -> dict[str, list[str]]:
+    """{optim: {variant: why}} -> {variant: [optimizer labels]}: "fused" -> ["RMSprop (momentum)", ...]."""
+    out: dict[str, list[str]] = {}
+    for o, a in absent.items():
+        for variant in a:
+            out.setdefault(variant, []).append(OPTIMS[o].label)
+    return out
+
+
 def is_no_kernel(d: dict[str, Any]) -> bool:
     """A fusedopt row skipped because its backend has no compiled kernel for the rule (impls.NoKernel)."""
     return bool(d["reason"]) and d["reason"].startswith(NoKernel.__name__ + ":")
@@ -348,12 +357,9 @@ def verdict(rows: Sequence[dict[str, Any]], excluded: dict[str, str] | None = No
     if skipped:
         parts.append(f"Skipped after an error: {', '.join(skipped)}.")
     if absent:
-        by_variant: dict[str, list[str]] = {}
-        for o, a in absent.items():
-            for variant in a:
-                by_variant.setdefault(variant, []).append(OPTIMS[o].label)
         parts.append("Absent baselines (they raise here): "
-                     + "; ".join(f"{v} for {', '.join(labels)}" for v, labels in by_variant.items()) + ".")
+                     + "; ".join(f"{v} for {', '.join(labels)}" for v, labels in absent_by_variant(absent).items())
+                     + ".")
     if dropped:
         parts.append("Left out: " + "; ".join(f"{OPTIMS[o].label} ({why})" for o, why in dropped.items()) + ".")
     if excluded:
