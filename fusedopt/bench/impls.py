@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .optims import DEFAULT_OPTIMS, OPTIMS, OptimSpec, traffic  # noqa: F401  (OPTIMS: the table, re-exported)
+from .optims import DEFAULT_OPTIMS, OPTIMS, OptimSpec  # noqa: F401  (the table, re-exported)
 from .roofline import job_bytes
 
 Step = Callable[[], None]
