@@ -8,12 +8,15 @@ import json
 import math
 import subprocess
 import sys
+import types
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from fusedopt.bench import cases, cli, gpu, impls, machine, memory, plot, progress, report, roofline, runner, timing
+from fusedopt.bench import (cases, cli, gpu, impls, machine, memory, optims, plot, progress, report, roofline, runner,
+                            timing)
 from fusedopt.bench.impls import Impl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,6 +83,58 @@ def test_bytes_per_param_from_algorithm_and_dtypes():
     assert by["fusedopt cpu + clip/check"].bytes_per_param(torch.float32) == 32
     assert by["torch fused"].bytes_per_param(torch.bfloat16) == 14  # torch keeps states in the param dtype
     assert by["fusedopt cpu"].bytes_per_param(torch.bfloat16) == 22
+
+
+# Per algorithm at its benchmark row's hyperparameters: the tensor states its update reads, those it writes, and
+# the fp32 byte floor of the bare update (read p, g, the read states; write p, the written states).
+FLOORS = {
+    "sgd": (("momentum_buffer",), ("momentum_buffer",), 20),
+    "adam": (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq"), 28),
+    "adamw": (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq"), 28),
+    "adagrad": (("sum",), ("sum",), 20),
+    "rmsprop": (("square_avg", "momentum_buffer"), ("square_avg", "momentum_buffer"), 28),  # momentum, not centered
+    "adamax": (("exp_avg", "exp_inf"), ("exp_avg", "exp_inf"), 28),
+    "nadam": (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq"), 28),
+    "radam": (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq"), 28),
+    "adadelta": (("square_avg", "acc_delta"), ("square_avg", "acc_delta"), 28),
+    "rprop": (("prev", "step_size"), ("prev", "step_size"), 28),
+    "asgd": ((), ("ax",), 16),  # ax = p while mu == 1 (t0 = 1e6): written, not read
+    "lion": (("exp_avg",), ("exp_avg",), 20),
+}
+
+
+def test_every_algorithm_has_a_row_and_a_byte_floor_from_its_rule():
+    from fusedopt import rules
+
+    assert set(impls.OPTIMS) == set(FLOORS) and impls.DEFAULT_OPTIMS == ("sgd", "adam", "adamw")
+    for optim, (reads, writes, floor) in FLOORS.items():
+        t = optims.traffic(optim)
+        assert (t.reads, t.writes) == (reads, writes), optim
+        assert set(writes) <= set(rules.RULES[t.rule].states)  # the rule's own state names
+        assert roofline.update_bytes(optim) == floor, optim
+        assert roofline.job_bytes(optim, clipped=True) == floor + 4  # the check pass's extra grad read
+        assert roofline.n_states(optim) == len(writes)
+    assert optims.traffic("adamw").rule == optims.traffic("adam").rule == "adam"
+
+
+def test_byte_floor_follows_the_hyperparameters(monkeypatch):
+    """The used states come from the class's mapping of the row's hyperparameters: centered RMSprop keeps grad_avg
+    too, RMSprop without momentum no buffer, ASGD past t0 reads its average."""
+    spec = impls.OPTIMS["rmsprop"]
+    optims.traffic.cache_clear()
+    try:
+        monkeypatch.setitem(impls.OPTIMS, "rmsprop", replace(spec, hyper=dict(spec.hyper, centered=True)))
+        assert optims.traffic("rmsprop").reads == ("square_avg", "grad_avg", "momentum_buffer")
+        assert roofline.update_bytes("rmsprop") == 36
+        optims.traffic.cache_clear()
+        monkeypatch.setitem(impls.OPTIMS, "rmsprop", replace(spec, hyper=dict(spec.hyper, momentum=0.0)))
+        assert optims.traffic("rmsprop").writes == ("square_avg",) and roofline.update_bytes("rmsprop") == 20
+        monkeypatch.setitem(impls.OPTIMS, "asgd", replace(impls.OPTIMS["asgd"], hyper=dict(lr=1e-2, t0=0.0)))
+        assert optims.traffic("asgd").reads == ("ax",) and roofline.update_bytes("asgd") == 20
+    finally:
+        monkeypatch.undo()
+        optims.traffic.cache_clear()
+    assert roofline.update_bytes("rmsprop") == 28
 
 
 def test_gbps_and_roofline_fraction():
@@ -319,14 +374,116 @@ def test_optional_rows_are_skipped_with_the_reason_and_torch_errors_propagate():
         runner.run_group(TINY, "sgd", [_fake("fusedopt alone", _sgd_like([], "B"))], rounds=1, warmup=0, **SMALL_RUN)
 
 
-def test_real_implementations_agree_with_torch_on_a_tiny_case():
-    backends, excluded = impls.fusedopt_backends(torch.device("cpu"))
-    assert "reference" in excluded and "triton" not in backends
+# The baseline's ways per algorithm with torch 2.13 (fused only for SGD, Adam, AdamW, Adagrad; torch.optim has no
+# Lion: lion-pytorch is its baseline).
+WAYS = {o: ("lion-pytorch",) if o == "lion" else ("for-loop", "foreach", "fused")
+        if o in ("sgd", "adam", "adamw", "adagrad") else ("for-loop", "foreach") for o in FLOORS}
+ODD = cases.Case("odd", ((4097,), (3, 5), (1,)), "odd sizes")
+
+
+def test_baseline_ways_per_algorithm_and_the_absent_ones():
+    for optim, ways in WAYS.items():
+        rows = impls.impls_for(optim, ["cpu"])
+        for clipped in (False, True):
+            base = [i for i in rows if i.family == "torch" and i.clipped == clipped]
+            assert tuple(i.variant for i in base) == ways, optim
+            assert all(i.rewrites_grads == clipped and not i.optional for i in base)
+        absent = impls.absent_variants(optim)
+        if optim == "lion":
+            assert absent == {}
+        else:
+            assert set(absent) == {"fused"} - set(ways), optim
+            assert all("unexpected keyword argument 'fused'" in why for why in absent.values())
+    args = cli.parse_args(["--device", "cpu", "--optim", "all"])
+    absent, dropped = cli.baseline_absences(args.optim, torch.device("cpu"))
+    assert dropped == {} and set(absent) == {o for o, w in WAYS.items() if "fused" not in w and o != "lion"}
+    text = cli.describe_absences(absent, dropped)
+    assert "fused: RMSprop (momentum), Adamax, NAdam, RAdam, Adadelta, Rprop, ASGD" in text
+
+
+def test_lion_runs_against_lion_pytorch():
+    import lion_pytorch
+
+    rows = impls.impls_for("lion", ["cpu"])
+    assert [i.name for i in rows] == ["lion-pytorch", "fusedopt cpu", "lion-pytorch + clip/check",
+                                      "fusedopt cpu + clip/check"]
+    assert [impls.reference_of(i) for i in rows] == ["lion-pytorch", "lion-pytorch", "lion-pytorch + clip/check",
+                                                     "lion-pytorch + clip/check"]
+    assert rows[0].family == "torch" and rows[0].variant == "lion-pytorch"
+    p = torch.zeros(3, requires_grad=True)
+    opt = impls.baseline_optimizer(impls.OPTIMS["lion"], "lion-pytorch", [p])
+    assert isinstance(opt, lion_pytorch.Lion) and opt.update_fn is lion_pytorch.lion_pytorch.update_fn  # no Triton
+    assert opt.defaults == dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=1e-2)
+
+
+def test_an_algorithm_whose_reference_cannot_run_is_left_out(monkeypatch):
+    impls._probe.cache_clear()
+    try:
+        monkeypatch.setitem(sys.modules, "lion_pytorch", None)  # import raises ImportError
+        absent, dropped = cli.baseline_absences(["adamw", "lion"], torch.device("cpu"))
+        assert absent == {} and list(dropped) == ["lion"]
+        assert "its reference lion-pytorch cannot run here (ModuleNotFoundError" in dropped["lion"]
+        assert "Left out: Lion (its reference lion-pytorch" in report.verdict([], None, absent, dropped)
+    finally:
+        monkeypatch.undo()
+        impls._probe.cache_clear()
+
+
+@pytest.fixture
+def kernels_for_every_rule(monkeypatch):
+    """A stand-in cpu backend with every rule (the reference's bodies behind the backend's name), so every fusedopt
+    row runs here before its compiled kernel lands."""
+    from fusedopt import ops, reference
+
+    monkeypatch.setitem(ops.BACKENDS, "cpu", types.SimpleNamespace(
+        check=reference.check, update=reference.update, RULES=frozenset(reference.RULE_BODIES)))
+
+
+def test_every_row_takes_a_step_that_agrees_with_its_baseline(kernels_for_every_rule):
     for optim in impls.OPTIMS:
-        odd = cases.Case("odd", ((4097,), (3, 5), (1,)), "odd sizes")
-        result = runner.run_group(odd, optim, impls.impls_for(optim, backends), rounds=1, warmup=0, **SMALL_RUN)
-        assert all(r.wrong is None and r.skipped is None for r in result.rows), [
-            (r.impl.name, r.wrong, r.skipped) for r in result.rows]
+        result = runner.run_group(ODD, optim, impls.impls_for(optim, ["cpu"]), rounds=1, warmup=0, **SMALL_RUN)
+        assert all(r.wrong is None and r.skipped is None and len(r.times) == 1 for r in result.rows), [
+            (optim, r.impl.name, r.wrong, r.skipped) for r in result.rows]
+        assert len(result.rows) == 2 * (len(WAYS[optim]) + 1)
+        for d in report.summarize(result):
+            assert d["bytes_per_param"] == FLOORS[optim][2] + (4 if d["job"] != "update" else 0), (optim, d["impl"])
+
+
+def test_rows_without_a_compiled_kernel_are_skipped_saying_so():
+    from fusedopt import ops
+
+    backends, excluded = impls.fusedopt_backends(torch.device("cpu"))
+    assert backends == ["cpu"] and "reference" in excluded and "triton" not in backends
+    has = ops.rules_of(ops.BACKENDS["cpu"])
+    rows = []
+    for optim in impls.OPTIMS:
+        result = runner.run_group(ODD, optim, impls.impls_for(optim, backends), rounds=1, warmup=0, **SMALL_RUN)
+        rule = optims.traffic(optim).rule
+        for r in result.rows:
+            assert r.wrong is None, (optim, r.impl.name, r.wrong)
+            if r.impl.family == "torch" or rule in has:
+                assert r.skipped is None and r.times, (optim, r.impl.name, r.skipped)
+            else:
+                assert r.skipped == (f"NoKernel: fusedopt's cpu backend has no compiled kernel for the update rule "
+                                     f"{rule!r} yet (backend='auto' would run the pure-torch reference): not timed")
+                assert r.times == [] and r.steps == 0  # never stepped: nothing ran under the kernel's name
+        rows += report.summarize(result)
+    missing = [o for o in impls.OPTIMS if optims.traffic(o).rule not in has]
+    text = report.verdict(rows)
+    if missing:
+        labels = ", ".join(impls.OPTIMS[o].label for o in missing)
+        assert f"No compiled kernel yet, so fusedopt's rows were skipped (the pure-torch reference that " \
+               f"backend='auto' falls back to is not timed): cpu: {labels}." in text
+        assert "Skipped after an error" not in text
+        summary = report.format_summary(rows)
+        assert all(line.rstrip().endswith("-") for line in summary.splitlines() if "no kernel yet" in line)
+        assert summary.count("no kernel yet") == len(missing)
+    # A dtype the kernels do not take would run on the reference too: skipped, naming what would have run.
+    odd64 = replace(ODD, dtype=torch.float64)
+    result = runner.run_group(odd64, "sgd", impls.impls_for("sgd", backends), rounds=1, warmup=0, **SMALL_RUN)
+    ours = [r for r in result.rows if r.impl.family == "fusedopt"]
+    assert all(r.skipped == "NoKernel: fusedopt's cpu backend would run 'sgd' on cpu torch.float64 on the reference "
+                            "backend: not timed" for r in ours)
 
 
 def test_backends_come_from_ops_and_leave_out_the_reference_and_triton_on_cpu(monkeypatch):
@@ -450,6 +607,37 @@ def test_verdict_flags_busy_machines_and_missing_fusedopt():
     assert report.verdict([]) == "No rows ran."
 
 
+def test_summary_table_per_case_and_optimizer():
+    rows = report.summarize(_fake_group()) + report.summarize(_fake_group(optim="adagrad"))
+    no_kernel = _fake_group(optim="lion")
+    for r in no_kernel.rows:
+        if r.impl.family == "fusedopt":
+            r.times, r.wrong, r.skipped = [], None, "NoKernel: fusedopt's cpu backend has no compiled kernel"
+    rows += report.summarize(no_kernel)
+    text = report.format_summary(rows)
+    lines = text.splitlines()
+    assert lines[0].startswith("summary | clipped, checked step") and len(lines) == 2 + 3
+    assert "fake (1 tensors, 1M)" in lines[2] and "AdamW" in lines[2] and "torch fused: 6 ms" in lines[2]
+    assert "cpu: 3 ms" in lines[2] and "2.00x" in lines[2] and "0.89 / 1.78" in lines[2]
+    assert "Adagrad" in lines[3] and "Lion" in lines[4] and "no kernel yet" in lines[4]
+    md = report.format_summary(rows, markdown=True)
+    assert "| case | optimizer | torch's fastest whole step |" in md
+    assert report.format_summary(_sweep_rows()) == ""
+
+
+def test_plots_of_many_algorithms(tmp_path):
+    rows = []
+    for optim in impls.OPTIMS:
+        rows += report.summarize(_fake_group(optim=optim))
+        rows += report.summarize(_fake_group("sweep", "sweep-1024", 1024, optim=optim))
+        rows += report.summarize(_fake_group("sweep", "sweep-4096", 4096, optim=optim))
+    data = report.load_json(_saved(tmp_path, rows=rows))
+    paths = plot.plot_all(data, tmp_path / "many")
+    assert [p.name for p in paths] == ["many-sweep.png", "many-speedup.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 10_000
+
+
 # --- JSON, compare, plots --------------------------------------------------------------------------------------
 
 def _saved(tmp_path, name="a.json", rows=None) -> Path:
@@ -533,8 +721,11 @@ def test_progress_bar_redraws_in_place_on_a_terminal():
 def test_arguments():
     args = cli.parse_args(["--device", "cpu"])
     assert args.suite == list(cases.SUITES) and args.optim == ["sgd", "adam", "adamw"] and args.repeats == 7
+    assert cli.parse_args(["--optim", "all"]).optim == list(impls.OPTIMS)
+    assert cli.parse_args(["--optim", "lion,rprop"]).optim == ["lion", "rprop"]
     assert cli.parse_args(["--suite", "sweep,model", "--optim", "adamw", "--quick"]).suite == ["sweep", "model"]
-    for bad in (["--repeats", "0"], ["--suite", "bogus"], ["--optim", "lamb"], ["--sweep-max", "10"]):
+    for bad in (["--repeats", "0"], ["--suite", "bogus"], ["--optim", "lamb"], ["--optim", "all,sgd"],
+                ["--sweep-max", "10"]):
         with pytest.raises(SystemExit):
             cli.parse_args(bad)
 
@@ -578,6 +769,31 @@ def test_quick_run_writes_json_and_plots_and_replots(tmp_path, capsys):
     assert "B's median time is 1.00x A's" in capsys.readouterr().out
 
 
+def test_quick_run_of_every_algorithm(tmp_path, capsys):
+    from fusedopt import ops
+
+    path = tmp_path / "all.json"
+    assert cli.main(["--quick", "--device", "cpu", "--suite", "sweep", "--sweep-max", "1024", "--optim", "all",
+                     "--repeats", "1", "--warmup", "0", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "absent (raises here; the errors are in the JSON): fused: RMSprop (momentum), Adamax" in out
+    assert "sweep | Lion | clip+check+update" in out and "sweep | Rprop | update" in out
+    data = report.load_json(path)
+    assert data["config"]["optims"] == list(impls.OPTIMS) and data["config"]["left_out"] == {}
+    assert set(data["config"]["absent_variants"]) == {"rmsprop", "adamax", "nadam", "radam", "adadelta", "rprop",
+                                                      "asgd"}
+    has = ops.rules_of(ops.BACKENDS["cpu"])
+    for d in data["rows"]:
+        assert d["bytes_per_param"] == FLOORS[d["optim"]][2] + (4 if d["job"] != "update" else 0)
+        kernel = d["family"] == "torch" or optims.traffic(d["optim"]).rule in has
+        assert d["status"] == ("ok" if kernel else "skipped"), d
+        assert kernel or report.is_no_kernel(d)
+    assert {(d["optim"], d["impl"]) for d in data["rows"]} >= {("lion", "lion-pytorch"), ("adagrad", "torch fused")}
+    assert ("rmsprop", "torch fused") not in {(d["optim"], d["impl"]) for d in data["rows"]}
+    png = tmp_path / "all-sweep.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
+
+
 def test_quick_run_as_module():
     proc = subprocess.run([sys.executable, "-m", "fusedopt.bench", "--quick", "--device", "cpu", "--suite", "sweep",
                            "--sweep-max", "1024", "--optim", "sgd", "--repeats", "1", "--warmup", "0"], cwd=REPO,
@@ -604,4 +820,6 @@ def test_pytest_benchmark_entry_points_are_collected_only_from_bench():
     assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout
     assert "fusedopt bench: quick sizes, each run once as a check" in proc.stdout and "Mean" not in proc.stdout
     n = len(cases.select("model", quick=True)) + 1 + len(cases.select("sweep", quick=True))
-    assert f"{n * 3 * len(impls.impls_for('sgd', impls.fusedopt_backends(torch.device('cpu'))[0]))} tests" in out
+    backends = impls.fusedopt_backends(torch.device("cpu"))[0]
+    assert f"{n * sum(len(impls.impls_for(o, backends)) for o in impls.OPTIMS)} tests" in out
+    assert "test_optim_steps.py::test_step[many-small-lion-lion-pytorch_clip_check]" in out

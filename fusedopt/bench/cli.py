@@ -1,6 +1,6 @@
 """`python -m fusedopt.bench`: time optimizer steps of torch and fusedopt side by side against a roofline.
 
-    python -m fusedopt.bench [--suite model,sweep,many-small] [--optim sgd,adam,adamw] [--full] ...
+    python -m fusedopt.bench [--suite model,sweep,many-small] [--optim sgd,adam,adamw | all] [--full] ...
     python -m fusedopt.bench plot FILE.json [--markdown]  re-plot a saved run (and print its tables as markdown)
     python -m fusedopt.bench --compare A.json B.json   the change from run A to run B
 """
@@ -16,9 +16,10 @@ from typing import Any, Sequence
 import torch
 
 from . import cases, report
-from .impls import OPTIMS, fusedopt_backends, impls_for
+from .impls import BASELINE_VARIANTS, DEFAULT_OPTIMS, OPTIMS, absent_variants, fusedopt_backends, impls_for
 from .progress import Progress
-from .roofline import STATES, Probes
+from .optims import traffic
+from .roofline import Probes, n_states
 from .runner import EXTRA_TICKS, run_group
 from .timing import CACHE_FLUSH_BYTES, CacheFlusher
 
@@ -30,8 +31,10 @@ QUICK_PROBE_BYTES = 4 * 2**20
 QUICK_FLUSH_BYTES = 2**20
 
 
-def _csv(choices: Sequence[str]):
+def _csv(choices: Sequence[str], all_word: str | None = None):
     def parse(text: str) -> list[str]:
+        if all_word is not None and text.strip() == all_word:
+            return list(choices)
         items = [t.strip() for t in text.split(",") if t.strip()]
         bad = [t for t in items if t not in choices]
         if bad or not items:
@@ -45,8 +48,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", type=_csv(cases.SUITES), default=list(cases.SUITES),
                    help="comma-separated suites (default: all: model,sweep,many-small)")
-    p.add_argument("--optim", type=_csv(list(OPTIMS)), default=list(OPTIMS),
-                   help="comma-separated optimizers (default: sgd,adam,adamw)")
+    p.add_argument("--optim", type=_csv(list(OPTIMS), "all"), default=list(DEFAULT_OPTIMS),
+                   help=f"comma-separated optimizers of {','.join(OPTIMS)}, or all (default: "
+                        f"{','.join(DEFAULT_OPTIMS)}: the default run's time budget)")
     p.add_argument("--full", action="store_true",
                    help="model cases at full size and the sweep up to the largest size memory allows (the default "
                         "run scales what its time budget cannot afford, and says so)")
@@ -89,12 +93,12 @@ def group_bytes(case: cases.Case, optim: str, n_impls: int, n_rewriting: int) ->
     """Memory one group holds: per row its params and states, the clip rows their own grads, plus the shared grads
     and the initial params (kept for the check step)."""
     per_tensor = case.n_params * case.dtype.itemsize
-    return per_tensor * (n_impls * (1 + STATES[optim]) + n_rewriting + 2)
+    return per_tensor * (n_impls * (1 + n_states(optim)) + n_rewriting + 2)
 
 
 def plan(args: argparse.Namespace, device: torch.device, backends: list[str]) -> list[tuple[cases.Case, str]]:
     budget = MEMORY_SHARE[device.type] * available_bytes(device)
-    impl_sets = {o: impls_for(o, backends) for o in args.optim}
+    impl_sets = {o: impls_for(o, backends, device) for o in args.optim}
 
     def fits(case: cases.Case) -> bool:
         return all(group_bytes(case, o, len(i), sum(x.rewrites_grads for x in i)) <= budget
@@ -105,6 +109,32 @@ def plan(args: argparse.Namespace, device: torch.device, backends: list[str]) ->
         for case in cases.select(suite, quick=args.quick, full=args.full, sweep_max=args.sweep_max, fits=fits):
             groups += [(case, optim) for optim in args.optim]
     return groups
+
+
+def baseline_absences(optims: Sequence[str], device: torch.device) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """Per optimizer, its baseline's ways that cannot run on `device` (left out of the run, with the error); and the
+    optimizers left out entirely, with the reason: fusedopt lacks the class its byte floor comes from, or the way
+    every row is checked against is absent (e.g. lion-pytorch not installed)."""
+    absent = {o: a for o in optims if (a := absent_variants(o, device))}
+    dropped = {}
+    for o in optims:
+        try:
+            traffic(o)  # the byte floor comes from fusedopt's class and rule
+        except Exception as exc:
+            dropped[o] = f"no byte floor: {type(exc).__name__}: {exc}"
+    for o, a in absent.items():
+        ref = next(iter(BASELINE_VARIANTS[OPTIMS[o].baseline]))
+        if ref in a and o not in dropped:
+            dropped[o] = f"its reference {ref} cannot run here ({a[ref]})"
+    return {o: a for o, a in absent.items() if o not in dropped}, dropped
+
+
+def describe_absences(absent: dict[str, dict[str, str]], dropped: dict[str, str]) -> str:
+    """One line per absent way ("fused: RMSprop (momentum), Adamax, ..."), then one per optimizer left out."""
+    lines = [f"  absent (raises here; the errors are in the JSON): {v}: {', '.join(labels)}"
+             for v, labels in report.absent_by_variant(absent).items()]
+    lines += [f"  left out: {OPTIMS[o].label}: {why}" for o, why in dropped.items()]
+    return "\n".join(lines)
 
 
 def describe_plan(args: argparse.Namespace, groups: list[tuple[cases.Case, str]]) -> str:
@@ -142,7 +172,9 @@ def plot_main(argv: Sequence[str]) -> int:
 
     data = report.load_json(args.json)
     if args.markdown:
-        print(report.format_run(data["rows"], markdown=True) + "\n\n" + data["verdict"] + "\n")
+        summary = report.format_summary(data["rows"], markdown=True)
+        print(report.format_run(data["rows"], markdown=True) + "\n\n" + (summary + "\n\n" if summary else "")
+              + data["verdict"] + "\n")
     stem = args.out or str(Path(args.json).with_suffix(""))
     for path in plot_all(data, stem):
         print(path)
@@ -161,17 +193,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     backends, excluded = fusedopt_backends(device)
     env = report.environment(device, backends, excluded)
+    absent, dropped = baseline_absences(args.optim, device)
+    args.optim = [o for o in args.optim if o not in dropped]
     groups = plan(args, device, backends)
     print(f"{env['device_name']}, {env['cpu_count']} cores, torch {env['torch']}; fusedopt backends: "
           f"{', '.join(backends) or 'none'}" + (f" (left out: {', '.join(excluded)})" if excluded else ""))
     print(describe_plan(args, groups) + "\n", flush=True)
+    if absent or dropped:
+        print("Baselines:\n" + describe_absences(absent, dropped) + "\n", flush=True)
 
     progress = Progress(len(groups) * (args.repeats + EXTRA_TICKS))
     probes = Probes(device, QUICK_PROBE_BYTES if args.quick else None)
     flush = CacheFlusher(QUICK_FLUSH_BYTES if args.quick else CACHE_FLUSH_BYTES) if device.type == "cpu" else None
     rows: list[dict[str, Any]] = []
     for case, optim in groups:
-        result = run_group(case, optim, impls_for(optim, backends), rounds=args.repeats, warmup=args.warmup,
+        result = run_group(case, optim, impls_for(optim, backends, device), rounds=args.repeats, warmup=args.warmup,
                            device=device, probes=probes, flush=flush, log=progress.message, tick=progress)
         group_rows = report.summarize(result)
         rows += group_rows
@@ -185,7 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep = [d for d in rows if d["suite"] == "sweep"]
     if sweep:
         print(report.format_sweep(sweep) + "\n")
-    text = report.verdict(rows, excluded)
+    summary = report.format_summary(rows)
+    if summary:
+        print(summary + "\n")
+    text = report.verdict(rows, excluded, absent, dropped)
     elapsed = time.perf_counter() - start
     print("Verdict: " + text)
     print(f"\n({args.repeats} interleaved rounds per group; {elapsed:.0f} s in all)")
@@ -193,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = Path(args.json) if args.json else default_json_path(env)
         config = dict(suites=args.suite, optims=args.optim, full=args.full, sweep_max=args.sweep_max,
                       repeats=args.repeats, warmup=args.warmup, quick=args.quick, wall_s=elapsed,
-                      argv=list(argv))
+                      argv=list(argv), absent_variants=absent, left_out=dropped)
         report.write_json(path, env, config, rows, text)
         print(f"wrote {path}")
         if not args.no_plot:

@@ -5,36 +5,32 @@ function doing one full step; the runner owns the tensors and the timing. Every 
 bare update, and the whole clipped, checked step (clip to a global norm, skip on a non-finite norm, update): torch
 does the latter with `clip_grad_norm_` + an `isfinite` host sync, fusedopt with `max_grad_norm` +
 `nonfinite="skip"`. Rows are compared only within a job.
+
+The algorithms and their hyperparameters are the table in optims.py. The "torch" family is the baseline people run
+today: torch.optim's class (for-loop, foreach, fused), or for Lion, which torch.optim lacks, lion-pytorch.
+A fusedopt row runs only on a compiled kernel: where its backend has none for the algorithm's rule yet, the row is
+skipped with that reason (NoKernel) instead of timing the reference fallback under the backend's name.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+import functools
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
+from .optims import DEFAULT_OPTIMS, OPTIMS, OptimSpec  # noqa: F401  (the table, re-exported)
 from .roofline import job_bytes
 
 Step = Callable[[], None]
 Setup = Callable[[list[Tensor], float], Step]
 
-
-@dataclass(frozen=True)
-class OptimSpec:
-    name: str  # key: "sgd", "adam", "adamw"
-    label: str
-    cls: str  # class name in torch.optim and fusedopt
-    hyper: dict[str, Any] = field(default_factory=dict)
-
-
-OPTIMS: dict[str, OptimSpec] = {
-    "sgd": OptimSpec("sgd", "SGD (Nesterov)", "SGD", dict(lr=1e-2, momentum=0.9, nesterov=True, weight_decay=1e-4)),
-    "adam": OptimSpec("adam", "Adam", "Adam", dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8)),
-    "adamw": OptimSpec("adamw", "AdamW", "AdamW", dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)),
-}
-
+# The baselines' ways, per kind of baseline, as constructor keywords; the first is what every row's first step is
+# checked against. torch.optim takes foreach for every algorithm here and fused for SGD, Adam, AdamW and Adagrad
+# (torch 2.13); a way the class or the device does not take is absent (see absent_variants), not a failed row.
 TORCH_VARIANTS = {"for-loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+BASELINE_VARIANTS = {"torch": TORCH_VARIANTS, "lion-pytorch": {"lion-pytorch": dict(use_triton=False)}}
 CLIP_SUFFIX = " + clip/check"
 
 
@@ -42,8 +38,8 @@ CLIP_SUFFIX = " + clip/check"
 class Impl:
     name: str
     optim: str
-    family: str  # "torch" or "fusedopt"
-    variant: str  # torch: for-loop/foreach/fused; fusedopt: the backend name
+    family: str  # "torch" (the baseline: torch.optim or lion-pytorch) or "fusedopt"
+    variant: str  # baseline: for-loop/foreach/fused/lion-pytorch; fusedopt: the backend name
     clipped: bool
     setup: Setup
     # clip_grad_norm_ scales .grad in place: such rows get their own grads, restored after the untimed check step.
@@ -64,13 +60,28 @@ class Impl:
         return job_bytes(self.optim, self.clipped, param_size=size, grad_size=size, state_size=state)
 
 
+def baseline_optimizer(spec: OptimSpec, variant: str, params: list[Tensor]) -> torch.optim.Optimizer:
+    kwargs = BASELINE_VARIANTS[spec.baseline][variant]
+    if spec.baseline == "lion-pytorch":
+        from lion_pytorch import Lion  # imported late: not installed makes the variant absent, not a crash
+
+        return Lion(params, **spec.hyper, **kwargs)
+    return getattr(torch.optim, spec.cls)(params, **spec.hyper, **kwargs)
+
+
+def baseline_name(spec: OptimSpec, variant: str) -> str:
+    """A baseline row's name: "torch for-loop", ..., or the package's name ("lion-pytorch")."""
+    return f"torch {variant}" if spec.baseline == "torch" else variant
+
+
 def torch_setup(spec: OptimSpec, variant: str, clipped: bool) -> Setup:
-    kwargs = TORCH_VARIANTS[variant]
-    # clip_grad_norm_ in the same mode: the for-loop row clips tensor by tensor, the others with foreach kernels.
-    clip_foreach = variant != "for-loop"
+    """A baseline row ("torch" family: torch.optim's ways, or lion-pytorch, which is torch ops too). Clipped, it
+    runs clip_grad_norm_ in the same mode: the for-loop row clips tensor by tensor, torch's foreach and fused rows
+    with foreach kernels, lion-pytorch with clip_grad_norm_'s default (what its users call)."""
+    clip_foreach = None if spec.baseline != "torch" else variant != "for-loop"
 
     def setup(params: list[Tensor], max_norm: float) -> Step:
-        opt = getattr(torch.optim, spec.cls)(params, **spec.hyper, **kwargs)
+        opt = baseline_optimizer(spec, variant, params)
         if not clipped:
             return opt.step
 
@@ -84,12 +95,53 @@ def torch_setup(spec: OptimSpec, variant: str, clipped: bool) -> Setup:
     return setup
 
 
+@functools.lru_cache(maxsize=None)
+def _probe(optim: str, variant: str, device: str) -> str | None:
+    spec = OPTIMS[optim]
+    p = torch.zeros(2, device=device, requires_grad=True)
+    p.grad = torch.ones(2, device=device)
+    try:
+        baseline_optimizer(spec, variant, [p]).step()
+    except Exception as exc:  # e.g. TypeError: unexpected keyword argument 'fused'; ImportError
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def absent_variants(optim: str, device: torch.device | str = "cpu") -> dict[str, str]:
+    """The baseline's ways that cannot run the algorithm on `device` (one step on a 2-element fp32 tensor raised),
+    with the error: these rows are left out of the run and listed as absent, not failed."""
+    spec = OPTIMS[optim]
+    out = {}
+    for variant in BASELINE_VARIANTS[spec.baseline]:
+        why = _probe(optim, variant, str(torch.device(device)))
+        if why is not None:
+            out[variant] = why
+    return out
+
+
+class NoKernel(Exception):
+    """A fusedopt row whose backend has no compiled kernel for the rule: skipped (with this as the reason) rather
+    than timing what backend="auto" would fall back to, the pure-torch reference, under the backend's name."""
+
+
 def fusedopt_setup(spec: OptimSpec, backend: str, clipped: bool) -> Setup:
     def setup(params: list[Tensor], max_norm: float) -> Step:
         import fusedopt  # imported late: a broken package makes these rows reported skips, not a crash
+        from fusedopt import ops
 
+        cls = getattr(fusedopt, spec.cls)
+        rule = cls._RULE.name
+        device, dtype = params[0].device, params[0].dtype
+        if rule not in ops.rules_of(ops.BACKENDS[backend]):
+            raise NoKernel(f"fusedopt's {backend} backend has no compiled kernel for the update rule {rule!r} yet "
+                           f"(backend='auto' would run the pure-torch reference): not timed")
+        ran = ops.resolve(backend, device, dtype, rule)
+        if ran is not ops.BACKENDS[backend]:  # e.g. a dtype the kernels do not take
+            name = next((k for k, v in ops.BACKENDS.items() if v is ran), repr(ran))
+            raise NoKernel(f"fusedopt's {backend} backend would run {rule!r} on {device} {dtype} on the {name} "
+                           f"backend: not timed")
         extra = dict(max_grad_norm=max_norm, nonfinite="skip") if clipped else {}
-        return getattr(fusedopt, spec.cls)(params, **spec.hyper, backend=backend, **extra).step
+        return cls(params, **spec.hyper, backend=backend, **extra).step
 
     return setup
 
@@ -121,15 +173,18 @@ def fusedopt_backends(device: torch.device) -> tuple[list[str], dict[str, str]]:
     return names, excluded
 
 
-def impls_for(optim: str, backends: list[str]) -> list[Impl]:
-    """Torch's three ways and every given fusedopt backend, each as the bare update and as the whole job."""
+def impls_for(optim: str, backends: list[str], device: torch.device | str = "cpu") -> list[Impl]:
+    """The baseline's ways that run on `device` (torch's for-loop, foreach and fused where torch has them; or
+    lion-pytorch) and every given fusedopt backend, each as the bare update and as the whole job."""
     spec = OPTIMS[optim]
+    absent = absent_variants(optim, device)
     out = []
     for clipped in (False, True):
         suffix = CLIP_SUFFIX if clipped else ""
-        for variant in TORCH_VARIANTS:
-            out.append(Impl(f"torch {variant}{suffix}", optim, "torch", variant, clipped,
-                            torch_setup(spec, variant, clipped), rewrites_grads=clipped))
+        for variant in BASELINE_VARIANTS[spec.baseline]:
+            if variant not in absent:
+                out.append(Impl(baseline_name(spec, variant) + suffix, optim, "torch", variant, clipped,
+                                torch_setup(spec, variant, clipped), rewrites_grads=clipped))
         for backend in backends:
             out.append(Impl(f"fusedopt {backend}{suffix}", optim, "fusedopt", backend, clipped,
                             fusedopt_setup(spec, backend, clipped), optional=True, fp32_states=True))
@@ -137,5 +192,7 @@ def impls_for(optim: str, backends: list[str]) -> list[Impl]:
 
 
 def reference_of(impl: Impl) -> str:
-    """The row an implementation's first step is checked against: torch's for-loop doing the same job."""
-    return "torch for-loop" + (CLIP_SUFFIX if impl.clipped else "")
+    """The row an implementation's first step is checked against: the baseline's first way (torch's for-loop, or
+    lion-pytorch) doing the same job."""
+    spec = OPTIMS[impl.optim]
+    return baseline_name(spec, next(iter(BASELINE_VARIANTS[spec.baseline]))) + (CLIP_SUFFIX if impl.clipped else "")

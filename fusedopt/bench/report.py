@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from .impls import OPTIMS
+from .impls import CLIP_SUFFIX, OPTIMS, NoKernel
 from .roofline import gbps, roofline_fraction
 from .runner import GroupResult
 from .timing import median, paired_speedup, percentile
@@ -199,6 +199,38 @@ def format_run(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
     return "\n\n".join(parts)
 
 
+def format_summary(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
+    """One line per model/many-small case and optimizer: torch's fastest whole (clipped, checked) step, fusedopt's
+    fastest, the speedup, both rows' fraction of the roofline, and the bare update's speedup; "" when there are no
+    such groups. Where fusedopt has no timed row, the reason stands in for its numbers."""
+    sel = [d for d in rows if d["suite"] != "sweep"]
+    job = "clip+check+update"
+    ours, theirs = _best_rows(sel, "fusedopt", job), _best_rows(sel, "torch", job)
+    bare = _best_rows(sel, "fusedopt", "update")
+    body = []
+    for key in dict.fromkeys((d["case"], d["optim"]) for d in sel):
+        any_row = next(d for d in sel if (d["case"], d["optim"]) == key)
+        t, o, b = theirs.get(key), ours.get(key), bare.get(key)
+        cells = [f"{key[0]} ({any_row['n_tensors']} tensors, {fmt_params(any_row['n_params'])})",
+                 OPTIMS[key[1]].label,
+                 f"{t['impl'].removesuffix(CLIP_SUFFIX)}: {fmt_time(t['median_s'])}" if t else "-"]
+        if o is None:
+            why = next((d["reason"] for d in sel if (d["case"], d["optim"]) == key and d["family"] == "fusedopt"
+                        and d["reason"]), "no fusedopt row")
+            cells += ["no kernel yet" if why.startswith(NoKernel.__name__ + ":") else why[:60], "-", "-", "-"]
+        else:
+            cells += [f"{o['variant']}: {fmt_time(o['median_s'])}", _num(o["speedup_vs_torch_best"], ".2f", "x"),
+                      f"{_num(t and t['roofline_fraction'], '.2f')} / {_num(o['roofline_fraction'], '.2f')}",
+                      _num(b and b["speedup_vs_torch_best"], ".2f", "x")]
+        body.append(cells)
+    if not body:
+        return ""
+    header = ["case", "optimizer", "torch's fastest whole step", "fusedopt whole step", "speedup",
+              "of roofline: torch / fusedopt", "bare update speedup"]
+    return "\n".join(["summary | clipped, checked step (clip/check) per case and optimizer"]
+                     + ([""] if markdown else []) + _grid(header, body, markdown))
+
+
 # --- verdict ---------------------------------------------------------------------------------------------------
 
 def _geomean(xs: Sequence[float]) -> float:
@@ -287,7 +319,22 @@ def _sweep_sentence(rows: Sequence[dict[str, Any]]) -> str | None:
     return text + "."
 
 
-def verdict(rows: Sequence[dict[str, Any]], excluded: dict[str, str] | None = None) -> str:
+def absent_by_variant(absent: dict[str, dict[str, str]]) -> dict[str, list[str]]:
+    """{optim: {variant: why}} -> {variant: [optimizer labels]}: "fused" -> ["RMSprop (momentum)", ...]."""
+    out: dict[str, list[str]] = {}
+    for o, a in absent.items():
+        for variant in a:
+            out.setdefault(variant, []).append(OPTIMS[o].label)
+    return out
+
+
+def is_no_kernel(d: dict[str, Any]) -> bool:
+    """A fusedopt row skipped because its backend has no compiled kernel for the rule (impls.NoKernel)."""
+    return bool(d["reason"]) and d["reason"].startswith(NoKernel.__name__ + ":")
+
+
+def verdict(rows: Sequence[dict[str, Any]], excluded: dict[str, str] | None = None,
+            absent: dict[str, dict[str, str]] | None = None, dropped: dict[str, str] | None = None) -> str:
     """One paragraph over the whole run, with the warnings that change how far the numbers can be trusted."""
     parts = [s for s in (_suite_sentence(rows, "model"), _suite_sentence(rows, "many-small"), _sweep_sentence(rows))
              if s]
@@ -296,9 +343,25 @@ def verdict(rows: Sequence[dict[str, Any]], excluded: dict[str, str] | None = No
         parts.append(f"{len(wrong)} row(s) disagreed with torch after one step and were not timed: "
                      + "; ".join(f"{d['impl']} ({d['case']}, {d['optim']})" for d in wrong[:5])
                      + ("; ..." if len(wrong) > 5 else "") + ".")
-    skipped = sorted({d["impl"] for d in rows if d["status"] == "skipped"})
+    no_kernel: dict[str, list[str]] = {}
+    for d in rows:
+        if d["status"] == "skipped" and is_no_kernel(d):
+            labels = no_kernel.setdefault(d["variant"], [])
+            if OPTIMS[d["optim"]].label not in labels:
+                labels.append(OPTIMS[d["optim"]].label)
+    if no_kernel:
+        parts.append("No compiled kernel yet, so fusedopt's rows were skipped (the pure-torch reference that "
+                     "backend='auto' falls back to is not timed): "
+                     + "; ".join(f"{b}: {', '.join(labels)}" for b, labels in no_kernel.items()) + ".")
+    skipped = sorted({d["impl"] for d in rows if d["status"] == "skipped" and not is_no_kernel(d)})
     if skipped:
         parts.append(f"Skipped after an error: {', '.join(skipped)}.")
+    if absent:
+        parts.append("Absent baselines (they raise here): "
+                     + "; ".join(f"{v} for {', '.join(labels)}" for v, labels in absent_by_variant(absent).items())
+                     + ".")
+    if dropped:
+        parts.append("Left out: " + "; ".join(f"{OPTIMS[o].label} ({why})" for o, why in dropped.items()) + ".")
     if excluded:
         parts.append("Backends left out: " + "; ".join(f"{k} ({v})" for k, v in excluded.items()) + ".")
     shares = [d["others_cpu_share"] for d in rows if d["others_cpu_share"] is not None]

@@ -9,16 +9,16 @@ from typing import Callable
 
 import torch
 
-# State tensors each update rule reads and writes per param (SGD with momentum: the momentum buffer).
-STATES = {"sgd": 1, "adam": 2, "adamw": 2}
-
+from .optims import traffic
 
 def update_bytes(optim: str, param_size: int = 4, grad_size: int | None = None, state_size: int | None = None) -> int:
-    """Bytes per param one update pass must move: read p, g and every state, write p and every state. Sizes are
-    the dtypes' itemsizes; grads default to the param dtype, states too."""
+    """Bytes per param one update pass must move: read p and g, write p, and read and write the tensor states the
+    algorithm's update reads and writes (optims.traffic: from its rule in fusedopt/rules.py). Sizes are the
+    dtypes' itemsizes; grads default to the param dtype, states too."""
     grad_size = param_size if grad_size is None else grad_size
     state_size = param_size if state_size is None else state_size
-    return 2 * param_size + grad_size + 2 * STATES[optim] * state_size
+    t = traffic(optim)
+    return 2 * param_size + grad_size + (len(t.reads) + len(t.writes)) * state_size
 
 
 def job_bytes(optim: str, clipped: bool, param_size: int = 4, grad_size: int | None = None,
@@ -27,6 +27,11 @@ def job_bytes(optim: str, clipped: bool, param_size: int = 4, grad_size: int | N
     norm and checks for non-finite grads (both need all grads seen before any param may change)."""
     grad_size = param_size if grad_size is None else grad_size
     return update_bytes(optim, param_size, grad_size, state_size) + (grad_size if clipped else 0)
+
+
+def n_states(optim: str) -> int:
+    """Tensor states of the param's size the algorithm keeps per param (memory, not traffic)."""
+    return len(traffic(optim).writes)
 
 
 def gbps(nbytes: float, seconds: float) -> float:
