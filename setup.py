@@ -2,12 +2,13 @@
 
 Build switches are environment variables, never properties of the build machine:
   MAX_JOBS=N               parallel compile jobs (ninja; read by torch's BuildExtension)
-  FUSEDOPT_CPU_CLONES=0    no runtime-dispatched x86-64-v3 clones of the hot loops (baseline ISA only). On
-                           x86-64 the baseline has no FMA instruction, so math.h's fmas (where torch's kernels
-                           fuse: up to 4 per element) become libm fmaf calls (same results, several times
-                           slower); pair it with e.g. FUSEDOPT_CXXFLAGS=-march=x86-64-v3 when the target machines
-                           are known. (The baseline clone of a default build, run only by CPUs without AVX2/FMA,
-                           calls fmaf the same way.)
+  FUSEDOPT_CPU_CLONES=0    no runtime-dispatched x86-64-v3 (AVX2) and x86-64-v4 (AVX-512) variants of the hot
+                           loops (baseline ISA only; csrc/cpu/kernels.h). On x86-64 the baseline has no FMA
+                           instruction, so math.h's fmas (where torch's kernels fuse: up to 4 per element) become
+                           libm fmaf calls (same results, several times slower); pair it with e.g.
+                           FUSEDOPT_CXXFLAGS=-march=x86-64-v3 when the target machines are known. (The baseline
+                           variant of a default build, run only by CPUs without AVX2/FMA, calls fmaf the same way.)
+                           Which variant runs is chosen at run time (FUSEDOPT_CPU_ISA, README).
   FUSEDOPT_CXXFLAGS="..."  extra compiler flags, appended last
   FUSEDOPT_CUDA=1|0        build the CUDA kernels (csrc/cuda) or not. Unset: build them when torch is a CUDA
                            build and nvcc is found (CUDA_HOME or PATH); 1 with either missing fails, naming why.

@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "cpu/kernels.h"
 #include "fusedopt/rules.h"
 #include "ops.h"
 
@@ -118,6 +119,19 @@ PYBIND11_MODULE(_C, m) {
     }
     return info;
   });
+  // The ISA variants of the CPU loops (cpu/kernels.h): {name: None if it runs here, else why not}, the active
+  // one, and a switch for tests and benchmarks (FUSEDOPT_CPU_ISA picks one for a whole process).
+  m.def("cpu_isas", [] {
+    py::dict out;
+    for (int i = 0; i < fusedopt::cpu::kNumIsas; ++i) {
+      const auto isa = fusedopt::cpu::Isa(i);
+      const std::string why = fusedopt::cpu::isa_unavailable(isa);
+      out[py::str(fusedopt::cpu::isa_name(isa))] = why.empty() ? py::object(py::none()) : py::object(py::str(why));
+    }
+    return out;
+  });
+  m.def("cpu_isa", [] { return fusedopt::cpu::isa_name(fusedopt::cpu::active_isa()); });
+  m.def("set_cpu_isa", &fusedopt::cpu::set_isa);
 #ifdef FUSEDOPT_CUDA
   // The CUDA ops (a build with FUSEDOPT_CUDA=1): fusedopt.ops offers backend="cuda" when has_cuda is true.
   def_ops(m, "cuda_", &fusedopt::cuda_ops::check, &fusedopt::cuda_ops::update);

@@ -4,9 +4,31 @@
 
 #include <stdint.h>
 
+#include <string>
+#include <string_view>
 #include <vector>
 
+// The ISA variants of the CPU loops (multi_tensor.h, with_isa): baseline (the build's own target) always; with
+// GCC on x86-64 also x86-64-v3 (AVX2/FMA/F16C) and x86-64-v4 (AVX-512 F/BW/CD/DQ/VL), unless FUSEDOPT_NO_CLONES
+// (setup.py: FUSEDOPT_CPU_CLONES=0). Every variant rounds the same (math.h): they differ in speed only.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FUSEDOPT_NO_CLONES)
+#define FUSEDOPT_ISA_VARIANTS 1
+#endif
+
 namespace fusedopt::cpu {
+
+enum class Isa : uint8_t { Baseline, V3, V4 };
+constexpr int kNumIsas = 3;
+
+// "baseline", "x86-64-v3", "x86-64-v4".
+const char* isa_name(Isa isa);
+// Empty when this build has the variant and this CPU runs it; else why not.
+std::string isa_unavailable(Isa isa);
+// The variant the loops run: the best available one, or FUSEDOPT_CPU_ISA's (read at the first call; an unknown
+// or unavailable name throws std::invalid_argument), or set_isa's.
+Isa active_isa();
+// Picks the variant by name for every later call (tests and benchmarks compare them); throws as above.
+void set_isa(std::string_view name);
 
 enum class Dtype : uint8_t { Float32, BFloat16, Float16 };
 

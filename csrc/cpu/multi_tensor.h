@@ -17,17 +17,8 @@
 #include "fusedopt/math.h"
 #include "kernels.h"
 
-// Runtime ISA dispatch (GCC function multiversioning, an ifunc resolved at load time): the hot loops get an
-// x86-64-v3 (AVX2/FMA/F16C) clone next to the baseline one. Not install-time sniffing: one binary runs anywhere.
-// FUSEDOPT_NO_CLONES (setup.py: FUSEDOPT_CPU_CLONES=0) builds the baseline only.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FUSEDOPT_NO_CLONES)
-#define FUSEDOPT_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define FUSEDOPT_CLONES
-#endif
-
-// The hot loops must be inlined into the cloned segment functions: a helper left out of line is compiled for
-// the baseline ISA only.
+// The hot loops must be inlined into the ISA variants' functions (with_isa below): a helper left out of line
+// is compiled for the baseline ISA only.
 #if defined(__GNUC__)
 #define FUSEDOPT_INLINE inline __attribute__((always_inline))
 #define FUSEDOPT_LAMBDA_INLINE __attribute__((always_inline))
@@ -142,6 +133,38 @@ FUSEDOPT_INLINE float take_grad(float& g, float grad_scale, float factor) {
     g = x;
   }
   return prepare_grad(x, factor);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Runtime ISA dispatch: one binary runs anywhere, no install-time sniffing. with_isa(isa, f) runs f, an
+// always-inline lambda holding a whole segment's loops, inlined into a function compiled for that ISA (GCC
+// target attributes), so each variant's loops are vectorized for its registers from the one source. Not GCC's
+// target_clones: its load-time resolver cannot be overridden, and tests run every variant on one machine
+// (kernels.h: set_isa). The caller reads active_isa() once per call. 512-bit vectors are asked for explicitly:
+// GCC 12's generic tuning uses them for arch=x86-64-v4, but a tuning such as -mtune=skylake-avx512 (e.g. from
+// FUSEDOPT_CXXFLAGS) prefers 256-bit ones, and then the x86-64-v4 loops compiled to ymm only.
+#ifdef FUSEDOPT_ISA_VARIANTS
+template <typename F>
+__attribute__((target("arch=x86-64-v3"))) void run_x86_64_v3(const F& f) {
+  f();
+}
+
+template <typename F>
+__attribute__((target("arch=x86-64-v4,prefer-vector-width=512"))) void run_x86_64_v4(const F& f) {
+  f();
+}
+#endif
+
+template <typename F>
+FUSEDOPT_INLINE void with_isa([[maybe_unused]] Isa isa, const F& f) {
+#ifdef FUSEDOPT_ISA_VARIANTS
+  switch (isa) {
+    case Isa::V4: return run_x86_64_v4(f);
+    case Isa::V3: return run_x86_64_v3(f);
+    case Isa::Baseline: break;
+  }
+#endif
+  f();
 }
 
 // ---------------------------------------------------------------------------------------------------------------

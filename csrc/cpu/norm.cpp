@@ -10,9 +10,9 @@
 namespace fusedopt::cpu {
 namespace {
 
-// 16 independent fp32 partial sums in two 8-lane vectors (GCC vector extensions: one AVX2 register each, or two
-// SSE ones), so the loop vectorizes without reassociation flags and the summation order, hence the result, is
-// the same on every ISA. After each block of at most kBlockElems elements the lanes are added into 16 double
+// 16 independent fp32 partial sums in two 8-lane vectors (GCC vector extensions: one AVX2 register each, also in
+// the x86-64-v4 variant, or two SSE ones), so the loop vectorizes without reassociation flags and the summation
+// order, hence the result, is the same on every ISA variant (tests/test_cpu_isa.py). After each block of at most kBlockElems elements the lanes are added into 16 double
 // lanes, which bounds the fp32 error to a block's worth of additions per lane at the cost of a few vector
 // instructions per block; the double lanes are summed once per segment.
 typedef float f32x8 __attribute__((vector_size(32)));
@@ -68,7 +68,8 @@ struct SumOfSquares {
 };
 
 template <typename S>
-FUSEDOPT_CLONES void check_segment(const void* grad, int64_t begin, int64_t end, double* sumsq, uint32_t* max_exponent) {
+FUSEDOPT_INLINE void check_segment(const void* grad, int64_t begin, int64_t end, double* sumsq,
+                                   uint32_t* max_exponent) {
   const auto* g = static_cast<const typename S::storage*>(grad);
   alignas(64) float block[kBlockElems];
   SumOfSquares acc;
@@ -87,6 +88,7 @@ FUSEDOPT_CLONES void check_segment(const void* grad, int64_t begin, int64_t end,
 }  // namespace
 
 CheckResult check(const std::vector<GradView>& grads) {
+  const Isa isa = active_isa();
   std::vector<int64_t> numels(grads.size());
   for (size_t i = 0; i < grads.size(); ++i) numels[i] = grads[i].numel;
   ChunkTable table(numels);
@@ -96,7 +98,9 @@ CheckResult check(const std::vector<GradView>& grads) {
   table.parallel_for_each([&](int64_t c, const Segment& s) {
     const GradView& g = grads[s.tensor];
     with_dtype(g.dtype, [&](auto tag) {
-      check_segment<decltype(tag)>(g.data, s.begin, s.end, &sums[c], &exponents[c]);
+      with_isa(isa, [&]() FUSEDOPT_LAMBDA_INLINE {
+        check_segment<decltype(tag)>(g.data, s.begin, s.end, &sums[c], &exponents[c]);
+      });
     });
   });
   CheckResult r{0.0, false};

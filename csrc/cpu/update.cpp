@@ -49,7 +49,7 @@ FUSEDOPT_INLINE void update_fp32(float* __restrict__ p, float* __restrict__ g,
 
 // One segment of one tensor; bf16/fp16 params and grads, and bf16 states, go through fp32 blocks.
 template <typename Rule, typename S, bool UNSCALE, uint32_t SW>
-FUSEDOPT_CLONES void update_segment(const ParamSpan<Rule::kStates>& span, bool bf16_states, int64_t begin,
+FUSEDOPT_INLINE void update_segment(const ParamSpan<Rule::kStates>& span, bool bf16_states, int64_t begin,
                                     int64_t end, typename Rule::Hyper hyper, typename Rule::PerTensor pt,
                                     float grad_scale, float factor) {
   for_fp32_blocks<S, UNSCALE>(span, bf16_states, begin, end,
@@ -60,8 +60,8 @@ FUSEDOPT_CLONES void update_segment(const ParamSpan<Rule::kStates>& span, bool b
 }
 
 template <typename Rule, typename S, bool UNSCALE, uint32_t SW>
-void run(const UpdateArgs& a, const typename Rule::Hyper& hyper, const std::vector<typename Rule::PerTensor>& pts,
-         float factor) {
+void run(Isa isa, const UpdateArgs& a, const typename Rule::Hyper& hyper,
+         const std::vector<typename Rule::PerTensor>& pts, float factor) {
   ChunkTable table(a.numels);
   const size_t n = a.numels.size();
   const bool bf16_states = a.state_dtype == Dtype::BFloat16;
@@ -70,8 +70,10 @@ void run(const UpdateArgs& a, const typename Rule::Hyper& hyper, const std::vect
     ParamSpan<Rule::kStates> span{a.params[t], a.grads[t], a.master_params.empty() ? nullptr : a.master_params[t],
                                   {}};
     for (int k = 0; k < Rule::kStates; ++k) span.states[k] = a.states[size_t(k) * n + t];
-    update_segment<Rule, S, UNSCALE, SW>(span, bf16_states, s.begin, s.end, hyper, pts[t], a.grad.grad_scale,
-                                         factor);
+    with_isa(isa, [&]() FUSEDOPT_LAMBDA_INLINE {
+      update_segment<Rule, S, UNSCALE, SW>(span, bf16_states, s.begin, s.end, hyper, pts[t], a.grad.grad_scale,
+                                           factor);
+    });
   });
 }
 
@@ -79,6 +81,7 @@ void run(const UpdateArgs& a, const typename Rule::Hyper& hyper, const std::vect
 
 template <typename Rule>
 void update(const UpdateArgs& a) {
+  const Isa isa = active_isa();  // first: it may throw (FUSEDOPT_CPU_ISA), before anything has changed
   const typename Rule::Hyper hyper = Rule::hyper(a.hyper.data());
   // Per tensor on the host (its scalar states are host floats): advance them, then its coefficients.
   const size_t n = a.numels.size();
@@ -94,7 +97,7 @@ void update(const UpdateArgs& a) {
     using S = decltype(s);
     with_bool(a.grad.has_grad_scale, [&](auto unscale) {
       with_switches<Rule::kSwitchBits>(a.switches, [&](auto sw) {
-        run<Rule, S, unscale.value, sw.value>(a, hyper, pts, factor);
+        run<Rule, S, unscale.value, sw.value>(isa, a, hyper, pts, factor);
       });
     });
   });
