@@ -58,12 +58,14 @@ std::optional<cpu::GradPrep> grad_prep(const std::optional<Tensor>& grad_scale, 
 
 Tensor check(TensorList grads) {
   TORCH_CHECK(!grads.empty(), "fusedopt: check needs at least one grad");
-  std::vector<cpu::GradView> views;
+  // Reused across calls on this thread (no allocation in the steady state); filled from scratch by each call.
+  thread_local std::vector<cpu::GradView> views;
+  views.clear();
   views.reserve(grads.size());
   validate::check_device_type(grads[0], c10::kCPU, "grads", 0);
   for (size_t i = 0; i < grads.size(); ++i) {
-    validate::check_dense(grads[i], kCpu, "grads", i);
-    views.push_back({grads[i].data_ptr(), grads[i].numel(), validate::kernel_dtype<cpu::Dtype>(grads[i], "grads", i)});
+    void* data = validate::dense_data(grads[i], kCpu, "grads", i);
+    views.push_back({data, grads[i].numel(), validate::kernel_dtype<cpu::Dtype>(grads[i], "grads", i)});
   }
   cpu::CheckResult r = cpu::check(views);
   Tensor out = at::empty({2}, grads[0].options().dtype(at::kFloat));
@@ -79,7 +81,9 @@ void update(std::string_view rule, TensorList params, TensorList grads, TensorLi
             const std::optional<Tensor>& clip_coef, const std::optional<Tensor>& found_inf) {
   validate::with_rule(rule, [&](auto r) {
     using Rule = decltype(r);
-    cpu::UpdateArgs args;
+    // Reused across calls on this thread, so the steady state allocates nothing; fill_update empties it first
+    // (nothing reads it between calls: the kernels are done when update returns).
+    thread_local cpu::UpdateArgs args;
     validate::fill_update<Rule>(args, params, grads, states, master_params, scalars, is_first, hyper, flags);
     if (!params.empty()) validate::check_device_type(params[0], c10::kCPU, "params", 0);
     // The op's own guard for the values of its scalar states (step counts), before anything is written (the

@@ -21,11 +21,15 @@ namespace {
 
 using Borrow = c10::MaybeOwnedTraits<at::Tensor>;
 
+// The tensors of one list argument, borrowed. Their vector comes from a per-thread pool and goes back to it with
+// its capacity, so a call allocates nothing in the steady state (a pool rather than one vector per argument:
+// correct however many lists are alive at once).
 class BorrowedTensors {
  public:
-  BorrowedTensors(py::handle list, const char* what) {
+  BorrowedTensors(py::handle list, const char* what) : tensors_(acquire()) {
     PyObject* seq = list.ptr();
     if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
+      release();
       throw py::type_error(std::string("fusedopt: ") + what + " must be a list of tensors, got " +
                            std::string(py::str(py::type::handle_of(list))));
     }
@@ -47,17 +51,51 @@ class BorrowedTensors {
   operator at::TensorList() const { return tensors_; }
 
  private:
+  static std::vector<std::vector<at::Tensor>>& pool() {
+    thread_local std::vector<std::vector<at::Tensor>> vectors;
+    return vectors;
+  }
+
+  static std::vector<at::Tensor> acquire() {
+    auto& vectors = pool();
+    if (vectors.empty()) return {};
+    std::vector<at::Tensor> v = std::move(vectors.back());
+    vectors.pop_back();
+    return v;
+  }
+
+  // Ends the borrows (no decref: they were never counted) and returns the vector to the pool, once.
   void release() {
+    if (released_) return;
+    released_ = true;
     for (at::Tensor& t : tensors_) Borrow::destroyBorrow(t);
     tensors_.clear();
+    pool().push_back(std::move(tensors_));
   }
+
   std::vector<at::Tensor> tensors_;
+  bool released_ = false;
 };
 
-c10::List<bool> to_list(const std::vector<bool>& flags) {
-  c10::List<bool> list;
-  list.reserve(flags.size());
-  for (bool f : flags) list.push_back(f);
+// is_first as the op takes it (a bool[] list), from a list or tuple of bools without an intermediate
+// std::vector<bool>; other sequences, and items other than True/False (None, ints: what pybind11's bool caster
+// converts), go through pybind11's casters. The list is reused across calls on this thread: update never calls
+// back into Python, so it is never in use twice at once.
+const c10::List<bool>& bool_list(py::handle flags) {
+  thread_local c10::List<bool> list;
+  list.clear();
+  PyObject* seq = flags.ptr();
+  if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
+    for (bool f : py::cast<std::vector<bool>>(flags)) list.push_back(f);
+    return list;
+  }
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+  PyObject** items = PySequence_Fast_ITEMS(seq);
+  list.reserve(size_t(n));
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* item = items[i];
+    list.push_back(item == Py_True ? true : item == Py_False ? false : py::cast<bool>(py::handle(item)));
+  }
   return list;
 }
 
@@ -69,12 +107,12 @@ void def_ops(py::module_& m, const std::string& prefix, Check check, Update upda
   m.def((prefix + "check").c_str(), [check](py::handle grads) { return check(BorrowedTensors(grads, "grads")); });
   m.def((prefix + "update").c_str(),
         [update](std::string_view rule, py::handle params, py::handle grads, py::handle states,
-                 py::handle master_params, py::handle scalars, const std::vector<bool>& is_first,
+                 py::handle master_params, py::handle scalars, py::handle is_first,
                  const std::vector<double>& hyper, int64_t flags, bool maximize, const OptTensor& lr_tensor,
                  const OptTensor& grad_scale, const OptTensor& clip_coef, const OptTensor& found_inf) {
           update(rule, BorrowedTensors(params, "params"), BorrowedTensors(grads, "grads"),
                  BorrowedTensors(states, "states"), BorrowedTensors(master_params, "master_params"),
-                 BorrowedTensors(scalars, "scalars"), to_list(is_first), hyper, flags, maximize, lr_tensor,
+                 BorrowedTensors(scalars, "scalars"), bool_list(is_first), hyper, flags, maximize, lr_tensor,
                  grad_scale, clip_coef, found_inf);
         });
 }

@@ -40,30 +40,60 @@ Dtype kernel_dtype(const Tensor& t, const char* what, size_t i) {
   }
 }
 
+// A list name of the op's flat arguments: the state key + "s" (fusedopt/rules.py's list_name), e.g. exp_avgs.
+// Streamed into a message only when a check fails (a std::string built per call would allocate).
+struct ListName {
+  const char* key;
+};
+
+inline std::ostream& operator<<(std::ostream& out, const ListName& name) { return out << name.key << "s"; }
+
+inline ListName list_name(const char* key) { return {key}; }
+
 // Everything a kernel assumes about a tensor it reads or writes through a raw pointer; `device` is where the
-// call runs (params[0]'s device).
-inline void check_dense(const Tensor& t, c10::Device device, const char* what, size_t i) {
+// call runs (params[0]'s device). Returns the tensor's data pointer, taken once for the alignment check and the
+// kernels. `what` is the list's name (a string, or a ListName).
+template <typename What>
+void* dense_data(const Tensor& t, c10::Device device, const What& what, size_t i) {
   TORCH_CHECK(t.defined(), "fusedopt: ", what, "[", i, "] is undefined");
-  TORCH_CHECK(t.layout() == at::kStrided, "fusedopt: ", what, "[", i, "] is ", t.layout(),
+  const c10::TensorImpl& impl = *t.unsafeGetTensorImpl();
+  TORCH_CHECK(impl.layout() == at::kStrided, "fusedopt: ", what, "[", i, "] is ", impl.layout(),
               "; sparse tensors are not supported");
-  TORCH_CHECK(t.device() == device, "fusedopt: ", what, "[", i, "] is on ", t.device(), ", expected ", device);
+  TORCH_CHECK(impl.device() == device, "fusedopt: ", what, "[", i, "] is on ", impl.device(), ", expected ", device);
   TORCH_CHECK(!t.is_complex(), "fusedopt: ", what, "[", i, "] is complex (", t.scalar_type(),
               "), which is not supported");
-  TORCH_CHECK(t.is_contiguous(), "fusedopt: ", what, "[", i, "] is not contiguous");
+  TORCH_CHECK(impl.is_contiguous(), "fusedopt: ", what, "[", i, "] is not contiguous");
   // The kernels read raw memory: a lazy negation would be ignored, and a pointer off its element alignment
   // (torch.frombuffer at an odd offset) is undefined behaviour on the CPU and a fault on a GPU.
-  TORCH_CHECK(!t.is_neg(), "fusedopt: ", what, "[", i, "] has its negative bit set (a lazy negation view); ",
+  TORCH_CHECK(!impl.is_neg(), "fusedopt: ", what, "[", i, "] has its negative bit set (a lazy negation view); ",
               "pass t.resolve_neg()");
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(t.const_data_ptr()) % uintptr_t(t.element_size()) == 0, "fusedopt: ",
-              what, "[", i, "] is not aligned to its element size (", t.element_size(), " bytes)");
+  void* data = t.data_ptr();
+  const size_t size = impl.itemsize();
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(data) % uintptr_t(size) == 0, "fusedopt: ", what, "[", i,
+              "] is not aligned to its element size (", size, " bytes)");
+  return data;
 }
 
-inline void check_like(const Tensor& t, const Tensor& param, at::ScalarType dtype, const char* what, size_t i) {
-  check_dense(t, param.device(), what, i);
+template <typename What>
+void check_dense(const Tensor& t, c10::Device device, const What& what, size_t i) {
+  dense_data(t, device, what, i);
+}
+
+// A tensor of param i's call besides the param itself (its grad, master copy, a state): dense_data's checks, the
+// dtype `dtype` and the param's numel. Returns the data pointer.
+template <typename What>
+void* like_data(const Tensor& t, const Tensor& param, at::ScalarType dtype, const What& what, size_t i) {
+  void* data = dense_data(t, param.device(), what, i);
   TORCH_CHECK(t.scalar_type() == dtype, "fusedopt: ", what, "[", i, "] has dtype ", t.scalar_type(), ", expected ",
               dtype);
   TORCH_CHECK(t.numel() == param.numel(), "fusedopt: ", what, "[", i, "] has ", t.numel(), " elements but params[",
               i, "] has ", param.numel());
+  return data;
+}
+
+template <typename What>
+void check_like(const Tensor& t, const Tensor& param, at::ScalarType dtype, const What& what, size_t i) {
+  like_data(t, param, dtype, what, i);
 }
 
 inline void check_length(size_t got, size_t want, const char* what) {
@@ -76,13 +106,25 @@ struct Span {
   int64_t bytes;
 };
 
+// The memory of one param's tensors (param, grad, master copy and states), in a fixed-size array: at most
+// 3 + kStates of them, so no allocation per param or per call.
+template <size_t N>
+struct Spans {
+  std::array<Span, N> spans;
+  size_t count = 0;
+
+  void add(const void* data, int64_t bytes) { spans[count++] = {data, bytes}; }
+};
+
 // The kernels read and write a param's tensors in one pass with no runtime alias checks: their memory must not
 // overlap.
-inline void check_disjoint(const std::vector<Span>& spans, size_t i) {
-  for (auto a = spans.begin(); a != spans.end(); ++a) {
-    for (auto b = a + 1; b != spans.end(); ++b) {
-      auto a0 = reinterpret_cast<uintptr_t>(a->data), b0 = reinterpret_cast<uintptr_t>(b->data);
-      bool overlap = a0 < b0 + b->bytes && b0 < a0 + a->bytes;
+template <size_t N>
+void check_disjoint(const Spans<N>& s, size_t i) {
+  for (size_t a = 0; a < s.count; ++a) {
+    const auto a0 = reinterpret_cast<uintptr_t>(s.spans[a].data);
+    for (size_t b = a + 1; b < s.count; ++b) {
+      const auto b0 = reinterpret_cast<uintptr_t>(s.spans[b].data);
+      const bool overlap = a0 < b0 + s.spans[b].bytes && b0 < a0 + s.spans[a].bytes;
       TORCH_CHECK(!overlap, "fusedopt: the tensors of param ", i,
                   " (param, grad, master copy and states) must not share memory");
     }
@@ -98,22 +140,42 @@ inline void check_device_type(const Tensor& t, c10::DeviceType type, const char*
               c10::DeviceTypeName(type, /*lower_case=*/true));
 }
 
-// Validates params and grads (one dtype, one device: params[0]'s) and fills the fields every update shares.
+// Empties the vectors of a backend's Args struct, keeping their capacity: a caller that keeps one Args across
+// calls (the CPU op, per thread) fills it without allocating in the steady state.
+template <typename Args>
+void reset(Args& args, size_t n) {
+  for (auto* v : {&args.params, &args.grads}) {
+    v->clear();
+    v->reserve(n);
+  }
+  args.numels.clear();
+  args.numels.reserve(n);
+  args.master_params.clear();
+  args.states.clear();
+  args.scalars.clear();
+  args.is_first.clear();
+  args.hyper.clear();
+}
+
+// Validates params and grads (one dtype, one device: params[0]'s) and fills the fields every update shares
+// (appended to args' vectors, which reset() emptied).
 template <typename Args>
 void fill_params(Args& args, TensorList params, TensorList grads) {
   using Dtype = decltype(args.dtype);
   check_length(grads.size(), params.size(), "grads");
   args.dtype = Dtype::Float32;
+  if (params.empty()) return;
+  const c10::Device device = params[0].device();
+  const at::ScalarType dtype = params[0].scalar_type();
   for (size_t i = 0; i < params.size(); ++i) {
-    check_dense(params[i], params[0].device(), "params", i);
-    args.dtype = kernel_dtype<Dtype>(params[i], "params", i);
-    TORCH_CHECK(params[i].scalar_type() == params[0].scalar_type(), "fusedopt: params[", i, "] has dtype ",
-                params[i].scalar_type(), " but params[0] has ", params[0].scalar_type(),
-                "; one call takes one param dtype");
-    check_like(grads[i], params[i], params[i].scalar_type(), "grads", i);
-    args.params.push_back(params[i].data_ptr());
-    args.grads.push_back(grads[i].data_ptr());
-    args.numels.push_back(params[i].numel());
+    const Tensor& p = params[i];
+    void* data = dense_data(p, device, "params", i);
+    args.dtype = kernel_dtype<Dtype>(p, "params", i);
+    TORCH_CHECK(p.scalar_type() == dtype, "fusedopt: params[", i, "] has dtype ", p.scalar_type(),
+                " but params[0] has ", dtype, "; one call takes one param dtype");
+    args.grads.push_back(like_data(grads[i], p, dtype, "grads", i));
+    args.params.push_back(data);
+    args.numels.push_back(p.numel());
   }
 }
 
@@ -122,9 +184,10 @@ template <typename Args>
 void fill_master_params(Args& args, TensorList params, TensorList master_params) {
   if (master_params.empty()) return;
   check_length(master_params.size(), params.size(), "master_params");
+  args.master_params.reserve(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
-    check_like(master_params[i], params[i], at::kFloat, "master_params", i);
-    args.master_params.push_back(static_cast<float*>(master_params[i].data_ptr()));
+    args.master_params.push_back(static_cast<float*>(like_data(master_params[i], params[i], at::kFloat,
+                                                               "master_params", i)));
   }
 }
 
@@ -133,17 +196,20 @@ struct StateDtype {
   std::optional<at::ScalarType> dtype;
 
   // Validates state tensor `t` of param i and returns its data.
-  void* data(const Tensor& t, const Tensor& param, const char* what, size_t i) {
-    check_dense(t, param.device(), what, i);
+  template <typename What>
+  void* data(const Tensor& t, const Tensor& param, const What& what, size_t i) {
+    void* data = dense_data(t, param.device(), what, i);
+    const at::ScalarType type = t.scalar_type();
     if (!dtype) {
-      TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, "fusedopt: ", what, "[", i,
-                  "] has dtype ", t.scalar_type(), "; optimizer states are float32 or bfloat16");
-      dtype = t.scalar_type();
+      TORCH_CHECK(type == at::kFloat || type == at::kBFloat16, "fusedopt: ", what, "[", i, "] has dtype ", type,
+                  "; optimizer states are float32 or bfloat16");
+      dtype = type;
     }
-    TORCH_CHECK(t.scalar_type() == *dtype, "fusedopt: ", what, "[", i, "] has dtype ", t.scalar_type(),
+    TORCH_CHECK(type == *dtype, "fusedopt: ", what, "[", i, "] has dtype ", type,
                 " but the other states of this call have ", *dtype, "; one call takes one state dtype");
-    check_like(t, param, *dtype, what, i);
-    return t.data_ptr();
+    TORCH_CHECK(t.numel() == param.numel(), "fusedopt: ", what, "[", i, "] has ", t.numel(), " elements but params[",
+                i, "] has ", param.numel());
+    return data;
   }
 
   template <typename Dtype>
@@ -151,17 +217,6 @@ struct StateDtype {
     return dtype == at::kBFloat16 ? Dtype::BFloat16 : Dtype::Float32;
   }
 };
-
-// The memory of param i besides its states: param, grad and (when given) master copy, into `spans` (cleared
-// first; reused across params, so the steady state allocates nothing).
-template <typename Args>
-void param_spans(const Args& args, const Tensor& param, size_t i, std::vector<Span>& spans) {
-  const int64_t p_bytes = args.numels[i] * param.element_size();
-  spans.clear();
-  spans.push_back({args.params[i], p_bytes});
-  spans.push_back({args.grads[i], p_bytes});
-  if (!args.master_params.empty()) spans.push_back({args.master_params[i], args.numels[i] * 4});
-}
 
 // f(Rule{}) for the update rule named `name` (fusedopt/rules.h's list), or an error naming the known rules, as
 // fusedopt/rules.py's get() words it.
@@ -175,9 +230,6 @@ void with_rule(std::string_view name, F&& f) {
   for (const std::string& k : known) list += (list.empty() ? "" : ", ") + k;
   TORCH_CHECK(false, "fusedopt: unknown update rule '", name, "'; known: ", list);
 }
-
-// A list name of the op's flat arguments: the state key + "s" (fusedopt/rules.py's list_name), e.g. exp_avgs.
-inline std::string list_name(const char* key) { return std::string(key) + "s"; }
 
 // A rule's names (math.h's name lists), comma-separated, for errors; "none" for an empty list.
 template <size_t N>
@@ -203,25 +255,23 @@ void fill_update(Args& args, TensorList params, TensorList grads, TensorList sta
               " hyperparameters (", joined(Rule::kHyperNames), "), got ", hyper.size());
   TORCH_CHECK(flags >= 0 && flags < (int64_t(1) << Rule::kFlags), "fusedopt: flags is ", flags, "; rule '",
               Rule::kName, "' has ", Rule::kFlags, " flag bits (", joined(Rule::kFlagNames), ")");
+  const size_t n = params.size();
+  reset(args, n);
   args.hyper.assign(hyper.begin(), hyper.end());
   args.flags = uint32_t(flags);
   args.switches = Rule::switches(args.hyper.data(), args.flags);
   fill_params(args, params, grads);
   fill_master_params(args, params, master_params);
 
-  const size_t n = params.size();
-  // The states in use, in the rule's order: the op's list k_used holds state k.
+  // The states in use, in the rule's order: the op's list u holds state used[u].
   std::array<int, Rule::kStates> used{};
-  std::array<std::string, Rule::kStates> names;
   size_t num_used = 0;
   for (int k = 0; k < Rule::kStates; ++k) {
-    if (!Rule::uses_state(k, args.switches)) continue;
-    used[num_used++] = k;
-    names[k] = list_name(Rule::kStateNames[k]);
+    if (Rule::uses_state(k, args.switches)) used[num_used++] = k;
   }
   if (states.size() != num_used * n) {
     std::string lists;
-    for (size_t u = 0; u < num_used; ++u) lists += (u > 0 ? ", " : "") + names[used[u]];
+    for (size_t u = 0; u < num_used; ++u) lists += c10::str(u > 0 ? ", " : "", list_name(Rule::kStateNames[used[u]]));
     TORCH_CHECK(false, "fusedopt: states has ", states.size(), " entries, expected ", num_used * n, " (", num_used,
                 " state lists (", num_used > 0 ? lists : std::string("none"), ") of ", n, " params)");
   }
@@ -233,21 +283,27 @@ void fill_update(Args& args, TensorList params, TensorList grads, TensorList sta
   args.states.assign(size_t(Rule::kStates) * n, nullptr);
   args.scalars.assign(size_t(Rule::kScalars) * n, nullptr);
   if (!is_first.empty()) args.is_first.resize(n);
+  const bool masters = !args.master_params.empty();
   StateDtype state;
-  std::vector<Span> spans;
   for (size_t i = 0; i < n; ++i) {
-    param_spans(args, params[i], i, spans);
+    const Tensor& param = params[i];
+    const int64_t numel = args.numels[i];
+    const int64_t p_bytes = numel * int64_t(param.element_size());
+    Spans<3 + Rule::kStates> spans;
+    spans.add(args.params[i], p_bytes);
+    spans.add(args.grads[i], p_bytes);
+    if (masters) spans.add(args.master_params[i], numel * 4);
     for (size_t u = 0; u < num_used; ++u) {
       const int k = used[u];
       const Tensor& t = states[u * n + i];
-      void* data = state.data(t, params[i], names[k].c_str(), i);
-      spans.push_back({data, args.numels[i] * t.element_size()});
+      void* data = state.data(t, param, list_name(Rule::kStateNames[k]), i);
+      spans.add(data, numel * int64_t(t.element_size()));
       args.states[size_t(k) * n + i] = data;
     }
     check_disjoint(spans, i);
     for (int j = 0; j < Rule::kScalars; ++j) {
       const Tensor& s = scalars[size_t(j) * n + i];
-      const c10::Device device = params[i].device();
+      const c10::Device device = param.device();
       TORCH_CHECK(s.defined() && s.device() == device && s.layout() == at::kStrided &&
                       s.scalar_type() == at::kFloat && s.numel() == 1,
                   "fusedopt: ", list_name(Rule::kScalarNames[j]), "[", i, "] must be a one-element float32 ",

@@ -400,6 +400,8 @@ class FusedOptimizer(torch.optim.Optimizer):
     # --- subclass interface ---
     def _missing_states(self, states: list[dict | None], group: dict) -> list[int]:
         """Indices of the params whose state ``_init_state`` must (re)create before the update."""
+        if all(states):  # the steady state: one C-level pass
+            return []
         return [i for i, state in enumerate(states) if not state]
 
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
@@ -446,7 +448,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         rule = self._RULE
         lr, lr_tensor = self._lr(group, bucket.kparams[0].device)
         hyper, flags = self._rule_args(group)
-        states = [t for key in self._state_keys(group) for t in bucket.kstates[key]]
+        states = list(chain.from_iterable(map(bucket.kstates.__getitem__, self._state_keys(group))))
         scalars = [state[key] for key in rule.scalars for state in bucket.states]
         is_first = bucket.is_first if rule.takes_is_first and states else []
         bucket.backend.update(rule.name, bucket.kparams, bucket.kgrads, states, bucket.kmasters, scalars, is_first,
@@ -743,7 +745,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 part = part if weight == 1 else part * weight
                 total = part if total is None else total + part
             total = reduction.all_reduce(total)
-        sumsq, nonfinite = total[0], total[1] > 0
+        sumsq, flag = total.unbind()  # one op for both views
+        nonfinite = flag > 0
         norm = sumsq.sqrt()
         if grad_scale is not None:
             norm = norm / grad_scale
