@@ -201,8 +201,7 @@ def _adam(i, p32, g, states, scalars, first, h, flags):
 # The per-param body of each rule: (index, current value and prepared grad in the compute dtype, its states and
 # scalar states by key, is_first, hyperparameters by name (lr already from lr_tensor), the switches that are on)
 # -> the new value. Scalar states are advanced here (the caller has already returned for a skipped step).
-RULE_BODIES = {"sgd": _sgd, "adam": _adam}
-RULES = frozenset(RULE_BODIES)  # the rules this backend runs (fusedopt.ops.rules_of)
+RULE_BODIES = {"sgd": _sgd, "adam": _adam}  # (and the rules of issue 12 part 2, added below)
 
 
 def _check_steps(scalars: dict[str, list[Tensor]]) -> None:
@@ -355,3 +354,4 @@ def _asgd(i, p32, g, states, scalars, first, h, flags):
 
 
 RULE_BODIES.update({"nadam": _nadam, "radam": _radam, "adadelta": _adadelta, "rprop": _rprop, "asgd": _asgd})
+RULES = frozenset(RULE_BODIES)  # the rules this backend runs (fusedopt.ops.rules_of)
