@@ -11,6 +11,12 @@ bitwise (torch 2.13, x86-64 with AVX2) and what is not, and why:
   Triton kernels, is IEEE. With torch's sqrt replaced by a correctly rounded one (numpy's, see ``ieee_sqrt``) every
   config with float hyperparameters is bitwise, which shows that the other roundings match; unpatched, results
   agree to 1e-5 (test_parity.py) and the first step's moments are bitwise.
+- Rprop, ASGD (no square root): every config, against torch as it is.
+- NAdam, RAdam, Adadelta: as Adam, for their square roots (``exp_avg_sq.div(bc2).sqrt()``, ``exp_avg_sq.sqrt()``,
+  Adadelta's two ``.sqrt_()``): bitwise with ``ieee_sqrt``, which patches both. Their per-tensor coefficients
+  (NAdam's fp32 ``mu_product`` product and mu terms, RAdam's rectification and its branch, ASGD's eta and mu) are
+  computed as torch's Python floats are, so those match too; RAdam's steps before it rectifies take no root and
+  are bitwise with torch's own sqrt.
 - Adam/AdamW with a tensor lr or tensor betas: torch keeps them 0-dim fp32 tensors and computes the bias
   corrections, the step size and AdamW's decay factor in fp32 tensor arithmetic (fp32 pow, fp32 division), where
   fusedopt computes them in double as for float hyperparameters: not bitwise (tolerance tests in test_parity.py).
