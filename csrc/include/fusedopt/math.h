@@ -474,7 +474,7 @@ struct AdadeltaRule {
   }
 
   struct PerTensor {};
-  // The count is only counted.
+  // The count is only counted (Rprop's too).
   FUSEDOPT_HD static PerTensor per_tensor(const double* /*h*/, float* const* scalars, bool /*first*/) {
     *scalars[0] += 1.0f;  // step += 1
     return {};
@@ -525,11 +525,10 @@ struct RpropRule {
   };
   FUSEDOPT_HD static Hyper hyper(const double* h) { return {float(h[1]), float(h[2]), float(h[3]), float(h[4])}; }
 
-  struct PerTensor {};
-  // The count is only counted.
-  FUSEDOPT_HD static PerTensor per_tensor(const double* /*h*/, float* const* scalars, bool /*first*/) {
-    *scalars[0] += 1.0f;  // step += 1
-    return {};
+  // Adadelta's: the count is only counted.
+  using PerTensor = AdadeltaRule::PerTensor;
+  FUSEDOPT_HD static PerTensor per_tensor(const double* h, float* const* scalars, bool first) {
+    return AdadeltaRule::per_tensor(h, scalars, first);
   }
 
   // Each line is one torch op of _single_tensor_rprop (named at its end), in the same order, so that any etas
