@@ -11,6 +11,12 @@ bitwise (torch 2.13, x86-64 with AVX2) and what is not, and why:
   Triton kernels, is IEEE. With torch's sqrt replaced by a correctly rounded one (numpy's, see ``ieee_sqrt``) every
   config with float hyperparameters is bitwise, which shows that the other roundings match; unpatched, results
   agree to 1e-5 (test_parity.py) and the first step's moments are bitwise.
+- Rprop, ASGD (no square root): every config, against torch as it is.
+- NAdam, RAdam, Adadelta: as Adam, for their square roots (``exp_avg_sq.div(bc2).sqrt()``, ``exp_avg_sq.sqrt()``,
+  Adadelta's two ``.sqrt_()``): bitwise with ``ieee_sqrt``, which patches both. Their per-tensor coefficients
+  (NAdam's fp32 ``mu_product`` product and mu terms, RAdam's rectification and its branch, ASGD's eta and mu) are
+  computed as torch's Python floats are, so those match too; RAdam's steps before it rectifies take no root and
+  are bitwise with torch's own sqrt.
 - Adam/AdamW with a tensor lr or tensor betas: torch keeps them 0-dim fp32 tensors and computes the bias
   corrections, the step size and AdamW's decay factor in fp32 tensor arithmetic (fp32 pow, fp32 division), where
   fusedopt computes them in double as for float hyperparameters: not bitwise (tolerance tests in test_parity.py).
@@ -68,10 +74,10 @@ def _cpu_backend_and_one_torch_thread():
 
 @contextlib.contextmanager
 def ieee_sqrt():
-    """torch.Tensor.sqrt replaced by a correctly rounded one (numpy's float32 sqrt, IEEE on every platform) for
-    torch.optim's Adam (``exp_avg_sq.sqrt()``, ``max_exp_avg_sqs[i].sqrt()``). Yields the call count, so a test
-    can tell the patch was used."""
-    original = torch.Tensor.sqrt
+    """torch.Tensor.sqrt and sqrt_ replaced by a correctly rounded one (numpy's float32 sqrt, IEEE on every
+    platform) for the torch.optim steps that take square roots (Adam's ``exp_avg_sq.sqrt()``, Adadelta's
+    ``square_avg.add(eps).sqrt_()``, ...). Yields the call count, so a test can tell the patch was used."""
+    original = torch.Tensor.sqrt, torch.Tensor.sqrt_
     calls = [0]
 
     def sqrt(self: Tensor) -> Tensor:
@@ -79,20 +85,24 @@ def ieee_sqrt():
         calls[0] += 1
         return torch.from_numpy(np.asarray(np.sqrt(self.detach().contiguous().numpy()))).reshape(self.shape)
 
-    torch.Tensor.sqrt = sqrt
+    def sqrt_(self: Tensor) -> Tensor:
+        return self.copy_(sqrt(self))
+
+    torch.Tensor.sqrt, torch.Tensor.sqrt_ = sqrt, sqrt_
     try:
         yield calls
     finally:
-        torch.Tensor.sqrt = original
+        torch.Tensor.sqrt, torch.Tensor.sqrt_ = original
 
 
-def is_adam(alg: Algorithm) -> bool:
-    return alg.name in ("Adam", "AdamW")
+# The algorithms whose torch.optim step takes square roots (of fp32 tensors: MKL VML's on the CPU).
+TAKES_SQRT = ("Adam", "AdamW", "NAdam", "RAdam", "Adadelta")
 
 
 def torch_sqrt_patch(alg: Algorithm):
-    """A fresh context for one use: ieee_sqrt for Adam/AdamW (whose step calls sqrt), nothing for SGD."""
-    return ieee_sqrt() if is_adam(alg) else contextlib.nullcontext([1])
+    """A fresh context for one use: ieee_sqrt for the algorithms whose step calls sqrt, nothing for the others
+    (SGD, Rprop, ASGD)."""
+    return ieee_sqrt() if alg.name in TAKES_SQRT else contextlib.nullcontext([1])
 
 
 def bitwise_with_torch(alg: Algorithm, config: OptimConfig) -> bool:
@@ -124,7 +134,7 @@ def runs(alg: Algorithm, config: OptimConfig, backend: str = "cpu", steps: int =
     patch = torch_sqrt_patch(alg) if backend == "cpu" else contextlib.nullcontext([1])
     with patch as calls:
         expected = run_torch(alg, config, clone_params(groups), grads)
-    assert calls[0] > 0, "torch.optim's Adam did not call Tensor.sqrt: the patch no longer applies"
+    assert calls[0] > 0, f"torch.optim's {alg.name} did not call Tensor.sqrt: the patch no longer applies"
     return fused, expected
 
 

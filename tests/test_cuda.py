@@ -479,10 +479,11 @@ def _cpu(r: Run) -> Run:
                [to(n) for n in r.norms], None if r.initial is None else [to(p) for p in r.initial])
 
 
-def assert_backends_close(actual: Run, expected: Run) -> None:
-    """fp32 tensors within test_parity's fp32 tolerance, bf16/fp16 ones within 2 ulps (see the module doc)."""
+def assert_backends_close(actual: Run, expected: Run, fp32_rtol: float | None = None) -> None:
+    """fp32 tensors within test_parity's fp32 tolerance (or ``fp32_rtol``), bf16/fp16 ones within 2 ulps (see the
+    module doc)."""
     for name, a, e in zip(PARAM_NAMES, actual.params, expected.params, strict=True):
-        _close_by_dtype(a, e, f"param {name!r}")
+        _close_by_dtype(a, e, f"param {name!r}", fp32_rtol)
     for name, sa, se in zip(PARAM_NAMES, actual.states, expected.states, strict=True):
         assert sorted(sa) == sorted(se), f"state keys of {name!r}: {sorted(sa)} vs {sorted(se)}"
         for key in se:
@@ -490,14 +491,14 @@ def assert_backends_close(actual: Run, expected: Run) -> None:
             if key == "step":
                 assert_bitwise_equal(sa[key], se[key], name=f"state[{name!r}]['step']")
             else:
-                _close_by_dtype(sa[key], se[key], f"state[{name!r}][{key!r}]")
+                _close_by_dtype(sa[key], se[key], f"state[{name!r}][{key!r}]", fp32_rtol)
     for step, (na, ne) in enumerate(zip(actual.norms, expected.norms, strict=True)):
         assert (na is None) == (ne is None), f"step {step}: grad_norm computed on one side only"
         if ne is not None:
             assert_close(na, ne, rtol=1e-5, name=f"grad_norm at step {step}")
 
 
-def _close_by_dtype(a, e, name):
+def _close_by_dtype(a, e, name, fp32_rtol=None):
     if e.dtype in LOW_PRECISION:
         # 2 ulps, plus 1e-6 of the tensor's largest magnitude: a last-bit difference of the clip coefficient,
         # carried over the steps, is an absolute error at that scale in values that cancel down to near zero
@@ -508,7 +509,7 @@ def _close_by_dtype(a, e, name):
         assert_close(a, e, rtol=0.0, atol=2 * spacing.double() + 1e-6 * scale, name=f"{name} (2 ulps + 1e-6 max)")
     else:
         scale = float(e.abs().max()) if e.numel() else 0.0
-        assert_close(a, e, rtol=RTOL[torch.float32], atol=1e-6 * scale, name=name)
+        assert_close(a, e, rtol=fp32_rtol or RTOL[torch.float32], atol=1e-6 * scale, name=name)
 
 
 def _run_on_target(target: Target, alg, config, groups, grads, **extra) -> Run:
@@ -571,7 +572,10 @@ def test_variants_match_cpu_backend(request, target_name, alg, config, dtype, ex
     on_cpu = run_fused_on(alg, config, "cpu", clone_params(groups), grads, "cpu", **extra)
     on_ref = run_fused_on(alg, config, "reference", clone_params(groups), grads, "cpu", **extra)
     assert_backends_close(on_cuda, on_cpu)
-    assert_backends_close(on_cuda, on_ref)
+    # Adadelta: the reference takes its two square roots per element with torch's (MKL VML's, not correctly
+    # rounded) sqrt; a last-bit difference there flips a bf16 state's rounding now and then (an ulp is 0.4%), which
+    # moves that element's next steps (seen: a master param 1.2e-5 relative off). The CPU backend is the same math.
+    assert_backends_close(on_cuda, on_ref, fp32_rtol=1e-4 if alg.name == "Adadelta" else None)
 
 
 # --------------------------------------------------------------------------------------------------------------

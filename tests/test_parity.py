@@ -656,8 +656,12 @@ def test_cpu_matches_reference(alg, config, dtype):
     math differs in its last bit); their fp32 states then within 1e-6 relative of the reference's. With
     clipping, the two backends' global norms (separate reductions) may differ by an ulp, and so may the
     coefficients: a state that cancels to near zero then gets a floor of 1e-7 of that state's largest
-    magnitude over all params."""
+    magnitude over all params. Adadelta in bf16/fp16: its states within 1e-5 relative, as its two square roots per
+    element (IEEE here, MKL VML's in the reference's torch ops) make such a param flip likelier, and a flipped
+    param feeds back into the next step's states through its weight decay (seen: one fp16 param of 4097, its
+    acc_delta then 6.5e-6 relative off)."""
     require_rule("cpu", alg.fused_cls)
+    state_rtol = 1e-5 if alg.name == "Adadelta" and dtype in LOW_PRECISION else 1e-6
     groups = make_params(dtype)
     grads = make_grads(dtype)
     cpu = run_fused(alg, config, "cpu", clone_params(groups), grads)
@@ -674,7 +678,7 @@ def test_cpu_matches_reference(alg, config, dtype):
             scale = _scale(sr[key])
             if config.max_grad_norm is not None:
                 scale = max(_scale(s[key]) for s in ref.states if key in s)
-            assert_close(sc[key], sr[key], rtol=1e-6, atol=1e-7 * scale, name=f"state[{name!r}][{key!r}]")
+            assert_close(sc[key], sr[key], rtol=state_rtol, atol=1e-7 * scale, name=f"state[{name!r}][{key!r}]")
     for step, (nc, nr) in enumerate(zip(cpu.norms, ref.norms)):
         assert (nc is None) == (nr is None), f"grad_norm at step {step}: {nc} vs {nr}"
         if nr is not None:

@@ -61,6 +61,24 @@ CASES = {
 }
 
 
+def _per_tensor_case(rule):
+    r = rules.RULES[rule]
+    return update._per_tensor_kernel, dict(
+        PER_TENSOR=r.per_tensor, N_STATES=len(r.rule.states), N_SCALARS=len(r.rule.scalars),
+        N_COEFS=len(r.coefficients), TAKES_FIRST=r.rule.takes_is_first, HAS_LR_TENSOR=True, HAS_FOUND_INF=True,
+        RECORD=update._record_size(r.rule), TENSOR_BLOCK=mt.TENSOR_BLOCK)
+
+
+# NAdam, RAdam, Adadelta, Rprop, ASGD (issue 12 part 2): every flag on, bf16 params with masters and bf16 states
+# (the most tensors and conversions), and each rule's per-tensor pass (float64 exp/log/sqrt from libdevice).
+for _rule in ("nadam", "radam", "adadelta", "rprop", "asgd"):
+    _r = rules.RULES[_rule]
+    CASES[f"{_rule}_bf16_master"] = _update_case(
+        _rule, flags=(1 << len(_r.rule.flags)) - 1, used=(1 << len(_r.rule.states)) - 1, P_KIND=1, S_KIND=1,
+        HAS_MASTER=True, HAS_LR_TENSOR=True, HAS_GRAD_SCALE=True, HAS_CLIP=True, HAS_FOUND_INF=True, MAXIMIZE=True)
+    CASES[f"{_rule}_steps"] = _per_tensor_case(_rule)
+
+
 def compile_case(kernel, constexprs: dict):
     names = [p.name for p in kernel.params]
     signature = {n: "constexpr" if n in constexprs else _TYPES.get(n, "*fp32") for n in names}
@@ -88,7 +106,10 @@ def facts(compiled) -> dict:
     return {"spills": spills(compiled.asm["cubin"]),
             "fma_f32": count(r"\bfma\.rn\.f32\b"), "div_rn_f32": count(r"\bdiv\.rn\.f32\b"),
             "div_approx": count(r"\bdiv\.(full|approx)\.f32\b"), "sqrt_rn_f32": count(r"\bsqrt\.rn\.f32\b"),
-            "sqrt_approx": count(r"\bsqrt\.approx\.f32\b"), "rcp_approx": count(r"\brcp\.approx"),
+            "sqrt_approx": count(r"\bsqrt\.approx\.f32\b"),
+            # float32 only: libdevice's float64 log (ASGD's per-tensor power) seeds with rcp.approx.f64 and
+            # refines it with fma steps to its documented accuracy
+            "rcp_approx": count(r"\brcp\.approx(\.ftz)?\.f32\b"),
             "fp64_sqrt": count(r"\bsqrt\.rn\.f64\b"), "elements_per_thread": mt.BLOCK_GPU // (32 * mt.NUM_WARPS)}
 
 

@@ -120,6 +120,27 @@ def pow_int(base, n):
 
 
 @triton.jit
+def pow_real(base, exponent):
+    """``base ** exponent`` (float64, base > 0) for any real exponent, as exp(exponent * log(base)) (no
+    libdevice pow: the interpreter lacks it): within a few float64 ulps of Python's ``**`` for the moderate
+    exponents of the rules (NAdam's 0.96^(step psi), ASGD's (1 + lambd lr step)^alpha), far below float32's."""
+    return tl.exp(exponent * tl.log(base))
+
+
+@triton.jit
+def sign(x):
+    # torch.sign: 1, -1 or 0, and 0 for NaN (math.h's sign).
+    return tl.where(x > 0.0, 1.0, tl.where(x < 0.0, -1.0, 0.0))
+
+
+@triton.jit
+def clamp(x, lo, hi):
+    # torch.clamp with float bounds: max with lo, then min with hi; a NaN x stays NaN (math.h's clamp).
+    y = tl.where(lo > x, lo, x)
+    return tl.where(hi < y, hi, y)
+
+
+@triton.jit
 def prepare_grad(g, grad_scale_ptr, clip_coef_ptr, grads_ptr, offs, mask, G_KIND: tl.constexpr,
                  HAS_GRAD_SCALE: tl.constexpr, HAS_CLIP: tl.constexpr, MAXIMIZE: tl.constexpr):
     """GradScaler unscale (written back to the grad), then clip and maximize as one factor (math.h's

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from fusedopt import rules
-from fusedopt.triton.math import lerp, maximum, pow_int
+from fusedopt.triton.math import clamp, lerp, maximum, pow_int, pow_real, sign
 
 # Hyperparameter slots of the kernels (float64 runtime arguments, unused ones 0): the most any rule takes.
 MAX_HYPER = 8
@@ -138,6 +138,19 @@ def adam_per_tensor(h, scalars, first):
     return (step,), (step_size.to(tl.float32), bc2_sqrt.to(tl.float32))
 
 
+# math.h's AdamRule::decay_and_moments, which NAdam and RAdam share: the weight decay (decoupled when DECOUPLED)
+# and the moments. Each line is one torch op of _single_tensor_adam (named at its end).
+@triton.jit
+def adam_decay_and_moments(p, g, m, v, h, DECOUPLED: tl.constexpr):
+    if DECOUPLED:
+        p = tl.where(h.weight_decay_on, p * h.decay, p)  # param.mul_(1 - lr * weight_decay)
+    else:
+        g = tl.where(h.weight_decay_on, tl.fma(p, h.weight_decay, g), g)  # grad.add(param, alpha=weight_decay)
+    m = lerp(m, g, h.lerp_weight)  # exp_avg.lerp_(grad, 1 - beta1)
+    v = tl.fma(h.one_minus_beta2 * g, g, v * h.beta2)  # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
+    return p, g, m, v
+
+
 # Each line is one torch op of _single_tensor_adam (named at its end); maximize and clipping are prepare_grad's.
 @triton.jit
 def adam_element(p, g, s, h, t, first, FLAGS: tl.constexpr, USED: tl.constexpr):
@@ -146,12 +159,7 @@ def adam_element(p, g, s, h, t, first, FLAGS: tl.constexpr, USED: tl.constexpr):
     vmax = s[2]
     step_size = t[0]
     bc2_sqrt = t[1]
-    if _ADAM_DECOUPLED & FLAGS:
-        p = tl.where(h.weight_decay_on, p * h.decay, p)  # param.mul_(1 - lr * weight_decay)
-    else:
-        g = tl.where(h.weight_decay_on, tl.fma(p, h.weight_decay, g), g)  # grad.add(param, alpha=weight_decay)
-    m = lerp(m, g, h.lerp_weight)  # exp_avg.lerp_(grad, 1 - beta1)
-    v = tl.fma(h.one_minus_beta2 * g, g, v * h.beta2)  # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
+    p, g, m, v = adam_decay_and_moments(p, g, m, v, h, _ADAM_DECOUPLED & FLAGS)
     vhat = v
     if _ADAM_AMSGRAD & FLAGS:
         vmax = maximum(vmax, v)  # torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
@@ -164,3 +172,203 @@ def adam_element(p, g, s, h, t, first, FLAGS: tl.constexpr, USED: tl.constexpr):
 
 ADAM = register(TritonRule(rules.ADAM, hyper=adam_hyper, element=adam_element, per_tensor=adam_per_tensor,
                            coefficients=("step_size", "bc2_sqrt")))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NAdam, RAdam, Adadelta, Rprop, ASGD (issue 12 part 2): math.h's NadamRule ... AsgdRule. Coefficients that
+# math.h keeps as bools (RAdam's rectified, ASGD's average) travel as 1.0/0.0 in the float32 coefficient table.
+# Constants that float32 does not hold exactly (0.96) are float64 values: a Python float literal would be a
+# float32 constant.
+
+_NADAM_DECOUPLED = _bit(rules.NADAM.flags, "decoupled")
+
+
+# NAdam's hyper is Adam's (its first five hyperparameters are Adam's; momentum_decay, h[5], enters per tensor).
+@triton.jit
+def nadam_per_tensor(h, scalars, first):
+    # In float64 from the new count, as torch's Python floats; mu_product is a float32 state, multiplied in
+    # float32 (torch: a 0-dim float32 tensor times a Python float), then read back as a float64.
+    lr = h[0]
+    beta1 = h[1]
+    momentum_decay = h[5]
+    step = scalars[0] + 1.0  # step_t += 1
+    step64 = step.to(tl.float64)
+    bias_correction2 = 1.0 - pow_int(h[2], step)
+    base = tl.full((), 0.96, tl.float64)
+    mu = beta1 * (1.0 - 0.5 * pow_real(base, step64 * momentum_decay))
+    mu_next = beta1 * (1.0 - 0.5 * pow_real(base, (step64 + 1.0) * momentum_decay))
+    mu_product = scalars[1] * mu.to(tl.float32)  # mu_product *= mu
+    mu_product64 = mu_product.to(tl.float64)
+    grad_coef = -lr * (1.0 - mu) / (1.0 - mu_product64)
+    exp_avg_coef = (-lr * mu_next) / (1.0 - mu_product64 * mu_next)
+    return (step, mu_product), (bias_correction2.to(tl.float32), grad_coef.to(tl.float32),
+                                exp_avg_coef.to(tl.float32))
+
+
+# Each line is one torch op of _single_tensor_nadam (named at its end).
+@triton.jit
+def nadam_element(p, g, s, h, t, first, FLAGS: tl.constexpr, USED: tl.constexpr):
+    m = s[0]
+    v = s[1]
+    p, g, m, v = adam_decay_and_moments(p, g, m, v, h, _NADAM_DECOUPLED & FLAGS)
+    denom = tl.sqrt_rn(tl.div_rn(v, t[0])) + h.eps  # exp_avg_sq.div(bias_correction2).sqrt(), denom.add_(eps)
+    p = p + tl.div_rn(t[1] * g, denom)  # param.addcdiv_(grad, denom, value=-lr (1 - mu) / (1 - mu_product))
+    p = p + tl.div_rn(t[2] * m, denom)  # param.addcdiv_(exp_avg, denom, value=-lr mu_next / (1 - ...))
+    return p, (m, v)
+
+
+NADAM = register(TritonRule(rules.NADAM, hyper=adam_hyper, element=nadam_element, per_tensor=nadam_per_tensor,
+                            coefficients=("bias_correction2", "grad_coef", "exp_avg_coef")))
+
+
+_RADAM_DECOUPLED = _bit(rules.RADAM.flags, "decoupled")
+
+RadamHyper = namedtuple("RadamHyper", AdamHyper._fields + ("lr",))
+
+
+@triton.jit
+def radam_hyper(h):
+    a = adam_hyper(h)
+    return RadamHyper(a.lerp_weight, a.beta2, a.one_minus_beta2, a.eps, a.weight_decay_on, a.weight_decay, a.decay,
+                      h[0].to(tl.float32))
+
+
+@triton.jit
+def radam_per_tensor(h, scalars, first):
+    # In float64 from the new count, as torch's Python floats. math.h takes ** 0.5 with pow (as Python does);
+    # the float64 sqrt here, as Adam's bc2_sqrt, differs from it at most in the last float64 bit.
+    beta2 = h[2]
+    step = scalars[0] + 1.0  # step_t += 1
+    step64 = step.to(tl.float64)
+    bias_correction1 = 1.0 - pow_int(h[1], step)
+    bias_correction2 = 1.0 - pow_int(beta2, step)
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * step64 * pow_int(beta2, step) / bias_correction2
+    rectified = rho_t > 5.0
+    # (the ratio replaced by 1 where not rectified, so that no lane takes a square root of a negative)
+    rect = tl.sqrt(tl.where(rectified, (rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
+                            ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t), 1.0))
+    return (step,), (bias_correction1.to(tl.float32), tl.sqrt(bias_correction2).to(tl.float32),
+                     rect.to(tl.float32), rectified.to(tl.float32))
+
+
+# Each line is one torch op of _single_tensor_radam (named at its end); torch's branch on rho_t, per tensor, is a
+# select of the two results.
+@triton.jit
+def radam_element(p, g, s, h, t, first, FLAGS: tl.constexpr, USED: tl.constexpr):
+    m = s[0]
+    v = s[1]
+    p, g, m, v = adam_decay_and_moments(p, g, m, v, h, _RADAM_DECOUPLED & FLAGS)
+    scaled = tl.div_rn(m, t[0]) * h.lr  # bias_corrected_exp_avg * lr
+    # bias_correction2 ** 0.5 / exp_avg_sq.sqrt().add_(eps): Tensor.__rtruediv__ is reciprocal(x) * s.
+    adaptive_lr = tl.div_rn(tl.full(v.shape, 1.0, tl.float32), tl.sqrt_rn(v) + h.eps) * t[1]
+    rectified = (scaled * adaptive_lr) * t[2]  # ... * _compute_adaptive_lr() * _compute_rect()
+    p = p - tl.where(t[3] != 0.0, rectified, scaled)  # param.add_(..., alpha=-1.0)
+    return p, (m, v)
+
+
+RADAM = register(TritonRule(rules.RADAM, hyper=radam_hyper, element=radam_element, per_tensor=radam_per_tensor,
+                            coefficients=("bias_correction1", "bc2_sqrt", "rect", "rectified")))
+
+
+AdadeltaHyper = namedtuple("AdadeltaHyper", "lr rho one_minus_rho eps weight_decay_on weight_decay")
+
+
+@triton.jit
+def adadelta_hyper(h):
+    return AdadeltaHyper(h[0].to(tl.float32), h[1].to(tl.float32), (1.0 - h[1]).to(tl.float32),
+                         h[2].to(tl.float32), h[3] != 0.0, h[3].to(tl.float32))
+
+
+# The count is only counted (Rprop's too).
+@triton.jit
+def count_step(h, scalars, first):
+    return (scalars[0] + 1.0,), ()
+
+
+# Each line is one torch op of _single_tensor_adadelta (named at its end).
+@triton.jit
+def adadelta_element(p, g, s, h, t, first, FLAGS: tl.constexpr, USED: tl.constexpr):
+    square_avg = s[0]
+    acc_delta = s[1]
+    g = tl.where(h.weight_decay_on, tl.fma(p, h.weight_decay, g), g)  # grad.add(param, alpha=weight_decay)
+    square_avg = tl.fma(h.one_minus_rho * g, g, square_avg * h.rho)  # square_avg.mul_(rho).addcmul_(g, g, 1 - rho)
+    std = tl.sqrt_rn(square_avg + h.eps)  # square_avg.add(eps).sqrt_()
+    delta = tl.sqrt_rn(acc_delta + h.eps)  # acc_delta.add(eps).sqrt_()
+    delta = tl.div_rn(delta, std) * g  # delta.div_(std).mul_(grad)
+    acc_delta = tl.fma(h.one_minus_rho * delta, delta, acc_delta * h.rho)  # acc_delta.mul_(rho).addcmul_(...)
+    p = tl.fma(delta, -h.lr, p)  # param.add_(delta, alpha=-lr)
+    return p, (square_avg, acc_delta)
+
+
+ADADELTA = register(TritonRule(rules.ADADELTA, hyper=adadelta_hyper, element=adadelta_element,
+                               per_tensor=count_step))
+
+
+RpropHyper = namedtuple("RpropHyper", "etaminus etaplus step_size_min step_size_max")
+
+
+@triton.jit
+def rprop_hyper(h):
+    return RpropHyper(h[1].to(tl.float32), h[2].to(tl.float32), h[3].to(tl.float32), h[4].to(tl.float32))
+
+
+# Each line is one torch op of _single_tensor_rprop (named at its end), in its order; all selects.
+@triton.jit
+def rprop_element(p, g, s, h, t, first, FLAGS: tl.constexpr, USED: tl.constexpr):
+    prev = s[0]
+    step_size = s[1]
+    factor = sign(g * prev)  # sign = grad.mul(prev).sign()
+    factor = tl.where(factor > 0.0, h.etaplus, factor)  # sign[sign.gt(0)] = etaplus
+    factor = tl.where(factor < 0.0, h.etaminus, factor)  # sign[sign.lt(0)] = etaminus
+    factor = tl.where(factor == 0.0, 1.0, factor)  # sign[sign.eq(0)] = 1
+    # step_size.mul_(sign).clamp_(step_size_min, step_size_max)
+    step_size = clamp(step_size * factor, h.step_size_min, h.step_size_max)
+    g = tl.where(factor == h.etaminus, 0.0, g)  # grad[sign.eq(etaminus)] = 0
+    p = tl.fma(-1.0 * sign(g), step_size, p)  # param.addcmul_(grad.sign(), step_size, value=-1)
+    return p, (g, step_size)  # prev.copy_(grad)
+
+
+RPROP = register(TritonRule(rules.RPROP, hyper=rprop_hyper, element=rprop_element, per_tensor=count_step))
+
+
+AsgdHyper = namedtuple("AsgdHyper", "weight_decay_on weight_decay")
+
+
+@triton.jit
+def asgd_hyper(h):
+    return AsgdHyper(h[4] != 0.0, h[4].to(tl.float32))
+
+
+@triton.jit
+def asgd_per_tensor(h, scalars, first):
+    # The update reads eta and mu as they were; then they advance from the new count, in float64 as torch's
+    # Python floats (stored as float32).
+    lr = h[0]
+    lambd = h[1]
+    eta = scalars[1].to(tl.float64)
+    mu = scalars[2]
+    step = scalars[0] + 1.0  # step_t += 1
+    step64 = step.to(tl.float64)
+    new_eta = lr / pow_real(1.0 + lambd * lr * step64, h[2])  # lr / (1 + lambd lr step)^alpha
+    since = step64 - h[3]
+    new_mu = 1.0 / tl.where(since > 1.0, since, 1.0)  # 1 / max(1, step - t0) (Python's max)
+    return (step, new_eta.to(tl.float32), new_mu.to(tl.float32)), \
+        ((1.0 - lambd * eta).to(tl.float32), (-eta).to(tl.float32), mu, (mu != 1.0).to(tl.float32))
+
+
+# Each line is one torch op of _single_tensor_asgd (named at its end); torch's branch on mu, per tensor, is a
+# select.
+@triton.jit
+def asgd_element(p, g, s, h, t, first, FLAGS: tl.constexpr, USED: tl.constexpr):
+    ax = s[0]
+    g = tl.where(h.weight_decay_on, tl.fma(p, h.weight_decay, g), g)  # grad.add(param, alpha=weight_decay)
+    p = p * t[0]  # param.mul_(1 - lambd * eta)
+    p = tl.fma(g, t[1], p)  # param.add_(grad, alpha=-eta)
+    averaged = ax + (p - ax) * t[2]  # ax.add_(param.sub(ax).mul_(mu))
+    ax = tl.where(t[3] != 0.0, averaged, p)  # or ax.copy_(param)
+    return p, (ax,)
+
+
+ASGD = register(TritonRule(rules.ASGD, hyper=asgd_hyper, element=asgd_element, per_tensor=asgd_per_tensor,
+                           coefficients=("decay", "neg_eta", "mu", "average")))

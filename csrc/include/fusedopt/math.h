@@ -264,20 +264,26 @@ struct AdamRule {
     return coefficients(h[0], h[1], h[2], double(*scalars[0]));
   }
 
-  // Each line is one torch op of _single_tensor_adam (named at its end).
-  template <uint32_t SW>
-  FUSEDOPT_HD static void element(float& p, float g, float (&s)[kStates], const Hyper& h, const PerTensor& t) {
-    float& m = s[0];
-    float& v = s[1];
-    float& vmax = s[2];
-    if constexpr ((SW & kDecoupled) != 0) {
+  // The weight decay (coupled, or decoupled: DECOUPLED implies WD) and the moments, the first lines of
+  // element, which NAdam and RAdam share. Each line is one torch op of _single_tensor_adam (named at its end).
+  template <bool WD, bool DECOUPLED>
+  FUSEDOPT_HD static void decay_and_moments(float& p, float& g, float& m, float& v, const Hyper& h) {
+    if constexpr (DECOUPLED) {
       p = p * h.decay;  // param.mul_(1 - lr * weight_decay)
-    } else if constexpr ((SW & kWeightDecay) != 0) {
+    } else if constexpr (WD) {
       g = std::fma(p, h.weight_decay, g);  // grad.add(param, alpha=weight_decay)
     }
     m = lerp(m, g, h.lerp_weight);  // exp_avg.lerp_(grad, 1 - beta1)
     // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     v = std::fma(h.one_minus_beta2 * g, g, v * h.beta2);
+  }
+
+  template <uint32_t SW>
+  FUSEDOPT_HD static void element(float& p, float g, float (&s)[kStates], const Hyper& h, const PerTensor& t) {
+    float& m = s[0];
+    float& v = s[1];
+    float& vmax = s[2];
+    decay_and_moments<(SW & kWeightDecay) != 0, (SW & kDecoupled) != 0>(p, g, m, v, h);
     float vhat = v;
     if constexpr ((SW & kAmsgrad) != 0) {
       vmax = maximum(vmax, v);  // torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
@@ -287,6 +293,320 @@ struct AdamRule {
     // param.addcdiv_(exp_avg, denom, value=-step_size) is p + ((-step_size) * m) / denom: the same bits as this,
     // since rounding to nearest is symmetric under negation.
     p = p - (t.step_size * m) / denom;
+  }
+};
+
+
+// ---------------------------------------------------------------------------------------------------------------
+// NAdam, RAdam, Adadelta, Rprop, ASGD (issue 12 part 2): fusedopt/reference.py's bodies, which are torch's
+// single-tensor for-loops. Their per-tensor math reads only the scalar states and the hyperparameters (in double,
+// as torch's Python floats), so the CUDA kernels compute it on the device from the counts there.
+
+// `c ? a : b` on the bits, for the rules' selects: a and b are both computed whatever c is. Written as `?:`,
+// GCC moved math that only one side needs under a branch (where its if-conversion will not speculate a
+// floating-point op that could trap) and left the loop scalar: Rprop's selects, and RAdam's per-tensor choice
+// once the loop was unswitched on Adam's lerp weight.
+FUSEDOPT_HD inline float bit_select(bool c, float a, float b) {
+  const uint32_t mask = 0u - uint32_t(c);
+  return bits_float((float_bits(a) & mask) | (float_bits(b) & ~mask));
+}
+
+// torch.sign as torch's vectorized kernel computes it, (0 < x) - (x < 0): 1, -1 or +0, and +0 for NaN.
+FUSEDOPT_HD inline float sign(float x) { return bit_select(0.0f < x, 1.0f, 0.0f) - bit_select(x < 0.0f, 1.0f, 0.0f); }
+
+// torch.clamp(x, lo, hi) with float bounds: max with lo, then min with hi, as torch's CPU kernels take them
+// (vector and scalar alike): a NaN x stays NaN, and hi wins where lo > hi.
+FUSEDOPT_HD inline float clamp(float x, float lo, float hi) {
+  const float y = bit_select(lo > x, lo, x);
+  return bit_select(hi < y, hi, y);
+}
+
+// NAdam (torch.optim.nadam._single_tensor_nadam).
+struct NadamRule {
+  static constexpr const char* kName = "nadam";
+  static constexpr int kHyper = 6;
+  static constexpr int kFlags = 1;
+  static constexpr int kStates = 2;
+  static constexpr int kScalars = 2;
+  static constexpr std::array<const char*, kHyper> kHyperNames = {"lr",  "beta1",        "beta2",
+                                                                  "eps", "weight_decay", "momentum_decay"};
+  static constexpr std::array<const char*, kFlags> kFlagNames = {"decoupled"};
+  static constexpr std::array<const char*, kStates> kStateNames = {"exp_avg", "exp_avg_sq"};
+  static constexpr std::array<const char*, kScalars> kScalarNames = {"step", "mu_product"};
+  static constexpr std::array<bool, kScalars> kScalarNonNegative = {true, false};  // step 0: 1 - beta2^0 = 0
+  static constexpr bool kTakesIsFirst = false;
+
+  enum : uint32_t { kWeightDecay = 1, kDecoupled = 2 };
+  static constexpr int kSwitchBits = 2;
+  FUSEDOPT_HD static uint32_t switches(const double* h, uint32_t flags) {
+    const bool wd = h[4] != 0.0;
+    return (wd ? kWeightDecay : 0u) | (wd && (flags & 1u) ? kDecoupled : 0u);
+  }
+  FUSEDOPT_HD static constexpr bool uses_state(int /*k*/, uint32_t /*sw*/) { return true; }
+
+  // Adam's (its first five hyperparameters are Adam's; momentum_decay enters per tensor only).
+  using Hyper = AdamRule::Hyper;
+  FUSEDOPT_HD static Hyper hyper(const double* h) { return AdamRule::hyper(h); }
+
+  struct PerTensor {
+    float bias_correction2;  // 1 - beta2^step
+    float grad_coef;         // -lr (1 - mu) / (1 - mu_product)
+    float exp_avg_coef;      // -lr mu_next / (1 - mu_product mu_next)
+  };
+  // In double from the new count, as torch's Python floats; mu_product is a float32 state, which torch
+  // multiplies in float32 (a 0-dim float32 tensor times a Python float) and then reads back as a double.
+  FUSEDOPT_HD static PerTensor per_tensor(const double* h, float* const* scalars, bool /*first*/) {
+    const double lr = h[0], beta1 = h[1], beta2 = h[2], momentum_decay = h[5];
+    *scalars[0] += 1.0f;  // step_t += 1
+    const double step = *scalars[0];
+    const double bias_correction2 = 1.0 - std::pow(beta2, step);
+    const double mu = beta1 * (1.0 - 0.5 * std::pow(0.96, step * momentum_decay));
+    const double mu_next = beta1 * (1.0 - 0.5 * std::pow(0.96, (step + 1.0) * momentum_decay));
+    *scalars[1] *= float(mu);  // mu_product *= mu
+    const double mu_product = *scalars[1];
+    return {float(bias_correction2), float(-lr * (1.0 - mu) / (1.0 - mu_product)),
+            float((-lr * mu_next) / (1.0 - mu_product * mu_next))};
+  }
+
+  // Each line is one torch op of _single_tensor_nadam (named at its end).
+  template <uint32_t SW>
+  FUSEDOPT_HD static void element(float& p, float g, float (&s)[kStates], const Hyper& h, const PerTensor& t) {
+    float& m = s[0];
+    float& v = s[1];
+    AdamRule::decay_and_moments<(SW & kWeightDecay) != 0, (SW & kDecoupled) != 0>(p, g, m, v, h);
+    const float denom = std::sqrt(v / t.bias_correction2) + h.eps;  // exp_avg_sq.div(bc2).sqrt(), .add_(eps)
+    p = p + (t.grad_coef * g) / denom;                               // param.addcdiv_(grad, denom, value=...)
+    p = p + (t.exp_avg_coef * m) / denom;                            // param.addcdiv_(exp_avg, denom, value=...)
+  }
+};
+
+// RAdam (torch.optim.radam._single_tensor_radam).
+struct RadamRule {
+  static constexpr const char* kName = "radam";
+  static constexpr int kHyper = 5;
+  static constexpr int kFlags = 1;
+  static constexpr int kStates = 2;
+  static constexpr int kScalars = 1;
+  static constexpr std::array<const char*, kHyper> kHyperNames = {"lr", "beta1", "beta2", "eps", "weight_decay"};
+  static constexpr std::array<const char*, kFlags> kFlagNames = {"decoupled"};
+  static constexpr std::array<const char*, kStates> kStateNames = {"exp_avg", "exp_avg_sq"};
+  static constexpr std::array<const char*, kScalars> kScalarNames = {"step"};
+  static constexpr std::array<bool, kScalars> kScalarNonNegative = {true};  // step 0: 1 - beta^0 = 0
+  static constexpr bool kTakesIsFirst = false;
+
+  enum : uint32_t { kWeightDecay = 1, kDecoupled = 2 };
+  static constexpr int kSwitchBits = 2;
+  FUSEDOPT_HD static uint32_t switches(const double* h, uint32_t flags) { return NadamRule::switches(h, flags); }
+  FUSEDOPT_HD static constexpr bool uses_state(int /*k*/, uint32_t /*sw*/) { return true; }
+
+  struct Hyper : AdamRule::Hyper {
+    float lr;
+  };
+  FUSEDOPT_HD static Hyper hyper(const double* h) { return {AdamRule::hyper(h), float(h[0])}; }
+
+  struct PerTensor {
+    float bias_correction1;  // 1 - beta1^step
+    float bc2_sqrt;          // (1 - beta2^step) ** 0.5
+    float rect;              // the rectification term (1 when not rectified)
+    bool rectified;          // rho_t > 5: torch's branch, taken per tensor
+  };
+  // In double from the new count, as torch's Python floats (** as pow, as Python computes it).
+  FUSEDOPT_HD static PerTensor per_tensor(const double* h, float* const* scalars, bool /*first*/) {
+    const double beta1 = h[1], beta2 = h[2];
+    *scalars[0] += 1.0f;  // step_t += 1
+    const double step = *scalars[0];
+    const double bias_correction1 = 1.0 - std::pow(beta1, step);
+    const double bias_correction2 = 1.0 - std::pow(beta2, step);
+    const double rho_inf = 2.0 / (1.0 - beta2) - 1.0;
+    const double rho_t = rho_inf - 2.0 * step * std::pow(beta2, step) / bias_correction2;
+    const bool rectified = rho_t > 5.0;
+    const double rect =
+        rectified ? std::pow((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t), 0.5)
+                  : 1.0;
+    return {float(bias_correction1), float(std::pow(bias_correction2, 0.5)), float(rect), rectified};
+  }
+
+  // Each line is one torch op of _single_tensor_radam (named at its end). torch's branch on rho_t is per tensor:
+  // here a select of the two results (a branch in the loop body would keep it from vectorizing).
+  template <uint32_t SW>
+  FUSEDOPT_HD static void element(float& p, float g, float (&s)[kStates], const Hyper& h, const PerTensor& t) {
+    float& m = s[0];
+    float& v = s[1];
+    AdamRule::decay_and_moments<(SW & kWeightDecay) != 0, (SW & kDecoupled) != 0>(p, g, m, v, h);
+    const float scaled = (m / t.bias_correction1) * h.lr;  // bias_corrected_exp_avg * lr
+    // bias_correction2 ** 0.5 / exp_avg_sq.sqrt().add_(eps): Tensor.__rtruediv__ is reciprocal(x) * s.
+    const float adaptive_lr = (1.0f / (std::sqrt(v) + h.eps)) * t.bc2_sqrt;
+    const float rectified = (scaled * adaptive_lr) * t.rect;  // ... * _compute_adaptive_lr() * _compute_rect()
+    p = p - bit_select(t.rectified, rectified, scaled);       // param.add_(..., alpha=-1.0)
+  }
+};
+
+// Adadelta (torch.optim.adadelta._single_tensor_adadelta).
+struct AdadeltaRule {
+  static constexpr const char* kName = "adadelta";
+  static constexpr int kHyper = 4;
+  static constexpr int kFlags = 0;
+  static constexpr int kStates = 2;
+  static constexpr int kScalars = 1;
+  static constexpr std::array<const char*, kHyper> kHyperNames = {"lr", "rho", "eps", "weight_decay"};
+  static constexpr std::array<const char*, kFlags> kFlagNames = {};
+  static constexpr std::array<const char*, kStates> kStateNames = {"square_avg", "acc_delta"};
+  static constexpr std::array<const char*, kScalars> kScalarNames = {"step"};
+  static constexpr std::array<bool, kScalars> kScalarNonNegative = {true};  // as every step count
+  static constexpr bool kTakesIsFirst = false;
+
+  enum : uint32_t { kWeightDecay = 1 };
+  static constexpr int kSwitchBits = 1;
+  FUSEDOPT_HD static uint32_t switches(const double* h, uint32_t /*flags*/) {
+    return h[3] != 0.0 ? kWeightDecay : 0u;
+  }
+  FUSEDOPT_HD static constexpr bool uses_state(int /*k*/, uint32_t /*sw*/) { return true; }
+
+  struct Hyper {
+    float lr;
+    float rho;
+    float one_minus_rho;  // 1 - rho, from double
+    float eps;
+    float weight_decay;
+  };
+  FUSEDOPT_HD static Hyper hyper(const double* h) {
+    return {float(h[0]), float(h[1]), float(1.0 - h[1]), float(h[2]), float(h[3])};
+  }
+
+  struct PerTensor {};
+  // The count is only counted (Rprop's too).
+  FUSEDOPT_HD static PerTensor per_tensor(const double* /*h*/, float* const* scalars, bool /*first*/) {
+    *scalars[0] += 1.0f;  // step += 1
+    return {};
+  }
+
+  // Each line is one torch op of _single_tensor_adadelta (named at its end).
+  template <uint32_t SW>
+  FUSEDOPT_HD static void element(float& p, float g, float (&s)[kStates], const Hyper& h, const PerTensor&) {
+    float& square_avg = s[0];
+    float& acc_delta = s[1];
+    if constexpr ((SW & kWeightDecay) != 0) g = std::fma(p, h.weight_decay, g);  // grad.add(param, alpha=wd)
+    // square_avg.mul_(rho).addcmul_(grad, grad, value=1 - rho)
+    square_avg = std::fma(h.one_minus_rho * g, g, square_avg * h.rho);
+    const float std_dev = std::sqrt(square_avg + h.eps);  // square_avg.add(eps).sqrt_()
+    float delta = std::sqrt(acc_delta + h.eps);           // acc_delta.add(eps).sqrt_()
+    delta = (delta / std_dev) * g;                        // delta.div_(std).mul_(grad)
+    // acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)
+    acc_delta = std::fma(h.one_minus_rho * delta, delta, acc_delta * h.rho);
+    p = std::fma(delta, -h.lr, p);  // param.add_(delta, alpha=-lr)
+  }
+};
+
+// Rprop (torch.optim.rprop._single_tensor_rprop). lr only sets the initial step sizes (the optimizer's state
+// init); the update reads the step_size state.
+struct RpropRule {
+  static constexpr const char* kName = "rprop";
+  static constexpr int kHyper = 5;
+  static constexpr int kFlags = 0;
+  static constexpr int kStates = 2;
+  static constexpr int kScalars = 1;
+  static constexpr std::array<const char*, kHyper> kHyperNames = {"lr", "etaminus", "etaplus", "step_size_min",
+                                                                  "step_size_max"};
+  static constexpr std::array<const char*, kFlags> kFlagNames = {};
+  static constexpr std::array<const char*, kStates> kStateNames = {"prev", "step_size"};
+  static constexpr std::array<const char*, kScalars> kScalarNames = {"step"};
+  static constexpr std::array<bool, kScalars> kScalarNonNegative = {true};  // as every step count
+  static constexpr bool kTakesIsFirst = false;
+
+  static constexpr int kSwitchBits = 0;
+  FUSEDOPT_HD static uint32_t switches(const double* /*h*/, uint32_t /*flags*/) { return 0; }
+  FUSEDOPT_HD static constexpr bool uses_state(int /*k*/, uint32_t /*sw*/) { return true; }
+
+  struct Hyper {
+    float etaminus;
+    float etaplus;
+    float step_size_min;
+    float step_size_max;
+  };
+  FUSEDOPT_HD static Hyper hyper(const double* h) { return {float(h[1]), float(h[2]), float(h[3]), float(h[4])}; }
+
+  // Adadelta's: the count is only counted.
+  using PerTensor = AdadeltaRule::PerTensor;
+  FUSEDOPT_HD static PerTensor per_tensor(const double* h, float* const* scalars, bool first) {
+    return AdadeltaRule::per_tensor(h, scalars, first);
+  }
+
+  // Each line is one torch op of _single_tensor_rprop (named at its end), in the same order, so that any etas
+  // (an etaminus of 1, say) select as torch's masked writes do. All selects: no branch in the loop body.
+  template <uint32_t SW>
+  FUSEDOPT_HD static void element(float& p, float g, float (&s)[kStates], const Hyper& h, const PerTensor&) {
+    float& prev = s[0];
+    float& step_size = s[1];
+    float factor = sign(g * prev);                // sign = grad.mul(prev).sign()
+    factor = bit_select(factor > 0.0f, h.etaplus, factor);   // sign[sign.gt(0)] = etaplus
+    factor = bit_select(factor < 0.0f, h.etaminus, factor);  // sign[sign.lt(0)] = etaminus
+    factor = bit_select(factor == 0.0f, 1.0f, factor);       // sign[sign.eq(0)] = 1
+    // step_size.mul_(sign).clamp_(step_size_min, step_size_max)
+    step_size = clamp(step_size * factor, h.step_size_min, h.step_size_max);
+    g = bit_select(factor == h.etaminus, 0.0f, g);  // grad[sign.eq(etaminus)] = 0
+    p = std::fma(-1.0f * sign(g), step_size, p);    // param.addcmul_(grad.sign(), step_size, value=-1)
+    prev = g;                                       // prev.copy_(grad)
+  }
+};
+
+// ASGD (torch.optim.asgd._single_tensor_asgd).
+struct AsgdRule {
+  static constexpr const char* kName = "asgd";
+  static constexpr int kHyper = 5;
+  static constexpr int kFlags = 0;
+  static constexpr int kStates = 1;
+  static constexpr int kScalars = 3;
+  static constexpr std::array<const char*, kHyper> kHyperNames = {"lr", "lambd", "alpha", "t0", "weight_decay"};
+  static constexpr std::array<const char*, kFlags> kFlagNames = {};
+  static constexpr std::array<const char*, kStates> kStateNames = {"ax"};
+  static constexpr std::array<const char*, kScalars> kScalarNames = {"step", "eta", "mu"};
+  static constexpr std::array<bool, kScalars> kScalarNonNegative = {true, false, false};  // as every step count
+  static constexpr bool kTakesIsFirst = false;
+
+  enum : uint32_t { kWeightDecay = 1 };
+  static constexpr int kSwitchBits = 1;
+  FUSEDOPT_HD static uint32_t switches(const double* h, uint32_t /*flags*/) {
+    return h[4] != 0.0 ? kWeightDecay : 0u;
+  }
+  FUSEDOPT_HD static constexpr bool uses_state(int /*k*/, uint32_t /*sw*/) { return true; }
+
+  struct Hyper {
+    float weight_decay;
+  };
+  FUSEDOPT_HD static Hyper hyper(const double* h) { return {float(h[4])}; }
+
+  // From eta and mu as they were before this step.
+  struct PerTensor {
+    float decay;    // 1 - lambd * eta
+    float neg_eta;  // -eta
+    float mu;
+    bool average;   // mu != 1: torch's branch (else ax is a copy of the param), taken per tensor
+  };
+  // The update reads eta and mu as they were; then they advance from the new count, in double as torch's
+  // Python floats (written as float32, as torch copies them into the float32 states).
+  FUSEDOPT_HD static PerTensor per_tensor(const double* h, float* const* scalars, bool /*first*/) {
+    const double lr = h[0], lambd = h[1], alpha = h[2], t0 = h[3];
+    const double eta = *scalars[1];
+    const float mu = *scalars[2];
+    const PerTensor t{float(1.0 - lambd * eta), float(-eta), mu, mu != 1.0f};
+    *scalars[0] += 1.0f;  // step_t += 1
+    const double step = *scalars[0];
+    *scalars[1] = float(lr / std::pow(1.0 + lambd * lr * step, alpha));  // eta = lr / (1 + lambd lr step)^alpha
+    const double since = step - t0;
+    *scalars[2] = float(1.0 / (since > 1.0 ? since : 1.0));  // mu = 1 / max(1, step - t0) (Python's max)
+    return t;
+  }
+
+  // Each line is one torch op of _single_tensor_asgd (named at its end); torch's branch on mu is per tensor:
+  // here a select (a branch in the loop body would keep it from vectorizing).
+  template <uint32_t SW>
+  FUSEDOPT_HD static void element(float& p, float g, float (&s)[kStates], const Hyper& h, const PerTensor& t) {
+    float& ax = s[0];
+    if constexpr ((SW & kWeightDecay) != 0) g = std::fma(p, h.weight_decay, g);  // grad.add(param, alpha=wd)
+    p = p * t.decay;                  // param.mul_(1 - lambd * eta)
+    p = std::fma(g, t.neg_eta, p);    // param.add_(grad, alpha=-eta)
+    const float averaged = ax + (p - ax) * t.mu;  // ax.add_(param.sub(ax).mul_(mu))
+    ax = bit_select(t.average, averaged, p);      // or ax.copy_(param)
   }
 };
 

@@ -14,7 +14,8 @@ namespace fusedopt {
 template <typename... R>
 struct Rules {};
 
-using AllRules = Rules<SgdRule, AdamRule>;
+using AllRules = Rules<SgdRule, AdamRule,
+                       NadamRule, RadamRule, AdadeltaRule, RpropRule, AsgdRule>;
 
 // f(Rule{}) for every rule of the list, in order.
 template <typename F, typename... R>
