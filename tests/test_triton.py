@@ -471,7 +471,7 @@ def _generic_problem():
 
 
 BAD_GENERIC_ARGS = {
-    "unknown rule": (dict(rule="nope"), r"unknown update rule 'nope'; known: adam, sgd"),
+    "unknown rule": (dict(rule="nope"), r"unknown update rule 'nope'; known: .*adam.*sgd"),
     "hyper count": (dict(hyper=[1e-3, 0.9, 0.999, 1e-8]),
                     r"rule 'adam' takes 5 hyperparameters \(lr, beta1, beta2, eps, weight_decay\), got 4"),
     "flag bits": (dict(flags=4), r"flags is 4; rule 'adam' has 2 flag bits \(amsgrad, decoupled\)"),
@@ -502,7 +502,7 @@ def test_rule_without_triton_kernel_is_refused(monkeypatch):
     monkeypatch.setitem(fusedopt_rules.RULES, "other", dataclasses.replace(fusedopt_rules.SGD, name="other"))
     a = _generic_problem()
     with pytest.raises(RuntimeError, match=r"Triton backend has no kernel for the update rule 'other' \(it has "
-                                           r"adam, sgd\)"):
+                                           r"[a-z, ]*adam[a-z, ]*sgd"):
         TRITON.update("other", a["params"], a["grads"], [], [], [], [], [0.1, 0.0, 0.0, 0.0], 0, False, None, None,
                       None, None)
 
