@@ -83,7 +83,8 @@ def test_cuda_ops_are_registered():
     for op in ("check", "update"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedopt::{op}", "CUDA"), op
     assert "cuda" in ops.BACKENDS
-    assert ops.BACKENDS["cuda"].RULES == frozenset(ops._C.rules()) and ops.BACKENDS["cuda"].RULES <= frozenset(rules.RULES)
+    cuda_rules = ops.BACKENDS["cuda"].RULES
+    assert cuda_rules == frozenset(ops._C.rules()) and cuda_rules <= frozenset(rules.RULES)
 
 
 def _adam_args(n: int = 3, **changes) -> dict:
