@@ -19,6 +19,9 @@ bitwise (torch 2.13, x86-64 with AVX2) and what is not, and why:
   the clipped step is bitwise (test_clip_bitwise_given_the_coefficient).
 - GradScaler: fusedopt divides by the scale, torch's for-loop path multiplies by its fp32 reciprocal; equal bits
   for the power-of-two scales GradScaler uses (test_grad_scaler_bitwise).
+- Adagrad, RMSprop (with ieee_sqrt: both take torch's fp32 sqrt), Adamax and Lion (no sqrt: torch as it is; Lion
+  against lion-pytorch's update_fn): bitwise in every config but active clipping (above) and, for Adagrad with
+  lr_decay and for Adamax, a tensor lr, which torch divides in fp32 (TENSOR_HYPERPARAMETERS_BITWISE).
 - backend="reference" (fusedopt/reference.py) is written in torch.optim's ops: bitwise in the same configs with
   torch's own sqrt (test_reference_backend_bitwise).
 torch run with ``ATEN_CPU_CAPABILITY=default`` fuses nothing, so there fp32 results differ from torch's in the
@@ -68,10 +71,10 @@ def _cpu_backend_and_one_torch_thread():
 
 @contextlib.contextmanager
 def ieee_sqrt():
-    """torch.Tensor.sqrt replaced by a correctly rounded one (numpy's float32 sqrt, IEEE on every platform) for
-    torch.optim's Adam (``exp_avg_sq.sqrt()``, ``max_exp_avg_sqs[i].sqrt()``). Yields the call count, so a test
-    can tell the patch was used."""
-    original = torch.Tensor.sqrt
+    """torch.Tensor.sqrt and sqrt_ replaced by a correctly rounded one (numpy's float32 sqrt, IEEE on every
+    platform) for the torch.optim steps that take square roots (Adam's ``exp_avg_sq.sqrt()``, Adadelta's
+    ``square_avg.add(eps).sqrt_()``, ...). Yields the call count, so a test can tell the patch was used."""
+    original = torch.Tensor.sqrt, torch.Tensor.sqrt_
     calls = [0]
 
     def sqrt(self: Tensor) -> Tensor:
@@ -79,28 +82,47 @@ def ieee_sqrt():
         calls[0] += 1
         return torch.from_numpy(np.asarray(np.sqrt(self.detach().contiguous().numpy()))).reshape(self.shape)
 
-    torch.Tensor.sqrt = sqrt
+    def sqrt_(self: Tensor) -> Tensor:
+        return self.copy_(sqrt(self))
+
+    torch.Tensor.sqrt, torch.Tensor.sqrt_ = sqrt, sqrt_
     try:
         yield calls
     finally:
-        torch.Tensor.sqrt = original
+        torch.Tensor.sqrt, torch.Tensor.sqrt_ = original
 
 
-def is_adam(alg: Algorithm) -> bool:
-    return alg.name in ("Adam", "AdamW")
+# The algorithms whose torch.optim step takes square roots (of fp32 tensors: MKL VML's on the CPU).
+TAKES_SQRT = ("Adam", "AdamW", "NAdam", "RAdam", "Adadelta")
+TAKES_SQRT += ("Adagrad", "RMSprop")  # Adagrad, RMSprop, Adamax, Lion: the first two
 
 
 def torch_sqrt_patch(alg: Algorithm):
-    """A fresh context for one use: ieee_sqrt for Adam/AdamW (whose step calls sqrt), nothing for SGD."""
-    return ieee_sqrt() if is_adam(alg) else contextlib.nullcontext([1])
+    """A fresh context for one use: ieee_sqrt for the algorithms whose step calls sqrt, nothing for the others
+    (SGD, Rprop, ASGD)."""
+    return ieee_sqrt() if alg.name in TAKES_SQRT else contextlib.nullcontext([1])
 
 
 def bitwise_with_torch(alg: Algorithm, config: OptimConfig) -> bool:
     """Whether the config is claimed bitwise (Adam/AdamW: with ieee_sqrt); see the module docstring."""
     if config.max_grad_norm not in EXACT_CLIP:
         return False
+    if alg.name in TENSOR_HYPERPARAMETERS_BITWISE:
+        return TENSOR_HYPERPARAMETERS_BITWISE[alg.name](config.kwargs)
     # torch computes with a tensor lr or beta in fp32 tensor math where fusedopt computes in double (all but SGD)
     return not (alg.name != "SGD" and config.has_tensor_hyperparameter)
+
+
+# Adagrad, RMSprop, Adamax, Lion: torch keeps a tensor lr a 0-dim fp32 tensor. RMSprop only passes it as an alpha
+# or value (read as its value, as fusedopt reads it); Adagrad divides it by 1 + (step - 1) * lr_decay and Adamax
+# by its bias correction, both in fp32 tensor math where fusedopt divides in double (exact for Adagrad without
+# lr_decay). A tensor weight_decay goes in as an alpha (its value). configs.LionPytorch reads floats.
+TENSOR_HYPERPARAMETERS_BITWISE = {
+    "Adagrad": lambda kw: not (torch.is_tensor(kw.get("lr")) and kw.get("lr_decay", 0) != 0),
+    "RMSprop": lambda kw: True,
+    "Adamax": lambda kw: not torch.is_tensor(kw.get("lr")),
+    "Lion": lambda kw: True,
+}
 
 
 BITWISE = [(a, c) for a, c in ALL_CONFIGS if bitwise_with_torch(a, c)]
@@ -124,7 +146,7 @@ def runs(alg: Algorithm, config: OptimConfig, backend: str = "cpu", steps: int =
     patch = torch_sqrt_patch(alg) if backend == "cpu" else contextlib.nullcontext([1])
     with patch as calls:
         expected = run_torch(alg, config, clone_params(groups), grads)
-    assert calls[0] > 0, "torch.optim's Adam did not call Tensor.sqrt: the patch no longer applies"
+    assert calls[0] > 0, f"torch.optim's {alg.name} did not call Tensor.sqrt: the patch no longer applies"
     return fused, expected
 
 

@@ -120,6 +120,12 @@ def pow_int(base, n):
 
 
 @triton.jit
+def sign(x):
+    # torch.sign: 1, -1 or 0, and 0 for NaN (math.h's sign).
+    return tl.where(x > 0.0, 1.0, tl.where(x < 0.0, -1.0, 0.0))
+
+
+@triton.jit
 def prepare_grad(g, grad_scale_ptr, clip_coef_ptr, grads_ptr, offs, mask, G_KIND: tl.constexpr,
                  HAS_GRAD_SCALE: tl.constexpr, HAS_CLIP: tl.constexpr, MAXIMIZE: tl.constexpr):
     """GradScaler unscale (written back to the grad), then clip and maximize as one factor (math.h's

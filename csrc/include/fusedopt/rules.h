@@ -14,7 +14,9 @@ namespace fusedopt {
 template <typename... R>
 struct Rules {};
 
-using AllRules = Rules<SgdRule, AdamRule>;
+using AllRules = Rules<SgdRule, AdamRule,
+                       // Adagrad, RMSprop, Adamax, Lion
+                       AdagradRule, RmspropRule, AdamaxRule, LionRule>;
 
 // f(Rule{}) for every rule of the list, in order.
 template <typename F, typename... R>
