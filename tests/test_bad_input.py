@@ -347,7 +347,7 @@ BAD_INPUTS = [
              ("parameter 1 of param group 1", "[2, 2]", "[5]"), RuntimeError),
     BadInput("grad of wrong dtype", _grad_of_wrong_dtype, RuntimeError,
              ("parameter 1 of param group 1", "torch.float64", "torch.bfloat16"),
-             {name: None if name in (*SGDS, "Adadelta", "Rprop", "ASGD", "Adagrad") else RuntimeError
+             {name: None if name in (*SGDS, "Adadelta", "Rprop", "ASGD", "Adagrad", "Lion") else RuntimeError
               for name in ALGORITHMS}),
     BadInput("params on two devices", _param_on_meta, RuntimeError, ("one device", "cpu", "meta"),
              _only(RuntimeError, ("ASGD",)),  # its step reads eta on the host, and a meta one has no value
