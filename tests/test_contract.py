@@ -1148,7 +1148,11 @@ def test_dcp_init_step_leaves_params_unchanged(name, kwargs, backend):
     for p, b in zip(params, before):
         assert_bitwise_equal(p, b, name="param after DCP's init step")
     assert all(p.grad is None for p in params)
-    assert_matches_torch(opt, params, torch_opt, torch_params, rtol=0.0)
+    # DCP's init step (zero grads, lr 0) leaves exact states, but for RMSprop's momentum buffer, which stores
+    # g / (sqrt(v) + eps) (g = weight_decay * p): torch's fp32 sqrt is MKL VML's, 1 ulp off IEEE in places (see
+    # test_bitwise_torch.py)
+    exact = not (name == "RMSprop" and kwargs.get("momentum"))
+    assert_matches_torch(opt, params, torch_opt, torch_params, **({"rtol": 0.0} if exact else {}))
     train_both_and_compare(torch_opt, torch_params, opt, params, range(1, 4))
 
 

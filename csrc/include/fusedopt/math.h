@@ -206,8 +206,9 @@ FUSEDOPT_HD inline float lerp(float start, float end, float weight) {
   return std::fabs(weight) < 0.5f ? small : large;
 }
 
-// torch.maximum: a NaN in either operand wins.
-FUSEDOPT_HD inline float maximum(float a, float b) { return (a != a || a > b) ? a : b; }
+// torch.maximum: a NaN in either operand wins. `|`, not `||`: GCC kept the short circuit as a branch in Adamax's
+// loop (maximum of two computed values) and left it scalar; the same bits either way.
+FUSEDOPT_HD inline float maximum(float a, float b) { return ((a != a) | (a > b)) ? a : b; }
 
 // Adam / AdamW (torch.optim.adam._single_tensor_adam).
 struct AdamRule {
