@@ -138,8 +138,8 @@ ALGORITHMS = {
                        _ADAM_COMMON + _from_optim_db("AdamW")),
 }
 
-# --- Adagrad, RMSprop, Adamax, Lion (issue 12 part 2). Their rules run on the reference backend until the
-# compiled backends get kernels for them (tests skip, saying so, a backend without the rule: helpers.require_rule).
+# --- Adagrad, RMSprop, Adamax, Lion (issue 12 part 2), on every backend (tests skip, saying so, a backend built
+# without the rule: helpers.require_rule).
 
 _ADAGRAD_CONFIGS = [
     OptimConfig("lr", {"lr": 0.1}),

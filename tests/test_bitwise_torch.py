@@ -25,6 +25,9 @@ bitwise (torch 2.13, x86-64 with AVX2) and what is not, and why:
   the clipped step is bitwise (test_clip_bitwise_given_the_coefficient).
 - GradScaler: fusedopt divides by the scale, torch's for-loop path multiplies by its fp32 reciprocal; equal bits
   for the power-of-two scales GradScaler uses (test_grad_scaler_bitwise).
+- Adagrad, RMSprop (with ieee_sqrt: both take torch's fp32 sqrt), Adamax and Lion (no sqrt: torch as it is; Lion
+  against lion-pytorch's update_fn): bitwise in every config but active clipping (above) and, for Adagrad with
+  lr_decay and for Adamax, a tensor lr, which torch divides in fp32 (TENSOR_HYPERPARAMETERS_BITWISE).
 - backend="reference" (fusedopt/reference.py) is written in torch.optim's ops: bitwise in the same configs with
   torch's own sqrt (test_reference_backend_bitwise).
 torch run with ``ATEN_CPU_CAPABILITY=default`` fuses nothing, so there fp32 results differ from torch's in the
@@ -96,7 +99,7 @@ def ieee_sqrt():
 
 
 # The algorithms whose torch.optim step takes square roots (of fp32 tensors: MKL VML's on the CPU).
-TAKES_SQRT = ("Adam", "AdamW", "NAdam", "RAdam", "Adadelta")
+TAKES_SQRT = ("Adam", "AdamW", "NAdam", "RAdam", "Adadelta", "Adagrad", "RMSprop")
 
 
 def torch_sqrt_patch(alg: Algorithm):
@@ -109,8 +112,22 @@ def bitwise_with_torch(alg: Algorithm, config: OptimConfig) -> bool:
     """Whether the config is claimed bitwise (Adam/AdamW: with ieee_sqrt); see the module docstring."""
     if config.max_grad_norm not in EXACT_CLIP:
         return False
+    if alg.name in TENSOR_HYPERPARAMETERS_BITWISE:
+        return TENSOR_HYPERPARAMETERS_BITWISE[alg.name](config.kwargs)
     # torch computes with a tensor lr or beta in fp32 tensor math where fusedopt computes in double (all but SGD)
     return not (alg.name != "SGD" and config.has_tensor_hyperparameter)
+
+
+# Adagrad, RMSprop, Adamax, Lion: torch keeps a tensor lr a 0-dim fp32 tensor. RMSprop only passes it as an alpha
+# or value (read as its value, as fusedopt reads it); Adagrad divides it by 1 + (step - 1) * lr_decay and Adamax
+# by its bias correction, both in fp32 tensor math where fusedopt divides in double (exact for Adagrad without
+# lr_decay). A tensor weight_decay goes in as an alpha (its value). configs.LionPytorch reads floats.
+TENSOR_HYPERPARAMETERS_BITWISE = {
+    "Adagrad": lambda kw: not (torch.is_tensor(kw.get("lr")) and kw.get("lr_decay", 0) != 0),
+    "RMSprop": lambda kw: True,
+    "Adamax": lambda kw: not torch.is_tensor(kw.get("lr")),
+    "Lion": lambda kw: True,
+}
 
 
 BITWISE = [(a, c) for a, c in ALL_CONFIGS if bitwise_with_torch(a, c)]

@@ -77,7 +77,9 @@ def test_states_in_use_agree(name):
             where = f"{name} flags={flags} hyper={dict(zip(rule.hyper, values))} states in use {used}"
             ours, theirs = _call(name, hyper, flags, len(used), gen)
             for a, b in zip(ours, theirs):
-                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=lambda m: f"{where}: {m}")
+                # NaN where torch gives NaN too: RMSprop centered with alpha = eps = 0 takes the root of
+                # g^2 - g^2 evaluated with an fma (its rounding error, negative for about half of the elements)
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, equal_nan=True, msg=lambda m: f"{where}: {m}")
             for wrong in (len(used) + 1, len(used) - 1):
                 if wrong < 0:
                     continue
