@@ -8,7 +8,7 @@ bitwise (torch 2.13, x86-64 with AVX2) and what is not, and why:
 - SGD: every config, clipping included where its coefficient is exact (inactive: clamped to 1; max_grad_norm 0).
 - Adam/AdamW: torch's ``Tensor.sqrt`` on fp32 CPU tensors is MKL VML's ``vmsSqrt`` (aten/src/ATen/cpu/vml.h), which
   is not correctly rounded (1 ulp off IEEE sqrt in ~16% of elements on this machine); math.h's, like the CUDA and
-  Triton kernels, is IEEE. With torch's sqrt replaced by a correctly rounded one (numpy's, see ``ieee_sqrt``) every
+  Triton kernels, is IEEE. With torch's sqrt replaced by a correctly rounded one (numpy's: helpers.ieee_sqrt) every
   config with float hyperparameters is bitwise, which shows that the other roundings match; unpatched, results
   agree to 1e-5 (test_parity.py) and the first step's moments are bitwise.
 - Rprop, ASGD (no square root): every config, against torch as it is.
@@ -41,14 +41,12 @@ from __future__ import annotations
 import contextlib
 import math
 
-import numpy as np
 import pytest
 import torch
-from torch import Tensor
 
 from configs import ALL_CONFIGS, Algorithm, OptimConfig, config_id, select
 from fusedopt import ops
-from helpers import assert_bitwise_equal, require_backend, require_rule
+from helpers import assert_bitwise_equal, ieee_sqrt, require_backend, require_rule
 from test_parity import (clone_params, flat, fused_step, make_grads, make_params, param_groups, run_fused, run_torch,
                          set_grads, states)
 
@@ -73,29 +71,6 @@ def _cpu_backend_and_one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@contextlib.contextmanager
-def ieee_sqrt():
-    """torch.Tensor.sqrt and sqrt_ replaced by a correctly rounded one (numpy's float32 sqrt, IEEE on every
-    platform) for the torch.optim steps that take square roots (Adam's ``exp_avg_sq.sqrt()``, Adadelta's
-    ``square_avg.add(eps).sqrt_()``, ...). Yields the call count, so a test can tell the patch was used."""
-    original = torch.Tensor.sqrt, torch.Tensor.sqrt_
-    calls = [0]
-
-    def sqrt(self: Tensor) -> Tensor:
-        assert self.dtype == torch.float32 and self.device.type == "cpu" and not self.requires_grad
-        calls[0] += 1
-        return torch.from_numpy(np.asarray(np.sqrt(self.detach().contiguous().numpy()))).reshape(self.shape)
-
-    def sqrt_(self: Tensor) -> Tensor:
-        return self.copy_(sqrt(self))
-
-    torch.Tensor.sqrt, torch.Tensor.sqrt_ = sqrt, sqrt_
-    try:
-        yield calls
-    finally:
-        torch.Tensor.sqrt, torch.Tensor.sqrt_ = original
 
 
 # The algorithms whose torch.optim step takes square roots (of fp32 tensors: MKL VML's on the CPU).
