@@ -372,6 +372,9 @@ def asgd_element(p, g, s, h, t, first, FLAGS: tl.constexpr, USED: tl.constexpr):
 
 ASGD = register(TritonRule(rules.ASGD, hyper=asgd_hyper, element=asgd_element, per_tensor=asgd_per_tensor,
                            coefficients=("decay", "neg_eta", "mu", "average")))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Adagrad, RMSprop, Adamax, Lion (issue 12 part 2): math.h's rules of the same names.
 
 # Adagrad (torch.optim.adagrad._single_tensor_adagrad, dense grads): math.h's AdagradRule.
