@@ -26,7 +26,7 @@ from fusedopt import ops
 from helpers import (assert_bitwise_equal, assert_close, assert_within_ulps, ieee_sqrt, max_errors, require_backend,
                      require_rule)
 from test_parity import (PARAM_NAMES, _scale, _threads, clone_params, flat, fused_step, make_grads, make_params,
-                         param_groups, run, set_grads)
+                         param_groups, reference_clips_as, run, set_grads)
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 MODES = {"master": dict(master_weights=True), "bf16-states": dict(state_dtype=torch.bfloat16),
@@ -74,14 +74,16 @@ def test_cpu_matches_reference(alg, config, mode, dtype):
     flip where it differs in its last bit. Both runs take a correctly rounded sqrt in torch's ops
     (helpers.ieee_sqrt: the reference's, and the global norm's on both sides), as the kernels do: torch's own
     fp32 sqrt (MKL VML's) is 1 ulp off in places, and a flipped bf16/fp16 rounding is carried on by the later
-    steps."""
+    steps. With clipping, the reference takes the CPU backend's check pass (test_parity.reference_clips_as), so
+    that both clip with the same coefficients."""
     require_rule("cpu", alg.fused_cls)
     extras = MODES[mode]
     groups = make_params(dtype)
     grads = make_grads(dtype)
     with ieee_sqrt():
         cpu, cpu_opt = _run_fused(alg, config, "cpu", dtype, extras, clone_params(groups), grads)
-        ref, _ = _run_fused(alg, config, "reference", dtype, extras, clone_params(groups), grads)
+        with reference_clips_as(ops.BACKENDS["cpu"], config):
+            ref, _ = _run_fused(alg, config, "reference", dtype, extras, clone_params(groups), grads)
     for name, c, r in zip(PARAM_NAMES, cpu.params, ref.params):
         if dtype in LOW_PRECISION:
             assert_within_ulps(c, r, ulps=1, name=f"param {name!r}")

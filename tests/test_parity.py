@@ -650,6 +650,19 @@ def test_fp64_grads_beyond_fp32_range(alg, backend):
 
 
 # --- the compiled backend against the reference, on the same inputs ---
+@contextlib.contextmanager
+def reference_clips_as(backend, config: OptimConfig):
+    """Within the block, when ``config`` clips, the reference backend runs ``backend``'s check pass, so that a run
+    on the reference clips with the coefficients of a run on ``backend``: two check passes sum the squares in
+    other orders, and their norms may differ by an ulp, which states that cancel to near zero and bf16/fp16
+    roundings (fed back by weight decay) carry on over the steps. The check passes are compared op by op
+    (test_cpu_ops.test_check_matches_reference, test_cuda.test_op_check)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if config.max_grad_norm is not None:
+            patch.setattr(ops.BACKENDS["reference"], "check", backend.check)
+        yield
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=_dtype_name)
 @pytest.mark.parametrize("alg,config", ALL_CONFIGS, ids=_ids(ALL_CONFIGS))
 def test_cpu_matches_reference(alg, config, dtype):
@@ -657,22 +670,18 @@ def test_cpu_matches_reference(alg, config, dtype):
     - both runs take a correctly rounded fp32 sqrt in torch's ops (helpers.ieee_sqrt), as the kernels take it:
       torch's own (MKL VML's) is 1 ulp off in places, which a bf16/fp16 rounding or a weight decay carries on
       over the steps;
-    - with clipping, the reference run takes the CPU backend's check pass, so that both clip with the same
-      coefficient: the two check passes sum the squares in other orders (their norms may differ by an ulp, and
-      a coefficient an ulp off each step moves states that cancel to near zero by ulps of their largest terms,
-      and flips bf16/fp16 params that weight decay feeds back). The check passes are compared with each other
-      op by op (test_cpu_ops.test_check_matches_reference, test_cuda.test_op_check).
+    - with clipping, the reference run takes the CPU backend's check pass (reference_clips_as), so that both clip
+      with the same coefficients.
     fp32: 1e-6 relative, with a floor of 1e-7 of each tensor's largest magnitude. bf16/fp16: params within one
     ulp (a rounding decision may flip where the fp32 math differs in its last bit); their fp32 states then within
     1e-6 relative of the reference's."""
     require_rule("cpu", alg.fused_cls)
     groups = make_params(dtype)
     grads = make_grads(dtype)
-    with ieee_sqrt(), pytest.MonkeyPatch.context() as patch:
+    with ieee_sqrt():
         cpu = run_fused(alg, config, "cpu", clone_params(groups), grads)
-        if config.max_grad_norm is not None:
-            patch.setattr(ops.BACKENDS["reference"], "check", ops.BACKENDS["cpu"].check)
-        ref = run_fused(alg, config, "reference", clone_params(groups), grads)
+        with reference_clips_as(ops.BACKENDS["cpu"], config):
+            ref = run_fused(alg, config, "reference", clone_params(groups), grads)
     for name, c, r in zip(PARAM_NAMES, cpu.params, ref.params):
         if dtype in LOW_PRECISION:
             assert_within_ulps(c, r, ulps=1, name=f"param {name!r}")
