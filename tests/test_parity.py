@@ -651,15 +651,15 @@ def test_fp64_grads_beyond_fp32_range(alg, backend):
 
 # --- the compiled backend against the reference, on the same inputs ---
 @contextlib.contextmanager
-def reference_clips_as(backend, config: OptimConfig):
-    """Within the block, when ``config`` clips, the reference backend runs ``backend``'s check pass, so that a run
-    on the reference clips with the coefficients of a run on ``backend``: two check passes sum the squares in
-    other orders, and their norms may differ by an ulp, which states that cancel to near zero and bf16/fp16
+def reference_clips_as(backend, config: OptimConfig, names=("reference",)):
+    """Within the block, when ``config`` clips, the reference backend (the backends ``names``) runs ``backend``'s
+    check pass, so that a run on it clips with the coefficients of a run on ``backend``: two check passes sum the
+    squares in other orders, and their norms may differ by an ulp, which states that cancel to near zero and bf16/fp16
     roundings (fed back by weight decay) carry on over the steps. The check passes are compared op by op
     (test_cpu_ops.test_check_matches_reference, test_cuda.test_op_check)."""
     with pytest.MonkeyPatch.context() as patch:
-        if config.max_grad_norm is not None:
-            patch.setattr(ops.BACKENDS["reference"], "check", backend.check)
+        for name in names if config.max_grad_norm is not None else ():
+            patch.setattr(ops.BACKENDS[name], "check", backend.check)
         yield
 
 
