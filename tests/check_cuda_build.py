@@ -1,6 +1,6 @@
 """Checks a CUDA build of fusedopt._C without a GPU (run by `make test-cuda-build` from the build's lib folder):
-the extension imports against the CUDA torch, registers a CUDA kernel for every op, and the Python layer offers
-backend="cuda". Prints each source file's compile time from ninja's log.
+the extension imports against the CUDA torch, registers a CUDA kernel for every op, has every update rule of
+fusedopt/rules.py, and the Python layer offers backend="cuda". Prints each source file's compile time from ninja's log.
 
     cd BUILD_BASE/lib.* && PYTHONPATH=$PWD python tests/check_cuda_build.py BUILD_BASE   (imports its fusedopt)
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 import fusedopt
-from fusedopt import ops
+from fusedopt import ops, rules
 
 OPS = ("check", "update")
 
@@ -29,6 +29,9 @@ def main(build_base: Path) -> int:
                 problems.append(f"fusedopt::{op} has no {key} kernel registered")
     if "cuda" not in ops.BACKENDS:
         problems.append("fusedopt.ops.BACKENDS has no 'cuda' backend (fusedopt._C.has_cuda is false)")
+    elif ops.BACKENDS["cuda"].RULES != frozenset(rules.RULES):
+        missing = sorted(frozenset(rules.RULES) - ops.BACKENDS["cuda"].RULES)
+        problems.append(f"the CUDA backend lacks the update rules {', '.join(missing)} of fusedopt/rules.py")
     for log in sorted(build_base.glob("temp.*/.ninja_log")):
         latest = {}  # the log appends a line per build of an output: keep each output's last
         for line in log.read_text().splitlines()[1:]:
@@ -40,7 +43,8 @@ def main(build_base: Path) -> int:
     for problem in problems:
         print(f"FAIL: {problem}")
     if not problems:
-        print(f"CUDA build OK: {', '.join(OPS)} have CUDA kernels; backend='cuda' available "
+        print(f"CUDA build OK: {', '.join(OPS)} have CUDA kernels, for the update rules "
+              f"{', '.join(sorted(ops.BACKENDS['cuda'].RULES))}; backend='cuda' available "
               f"(GPU present: {torch.cuda.is_available()})")
     return 1 if problems else 0
 

@@ -138,8 +138,8 @@ ALGORITHMS = {
                        _ADAM_COMMON + _from_optim_db("AdamW")),
 }
 
-# --- Adagrad, RMSprop, Adamax, Lion (issue 12 part 2). Their rules run on the reference backend until the
-# compiled backends get kernels for them (tests skip, saying so, a backend without the rule: helpers.require_rule).
+# --- Adagrad, RMSprop, Adamax, Lion (issue 12 part 2), on every backend (tests skip, saying so, a backend built
+# without the rule: helpers.require_rule).
 
 _ADAGRAD_CONFIGS = [
     OptimConfig("lr", {"lr": 0.1}),
@@ -306,8 +306,8 @@ def for_dtype(alg: Algorithm, kwargs: dict, dtype: torch.dtype) -> dict:
     return kwargs
 
 
-# --- NAdam, RAdam, Adadelta, Rprop, ASGD (issue 12 part 2): the same tables. Their rules run on the reference
-# backend until the compiled backends get kernels for them (tests skip, saying so, a backend without the rule).
+# --- NAdam, RAdam, Adadelta, Rprop, ASGD (issue 12 part 2): the same tables, on every backend (tests skip, saying
+# so, a backend built without the rule: helpers.require_rule).
 
 def _adam_like(lr: float, extra: list[OptimConfig]) -> list[OptimConfig]:
     """What NAdam and RAdam share with Adam's options (torch's NAdam/RAdam accept tensor betas, not fused)."""

@@ -11,6 +11,8 @@ Stable API (other test files import it):
 - ``assert_within_ulps(actual, expected, *, ulps=1, name="tensor")`` (elementwise, in ``expected``'s dtype)
 - ``snapshot(optimizer) -> dict`` and ``assert_snapshot_equal(before, after)`` (params, grads, state, bitwise)
 - ``require_backend(name)`` (fails, never skips, when a compiled backend is missing)
+- ``ieee_sqrt()`` (a context: torch's fp32 CPU square root correctly rounded, as the compiled kernels take it; for
+  the reference or torch.optim side of a comparison with a compiled backend)
 - ``load_cuda_emu()`` (the CUDA kernels on an emulated grid, on CPU tensors: ``fusedopt_cuda_emu``, registered as
   ``ops.BACKENDS["cuda-emu"]`` with ``update``, ``RULES`` and the named entries) and ``backend_served_by(name, module)`` (the optimizer classes' ``backend=name``
   runs ``module``'s ops within a ``with`` block)
@@ -24,6 +26,7 @@ import os
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
@@ -132,6 +135,50 @@ def assert_raises_unchanged(call, tensors: list[Tensor], *, match: str, error=Ru
         call()
     for i, (after, was) in enumerate(zip(tensors, before)):
         assert_bitwise_equal(after, was, name=f"tensors[{i}] after the rejected call")
+
+
+@contextlib.contextmanager
+def ieee_sqrt():
+    """Within the block, torch's square root of fp32 CPU tensors is correctly rounded (numpy's float32 sqrt, IEEE
+    on every platform), as every compiled kernel takes it (math.h's std::sqrt, CUDA's and Triton's sqrt_rn).
+    torch's own there is MKL VML's ``vmsSqrt`` (aten/src/ATen/cpu/vml.h), which is not correctly rounded (1 ulp
+    off IEEE in ~16% of elements on this machine). Run the side made of torch ops (fusedopt/reference.py,
+    torch.optim's for-loop) of a comparison with a compiled backend under it, so that the two sides differ only
+    where their formulas or their sums do, not where torch's sqrt does. Patched: ``torch.sqrt``,
+    ``Tensor.sqrt`` and ``Tensor.sqrt_`` (all that reference.py and torch.optim's single-tensor loops call; no
+    ``_foreach_sqrt``); every other call (not a plain fp32 CPU tensor, one that requires grad, an ``out=``)
+    falls through to torch's. Yields a one-element list counting the patched calls, so that a test can tell the
+    patch was used."""
+    originals = torch.sqrt, Tensor.sqrt, Tensor.sqrt_
+    calls = [0]
+
+    def patched(t) -> bool:
+        # plain tensors only: a subclass (DTensor, Parameter) has its own dispatch and no numpy view
+        return type(t) is Tensor and t.dtype == torch.float32 and t.device.type == "cpu" and not t.requires_grad
+
+    def correctly_rounded(t: Tensor) -> Tensor:
+        calls[0] += 1
+        with np.errstate(invalid="ignore"):  # NaN for a negative, silently, as torch's
+            root = np.sqrt(t.detach().contiguous().numpy())
+        return torch.from_numpy(np.asarray(root)).reshape(t.shape)
+
+    def torch_sqrt(input, *args, **kwargs):
+        if args or kwargs or not patched(input):
+            return originals[0](input, *args, **kwargs)
+        return correctly_rounded(input)
+
+    def sqrt(self: Tensor) -> Tensor:
+        return correctly_rounded(self) if patched(self) else originals[1](self)
+
+    def sqrt_(self: Tensor) -> Tensor:
+        return self.copy_(correctly_rounded(self)) if patched(self) else originals[2](self)
+
+    torch.sqrt, Tensor.sqrt, Tensor.sqrt_ = torch_sqrt, sqrt, sqrt_
+    try:
+        yield calls
+    finally:
+        torch.sqrt, Tensor.sqrt, Tensor.sqrt_ = originals
+
 
 def ulp(magnitude: float, dtype: torch.dtype) -> float:
     """The spacing of ``dtype`` numbers at ``magnitude`` (one unit in the last place); below the smallest

@@ -51,6 +51,7 @@ def test_scaling_keeps_every_tensor_and_says_so():
 def test_select_suites_and_memory_fit():
     model = cases.select("model")
     assert [c.name for c in model] == list(cases.MODELS)
+    assert [c.name for c in cases.select("model", models=["resnet50", "gpt2-small"])] == ["gpt2-small", "resnet50"]
     assert [c.scale for c in model] == [m.default_scale for m in cases.MODELS.values()]
     assert all(c.scale == 1 for c in cases.select("model", full=True))
     # A case that does not fit is halved in width until it does.
@@ -724,6 +725,8 @@ def test_arguments():
     assert cli.parse_args(["--optim", "all"]).optim == list(impls.OPTIMS)
     assert cli.parse_args(["--optim", "lion,rprop"]).optim == ["lion", "rprop"]
     assert cli.parse_args(["--suite", "sweep,model", "--optim", "adamw", "--quick"]).suite == ["sweep", "model"]
+    assert cli.parse_args(["--model", "gpt2-small"]).model == ["gpt2-small"]
+    assert cli.parse_args([]).model is None
     for bad in (["--repeats", "0"], ["--suite", "bogus"], ["--optim", "lamb"], ["--optim", "all,sgd"],
                 ["--sweep-max", "10"]):
         with pytest.raises(SystemExit):

@@ -8,7 +8,7 @@ bitwise (torch 2.13, x86-64 with AVX2) and what is not, and why:
 - SGD: every config, clipping included where its coefficient is exact (inactive: clamped to 1; max_grad_norm 0).
 - Adam/AdamW: torch's ``Tensor.sqrt`` on fp32 CPU tensors is MKL VML's ``vmsSqrt`` (aten/src/ATen/cpu/vml.h), which
   is not correctly rounded (1 ulp off IEEE sqrt in ~16% of elements on this machine); math.h's, like the CUDA and
-  Triton kernels, is IEEE. With torch's sqrt replaced by a correctly rounded one (numpy's, see ``ieee_sqrt``) every
+  Triton kernels, is IEEE. With torch's sqrt replaced by a correctly rounded one (numpy's: helpers.ieee_sqrt) every
   config with float hyperparameters is bitwise, which shows that the other roundings match; unpatched, results
   agree to 1e-5 (test_parity.py) and the first step's moments are bitwise.
 - Rprop, ASGD (no square root): every config, against torch as it is.
@@ -25,6 +25,9 @@ bitwise (torch 2.13, x86-64 with AVX2) and what is not, and why:
   the clipped step is bitwise (test_clip_bitwise_given_the_coefficient).
 - GradScaler: fusedopt divides by the scale, torch's for-loop path multiplies by its fp32 reciprocal; equal bits
   for the power-of-two scales GradScaler uses (test_grad_scaler_bitwise).
+- Adagrad, RMSprop (with ieee_sqrt: both take torch's fp32 sqrt), Adamax and Lion (no sqrt: torch as it is; Lion
+  against lion-pytorch's update_fn): bitwise in every config but active clipping (above) and, for Adagrad with
+  lr_decay and for Adamax, a tensor lr, which torch divides in fp32 (TENSOR_HYPERPARAMETERS_BITWISE).
 - backend="reference" (fusedopt/reference.py) is written in torch.optim's ops: bitwise in the same configs with
   torch's own sqrt (test_reference_backend_bitwise).
 torch run with ``ATEN_CPU_CAPABILITY=default`` fuses nothing, so there fp32 results differ from torch's in the
@@ -38,14 +41,12 @@ from __future__ import annotations
 import contextlib
 import math
 
-import numpy as np
 import pytest
 import torch
-from torch import Tensor
 
 from configs import ALL_CONFIGS, Algorithm, OptimConfig, config_id, select
 from fusedopt import ops
-from helpers import assert_bitwise_equal, require_backend, require_rule
+from helpers import assert_bitwise_equal, ieee_sqrt, require_backend, require_rule
 from test_parity import (clone_params, flat, fused_step, make_grads, make_params, param_groups, run_fused, run_torch,
                          set_grads, states)
 
@@ -72,31 +73,8 @@ def _cpu_backend_and_one_torch_thread():
     torch.set_num_threads(before)
 
 
-@contextlib.contextmanager
-def ieee_sqrt():
-    """torch.Tensor.sqrt and sqrt_ replaced by a correctly rounded one (numpy's float32 sqrt, IEEE on every
-    platform) for the torch.optim steps that take square roots (Adam's ``exp_avg_sq.sqrt()``, Adadelta's
-    ``square_avg.add(eps).sqrt_()``, ...). Yields the call count, so a test can tell the patch was used."""
-    original = torch.Tensor.sqrt, torch.Tensor.sqrt_
-    calls = [0]
-
-    def sqrt(self: Tensor) -> Tensor:
-        assert self.dtype == torch.float32 and self.device.type == "cpu" and not self.requires_grad
-        calls[0] += 1
-        return torch.from_numpy(np.asarray(np.sqrt(self.detach().contiguous().numpy()))).reshape(self.shape)
-
-    def sqrt_(self: Tensor) -> Tensor:
-        return self.copy_(sqrt(self))
-
-    torch.Tensor.sqrt, torch.Tensor.sqrt_ = sqrt, sqrt_
-    try:
-        yield calls
-    finally:
-        torch.Tensor.sqrt, torch.Tensor.sqrt_ = original
-
-
 # The algorithms whose torch.optim step takes square roots (of fp32 tensors: MKL VML's on the CPU).
-TAKES_SQRT = ("Adam", "AdamW", "NAdam", "RAdam", "Adadelta")
+TAKES_SQRT = ("Adam", "AdamW", "NAdam", "RAdam", "Adadelta", "Adagrad", "RMSprop")
 
 
 def torch_sqrt_patch(alg: Algorithm):
@@ -109,8 +87,22 @@ def bitwise_with_torch(alg: Algorithm, config: OptimConfig) -> bool:
     """Whether the config is claimed bitwise (Adam/AdamW: with ieee_sqrt); see the module docstring."""
     if config.max_grad_norm not in EXACT_CLIP:
         return False
+    if alg.name in TENSOR_HYPERPARAMETERS_BITWISE:
+        return TENSOR_HYPERPARAMETERS_BITWISE[alg.name](config.kwargs)
     # torch computes with a tensor lr or beta in fp32 tensor math where fusedopt computes in double (all but SGD)
     return not (alg.name != "SGD" and config.has_tensor_hyperparameter)
+
+
+# Adagrad, RMSprop, Adamax, Lion: torch keeps a tensor lr a 0-dim fp32 tensor. RMSprop only passes it as an alpha
+# or value (read as its value, as fusedopt reads it); Adagrad divides it by 1 + (step - 1) * lr_decay and Adamax
+# by its bias correction, both in fp32 tensor math where fusedopt divides in double (exact for Adagrad without
+# lr_decay). A tensor weight_decay goes in as an alpha (its value). configs.LionPytorch reads floats.
+TENSOR_HYPERPARAMETERS_BITWISE = {
+    "Adagrad": lambda kw: not (torch.is_tensor(kw.get("lr")) and kw.get("lr_decay", 0) != 0),
+    "RMSprop": lambda kw: True,
+    "Adamax": lambda kw: not torch.is_tensor(kw.get("lr")),
+    "Lion": lambda kw: True,
+}
 
 
 BITWISE = [(a, c) for a, c in ALL_CONFIGS if bitwise_with_torch(a, c)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -147,12 +147,15 @@ def sweep_case(numel: int) -> Case:
 
 
 def select(suite: str, *, quick: bool = False, full: bool = False, sweep_max: int | None = None,
-           fits: Callable[[Case], bool] = lambda case: True) -> list[Case]:
+           fits: Callable[[Case], bool] = lambda case: True, models: Sequence[str] | None = None) -> list[Case]:
     """The cases of one suite. `fits` says whether a case's tensors fit in memory: a model case that does not is
-    scaled further (by 2 at a time) and the sweep stops before the first size that does not."""
+    scaled further (by 2 at a time) and the sweep stops before the first size that does not. `models` keeps only
+    those MODELS of the model suite (default: all)."""
     if suite == "model":
         out = []
         for m in MODELS.values():
+            if models is not None and m.name not in models:
+                continue
             scale = QUICK_SCALE[m.name] if quick else 1 if full else m.default_scale
             case = model_case(m, scale)
             while not fits(case):

@@ -51,6 +51,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--optim", type=_csv(list(OPTIMS), "all"), default=list(DEFAULT_OPTIMS),
                    help=f"comma-separated optimizers of {','.join(OPTIMS)}, or all (default: "
                         f"{','.join(DEFAULT_OPTIMS)}: the default run's time budget)")
+    p.add_argument("--model", type=_csv(list(cases.MODELS)), default=None,
+                   help=f"comma-separated models of the model suite, of {','.join(cases.MODELS)} (default: all)")
     p.add_argument("--full", action="store_true",
                    help="model cases at full size and the sweep up to the largest size memory allows (the default "
                         "run scales what its time budget cannot afford, and says so)")
@@ -106,7 +108,8 @@ def plan(args: argparse.Namespace, device: torch.device, backends: list[str]) ->
 
     groups = []
     for suite in args.suite:
-        for case in cases.select(suite, quick=args.quick, full=args.full, sweep_max=args.sweep_max, fits=fits):
+        for case in cases.select(suite, quick=args.quick, full=args.full, sweep_max=args.sweep_max, fits=fits,
+                                 models=args.model):
             groups += [(case, optim) for optim in args.optim]
     return groups
 

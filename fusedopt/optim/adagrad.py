@@ -33,8 +33,8 @@ class Adagrad(FusedOptimizer):
     ``max_grad_norm``, ``nonfinite``, ``backend``, ``master_weights`` and ``state_dtype`` as described in
     :class:`fusedopt.SGD`. ``differentiable=True`` and sparse gradients are supported as in torch.optim.Adagrad:
     such a step runs torch.optim's own single-tensor Adagrad (see ``fusedopt.optim._torch_path``), with the
-    extras applied around it. The compiled backends have no Adagrad kernel yet: ``backend="auto"`` runs the
-    pure-torch reference (with a warning), and ``backend="cpu"`` raises.
+    extras applied around it. Every backend has the rule (math.h's ``AdagradRule``, for the CPU and CUDA, and its
+    Triton twin).
     """
 
     _RULE = rules.ADAGRAD

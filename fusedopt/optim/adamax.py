@@ -30,8 +30,8 @@ class Adamax(FusedOptimizer):
     Args are torch.optim.Adamax's (``foreach``/``capturable`` are accepted for compatibility), plus keyword-only
     ``max_grad_norm``, ``nonfinite``, ``backend``, ``master_weights`` and ``state_dtype`` as described in
     :class:`fusedopt.SGD`. ``differentiable=True`` runs torch.optim's own single-tensor Adamax (see
-    ``fusedopt.optim._torch_path``). The compiled backends have no Adamax kernel yet: ``backend="auto"`` runs
-    the pure-torch reference (with a warning), and ``backend="cpu"`` raises.
+    ``fusedopt.optim._torch_path``). Every backend has the rule (math.h's ``AdamaxRule``, for the CPU and CUDA,
+    and its Triton twin).
     """
 
     _RULE = rules.ADAMAX

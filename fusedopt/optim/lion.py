@@ -47,8 +47,7 @@ class Lion(FusedOptimizer):
       convention for every algorithm), so the sign is taken per component; lion-pytorch's ``sgn`` would give
       ``z / |z|``.
 
-    The compiled backends have no Lion kernel yet: ``backend="auto"`` runs the pure-torch reference (with a
-    warning), and ``backend="cpu"`` raises.
+    Every backend has the rule (math.h's ``LionRule``, for the CPU and CUDA, and its Triton twin).
     """
 
     _RULE = rules.LION

@@ -372,3 +372,155 @@ def asgd_element(p, g, s, h, t, first, FLAGS: tl.constexpr, USED: tl.constexpr):
 
 ASGD = register(TritonRule(rules.ASGD, hyper=asgd_hyper, element=asgd_element, per_tensor=asgd_per_tensor,
                            coefficients=("decay", "neg_eta", "mu", "average")))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Adagrad, RMSprop, Adamax, Lion (issue 12 part 2): math.h's rules of the same names.
+
+# Adagrad (torch.optim.adagrad._single_tensor_adagrad, dense grads): math.h's AdagradRule.
+
+AdagradHyper = namedtuple("AdagradHyper", "weight_decay_on weight_decay eps")
+
+
+@triton.jit
+def adagrad_hyper(h):
+    return AdagradHyper(h[2] != 0.0, h[2].to(tl.float32), h[3].to(tl.float32))
+
+
+@triton.jit
+def adagrad_per_tensor(h, scalars, first):
+    # The count advances, then clr = lr / (1 + (step - 1) * lr_decay) from the new count, in float64.
+    step = scalars[0] + 1.0
+    clr = h[0] / (1.0 + (step.to(tl.float64) - 1.0) * h[1])
+    return (step,), (clr.to(tl.float32),)
+
+
+# Each line is one torch op of _single_tensor_adagrad (named at its end); maximize and clipping are prepare_grad's.
+@triton.jit
+def adagrad_element(p, g, s, h, t, first, FLAGS: tl.constexpr, USED: tl.constexpr):
+    state_sum = s[0]
+    clr = t[0]
+    g = tl.where(h.weight_decay_on, tl.fma(p, h.weight_decay, g), g)  # grad.add(param, alpha=weight_decay)
+    state_sum = tl.fma(g, g, state_sum)  # state_sum.addcmul_(grad, grad, value=1): 1 * g is g
+    std = tl.sqrt_rn(state_sum) + h.eps  # state_sum.sqrt().add_(eps)
+    p = p - tl.div_rn(clr * g, std)  # param.addcdiv_(grad, std, value=-clr): the same bits (rounding is symmetric)
+    return p, (state_sum,)
+
+
+ADAGRAD = register(TritonRule(rules.ADAGRAD, hyper=adagrad_hyper, element=adagrad_element,
+                              per_tensor=adagrad_per_tensor, coefficients=("clr",)))
+
+
+# RMSprop (torch.optim.rmsprop._single_tensor_rmsprop): math.h's RmspropRule.
+
+_RMSPROP_CENTERED = _bit(rules.RMSPROP.flags, "centered")
+_RMSPROP_MOMENTUM = _bit(rules.RMSPROP.states, "momentum_buffer")  # in use exactly when momentum > 0
+
+RmspropHyper = namedtuple("RmspropHyper", "lr alpha one_minus_alpha eps weight_decay_on weight_decay momentum")
+
+
+@triton.jit
+def rmsprop_hyper(h):
+    return RmspropHyper(h[0].to(tl.float32), h[1].to(tl.float32), (1.0 - h[1]).to(tl.float32), h[2].to(tl.float32),
+                        h[3] != 0.0, h[3].to(tl.float32), h[4].to(tl.float32))
+
+
+@triton.jit
+def rmsprop_per_tensor(h, scalars, first):
+    return (scalars[0] + 1.0,), ()  # step += 1 (counted; the update does not read it)
+
+
+# Each line is one torch op of _single_tensor_rmsprop (named at its end); maximize and clipping are prepare_grad's.
+@triton.jit
+def rmsprop_element(p, g, s, h, t, first, FLAGS: tl.constexpr, USED: tl.constexpr):
+    square_avg = s[0]
+    grad_avg = s[1]
+    buf = s[2]
+    g = tl.where(h.weight_decay_on, tl.fma(p, h.weight_decay, g), g)  # grad.add(param, alpha=weight_decay)
+    # square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+    square_avg = tl.fma(h.one_minus_alpha * g, g, square_avg * h.alpha)
+    if _RMSPROP_CENTERED & FLAGS:
+        grad_avg = lerp(grad_avg, g, h.one_minus_alpha)  # grad_avg.lerp_(grad, 1 - alpha)
+        # square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_(): (-1) * grad_avg is -grad_avg
+        avg = tl.sqrt_rn(tl.fma(-grad_avg, grad_avg, square_avg))
+    else:
+        avg = tl.sqrt_rn(square_avg)  # square_avg.sqrt()
+    avg = avg + h.eps  # avg.add_(eps)
+    if _RMSPROP_MOMENTUM & USED:
+        buf = buf * h.momentum + tl.div_rn(g, avg)  # buf.mul_(momentum).addcdiv_(grad, avg): 1 * g is g
+        p = tl.fma(buf, -h.lr, p)  # param.add_(buf, alpha=-lr)
+    else:
+        p = p - tl.div_rn(h.lr * g, avg)  # param.addcdiv_(grad, avg, value=-lr): the same bits (symmetric rounding)
+    return p, (square_avg, grad_avg, buf)
+
+
+RMSPROP = register(TritonRule(rules.RMSPROP, hyper=rmsprop_hyper, element=rmsprop_element,
+                              per_tensor=rmsprop_per_tensor))
+
+
+# Adamax (torch.optim.adamax._single_tensor_adamax, not differentiable, not capturable): math.h's AdamaxRule.
+
+AdamaxHyper = namedtuple("AdamaxHyper", "lerp_weight beta2 eps weight_decay_on weight_decay")
+
+
+@triton.jit
+def adamax_hyper(h):
+    return AdamaxHyper((1.0 - h[1]).to(tl.float32), h[2].to(tl.float32), h[3].to(tl.float32), h[4] != 0.0,
+                       h[4].to(tl.float32))
+
+
+@triton.jit
+def adamax_per_tensor(h, scalars, first):
+    # The count advances, then clr = lr / (1 - beta1^step) from the new count, in float64.
+    step = scalars[0] + 1.0
+    clr = h[0] / (1.0 - pow_int(h[1], step))
+    return (step,), (clr.to(tl.float32),)
+
+
+# Each line is one torch op of _single_tensor_adamax (named at its end); maximize and clipping are prepare_grad's.
+@triton.jit
+def adamax_element(p, g, s, h, t, first, FLAGS: tl.constexpr, USED: tl.constexpr):
+    exp_avg = s[0]
+    exp_inf = s[1]
+    clr = t[0]
+    g = tl.where(h.weight_decay_on, tl.fma(p, h.weight_decay, g), g)  # grad.add(param, alpha=weight_decay)
+    exp_avg = lerp(exp_avg, g, h.lerp_weight)  # exp_avg.lerp_(grad, 1 - beta1)
+    # torch.maximum(exp_inf.mul_(beta2), grad.abs().add_(eps), out=exp_inf): a NaN on either side wins
+    exp_inf = maximum(exp_inf * h.beta2, tl.abs(g) + h.eps)
+    p = p - tl.div_rn(clr * exp_avg, exp_inf)  # param.addcdiv_(exp_avg, exp_inf, value=-clr): the same bits
+    return p, (exp_avg, exp_inf)
+
+
+ADAMAX = register(TritonRule(rules.ADAMAX, hyper=adamax_hyper, element=adamax_element,
+                             per_tensor=adamax_per_tensor, coefficients=("clr",)))
+
+
+# Lion (lion-pytorch's update_fn, Chen et al. 2023, Algorithm 2): math.h's LionRule. No scalar states.
+
+LionHyper = namedtuple("LionHyper", "lr weight_decay_on decay beta1 one_minus_beta1 beta2 one_minus_beta2")
+
+
+@triton.jit
+def lion_hyper(h):
+    lr = h[0]
+    beta1 = h[1]
+    beta2 = h[2]
+    weight_decay = h[3]
+    return LionHyper(lr.to(tl.float32), weight_decay != 0.0, (1.0 - lr * weight_decay).to(tl.float32),
+                     beta1.to(tl.float32), (1.0 - beta1).to(tl.float32), beta2.to(tl.float32),
+                     (1.0 - beta2).to(tl.float32))
+
+
+# Each line is one torch op of lion-pytorch's update_fn (named at its end); maximize and clipping are prepare_grad's.
+@triton.jit
+def lion_element(p, g, s, h, t, first, FLAGS: tl.constexpr, USED: tl.constexpr):
+    exp_avg = s[0]
+    p = tl.where(h.weight_decay_on, p * h.decay, p)  # p.data.mul_(1 - lr * wd)
+    # exp_avg.clone().mul_(beta1).add(grad, alpha=1 - beta1).sgn_()
+    update = sign(tl.fma(g, h.one_minus_beta1, exp_avg * h.beta1))
+    p = tl.fma(update, -h.lr, p)  # p.add_(update, alpha=-lr)
+    exp_avg = tl.fma(g, h.one_minus_beta2, exp_avg * h.beta2)  # exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
+    return p, (exp_avg,)
+
+
+LION = register(TritonRule(rules.LION, hyper=lion_hyper, element=lion_element))

@@ -206,8 +206,9 @@ FUSEDOPT_HD inline float lerp(float start, float end, float weight) {
   return std::fabs(weight) < 0.5f ? small : large;
 }
 
-// torch.maximum: a NaN in either operand wins.
-FUSEDOPT_HD inline float maximum(float a, float b) { return (a != a || a > b) ? a : b; }
+// torch.maximum: a NaN in either operand wins. `|`, not `||`: GCC kept the short circuit as a branch in Adamax's
+// loop (maximum of two computed values) and left it scalar; the same bits either way.
+FUSEDOPT_HD inline float maximum(float a, float b) { return ((a != a) | (a > b)) ? a : b; }
 
 // Adam / AdamW (torch.optim.adam._single_tensor_adam).
 struct AdamRule {
@@ -607,6 +608,232 @@ struct AsgdRule {
     p = std::fma(g, t.neg_eta, p);    // param.add_(grad, alpha=-eta)
     const float averaged = ax + (p - ax) * t.mu;  // ax.add_(param.sub(ax).mul_(mu))
     ax = bit_select(t.average, averaged, p);      // or ax.copy_(param)
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Adagrad, RMSprop, Adamax, Lion (issue 12 part 2): fusedopt/reference.py's bodies, which are torch's single-tensor
+// for-loops (Lion: lion-pytorch's update_fn), op for op. Their per-tensor math reads only the step count and the
+// hyperparameters (in double, as torch's Python floats), so the CUDA kernels compute it on the device.
+
+// Adagrad (torch.optim.adagrad._single_tensor_adagrad, dense grads).
+struct AdagradRule {
+  static constexpr const char* kName = "adagrad";
+  static constexpr int kHyper = 4;
+  static constexpr int kFlags = 0;
+  static constexpr int kStates = 1;
+  static constexpr int kScalars = 1;
+  static constexpr std::array<const char*, kHyper> kHyperNames = {"lr", "lr_decay", "weight_decay", "eps"};
+  static constexpr std::array<const char*, kFlags> kFlagNames = {};
+  static constexpr std::array<const char*, kStates> kStateNames = {"sum"};
+  static constexpr std::array<const char*, kScalars> kScalarNames = {"step"};
+  // A count below 0 could make 1 + (step - 1) * lr_decay zero (the reference refuses every negative count too).
+  static constexpr std::array<bool, kScalars> kScalarNonNegative = {true};
+  static constexpr bool kTakesIsFirst = false;
+
+  enum : uint32_t { kWeightDecay = 1 };
+  static constexpr int kSwitchBits = 1;
+  FUSEDOPT_HD static uint32_t switches(const double* h, uint32_t /*flags*/) { return h[2] != 0.0 ? kWeightDecay : 0u; }
+  FUSEDOPT_HD static constexpr bool uses_state(int /*k: the sum*/, uint32_t /*sw*/) { return true; }
+
+  struct Hyper {
+    float weight_decay;
+    float eps;
+  };
+  FUSEDOPT_HD static Hyper hyper(const double* h) { return {float(h[2]), float(h[3])}; }
+
+  struct PerTensor {
+    float clr;  // lr / (1 + (step - 1) * lr_decay), in double from the new count
+  };
+  FUSEDOPT_HD static PerTensor per_tensor(const double* h, float* const* scalars, bool /*first*/) {
+    *scalars[0] += 1.0f;
+    const double step = double(*scalars[0]);
+    return {float(h[0] / (1.0 + (step - 1.0) * h[1]))};
+  }
+
+  // Each line is one torch op of _single_tensor_adagrad (named at its end).
+  template <uint32_t SW>
+  FUSEDOPT_HD static void element(float& p, float g, float (&s)[kStates], const Hyper& h, const PerTensor& t) {
+    float& sum = s[0];
+    if constexpr ((SW & kWeightDecay) != 0) g = std::fma(p, h.weight_decay, g);  // grad.add(param, alpha=wd)
+    sum = std::fma(g, g, sum);                   // state_sum.addcmul_(grad, grad, value=1): 1 * g is g
+    const float stdev = std::sqrt(sum) + h.eps;  // std = state_sum.sqrt().add_(eps)
+    p = p - (t.clr * g) / stdev;  // param.addcdiv_(grad, std, value=-clr): the same bits (rounding is symmetric)
+  }
+};
+
+
+// RMSprop (torch.optim.rmsprop._single_tensor_rmsprop).
+struct RmspropRule {
+  static constexpr const char* kName = "rmsprop";
+  static constexpr int kHyper = 5;
+  static constexpr int kFlags = 1;
+  static constexpr int kStates = 3;
+  static constexpr int kScalars = 1;
+  static constexpr std::array<const char*, kHyper> kHyperNames = {"lr", "alpha", "eps", "weight_decay", "momentum"};
+  static constexpr std::array<const char*, kFlags> kFlagNames = {"centered"};
+  static constexpr std::array<const char*, kStates> kStateNames = {"square_avg", "grad_avg", "momentum_buffer"};
+  static constexpr std::array<const char*, kScalars> kScalarNames = {"step"};
+  // Counted only (the update does not read it); refused below zero as the reference refuses every count.
+  static constexpr std::array<bool, kScalars> kScalarNonNegative = {true};
+  static constexpr bool kTakesIsFirst = false;
+
+  enum : uint32_t { kWeightDecay = 1, kCentered = 2, kMomentum = 4 };
+  static constexpr int kSwitchBits = 3;
+  FUSEDOPT_HD static uint32_t switches(const double* h, uint32_t flags) {
+    return (h[3] != 0.0 ? kWeightDecay : 0u) | ((flags & 1u) ? kCentered : 0u) | (h[4] > 0.0 ? kMomentum : 0u);
+  }
+  FUSEDOPT_HD static constexpr bool uses_state(int k, uint32_t sw) {
+    return k == 0 || (k == 1 && (sw & kCentered) != 0) || (k == 2 && (sw & kMomentum) != 0);
+  }
+
+  struct Hyper {
+    float lr;
+    float alpha;
+    float one_minus_alpha;  // 1 - alpha, from double
+    float eps;
+    float weight_decay;
+    float momentum;
+  };
+  FUSEDOPT_HD static Hyper hyper(const double* h) {
+    return {float(h[0]), float(h[1]), float(1.0 - h[1]), float(h[2]), float(h[3]), float(h[4])};
+  }
+
+  struct PerTensor {};
+  FUSEDOPT_HD static PerTensor per_tensor(const double* /*h*/, float* const* scalars, bool /*first*/) {
+    *scalars[0] += 1.0f;  // step += 1
+    return {};
+  }
+
+  // Each line is one torch op of _single_tensor_rmsprop (named at its end).
+  template <uint32_t SW>
+  FUSEDOPT_HD static void element(float& p, float g, float (&s)[kStates], const Hyper& h, const PerTensor&) {
+    float& square_avg = s[0];
+    float& grad_avg = s[1];
+    float& buf = s[2];
+    if constexpr ((SW & kWeightDecay) != 0) g = std::fma(p, h.weight_decay, g);  // grad.add(param, alpha=wd)
+    // square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+    square_avg = std::fma(h.one_minus_alpha * g, g, square_avg * h.alpha);
+    float avg;
+    if constexpr ((SW & kCentered) != 0) {
+      grad_avg = lerp(grad_avg, g, h.one_minus_alpha);  // grad_avg.lerp_(grad, 1 - alpha)
+      // square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_(): (-1) * grad_avg is -grad_avg
+      avg = std::sqrt(std::fma(-grad_avg, grad_avg, square_avg));
+    } else {
+      avg = std::sqrt(square_avg);  // square_avg.sqrt()
+    }
+    avg = avg + h.eps;  // avg.add_(eps)
+    if constexpr ((SW & kMomentum) != 0) {
+      buf = buf * h.momentum + g / avg;  // buf.mul_(momentum).addcdiv_(grad, avg): 1 * g is g
+      p = std::fma(buf, -h.lr, p);       // param.add_(buf, alpha=-lr)
+    } else {
+      p = p - (h.lr * g) / avg;  // param.addcdiv_(grad, avg, value=-lr): the same bits (rounding is symmetric)
+    }
+  }
+};
+
+// Adamax (torch.optim.adamax._single_tensor_adamax).
+struct AdamaxRule {
+  static constexpr const char* kName = "adamax";
+  static constexpr int kHyper = 5;
+  static constexpr int kFlags = 0;
+  static constexpr int kStates = 2;
+  static constexpr int kScalars = 1;
+  static constexpr std::array<const char*, kHyper> kHyperNames = {"lr", "beta1", "beta2", "eps", "weight_decay"};
+  static constexpr std::array<const char*, kFlags> kFlagNames = {};
+  static constexpr std::array<const char*, kStates> kStateNames = {"exp_avg", "exp_inf"};
+  static constexpr std::array<const char*, kScalars> kScalarNames = {"step"};
+  // A count below 0 would make the bias correction 1 - beta1^0 = 0 and write inf/NaN.
+  static constexpr std::array<bool, kScalars> kScalarNonNegative = {true};
+  static constexpr bool kTakesIsFirst = false;
+
+  enum : uint32_t { kWeightDecay = 1 };
+  static constexpr int kSwitchBits = 1;
+  FUSEDOPT_HD static uint32_t switches(const double* h, uint32_t /*flags*/) { return h[4] != 0.0 ? kWeightDecay : 0u; }
+  FUSEDOPT_HD static constexpr bool uses_state(int /*k*/, uint32_t /*sw*/) { return true; }
+
+  struct Hyper {
+    float lerp_weight;  // 1 - beta1, from double
+    float beta2;
+    float eps;
+    float weight_decay;
+  };
+  FUSEDOPT_HD static Hyper hyper(const double* h) {
+    return {float(1.0 - h[1]), float(h[2]), float(h[3]), float(h[4])};
+  }
+
+  struct PerTensor {
+    float clr;  // lr / (1 - beta1^step), in double from the new count (Python's ** is C's pow)
+  };
+  FUSEDOPT_HD static PerTensor per_tensor(const double* h, float* const* scalars, bool /*first*/) {
+    *scalars[0] += 1.0f;
+    return {float(h[0] / (1.0 - std::pow(h[1], double(*scalars[0]))))};
+  }
+
+  // Each line is one torch op of _single_tensor_adamax (not differentiable, not capturable; named at its end).
+  template <uint32_t SW>
+  FUSEDOPT_HD static void element(float& p, float g, float (&s)[kStates], const Hyper& h, const PerTensor& t) {
+    float& exp_avg = s[0];
+    float& exp_inf = s[1];
+    if constexpr ((SW & kWeightDecay) != 0) g = std::fma(p, h.weight_decay, g);  // grad.add(param, alpha=wd)
+    exp_avg = lerp(exp_avg, g, h.lerp_weight);  // exp_avg.lerp_(grad, 1 - beta1)
+    // torch.maximum(exp_inf.mul_(beta2), grad.abs().add_(eps), out=exp_inf): a NaN on either side wins (the
+    // differentiable path's amax over the stacked pair, norm_buf, takes the same values)
+    exp_inf = maximum(exp_inf * h.beta2, std::fabs(g) + h.eps);
+    // param.addcdiv_(exp_avg, exp_inf, value=-clr): the same bits (rounding is symmetric)
+    p = p - (t.clr * exp_avg) / exp_inf;
+  }
+};
+
+// Lion (Chen et al. 2023, Algorithm 2, as lion-pytorch's update_fn computes it). No step count: the update uses
+// none (lion-pytorch keeps none).
+struct LionRule {
+  static constexpr const char* kName = "lion";
+  static constexpr int kHyper = 4;
+  static constexpr int kFlags = 0;
+  static constexpr int kStates = 1;
+  static constexpr int kScalars = 0;
+  static constexpr std::array<const char*, kHyper> kHyperNames = {"lr", "beta1", "beta2", "weight_decay"};
+  static constexpr std::array<const char*, kFlags> kFlagNames = {};
+  static constexpr std::array<const char*, kStates> kStateNames = {"exp_avg"};
+  static constexpr std::array<const char*, kScalars> kScalarNames = {};
+  static constexpr std::array<bool, kScalars> kScalarNonNegative = {};
+  static constexpr bool kTakesIsFirst = false;
+
+  // lion-pytorch multiplies by 1 - lr * 0 = 1 as well: the same bits as not multiplying.
+  enum : uint32_t { kWeightDecay = 1 };
+  static constexpr int kSwitchBits = 1;
+  FUSEDOPT_HD static uint32_t switches(const double* h, uint32_t /*flags*/) { return h[3] != 0.0 ? kWeightDecay : 0u; }
+  FUSEDOPT_HD static constexpr bool uses_state(int /*k*/, uint32_t /*sw*/) { return true; }
+
+  struct Hyper {
+    float lr;
+    float decay;  // 1 - lr * weight_decay, from double
+    float beta1;
+    float one_minus_beta1;
+    float beta2;
+    float one_minus_beta2;
+  };
+  FUSEDOPT_HD static Hyper hyper(const double* h) {
+    const double lr = h[0], beta1 = h[1], beta2 = h[2], weight_decay = h[3];
+    return {float(lr), float(1.0 - lr * weight_decay), float(beta1), float(1.0 - beta1), float(beta2),
+            float(1.0 - beta2)};
+  }
+
+  struct PerTensor {};
+  FUSEDOPT_HD static PerTensor per_tensor(const double* /*h*/, float* const* /*scalars*/, bool /*first*/) {
+    return {};
+  }
+
+  // Each line is one torch op of lion-pytorch's update_fn (named at its end).
+  template <uint32_t SW>
+  FUSEDOPT_HD static void element(float& p, float g, float (&s)[kStates], const Hyper& h, const PerTensor&) {
+    float& exp_avg = s[0];
+    if constexpr ((SW & kWeightDecay) != 0) p = p * h.decay;  // p.data.mul_(1 - lr * wd)
+    // exp_avg.clone().mul_(beta1).add(grad, alpha=1 - beta1).sgn_()
+    const float update = sign(std::fma(g, h.one_minus_beta1, exp_avg * h.beta1));
+    p = std::fma(update, -h.lr, p);                                // p.add_(update, alpha=-lr)
+    exp_avg = std::fma(g, h.one_minus_beta2, exp_avg * h.beta2);  // exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
   }
 };
 

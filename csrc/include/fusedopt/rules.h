@@ -15,7 +15,8 @@ template <typename... R>
 struct Rules {};
 
 using AllRules = Rules<SgdRule, AdamRule,
-                       NadamRule, RadamRule, AdadeltaRule, RpropRule, AsgdRule>;
+                       NadamRule, RadamRule, AdadeltaRule, RpropRule, AsgdRule,
+                       AdagradRule, RmspropRule, AdamaxRule, LionRule>;
 
 // f(Rule{}) for every rule of the list, in order.
 template <typename F, typename... R>
