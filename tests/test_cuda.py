@@ -252,17 +252,24 @@ def _run_op_steps(target: Target, kind, dtype, state_dtype, master, lr_tensor, g
         if with_reference:
             _call(reference, kind, ref_in, ref_grads, device="cpu", **kwargs)
         target.sync()
-        _assert_all_bitwise(grads, cpu_grads, name=f"step {step} grads ({target.name} vs CPU)")
-        for key in dev_in:
-            _assert_all_bitwise(dev_in[key], cpu_in[key], name=f"step {step} {key} ({target.name} vs CPU)")
+        _assert_step_bitwise(target, step, grads, cpu_grads, dev_in, cpu_in, original)
         if with_reference:
             _assert_all_ref_close(grads, ref_grads, name=f"step {step} grads ({target.name} vs reference)")
             for key in dev_in:
                 _assert_all_ref_close(dev_in[key], ref_in[key], name=f"step {step} {key} ({target.name} vs reference)")
-        if found_inf:
-            for key in dev_in:
-                _assert_all_bitwise(dev_in[key], original[key], name=f"skipped step {step}: {key}")
     return dev_in
+
+
+def _assert_step_bitwise(target: Target, step: int, grads, cpu_grads, dev_in: dict, cpu_in: dict, original,
+                         prefix: str = "") -> None:
+    """After a step: the target's grads and tensors bit for bit the CPU op's; after a skipped one (``original``:
+    the inputs before the first step), as they were."""
+    _assert_all_bitwise(grads, cpu_grads, name=f"{prefix}step {step} grads ({target.name} vs CPU)")
+    for key in dev_in:
+        _assert_all_bitwise(dev_in[key], cpu_in[key], name=f"{prefix}step {step} {key} ({target.name} vs CPU)")
+    if original is not None:
+        for key in dev_in:
+            _assert_all_bitwise(dev_in[key], original[key], name=f"{prefix}skipped step {step}: {key}")
 
 
 @pytest.mark.parametrize("lr_tensor,grad_scale,clip_coef,found_inf", SCALARS)
@@ -464,12 +471,7 @@ def test_update_op_every_rule(request, target_name, rule_name, dtype, state_dtyp
         _rule_call(target.ops, rule, used, dev_in, grads, *args, device=target.device)
         _rule_call(ops.BACKENDS["cpu"], rule, used, cpu_in, cpu_grads, *args, device="cpu")
         target.sync()
-        _assert_all_bitwise(grads, cpu_grads, name=f"{rule_name} step {step} grads ({target.name} vs CPU)")
-        for key in dev_in:
-            _assert_all_bitwise(dev_in[key], cpu_in[key], name=f"{rule_name} step {step} {key} ({target.name} vs CPU)")
-        if found_inf:
-            for key in dev_in:
-                _assert_all_bitwise(dev_in[key], original[key], name=f"{rule_name} skipped step {step}: {key}")
+        _assert_step_bitwise(target, step, grads, cpu_grads, dev_in, cpu_in, original, prefix=f"{rule_name} ")
 
 
 def test_every_rule_has_an_op_case():
