@@ -62,8 +62,8 @@ TIMEOUTS = {
     # 1,387 tests, 8 workers: ~1,200 optimizer-level ones at ~0.08 s of host work each (test_parity's: 0.05 s of CPU
     # per test here) is ~15 s a worker, plus each worker's start (~10 s) and torch.compile of one test (~30 s).
     "test_cuda": 55,
-    # ~150 GPU tests, most compiling their own Triton specializations (~1 s each, ~300 in all, /8 workers), the
-    # torch.compile cases (Inductor) and the PTX check (a subprocess): ~50 s.
+    # ~260 tests run on a GPU (the interpreter-only ones skip), ~170 compiling their own Triton specializations
+    # (~1 s each, /8 workers: ~25 s), the torch.compile cases (Inductor) and the PTX check (a subprocess): ~50 s.
     "test_triton_compile": 60,
     # 19 op tests in one process; the sanitizer's start with torch and CUDA ~15-20 s, then ~1 s a test (memcheck).
     "memcheck": 45,
