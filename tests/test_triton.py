@@ -294,8 +294,8 @@ def test_optimizer_on_gpu_matches_cpu_backend(alg, config, dtype):
 
     require_rule("triton", alg.fused_cls)
     require_backend("cpu")
-    groups = test_parity.make_params(dtype, specs=OPTIMIZER_PARAMS)
-    grads = test_parity.make_grads(dtype, OPTIMIZER_STEPS, specs=OPTIMIZER_PARAMS)
+    groups = test_parity.make_params(dtype)  # test_parity's params (test_cuda's comparison names them)
+    grads = test_parity.make_grads(dtype, steps=test_cuda.STEPS)
     on_gpu = test_cuda.run_fused_on(alg, config, "triton", test_cuda._cuda_params(groups), grads, test_cuda.CUDA)
     on_cpu = test_cuda.run_fused_on(alg, config, "cpu", test_parity.clone_params(groups), grads, "cpu")
     test_cuda.assert_backends_close(test_cuda._cpu(on_gpu), on_cpu)
