@@ -9,7 +9,7 @@ MAX_JOBS ?= 2
 export MAX_JOBS
 
 .PHONY: build test test-python test-cpp test-cuda-build cuda-build cuda-sanitize cuda-emu cuda-emu-asan \
-	test-cuda-emu test-cuda-emu-asan gpu-check gpu-check-dry-run bench clean
+	test-cuda-emu test-cuda-emu-asan gpu-check gpu-check-dry-run gpu-wheels bench clean
 
 $(DEPS): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -122,6 +122,12 @@ gpu-check:
 
 gpu-check-dry-run:
 	$(PY) bench/gpu_check.py --dry-run
+
+# Where pip works: the wheels of the pure-Python test dependencies the GPU image lacks, at requirements.txt's pins,
+# into .whl/ (ignored by git) for the device tool to carry (carry: [".whl"]); gpu-check installs them first.
+GPU_WHEELS := $(shell grep -E '^(lion-pytorch|expecttest)==' requirements.txt)
+gpu-wheels: $(DEPS)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -d .whl $(GPU_WHEELS)
 
 # The default benchmark run (README, "Benchmark"): tables, a verdict, JSON and PNGs under bench/results/.
 # Options go through BENCH_ARGS, e.g. `make bench BENCH_ARGS="--suite sweep --optim adamw"`.

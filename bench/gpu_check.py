@@ -1,14 +1,22 @@
 """The one-command GPU check (`make gpu-check`): on a fresh GPU machine with torch, Triton, nvcc and
 compute-sanitizer installed (no network, no .venv-cuda), build the CUDA extension against the installed torch, run
-the CUDA, Triton and compile tests on the GPU, the op tests under compute-sanitizer, and the GPU benchmark, and
-write everything under bench/results/gpu-check-DATE/: env.json (device, driver, CUDA, torch, Triton, nvcc, date,
-git sha), one log per stage, summary.json (each stage's status, time and test counts), the benchmark's JSON and
-PNGs. With --out DIR (the device tool's $OUT) it also leaves there summary.json, the combined log and one
-gpu-check.tar.gz of the folder (the tool brings back at most 8 files).
+the CUDA, Triton and compile tests on the GPU (every update rule: every config on the CUDA backend, the configs
+that take every distinct path on Triton, each rule's kernel at op level), the op tests of every rule under
+compute-sanitizer, and the GPU benchmark of every algorithm on GPT-2 small (124M params, full size) and 4096
+tensors of 4096 params (issue 12's targets), and write everything under bench/results/gpu-check-DATE/: env.json
+(device, driver, CUDA, torch, Triton, nvcc, date, git sha), one log per stage, summary.json (each stage's status,
+time and test counts), the benchmarks' JSON and PNGs. With --out DIR (the device tool's $OUT) it also leaves there
+summary.json, the combined log and one gpu-check.tar.gz of the folder (the tool brings back at most 8 files).
+
+The tests need two pure-Python packages of requirements.txt that the device image lacks (lion-pytorch, expecttest,
+which torch's optim_db imports): `make gpu-wheels` downloads their wheels into .whl/ here; carried along (the
+device tool's carry: [".whl"]), the "deps" stage installs them into the results folder, on every later stage's
+PYTHONPATH. Where pytest-xdist is installed (the device image has it) the test stages run on several workers.
 
 Every stage has its own timeout, so a hang in one still leaves the others' results; the timeouts add up to
-BUDGET_S (8 minutes of device time, the machine's start not counted). `--dry-run` prints the plan, checks the
-budget and runs nothing on a GPU (tests/test_gpu_check.py runs it in CI).
+BUDGET_S (8 minutes of device time, the machine's start not counted). How each timeout was sized is written next
+to the stage (TIMEOUTS). `--dry-run` prints the plan, checks the budget and runs nothing on a GPU
+(tests/test_gpu_check.py runs it in CI).
 
     python3 bench/gpu_check.py [--out DIR] [--dry-run] [--only STAGE,...]
 """
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import json
 import os
 import pathlib
@@ -31,11 +40,43 @@ from dataclasses import dataclass, field
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BUDGET_S = 480
 PY = sys.executable
+WHEELS = ROOT / ".whl"
+# Modules the test stages import that the device image may lack (see the module doc).
+TEST_MODULES = ("pytest", "expecttest", "lion_pytorch")
+XDIST_WORKERS = 8
 
 # compute-sanitizer is slow (memcheck ~10-50x): a share of the op tests that still takes every kernel, the
-# vector and scalar paths, several tables and the check pass.
+# vector and scalar paths, several tables and the check pass; every rule's kernel once (bf16 params with fp32
+# master copies, lr tensor, unscale and clip: the most code of each).
 SANITIZE_K = ("not cuda-emu and (test_op_check or test_adam_without_amsgrad or (test_op_matches and "
-              "(sgd-bfloat16-states_float32-master or adam-float32-states_bfloat16) and lr_tensor))")
+              "(sgd-bfloat16-states_float32-master or adam-float32-states_bfloat16) and lr_tensor) or "
+              "(test_update_op_every_rule and bfloat16-states_float32-master-lr_tensor))")
+
+# Seconds per stage, estimated for an H100/H200 machine (16 cores) from the timings of this 2-core CPU machine and
+# the bytes each benchmark step moves; README "A GPU run in one command" gives the arithmetic.
+TIMEOUTS = {
+    "deps": 10,  # pip installs two small pure-Python wheels from files: a few seconds
+    # MAX_JOBS files at once: the longest are python.cpp (64 s on one core here, quiet) and update.cu, whose 27 s
+    # for two rules and two archs here (README) scale to about 75 s for 11 rules and one arch: ~90 s wall.
+    "build": 120,
+    # 1,387 tests, 8 workers: ~1,200 optimizer-level ones at ~0.08 s of host work each (test_parity's: 0.05 s of CPU
+    # per test here) is ~15 s a worker, plus each worker's start (~10 s) and torch.compile of one test (~30 s).
+    "test_cuda": 55,
+    # ~260 tests run on a GPU (the interpreter-only ones skip), ~170 compiling their own Triton specializations
+    # (~1 s each, /8 workers: ~25 s), the torch.compile cases (Inductor) and the PTX check (a subprocess): ~50 s.
+    "test_triton_compile": 60,
+    # 19 op tests in one process; the sanitizer's start with torch and CUDA ~15-20 s, then ~1 s a test (memcheck).
+    "memcheck": 45,
+    "racecheck": 25,
+    "synccheck": 25,
+    # 12 algorithms x ~10 rows on 124M params: a step moves 2.5-5 GB (16-40 B/param), ~1-4 ms at ~3 TB/s, so the
+    # ~10 steps of a row are cheap; each row's profiled step (~0.2 s), the Triton compiles (~2 per rule, ~1 s
+    # each) and the process start (~8 s) dominate: ~70 s.
+    "bench_gpt2": 75,
+    # 12 x ~8 timed rows on 4096 tensors (steps of 1-20 ms, ~0.3 s a row with its profile), torch's for-loop
+    # checked in one step each (~0.4 s, host-bound), Triton kernels from the cache: ~55 s.
+    "bench_many_small": 65,
+}
 
 
 @dataclass
@@ -69,22 +110,49 @@ def compute_sanitizer() -> str:
     return str(pathlib.Path(cuda_home()) / "bin" / "compute-sanitizer")
 
 
-def stages(results: pathlib.Path, archs: str, home: str, sanitizer: str) -> list[Stage]:
+def wheels(folder: pathlib.Path = WHEELS) -> list[pathlib.Path]:
+    return sorted(folder.glob("*.whl")) if folder.is_dir() else []
+
+
+def missing_modules(site: pathlib.Path | None = None) -> list[str]:
+    """TEST_MODULES that neither this Python nor the installed wheels (``site``) provide."""
+    provided = {p.name.split("-")[0].lower() for p in site.iterdir()} if site is not None and site.is_dir() else set()
+    return [m for m in TEST_MODULES if importlib.util.find_spec(m) is None and m not in provided]
+
+
+def stages(results: pathlib.Path, archs: str, home: str, sanitizer: str, carried: list[pathlib.Path] = (),
+           xdist: bool = False) -> list[Stage]:
     pytest = [PY, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider"]
+    workers = ["-n", str(XDIST_WORKERS)] if xdist else []
+    site = results / "site"
+    common = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))} \
+        if carried else {}
     build_env = {"FUSEDOPT_CUDA": "1", "FUSEDOPT_CUDA_ARCHS": archs, "CUDA_HOME": home,
                  "MAX_JOBS": str(min(16, os.cpu_count() or 1))}
     san = [sanitizer, "--error-exitcode", "1", "--tool"]
-    san_env = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}  # an access past a tensor then hits unallocated memory
+    san_env = {**common, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}  # an access past a tensor then hits unallocated memory
     san_tests = ["tests/test_cuda.py", "-x", "-k", SANITIZE_K]
-    bench = [PY, "-m", "fusedopt.bench", "--device", "cuda", "--repeats", "5"]
-    return [
-        Stage("build", [PY, "setup.py", "--quiet", "build_ext", "--inplace"], 150, build_env),
-        Stage("test_cuda", pytest + ["tests/test_cuda.py", "-k", "not cuda-emu"], 90, pytest=True),
-        Stage("test_triton_compile", pytest + ["tests/test_triton.py", "tests/test_compile.py"], 70, pytest=True),
-        Stage("memcheck", san + ["memcheck"] + pytest + san_tests, 40, san_env, pytest=True),
-        Stage("racecheck", san + ["racecheck"] + pytest + san_tests, 25, san_env, pytest=True),
-        Stage("synccheck", san + ["synccheck"] + pytest + san_tests, 25, san_env, pytest=True),
-        Stage("bench", bench + ["--suite", "model,many-small,sweep", "--json", str(results / "bench.json")], 80),
+    # Every algorithm; torch's for-loop is the reference each row's first step is checked against, but it is not
+    # timed: on a GPU it is host-bound (about 10 launches per tensor), never torch's fastest way, and on 4096
+    # tensors its steps alone would take minutes of the budget.
+    bench = [PY, "-m", "fusedopt.bench", "--device", "cuda", "--optim", "all", "--repeats", "5", "--untimed",
+             "for-loop"]
+    t = TIMEOUTS
+    plan = [Stage("deps", [PY, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
+                           "--target", str(site), *map(str, carried)], t["deps"])] if carried else []
+    return plan + [
+        Stage("build", [PY, "setup.py", "--quiet", "build_ext", "--inplace"], t["build"], build_env),
+        Stage("test_cuda", pytest + workers + ["tests/test_cuda.py", "-k", "not cuda-emu"], t["test_cuda"], common,
+              pytest=True),
+        Stage("test_triton_compile", pytest + workers + ["tests/test_triton.py", "tests/test_compile.py"],
+              t["test_triton_compile"], common, pytest=True),
+        Stage("memcheck", san + ["memcheck"] + pytest + san_tests, t["memcheck"], san_env, pytest=True),
+        Stage("racecheck", san + ["racecheck"] + pytest + san_tests, t["racecheck"], san_env, pytest=True),
+        Stage("synccheck", san + ["synccheck"] + pytest + san_tests, t["synccheck"], san_env, pytest=True),
+        Stage("bench_gpt2", bench + ["--suite", "model", "--model", "gpt2-small", "--full", "--json",
+                                     str(results / "bench-gpt2-small.json")], t["bench_gpt2"], common),
+        Stage("bench_many_small", bench + ["--suite", "many-small", "--json", str(results / "bench-many-small.json")],
+              t["bench_many_small"], common),
     ]
 
 
@@ -165,11 +233,13 @@ def main(argv=None) -> int:
 
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     results = ROOT / "bench" / "results" / f"gpu-check-{stamp}"
+    carried = wheels()
+    xdist = importlib.util.find_spec("xdist") is not None
     if args.dry_run:
-        plan = stages(results, "90", "/usr/local/cuda", "compute-sanitizer")
+        plan = stages(results, "90", "/usr/local/cuda", "compute-sanitizer", carried, xdist)
     else:
         plan = stages(results, os.environ.get("FUSEDOPT_CUDA_ARCHS") or cuda_archs(), cuda_home(),
-                      compute_sanitizer())
+                      compute_sanitizer(), carried, xdist)
     total = check_budget(plan)
     if args.only:
         wanted = set(args.only.split(","))
@@ -180,6 +250,8 @@ def main(argv=None) -> int:
     for s in plan:
         print(f"[{s.name}] timeout {s.timeout_s:3d} s: {shlex.join(s.argv)}")
     print(f"total of the timeouts: {total} s (budget {BUDGET_S} s); results in {results.relative_to(ROOT)}")
+    if not carried:
+        print(f"no wheels in {WHEELS.relative_to(ROOT)}/ (make gpu-wheels): no deps stage")
     if args.dry_run:
         return 0
 
@@ -187,6 +259,11 @@ def main(argv=None) -> int:
     summary = {"environment": environment(), "stages": {}}
     (results / "env.json").write_text(json.dumps(summary["environment"], indent=2) + "\n")
     for s in plan:
+        if s.name == "build":  # after the deps stage: what the tests will import
+            summary["missing_modules"] = missing_modules(results / "site")
+            if summary["missing_modules"]:
+                print(f"gpu_check: the tests need {', '.join(summary['missing_modules'])}, which this Python lacks: "
+                      f"run `make gpu-wheels` where pip works and carry .whl/ along", flush=True)
         print(f"[{s.name}] ...", flush=True)
         summary["stages"][s.name] = run_stage(s, results / f"{s.name}.log")
         print(f"[{s.name}] {summary['stages'][s.name]}", flush=True)

@@ -361,6 +361,39 @@ def test_clip_rows_get_their_own_grads_restored_after_the_check_step():
     assert seen[-1] == pytest.approx(seen[1])
 
 
+def test_a_case_draws_its_tensors_once_and_no_row_writes_them():
+    """Every optimizer of a case starts from the same params and grads, drawn once; the rows (torch's clipping
+    ones rewrite their grads) leave the shared tensors as drawn, so the next optimizer starts from them too."""
+    cpu = torch.device("cpu")
+    init, grads, max_norm = runner.case_tensors(TINY, 0, cpu)
+    before = [t.clone() for t in init + grads]
+    result = runner.run_group(TINY, "adamw", impls.impls_for("adamw", ["cpu"]), rounds=1, warmup=0, **SMALL_RUN)
+    assert all(r.wrong is None and r.skipped is None for r in result.rows)
+    again = runner.case_tensors(TINY, 0, cpu)
+    assert again[0] is init and again[1] is grads and result.max_norm == max_norm
+    assert all(torch.equal(a, b) for a, b in zip(init + grads, before))
+    other = cases.Case("other", ((3,),), "one tensor")
+    assert runner.case_tensors(other, 0, cpu)[0][0].shape == (3,)  # another case replaces the cached one
+    assert runner.case_tensors(TINY, 0, cpu)[0] is not init
+
+
+def test_untimed_ways_serve_as_the_reference_and_are_not_timed():
+    """--untimed for-loop (the GPU check's many small tensors): the for-loop row takes the check step, the other
+    rows are checked against it, and it is then left out of the timing, saying so in its row and the verdict."""
+    calls: list[str] = []
+    fakes = [_fake("torch for-loop", _sgd_like(calls, "ref")), _fake("torch foreach", _sgd_like(calls, "each")),
+             _fake("fusedopt bad", _sgd_like(calls, "bad", 2e-2)), _fake("fusedopt x", _sgd_like(calls, "x"))]
+    result = runner.run_group(TINY, "sgd", fakes, rounds=2, warmup=0, untimed=frozenset({"for-loop"}), **SMALL_RUN)
+    ref, each, bad, x = result.rows
+    assert calls.count("ref") == 1 and ref.times == [] and ref.untimed == "checked, not timed (--untimed for-loop)"
+    assert bad.wrong is not None and "torch for-loop" in bad.wrong
+    assert len(each.times) == 2 and len(x.times) == 2 and x.check_error == 0.0
+    rows = report.summarize(result)
+    assert rows[0]["status"] == "untimed" and rows[0]["reason"] == ref.untimed and rows[0]["median_s"] is None
+    assert rows[3]["torch_best"] == "torch foreach"
+    assert "Checked but not timed (--untimed), so not among torch's fastest: torch for-loop." in report.verdict(rows)
+
+
 def test_optional_rows_are_skipped_with_the_reason_and_torch_errors_propagate():
     def failing(params, max_norm):
         raise RuntimeError("kernel not built")

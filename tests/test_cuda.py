@@ -257,17 +257,24 @@ def _run_op_steps(target: Target, kind, dtype, state_dtype, master, lr_tensor, g
             with ieee_sqrt():  # as the kernels take it (see the module doc)
                 _call(reference, kind, ref_in, ref_grads, device="cpu", **kwargs)
         target.sync()
-        _assert_all_bitwise(grads, cpu_grads, name=f"step {step} grads ({target.name} vs CPU)")
-        for key in dev_in:
-            _assert_all_bitwise(dev_in[key], cpu_in[key], name=f"step {step} {key} ({target.name} vs CPU)")
+        _assert_step_bitwise(target, step, grads, cpu_grads, dev_in, cpu_in, original)
         if with_reference:
             _assert_all_ref_close(grads, ref_grads, name=f"step {step} grads ({target.name} vs reference)")
             for key in dev_in:
                 _assert_all_ref_close(dev_in[key], ref_in[key], name=f"step {step} {key} ({target.name} vs reference)")
-        if found_inf:
-            for key in dev_in:
-                _assert_all_bitwise(dev_in[key], original[key], name=f"skipped step {step}: {key}")
     return dev_in
+
+
+def _assert_step_bitwise(target: Target, step: int, grads, cpu_grads, dev_in: dict, cpu_in: dict, original,
+                         prefix: str = "") -> None:
+    """After a step: the target's grads and tensors bit for bit the CPU op's; after a skipped one (``original``:
+    the inputs before the first step), as they were."""
+    _assert_all_bitwise(grads, cpu_grads, name=f"{prefix}step {step} grads ({target.name} vs CPU)")
+    for key in dev_in:
+        _assert_all_bitwise(dev_in[key], cpu_in[key], name=f"{prefix}step {step} {key} ({target.name} vs CPU)")
+    if original is not None:
+        for key in dev_in:
+            _assert_all_bitwise(dev_in[key], original[key], name=f"{prefix}skipped step {step}: {key}")
 
 
 @pytest.mark.parametrize("lr_tensor,grad_scale,clip_coef,found_inf", SCALARS)
@@ -371,6 +378,109 @@ def test_update_op_rules_and_refusals(target):
     update()()
     target.sync()
     assert all(float(s) == 4.0 + i % 4 for i, s in enumerate(inputs["steps"]))
+
+
+# The generic op for every rule, at op level (test_op_matches_cpu_and_reference takes SGD and Adam through their
+# named entries): per rule, hyperparameters that put every state in use and turn every value-derived switch on
+# (weight decay, momentum, lr_decay), and every flag on.
+RULE_OP_CASES = {
+    "sgd": ([0.01, 0.01, 0.9, 0.1], ("nesterov",)),
+    "adam": ([0.01, 0.9, 0.999, 1e-8, 0.05], ("amsgrad", "decoupled")),
+    "nadam": ([0.01, 0.9, 0.999, 1e-8, 0.05, 4e-3], ("decoupled",)),
+    "radam": ([0.01, 0.9, 0.999, 1e-8, 0.05], ("decoupled",)),  # steps 4..8: both sides of rho_t > 5
+    "adadelta": ([1.0, 0.9, 1e-6, 0.05], ()),
+    "rprop": ([0.01, 0.5, 1.2, 1e-6, 50.0], ()),
+    "asgd": ([0.01, 1e-4, 0.75, 5.0, 0.05], ()),  # t0 = 5 among the steps: mu both 1 and 1 / (step - t0)
+    "adagrad": ([0.01, 0.01, 0.05, 1e-10], ()),
+    "rmsprop": ([0.01, 0.99, 1e-8, 0.05, 0.9], ("centered",)),
+    "adamax": ([0.01, 0.9, 0.999, 1e-8, 0.05], ()),
+    "lion": ([1e-4, 0.9, 0.99, 0.1], ()),
+}
+# States the rules' math needs positive (square roots, divisions, step sizes): filled with scale * (1 + |x|), so
+# that a centered RMSprop's square_avg - grad_avg^2 stays positive (no NaN, whose bits differ by device).
+POSITIVE_STATES = {"exp_avg_sq", "max_exp_avg_sq", "square_avg", "acc_delta", "step_size", "sum", "exp_inf"}
+SCALAR_STATE_VALUES = {"step": lambda i: 3.0 + i % 4, "mu_product": lambda i: 0.5 + 0.1 * (i % 3),
+                       "eta": lambda i: 0.01, "mu": lambda i: 1.0 if i % 2 else 0.5}
+# (param dtype, state dtype, master copies): fp32; bf16 params with fp32 masters; fp16 params with bf16 states.
+RULE_OP_STORAGE = [(torch.float32, torch.float32, False), (torch.bfloat16, torch.float32, True),
+                   (torch.float16, torch.bfloat16, False)]
+
+
+def _storage_id(dtype, state_dtype, master) -> str:
+    return f"{_dtype_name(dtype)}-states_{_dtype_name(state_dtype)}{'-master' if master else ''}"
+
+
+# Every storage and scalar case on the GPU; on the emulated grid one per rule (the op tests above take the storage
+# pairs there, and every rule runs on it at optimizer level).
+RULE_OP_PARAMS = (
+    [pytest.param("cuda", rule, *storage, *scalars.values,
+                  id=f"cuda-{rule}-{_storage_id(*storage)}-{scalars.id}")
+     for rule in RULE_OP_CASES for storage in RULE_OP_STORAGE for scalars in SCALARS]
+    + [pytest.param("cuda-emu", rule, torch.bfloat16, torch.float32, True, *SCALARS[1].values,
+                    id=f"cuda-emu-{rule}-{_storage_id(torch.bfloat16, torch.float32, True)}-{SCALARS[1].id}")
+       for rule in RULE_OP_CASES])
+
+
+def _rule_op_inputs(rule: rules.Rule, used, dtype, state_dtype, master: bool, device, many: int) -> dict:
+    """Params (and master copies) as _op_inputs makes them, a tensor per state in use and a 0-dim fp32 tensor per
+    scalar state."""
+    gen = torch.Generator().manual_seed(11)
+    inputs = _op_inputs("sgd", dtype, state_dtype, master, device, many)
+    del inputs["momentum_buffers"]
+    sizes = [p.numel() for p in inputs["params"]]
+    for key in used:
+        positive = key in POSITIVE_STATES
+        tensors = [_tensor(n, state_dtype, device, gen, offset=MISALIGNED.get(i, 0), scale=0.01, positive=positive)
+                   for i, n in enumerate(sizes)]
+        if positive:
+            for t in tensors:
+                t.add_(0.01)
+        inputs[key] = tensors
+    for key in rule.scalars:
+        inputs[key] = [torch.full((), SCALAR_STATE_VALUES[key](i), device=device) for i in range(len(sizes))]
+    return inputs
+
+
+def _rule_call(backend, rule: rules.Rule, used, inputs: dict, grads, is_first, hyper, flags, lr_tensor, grad_scale,
+               clip_coef, found_inf, device) -> None:
+    states = [t for key in used for t in inputs[key]]
+    scalars = [t for key in rule.scalars for t in inputs[key]]
+    backend.update(rule.name, inputs["params"], grads, states, inputs["master_params"], scalars,
+                   is_first if rule.takes_is_first else [], hyper, rule.flag_bits(flags), True,
+                   _scalar(lr_tensor, device), _scalar(grad_scale, device), _scalar(clip_coef, device),
+                   _scalar(found_inf, device))
+
+
+@pytest.mark.parametrize("target_name,rule_name,dtype,state_dtype,master,lr_tensor,grad_scale,clip_coef,found_inf",
+                         RULE_OP_PARAMS)
+def test_update_op_every_rule(request, target_name, rule_name, dtype, state_dtype, master, lr_tensor, grad_scale,
+                              clip_coef, found_inf):
+    """Each rule's kernel through the generic op (maximize, every flag and state on), three steps over sizes 0, 1,
+    4097, several chunks, misaligned slices and more small tensors than one chunk table holds: bitwise equal to the
+    CPU op, params, grads (written back when unscaled), master copies, states and scalar states; a found_inf step
+    changes nothing."""
+    target = _target(target_name, request.node.nodeid)
+    rule = rules.RULES[rule_name]
+    assert rule_name in target.ops.RULES, f"{target_name} has no kernel for {rule_name!r}"
+    hyper, flags = RULE_OP_CASES[rule_name]
+    used = rule.used_states(rule.hyper_dict(hyper), frozenset(flags))
+    assert used == rule.states, f"{rule_name}: RULE_OP_CASES leaves states out of use: {used} of {rule.states}"
+    dev_in = _rule_op_inputs(rule, used, dtype, state_dtype, master, target.device, many=200)
+    cpu_in = _to(dev_in, "cpu")
+    original = _to(dev_in, "cpu") if found_inf else None
+    for step in range(3):
+        grads = _grads(dev_in["params"], step, scale=grad_scale or 1.0)
+        cpu_grads = _to({"g": grads}, "cpu")["g"]
+        is_first = [step == 0 and i % 2 == 0 for i in range(len(grads))]
+        args = (is_first, hyper, flags, lr_tensor, grad_scale, clip_coef, found_inf)
+        _rule_call(target.ops, rule, used, dev_in, grads, *args, device=target.device)
+        _rule_call(ops.BACKENDS["cpu"], rule, used, cpu_in, cpu_grads, *args, device="cpu")
+        target.sync()
+        _assert_step_bitwise(target, step, grads, cpu_grads, dev_in, cpu_in, original, prefix=f"{rule_name} ")
+
+
+def test_every_rule_has_an_op_case():
+    assert sorted(RULE_OP_CASES) == sorted(rules.RULES), "a rule without a row in RULE_OP_CASES is not op-tested"
 
 
 # A tensor of more chunks than one check table holds (1000 chunks of 64K elements).

@@ -3,6 +3,7 @@ own timeout, the dry run runs nothing, and pytest summaries parse into counts.""
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
 import subprocess
 import sys
@@ -20,8 +21,10 @@ def test_dry_run_prints_the_plan_within_budget(tmp_path):
     before = set((ROOT / "bench" / "results").iterdir())
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out", str(tmp_path)],
                          capture_output=True, text=True, check=True, timeout=60).stdout
-    names = [s.name for s in gpu_check.stages(tmp_path, "90", "/cuda", "compute-sanitizer")]
-    assert names == ["build", "test_cuda", "test_triton_compile", "memcheck", "racecheck", "synccheck", "bench"]
+    names = [s.name for s in gpu_check.stages(tmp_path, "90", "/cuda", "compute-sanitizer", gpu_check.wheels())]
+    assert names[-8:] == ["build", "test_cuda", "test_triton_compile", "memcheck", "racecheck", "synccheck",
+                          "bench_gpt2", "bench_many_small"]
+    assert names[:-8] == (["deps"] if gpu_check.wheels() else [])
     for name in names:
         assert f"[{name}] timeout" in out
     assert f"(budget {gpu_check.BUDGET_S} s)" in out
@@ -30,7 +33,9 @@ def test_dry_run_prints_the_plan_within_budget(tmp_path):
 
 
 def test_budget():
-    plan = gpu_check.stages(ROOT / "x", "90", "/cuda", "compute-sanitizer")
+    """Every stage, the deps stage included (wheels carried), within the budget; TIMEOUTS names every stage."""
+    plan = gpu_check.stages(ROOT / "x", "90", "/cuda", "compute-sanitizer", [ROOT / ".whl" / "a.whl"], xdist=True)
+    assert [s.name for s in plan] == list(gpu_check.TIMEOUTS)
     assert all(s.timeout_s > 0 for s in plan)
     assert gpu_check.check_budget(plan) <= 8 * 60
     with pytest.raises(SystemExit, match="over the budget"):
@@ -45,6 +50,43 @@ def test_stages_take_the_gpu_build_and_skip_the_emulation():
         argv = plan[tool].argv
         assert argv[:5] == ["/cuda/bin/compute-sanitizer", "--error-exitcode", "1", "--tool", tool]
         assert plan[tool].env["PYTORCH_NO_CUDA_MEMORY_CACHING"] == "1"
+        assert "-n" not in argv  # one process under the sanitizer
+
+
+def test_every_algorithm_is_covered():
+    """The op test of every rule under the sanitizers, the benchmark over every algorithm on issue 12's two cases
+    (GPT-2 small at full size, 4096 x 4096), torch's for-loop checked but not timed."""
+    plan = {s.name: s for s in gpu_check.stages(ROOT / "x", "90", "/cuda", "compute-sanitizer")}
+    assert "test_update_op_every_rule" in gpu_check.SANITIZE_K
+    for name, suite in (("bench_gpt2", "model"), ("bench_many_small", "many-small")):
+        argv = plan[name].argv
+        for flag, value in (("--optim", "all"), ("--suite", suite), ("--untimed", "for-loop"), ("--device", "cuda")):
+            assert argv[argv.index(flag) + 1] == value, (name, flag)
+    gpt2 = plan["bench_gpt2"].argv
+    assert gpt2[gpt2.index("--model") + 1] == "gpt2-small" and "--full" in gpt2
+
+
+def test_carried_wheels_are_installed_first_and_on_every_later_path(tmp_path):
+    wheel = tmp_path / "lion_pytorch-0.2.5-py3-none-any.whl"
+    plan = gpu_check.stages(tmp_path / "results", "90", "/cuda", "compute-sanitizer", [wheel], xdist=True)
+    deps = plan[0]
+    site = str(tmp_path / "results" / "site")
+    assert deps.name == "deps" and deps.argv[-3:] == ["--target", site, str(wheel)] and "--no-index" in deps.argv
+    for s in plan[2:]:
+        assert s.env["PYTHONPATH"].split(os.pathsep)[0] == site, s.name
+    tests = {s.name: s for s in plan}
+    assert tests["test_cuda"].argv[tests["test_cuda"].argv.index("-n") + 1] == str(gpu_check.XDIST_WORKERS)
+    without = {s.name: s for s in gpu_check.stages(tmp_path, "90", "/cuda", "compute-sanitizer")}
+    assert "deps" not in without and "-n" not in without["test_cuda"].argv and "PYTHONPATH" not in \
+        without["test_cuda"].env
+
+
+def test_missing_modules_counts_installed_wheels(tmp_path):
+    site = tmp_path / "site"
+    (site / "lion_pytorch").mkdir(parents=True)
+    (site / "expecttest-0.3.0.dist-info").mkdir()
+    assert gpu_check.missing_modules(site) == []
+    assert set(gpu_check.missing_modules(tmp_path / "none")) <= {"lion_pytorch", "expecttest"}
 
 
 def test_unknown_stage_is_refused():

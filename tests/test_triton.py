@@ -274,9 +274,34 @@ OPTIMIZER_PARAMS = (
     for dtype in DTYPES for alg, config in (REPRESENTATIVE if dtype == torch.float16 else ALL_CONFIGS)])
 def test_optimizer_matches_torch(alg, config, dtype):
     if DEVICE.type != "cpu":
-        pytest.skip("test_parity's params are CPU tensors; on a GPU the op-level tests above cover the kernels")
+        pytest.skip("test_parity's params are CPU tensors; on a GPU, test_optimizer_on_gpu_matches_cpu_backend runs "
+                    "every rule's kernels on CUDA params")
     require_rule("triton", alg.fused_cls)
     test_parity.assert_matches_torch(alg, config, "triton", dtype, steps=OPTIMIZER_STEPS, specs=OPTIMIZER_PARAMS)
+
+
+# On a GPU (the op-level tests above take only SGD and Adam): every rule's compiled kernels through its class, for
+# the configs that take every distinct path, fp32 and bf16 (each config compiles its own specializations, which is
+# the GPU check's time; fp16 differs from bf16 only in the final cast, which the op-level tests take).
+@pytest.mark.parametrize("alg,config,dtype", [
+    pytest.param(alg, config, dtype, id=f"{config_id(alg, config)}-{_name(dtype)}")
+    for dtype in (torch.float32, torch.bfloat16) for alg, config in REPRESENTATIVE])
+def test_optimizer_on_gpu_matches_cpu_backend(alg, config, dtype):
+    """The optimizer class with backend="triton" on CUDA params against the CPU backend on CPU copies (same grads),
+    params and every state, within test_cuda's backend tolerances (the check pass sums in another order on the
+    device, so a clipped step's coefficient differs in the last bits)."""
+    if DEVICE.type == "cpu":
+        pytest.skip("needs a GPU (compiled Triton kernels on CUDA tensors); under the interpreter "
+                    "test_optimizer_matches_torch runs every config on CPU tensors")
+    import test_cuda
+
+    require_rule("triton", alg.fused_cls)
+    require_backend("cpu")
+    groups = test_parity.make_params(dtype)  # test_parity's params (test_cuda's comparison names them)
+    grads = test_parity.make_grads(dtype, steps=test_cuda.STEPS)
+    on_gpu = test_cuda.run_fused_on(alg, config, "triton", test_cuda._cuda_params(groups), grads, test_cuda.CUDA)
+    on_cpu = test_cuda.run_fused_on(alg, config, "cpu", test_parity.clone_params(groups), grads, "cpu")
+    test_cuda.assert_backends_close(test_cuda._cpu(on_gpu), on_cpu)
 
 
 MIXED_PRECISION = {"master": dict(master_weights=True), "bf16-states": dict(state_dtype=torch.bfloat16),

@@ -10,9 +10,13 @@ installed version's tag). This adapter
   test names, stay the same); every other field of torch's OptimizerInfo (configs, error inputs, skips,
   supported impls) is torch's own;
 - generates the CPU tests only (``PYTORCH_TESTING_DEVICE_ONLY_FOR=cpu``);
-- runs ``TestOptimRenewed`` with pytest and prints the passed/failed/skipped counts; ``--json`` writes the
-  outcome of every test, and ``--optim both`` runs both in subprocesses and lists the tests torch.optim passes
-  that fusedopt does not.
+- runs ``TestOptimRenewed`` with pytest and prints the passed/failed/skipped counts, in all and per algorithm;
+  ``--json`` writes the outcome of every test, and ``--optim both`` runs both in subprocesses and lists the tests
+  torch.optim passes that fusedopt does not;
+- with fusedopt, counts the update calls each backend ran, per rule (``cpu:adam``: the compiled CPU kernel;
+  ``reference:...``: the pure-torch oracle, e.g. for float64 params, which the kernels do not take), so a run
+  shows which code the suite exercised (steps with ``differentiable=True`` or sparse grads run torch's own
+  for-loop and call no backend).
 
 test_optim.py imports three sibling modules of pytorch's test folder (``optim.test_lrscheduler``,
 ``optim.test_optim``, ``optim.test_swa_utils``) for other test classes. When they are not next to the given
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -51,6 +56,37 @@ def patch_optim_db(optim: str) -> None:
 
         for info in db:
             info.optim_cls = getattr(fusedopt, info.optim_cls.__name__)
+
+
+def count_backend_calls() -> Counter:
+    """Wrap every fusedopt backend's ``update`` to count its calls by ``"backend:rule"`` (the classes look the
+    function up on the backend at each call)."""
+    from fusedopt import ops
+
+    calls: Counter = Counter()
+    for name, backend in ops.BACKENDS.items():
+        if name == "triton":  # not used on CPU tensors under backend="auto"; its attributes are computed
+            continue
+
+        def counted(rule, *args, _update=backend.update, _name=name, **kwargs):
+            calls[f"{_name}:{rule}"] += 1
+            return _update(rule, *args, **kwargs)
+
+        backend.update = counted
+    return calls
+
+
+def per_algorithm(tests: dict[str, str]) -> dict[str, Counter]:
+    """Outcome counts per algorithm, from the test names (``..._Adam_cpu_float32``)."""
+    out: dict[str, Counter] = {name: Counter() for name in (*ALGORITHMS, "other")}
+    for test, outcome in tests.items():
+        found = re.search(r"_(" + "|".join(ALGORITHMS) + r")_cpu", test)
+        out[found.group(1) if found else "other"][outcome] += 1
+    return out
+
+
+def _counts(counts) -> str:
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
 
 
 def install_sibling_stand_ins(test_file: Path) -> None:
@@ -87,15 +123,21 @@ def run(test_file: Path, optim: str, json_path: str | None, pytest_args: list[st
     import pytest
 
     patch_optim_db(optim)
+    calls = count_backend_calls() if optim == "fusedopt" else Counter()
     install_sibling_stand_ins(test_file)
     outcomes = Outcomes()
     rc = pytest.main([str(test_file), "-q", "-p", "no:cacheprovider", "-k", "TestOptimRenewed", *pytest_args],
                      plugins=[outcomes])
     counts = Counter(outcomes.by_test.values())
+    for name, algorithm_counts in per_algorithm(outcomes.by_test).items():
+        if algorithm_counts:
+            print(f"  {name}: {_counts(algorithm_counts)}")
+    if calls:
+        print("fusedopt backend update calls: " + ", ".join(f"{k} {n}" for k, n in sorted(calls.items())))
     print(f"{optim}: " + ", ".join(f"{counts[k]} {k}" for k in sorted(counts)))
     if json_path:
-        Path(json_path).write_text(json.dumps({"optim": optim, "counts": counts, "tests": outcomes.by_test},
-                                              indent=1, sort_keys=True))
+        Path(json_path).write_text(json.dumps({"optim": optim, "counts": counts, "tests": outcomes.by_test,
+                                               "backend_calls": calls}, indent=1, sort_keys=True))
     return int(rc)
 
 
@@ -115,7 +157,11 @@ def run_both(test_file: Path, json_dir: Path, pytest_args: list[str]) -> int:
             raise SystemExit(f"the {optim} run wrote no outcomes ({out}): see its output above")
         results[optim] = json.loads(out.read_text())
     for optim, result in results.items():
-        print(f"{optim}: " + ", ".join(f"{n} {k}" for k, n in sorted(result["counts"].items())))
+        print(f"{optim}: {_counts(result['counts'])}")
+    torch_by, fused_by = (per_algorithm(results[o]["tests"]) for o in ("torch", "fusedopt"))
+    for name in torch_by:
+        if torch_by[name] or fused_by.get(name):
+            print(f"  {name}: torch.optim {_counts(torch_by[name])}; fusedopt {_counts(fused_by.get(name, {}))}")
     torch_tests, fused_tests = results["torch"]["tests"], results["fusedopt"]["tests"]
     behind = sorted(t for t, outcome in torch_tests.items() if outcome == "passed"
                     and fused_tests.get(t) != "passed")

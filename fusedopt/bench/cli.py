@@ -53,6 +53,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         f"{','.join(DEFAULT_OPTIMS)}: the default run's time budget)")
     p.add_argument("--model", type=_csv(list(cases.MODELS)), default=None,
                    help=f"comma-separated models of the model suite, of {','.join(cases.MODELS)} (default: all)")
+    ways = list(dict.fromkeys(v for variants in BASELINE_VARIANTS.values() for v in variants))
+    p.add_argument("--untimed", type=_csv(ways), default=[],
+                   help=f"comma-separated baseline ways of {','.join(ways)} that run the check step (as the reference "
+                        f"the other rows are checked against) but are not timed: e.g. torch's for-loop on a GPU, "
+                        f"host-bound and never the fastest there, in a time-boxed run")
     p.add_argument("--full", action="store_true",
                    help="model cases at full size and the sweep up to the largest size memory allows (the default "
                         "run scales what its time budget cannot afford, and says so)")
@@ -157,7 +162,8 @@ def describe_plan(args: argparse.Namespace, groups: list[tuple[cases.Case, str]]
     note = " Scaled cases keep every tensor and shrink the widths; --full runs full sizes where memory allows." \
         if scaled else ""
     return (f"Plan: {', '.join(OPTIMS[o].label for o in args.optim)} on\n" + "\n".join(lines) +
-            f"\n{args.repeats} interleaved rounds after a check step and {args.warmup} warm-up step(s).{note}")
+            f"\n{args.repeats} interleaved rounds after a check step and {args.warmup} warm-up step(s).{note}"
+            + (f"\nChecked, not timed: {', '.join(args.untimed)}." if args.untimed else ""))
 
 
 def default_json_path(env: dict[str, Any]) -> Path:
@@ -211,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for case, optim in groups:
         result = run_group(case, optim, impls_for(optim, backends, device), rounds=args.repeats, warmup=args.warmup,
-                           device=device, probes=probes, flush=flush, log=progress.message, tick=progress)
+                           device=device, probes=probes, flush=flush, log=progress.message, tick=progress,
+                           untimed=frozenset(args.untimed))
         group_rows = report.summarize(result)
         rows += group_rows
         if case.suite != "sweep":
@@ -234,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_json and (args.json or not args.quick):
         path = Path(args.json) if args.json else default_json_path(env)
         config = dict(suites=args.suite, optims=args.optim, full=args.full, sweep_max=args.sweep_max,
-                      repeats=args.repeats, warmup=args.warmup, quick=args.quick, wall_s=elapsed,
+                      repeats=args.repeats, warmup=args.warmup, untimed=args.untimed, quick=args.quick, wall_s=elapsed,
                       argv=list(argv), absent_variants=absent, left_out=dropped)
         report.write_json(path, env, config, rows, text)
         print(f"wrote {path}")

@@ -58,13 +58,15 @@ def summarize(result: GroupResult) -> list[dict[str, Any]]:
     for row in result.rows:
         impl = row.impl
         bpp = impl.bytes_per_param(case.dtype)
-        status = "wrong" if row.wrong else "skipped" if row.skipped else "ok" if row.times else "skipped"
+        status = ("wrong" if row.wrong else "skipped" if row.skipped else "untimed" if row.untimed
+                  else "ok" if row.times else "skipped")
         d: dict[str, Any] = dict.fromkeys(ROW_KEYS)
         d.update(
             suite=case.suite, case=case.name, case_description=case.description, scale=case.scale,
             optim=result.optim, impl=impl.name, family=impl.family, variant=impl.variant, job=impl.job,
             device=result.device, dtype=str(case.dtype).removeprefix("torch."), n_params=case.n_params,
-            n_tensors=case.n_tensors, status=status, reason=row.wrong or row.skipped, bytes_per_param=bpp,
+            n_tensors=case.n_tensors, status=status, reason=row.wrong or row.skipped or row.untimed,
+            bytes_per_param=bpp,
             bytes_per_step=bpp * case.n_params, samples=len(row.times), repeat=row.repeat,
             roofline_probe=result.roofline, roofline_gbps=roof, roofline_best_gbps=roof_best,
             launches=row.launches, syncs=row.syncs, peak_extra_bytes=row.peak_extra_bytes,
@@ -356,6 +358,9 @@ def verdict(rows: Sequence[dict[str, Any]], excluded: dict[str, str] | None = No
     skipped = sorted({d["impl"] for d in rows if d["status"] == "skipped" and not is_no_kernel(d)})
     if skipped:
         parts.append(f"Skipped after an error: {', '.join(skipped)}.")
+    untimed = sorted({d["impl"].removesuffix(CLIP_SUFFIX) for d in rows if d["status"] == "untimed"})
+    if untimed:
+        parts.append(f"Checked but not timed (--untimed), so not among torch's fastest: {', '.join(untimed)}.")
     if absent:
         parts.append("Absent baselines (they raise here): "
                      + "; ".join(f"{v} for {', '.join(labels)}" for v, labels in absent_by_variant(absent).items())

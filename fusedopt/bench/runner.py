@@ -2,7 +2,8 @@
 
 1. builds every implementation over its own copy of the same params (grads shared where nobody writes them);
 2. the check step: one step each from identical params and grads, compared with torch's for-loop doing the same
-   job; a row that disagrees is marked wrong and not timed;
+   job; a row that disagrees is marked wrong and not timed; rows of an ``untimed`` way (e.g. torch's for-loop on a
+   GPU, host-bound on many small tensors) stop here: they served as the reference and were checked;
 3. warm-up steps, which also decide how many back-to-back steps one sample takes (tiny steps are repeated);
 4. interleaved rounds: every round times every implementation and the bandwidth probes once, in an order rotated
    each round, so drifts and bursts of noise hit all alike;
@@ -56,6 +57,7 @@ class RowResult:
     steps: int = 0  # all steps taken, untimed ones included
     skipped: str | None = None
     wrong: str | None = None
+    untimed: str | None = None  # checked, then left out of the timing on purpose (run_group's `untimed`)
 
 
 @dataclass
@@ -125,19 +127,36 @@ def _copy_all(dst: Sequence[Tensor], src: Sequence[Tensor]) -> None:
             d.copy_(s)
 
 
+# The last case's tensors: every optimizer of a case starts from the same params and grads, and drawing them on
+# the host is the slowest part of a group's setup on a GPU (GPT-2 small: 249M normal samples, about 1.6 s).
+_CASE_TENSORS: dict[tuple, tuple[list[Tensor], list[Tensor], float]] = {}
+
+
+def case_tensors(case: Case, seed: int, device: torch.device) -> tuple[list[Tensor], list[Tensor], float]:
+    """The initial params, the grads and the clip norm of ``case`` (the same for every optimizer); nobody writes
+    them: rows own clones of the params, and rows that rewrite grads own clones of those."""
+    key = (case.name, case.shapes, case.dtype, seed, str(device))
+    if key not in _CASE_TENSORS:
+        _CASE_TENSORS.clear()  # one case at a time in memory
+        gen = torch.Generator().manual_seed(seed)
+        init = [torch.randn(s, generator=gen, dtype=case.dtype).mul_(0.02).to(device) for s in case.shapes]
+        # Finite grads, so every guarded step runs; shared by all rows that only read them.
+        grads = [torch.randn(s, generator=gen, dtype=case.dtype).to(device) for s in case.shapes]
+        max_norm = CLIP_FRACTION * float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads])))
+        _CASE_TENSORS[key] = (init, grads, max_norm)
+    return _CASE_TENSORS[key]
+
+
 def run_group(case: Case, optim: str, impls: Sequence[Impl], *, rounds: int, warmup: int,
               device: torch.device | str = "cpu", probes: Probes | None = None, flush: CacheFlusher | None = None,
-              seed: int = 0, log: Log = print, tick: Tick = lambda label: None) -> GroupResult:
+              seed: int = 0, log: Log = print, tick: Tick = lambda label: None,
+              untimed: frozenset[str] = frozenset()) -> GroupResult:
     start = time.perf_counter()
     device = torch.device(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     label = f"{case.name} {optim}"
-    gen = torch.Generator().manual_seed(seed)
-    init = [torch.randn(s, generator=gen, dtype=case.dtype).mul_(0.02).to(device) for s in case.shapes]
-    # Finite grads, so every guarded step runs; shared by all rows that only read them.
-    grads = [torch.randn(s, generator=gen, dtype=case.dtype).to(device) for s in case.shapes]
-    max_norm = CLIP_FRACTION * float(torch.linalg.vector_norm(torch.stack(
-        [torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads])))
+    init, grads, max_norm = case_tensors(case, seed, device)
     # Memory: the interleaved rounds need every implementation alive at once, so each owns its params and
     # optimizer state. Rows whose clip_grad_norm_ rewrites grads each get their own copy.
     rows = [RowResult(impl) for impl in impls]
@@ -176,7 +195,9 @@ def run_group(case: Case, optim: str, impls: Sequence[Impl], *, rounds: int, war
             log(f"  WRONG {entry.row.impl.name} on {label}: {entry.row.wrong}; not timed")
     for name in [n for n, e in live.items() if e.row.wrong is not None]:
         del live[name]
-    del init
+    for name in [n for n, e in live.items() if e.row.impl.family == "torch" and e.row.impl.variant in untimed]:
+        live[name].row.untimed = f"checked, not timed (--untimed {live[name].row.impl.variant})"
+        del live[name]
     tick(f"{label}: checked")
 
     # 3. Warm-up, then as many back-to-back steps per sample as make it last MIN_SAMPLE_S.
