@@ -126,7 +126,5 @@ constexpr std::array<void (*)(const UpdateArgs&), sizeof...(R)> update_instances
 #define FUSEDOPT_CPU_UPDATE_PART(PART)                                                                   \
   namespace fusedopt::cpu {                                                                             \
   static_assert(PART < kUpdateParts, "update_" #PART ".cpp: no such share (kUpdateParts, update.h)");   \
-  using UpdatePart##PART = decltype(update_instances(RulesPart<PART, kUpdateParts>{}));                 \
-  extern const UpdatePart##PART kUpdatePart##PART;                                                      \
-  const UpdatePart##PART kUpdatePart##PART = update_instances(RulesPart<PART, kUpdateParts>{});         \
+  FUSEDOPT_RULES_PART_TABLE(update_instances, PART, kUpdateParts)                                       \
   }

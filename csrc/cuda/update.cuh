@@ -269,7 +269,5 @@ constexpr auto entry_points(Rules<R...>) {
 #define FUSEDOPT_CUDA_UPDATE_PART(PART)                                                                  \
   namespace fusedopt::cuda {                                                                            \
   static_assert(PART < kUpdateParts, "update_" #PART ".cu: no such share (kUpdateParts, update.cuh)");  \
-  using UpdatePart##PART = decltype(entry_points(RulesPart<PART, kUpdateParts>{}));                     \
-  extern const UpdatePart##PART kUpdatePart##PART;                                                      \
-  const UpdatePart##PART kUpdatePart##PART = entry_points(RulesPart<PART, kUpdateParts>{});             \
+  FUSEDOPT_RULES_PART_TABLE(entry_points, PART, kUpdateParts)                                           \
   }

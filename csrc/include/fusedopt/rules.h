@@ -43,6 +43,13 @@ constexpr typename RulesPartOf<PART, PARTS, 0, Rules<>, R...>::type rules_part(R
 template <size_t PART, size_t PARTS>
 using RulesPart = decltype(rules_part<PART, PARTS>(AllRules{}));
 
+// In namespace scope of the unit of share PART of PARTS: FN(RulesPart<PART, PARTS>{}) (a table of the share's
+// instantiations, e.g. function pointers) as a constant with external linkage, so that every instantiation it
+// names is emitted for other translation units to link against.
+#define FUSEDOPT_RULES_PART_TABLE(FN, PART, PARTS)                                           \
+  extern const decltype(FN(::fusedopt::RulesPart<PART, PARTS>{})) kRulesPart##PART;          \
+  const decltype(FN(::fusedopt::RulesPart<PART, PARTS>{})) kRulesPart##PART = FN(::fusedopt::RulesPart<PART, PARTS>{});
+
 // f(Rule{}) for every rule of the list, in order.
 template <typename F, typename... R>
 void for_each_rule(Rules<R...>, F&& f) {
