@@ -7,9 +7,14 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 MAX_JOBS ?= 2
 export MAX_JOBS
+# pytest-xdist workers of the test runs (one per core): the tests share no state across processes (tests/conftest.py).
+TEST_JOBS ?= $(MAX_JOBS)
+# loadgroup: the tests of one xdist_group (tests/test_distributed.py) stay on one worker.
+XDIST = -n $(TEST_JOBS) --dist loadgroup
+HAVE_NVCC := $(shell command -v nvcc 2> /dev/null)
 
-.PHONY: build test test-python test-cpp test-cuda-build cuda-build cuda-sanitize cuda-emu cuda-emu-asan \
-	test-cuda-emu test-cuda-emu-asan gpu-check gpu-check-dry-run gpu-wheels bench clean
+.PHONY: build test test-prereqs test-python test-cpp cpp-build test-cuda-build cuda-build cuda-build-ext \
+	cuda-sanitize cuda-emu cuda-emu-asan test-cuda-emu test-cuda-emu-asan gpu-check gpu-check-dry-run gpu-wheels bench clean
 
 $(DEPS): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,11 +28,23 @@ build: $(DEPS)
 	$(PY) setup.py --quiet build_ext --inplace
 	$(PY) -c "import pathlib, site; pathlib.Path(site.getsitepackages()[0], 'fusedopt-repo.pth').write_text('$(CURDIR)\n')"
 
-test: test-cpp test-python test-cuda-emu-asan test-cuda-build
+# Everything the suites need is built first, the independent builds side by side (make -j): the two venvs'
+# installs are mostly downloads and unpacking, and each build ends in a few long translation units that leave a
+# core idle. Then the suites run one after the other (each on every core), without rebuilding.
+test:
+	$(MAKE) --no-print-directory -j $(MAX_JOBS) --output-sync=target test-prereqs
+	$(CPP_TESTS)
+	$(PYTHON_TESTS)
+	$(CUDA_EMU_ASAN_TESTS)
+	$(CUDA_BUILD_TESTS)
+
+# The CUDA build first: its venv's install is the longest download, which the other builds overlap.
+test-prereqs: $(if $(HAVE_NVCC),cuda-build-ext) build cuda-emu cuda-emu-asan cpp-build
 
 # The whole suite, the emulated CUDA cases of tests/test_cuda.py ("cuda-emu") included.
+PYTHON_TESTS = $(PY) -m pytest tests -q -ra $(XDIST)
 test-python: build cuda-emu
-	$(PY) -m pytest tests -q -ra
+	$(PYTHON_TESTS)
 
 # The CUDA kernels of csrc/cuda compiled as host C++ against the emulation in csrc/tests/cuda_emu (no nvcc, no GPU),
 # as the Python module fusedopt_cuda_emu in $(CUDA_EMU)/ (tests/helpers.py: load_cuda_emu). Incremental (ninja).
@@ -41,13 +58,14 @@ cuda-emu-asan: $(DEPS)
 
 # Only the emulated CUDA tests (test-python runs them too).
 test-cuda-emu: build cuda-emu
-	$(PY) -m pytest tests/test_cuda.py -q -ra -k cuda-emu
+	$(PY) -m pytest tests/test_cuda.py -q -ra $(XDIST) -k cuda-emu
 
 # The emulated CUDA tests with the kernels under AddressSanitizer + UBSan: an out-of-bounds access of a kernel
 # aborts the run with ASan's report. An ASan'ed extension needs the ASan runtime loaded first (LD_PRELOAD, as
 # gcc reports it) and libstdc++ right after it (else ASan's __cxa_throw interceptor finds no real one and the
 # first C++ exception, e.g. a validation error, aborts); Python itself leaks by design (detect_leaks=0). pytest
-# captures only sys.stdout/stderr (--capture=sys), so that ASan's report, written to fd 2, is seen before the abort.
+# captures only sys.stdout/stderr (--capture=sys), so that ASan's report, written to fd 2, is seen before the abort
+# (an xdist worker's fd 2 is the run's own; the aborted worker's test fails the run, named as the crashed one).
 # EMU_ASAN_TESTS selects the cases: a share of the emulated ones that takes every kernel, dtype path, table
 # overflow, misaligned and skipped case (ASan makes the kernels several times slower).
 EMU_ASAN_TESTS ?= cuda-emu and (test_op_block_order or test_adam_without or test_op_validation or \
@@ -56,16 +74,21 @@ EMU_ASAN_TESTS ?= cuda-emu and (test_op_block_order or test_adam_without or test
 	adam-float32-states_float32-found_inf or adam-float16-states_bfloat16-lr_tensor or \
 	cuda-emu-Adam-fusedopt:clip_active-bfloat16-master_weights-bf16_states)
 ASAN_PRELOAD = $(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print-file-name=libstdc++.so)
+CUDA_EMU_ASAN_TESTS = FUSEDOPT_CUDA_EMU_DIR=$(CURDIR)/$(CUDA_EMU_ASAN) LD_PRELOAD="$(ASAN_PRELOAD)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	$(PY) -m pytest tests/test_cuda.py -q -ra $(XDIST) -p no:cacheprovider --capture=sys --durations=5 \
+	-k "$(EMU_ASAN_TESTS)"
 test-cuda-emu-asan: build cuda-emu-asan
-	FUSEDOPT_CUDA_EMU_DIR=$(CURDIR)/$(CUDA_EMU_ASAN) LD_PRELOAD="$(ASAN_PRELOAD)" \
-		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-		$(PY) -m pytest tests/test_cuda.py -q -ra -p no:cacheprovider --capture=sys --durations=5 -k "$(EMU_ASAN_TESTS)"
+	$(CUDA_EMU_ASAN_TESTS)
 
 # Native test of csrc/include/fusedopt/math.h alone (no torch), built with CMake, run with ctest.
-test-cpp:
+CPP_TESTS = ctest --test-dir build/cmake --output-on-failure -j $(MAX_JOBS)
+cpp-build:
 	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release > /dev/null
 	cmake --build build/cmake -j $(MAX_JOBS)
-	ctest --test-dir build/cmake --output-on-failure
+
+test-cpp: cpp-build
+	$(CPP_TESTS)
 
 # The CUDA build check: a second venv with the CUDA torch wheel (requirements-cuda.txt), the extension built with
 # FUSEDOPT_CUDA=1 out of place (build/cuda: the CPU build above is untouched), its CUDA kernels imported and
@@ -86,20 +109,28 @@ $(CUDA_DEPS): requirements.txt requirements-cuda.txt
 # nvcc itself reports it (recursively expanded: nvcc runs only in the recipes that use it).
 NVCC_HOME = $(realpath $(shell nvcc --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^\#\$$ _HERE_=//p' | head -n 1)/..)
 
-test-cuda-build:
-	@if command -v nvcc > /dev/null 2>&1; then \
-		$(MAKE) --no-print-directory cuda-build && \
-		cd $(CUDA_BUILD)/lib.* && CUDA_HOME=$(NVCC_HOME) PYTHONPATH=$$PWD $(CURDIR)/$(CUDA_PY) -m pytest \
-			$(CURDIR)/tests/test_cuda_build.py $(CURDIR)/tests/test_cuda.py -q -ra -p no:cacheprovider -k "not cuda-emu"; \
-	else \
-		echo "test-cuda-build skipped: no nvcc on the PATH (the CUDA kernels were not compiled)"; \
-	fi
+# The import check (check_cuda_build.py), then tests/test_cuda_build.py and the GPU cases of tests/test_cuda.py
+# from the CUDA build; only where nvcc is on the PATH.
+define CUDA_BUILD_TESTS
+@if [ -n "$(HAVE_NVCC)" ]; then \
+	cd $(CUDA_BUILD)/lib.* && PYTHONPATH=$$PWD $(CURDIR)/$(CUDA_PY) $(CURDIR)/tests/check_cuda_build.py $(CURDIR)/$(CUDA_BUILD) && \
+	CUDA_HOME=$(NVCC_HOME) PYTHONPATH=$$PWD $(CURDIR)/$(CUDA_PY) -m pytest $(XDIST) \
+		$(CURDIR)/tests/test_cuda_build.py $(CURDIR)/tests/test_cuda.py -q -ra -p no:cacheprovider -k "not cuda-emu"; \
+else \
+	echo "test-cuda-build skipped: no nvcc on the PATH (the CUDA kernels were not compiled)"; \
+fi
+endef
+test-cuda-build: $(if $(HAVE_NVCC),cuda-build-ext)
+	$(CUDA_BUILD_TESTS)
 
-# Builds into $(CUDA_BUILD)/lib.*/fusedopt (Python files and _C), then checks the import and the registrations.
-cuda-build: $(CUDA_DEPS)
+# Builds into $(CUDA_BUILD)/lib.*/fusedopt (Python files and _C) ...
+cuda-build-ext: $(CUDA_DEPS)
 	@echo "CUDA_HOME=$(NVCC_HOME)"; start=$$(date +%s); \
 	CUDA_HOME=$(NVCC_HOME) FUSEDOPT_CUDA=1 $(CUDA_PY) setup.py --quiet build --build-base $(CUDA_BUILD) && \
-	echo "CUDA build: $$(( $$(date +%s) - start )) s" && \
+	echo "CUDA build: $$(( $$(date +%s) - start )) s"
+
+# ... then checks the import and the registrations.
+cuda-build: cuda-build-ext
 	cd $(CUDA_BUILD)/lib.* && PYTHONPATH=$$PWD $(CURDIR)/$(CUDA_PY) $(CURDIR)/tests/check_cuda_build.py $(CURDIR)/$(CUDA_BUILD)
 
 # On a GPU machine: the op-level CUDA tests under compute-sanitizer (memcheck, then racecheck and synccheck for

@@ -411,3 +411,71 @@ REPRESENTATIVE.extend(select(
     "Rprop-optim_db:default", "Rprop-fusedopt:everything", "Rprop-fusedopt:clip_active",
     "ASGD-optim_db:default", "ASGD-fusedopt:everything", "ASGD-fusedopt:clip_active",
 ))
+
+
+# --- trimmed products: pairwise coverings -----------------------------------------------------------------------
+# A table of cases (say every (algorithm, config, dtype)) times every backend runs each case on every backend; most
+# of those runs take no path that another run does not. covering() keeps every case but gives each one only some
+# of the values of the other factors (backend, warm start, ...), so that every value of every case's factors
+# (its algorithm, dtype, each extra of its config: extras_of) still meets every backend value, and every backend
+# value every other trimmed value: a pairwise covering. The tests that use it say what their trimmed product
+# still covers.
+
+def extras_of(config: OptimConfig) -> tuple[str, ...]:
+    """The fusedopt-only and cross-cutting options a config exercises, which the trimmed tables must take on every
+    backend: clipping (active, inactive, to zero), each nonfinite mode, a tensor lr or other tensor hyperparameter,
+    maximize, capturable, torch's implementation flags; "plain" for none of them."""
+    kwargs, extras = config.kwargs, config.extras
+    found = []
+    if "max_grad_norm" in extras:
+        found.append(f"clip={extras['max_grad_norm']:g}")
+    if "nonfinite" in extras:
+        found.append(f"nonfinite={extras['nonfinite']}")
+    if torch.is_tensor(kwargs.get("lr")):
+        found.append("tensor lr")
+    if any(torch.is_tensor(v) for key, value in kwargs.items() if key != "lr"
+           for v in (value if isinstance(value, tuple) else (value,))):
+        found.append("tensor hyperparameter")
+    found += [flag for flag in ("maximize", "capturable", "fused", "foreach") if kwargs.get(flag)]
+    return tuple(found) or ("plain",)
+
+
+def covering(cases: list[tuple], tags, choices) -> list[tuple]:
+    """``(*case, *choice)`` for every case and at least one of ``choices`` (tuples of the trimmed factors' values,
+    e.g. ``[("reference",), ("cpu",)]``, or a function of the case that gives them). ``tags(case)`` are the values
+    of the case's own factors (hashable, e.g. ("algorithm", "Adam")). Each case gets the choice that covers the
+    most (tag, value) and (value, value) pairs not yet covered, ties going round-robin (so the choices share the
+    cases evenly); then a pair still missing adds its first case again, on the choice that has it. Every tag so
+    meets every trimmed value it can, and every trimmed value every other (missing_pairs; test_parity checks it)."""
+    choices_of = choices if callable(choices) else lambda case: choices
+    covered, out = set(), []
+
+    def pairs(case, choice) -> set:
+        values = [(i, v) for i, v in enumerate(choice)]
+        return {(t, v) for t in tags(case) for v in values} | {(a, b) for a in values for b in values if a < b}
+
+    for n, case in enumerate(cases):
+        options = choices_of(case)
+        best = max(range(len(options)),
+                   key=lambda j: (len(pairs(case, options[j]) - covered), -((j - n) % len(options))))
+        covered |= pairs(case, options[best])
+        out.append((*case, *options[best]))
+    for case in cases:
+        for choice in choices_of(case):
+            if not pairs(case, choice) <= covered:
+                covered |= pairs(case, choice)
+                out.append((*case, *choice))
+    return out
+
+
+def missing_pairs(full: list[tuple], trimmed: list[tuple], tags, width: int) -> set:
+    """The (tag, value) and (value, value) pairs of ``full`` that ``trimmed`` lacks (both lists of ``(*case,
+    *choice)`` tuples, ``width`` the number of trimmed factors at the end): empty for a pairwise covering."""
+    def pairs(rows):
+        found = set()
+        for row in rows:
+            case, values = row[:-width], [(i, v) for i, v in enumerate(row[-width:])]
+            found |= {(t, v) for t in tags(case) for v in values}
+            found |= {(a, b) for a in values for b in values if a < b}
+        return found
+    return pairs(full) - pairs(trimmed)

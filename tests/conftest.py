@@ -4,7 +4,16 @@ exist: a missing or broken extension fails the "cpu" cases instead of skipping t
 Without a GPU, the Triton backend's tests (test_triton.py, its own file: the interpreter is too slow for the
 shared ``backend`` matrix) run its kernels on CPU tensors under the Triton interpreter, which must be chosen
 before anything imports triton: it is set here, at collection, and only then. No other test file runs Triton
-kernels, and torch's CPU compiler (inductor's C++ backend) does not use Triton, so they are unaffected."""
+kernels, and torch's CPU compiler (inductor's C++ backend) does not use Triton, so they are unaffected.
+
+`make test` runs the suite on pytest-xdist workers (``-n 2 --dist loadgroup``), separate processes that each
+import this file, so each sets TRITON_INTERPRET for itself before its triton import. What one process could
+share with another is kept per process or per test: torch's thread count, the ISA variant of the CPU loops
+(test_cpu_isa.py) and the emulated CUDA module's block-order seed are process state, set by the tests that use
+them (and put back where a later test would see it); files go to ``tmp_path`` (per worker); the distributed
+launches take free ports from the OS (dist_worker.free_port, torchrun --standalone); torch.compile's cache
+directory is safe for concurrent use (it locks its entries). tests/test_distributed.py's one module-scoped launch
+stays on one worker (its xdist_group)."""
 import os
 
 import pytest

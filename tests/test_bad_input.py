@@ -13,7 +13,14 @@ Two tables:
   strided views that interleave, a param listed twice): the result must equal torch.optim's.
 
 A new algorithm joins by adding an entry to ``ALGORITHMS``; a new backend by adding its name to ``BACKENDS``; a
-new bad input by adding a row. "cuda-emu" is the CUDA ops on the emulated grid (``make cuda-emu``): the classes
+new bad input by adding a row.
+
+Every (row, algorithm) of a table runs, each on some of the row's backends and warm starts, not on all of them: a
+pairwise covering (configs.covering), in which every row and every algorithm meets every backend and both warm
+starts, and every backend both warm starts (test_tables_meet_every_backend checks it). The checks a row runs
+into are the classes' Python and, per backend, one validation generic over the rule (csrc/validate.h,
+fusedopt/triton's launcher), so a row on every backend and each backend on every algorithm's states takes the
+paths the full product does. "cuda-emu" is the CUDA ops on the emulated grid (``make cuda-emu``): the classes
 run with ``backend="cpu"`` served by them (helpers.backend_served_by). Triton runs under its interpreter here
 (tests/conftest.py sets TRITON_INTERPRET=1 without a GPU): the sizes stay small.
 """
@@ -29,7 +36,7 @@ import torch
 from torch import nn
 
 import fusedopt
-from configs import LionPytorch
+from configs import LionPytorch, covering, missing_pairs
 from helpers import (assert_close, assert_snapshot_equal, backend_served_by, load_cuda_emu, require_backend,
                      require_rule, snapshot)
 
@@ -418,11 +425,24 @@ BAD_INPUTS = [
 ]
 
 
+WARM_IDS = {0: "first-step", 1: "after-one-step"}
+
+
+def _row_tags(row) -> set:
+    case, algorithm = row
+    return {("row", case.id), ("algorithm", algorithm)}
+
+
+def _bad_rows() -> list[tuple]:
+    """(case, algorithm, backend, warm): configs.covering of every (row, algorithm) over the row's backends and
+    both warm starts."""
+    rows = [(case, algorithm) for case in BAD_INPUTS for algorithm in case.algorithms]
+    return covering(rows, _row_tags, lambda row: [(b, warm) for b in row[0].backends for warm in WARM_IDS])
+
+
 def _bad_cases():
-    for case in BAD_INPUTS:
-        for algorithm in case.algorithms:
-            for backend in case.backends:
-                yield pytest.param(case, algorithm, backend, id=f"{case.id}-{algorithm}-{backend}")
+    for case, algorithm, backend, warm in _bad_rows():
+        yield pytest.param(case, algorithm, backend, warm, id=f"{case.id}-{algorithm}-{backend}-{WARM_IDS[warm]}")
 
 
 def _frozen(opt) -> dict:
@@ -446,8 +466,7 @@ def _assert_unchanged(opt, before: dict) -> None:
     assert repr(after["groups"]) == repr(before["groups"]), "param_groups changed"
 
 
-@pytest.mark.parametrize("warm", [0, 1], ids=["first-step", "after-one-step"])
-@pytest.mark.parametrize("case, algorithm, backend", list(_bad_cases()))
+@pytest.mark.parametrize("case, algorithm, backend, warm", list(_bad_cases()))
 def test_bad_input_raises_and_changes_nothing(case, algorithm, backend, warm):
     _require(backend, algorithm)
     setup = Setup(algorithm, backend, warm, case.extras)
@@ -702,11 +721,15 @@ def _run(make_opt, params, grads, steps: int = 3):
     return opt
 
 
+def _odd_rows() -> list[tuple]:
+    """(case, algorithm, backend): configs.covering of every (row, algorithm) over the row's backends."""
+    rows = [(case, algorithm) for case in ODD_INPUTS for algorithm in ALGORITHMS]
+    return covering(rows, _row_tags, lambda row: [(b,) for b in row[0].backends])
+
+
 def _odd_cases():
-    for case in ODD_INPUTS:
-        for algorithm in ALGORITHMS:
-            for backend in case.backends:
-                yield pytest.param(case, algorithm, backend, id=f"{case.id}-{algorithm}-{backend}")
+    for case, algorithm, backend in _odd_rows():
+        yield pytest.param(case, algorithm, backend, id=f"{case.id}-{algorithm}-{backend}")
 
 
 @pytest.mark.parametrize("case, algorithm, backend", list(_odd_cases()))
@@ -730,6 +753,17 @@ def test_odd_input_gives_torchs_result(case, algorithm, backend):
                 assert float(mine) == float(value), f"param {i}: step {float(mine)} != torch's {float(value)}"
             else:
                 assert_close(mine, value, rtol=1e-5, atol=1e-6, name=f"param {i} state {key!r}")
+
+
+def test_tables_meet_every_backend():
+    """The trimmed tables keep every (row, algorithm) and cover every pair of the full products: every row and every
+    algorithm on every backend (and warm start), every backend with both warm starts."""
+    full_bad = [(c, a, b, w) for c in BAD_INPUTS for a in c.algorithms for b in c.backends for w in WARM_IDS]
+    full_odd = [(c, a, b) for c in ODD_INPUTS for a in ALGORITHMS for b in c.backends]
+    for full, trimmed, width in ((full_bad, _bad_rows(), 2), (full_odd, _odd_rows(), 1)):
+        assert not missing_pairs(full, trimmed, _row_tags, width)
+        assert {(c.id, a) for c, a, *_ in trimmed} == {(c.id, a) for c, a, *_ in full}
+        assert len(trimmed) < len(full)
 
 
 # --- autograd's in-place check -----------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def _call(backend, kind: str, inputs: dict, grads, *, is_first, lr_tensor, grad_
                             lr, 0.9, 0.999, 1e-8, 0.05, amsgrad, False, True, *extra.values())
 
 
-# More tensors than one chunk table holds (SGD's tables take 163, Adam's 123: update.cu's UpdateTable): several
+# More tensors than one chunk table holds (SGD's tables take 163, Adam's 123: update.cuh's UpdateTable): several
 # launches per call.
 TABLE_OVERFLOW = {"sgd": 200, "adam": 150}
 
@@ -328,7 +328,7 @@ def test_adam_without_amsgrad_and_empty_lists(target):
                            None, None, None, _scalar(0.0, target.device))
 
 
-# More params than one launch of Adam's per-tensor pass takes (update.cu's PrepTable: 2048 step counts).
+# More params than one launch of Adam's per-tensor pass takes (update.cuh's PrepTable: 2048 step counts).
 MANY_STEPS = 2048 + 70
 
 

@@ -13,8 +13,11 @@ import torch
 
 import dist_worker
 
-pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                                reason="this torch build has no torch.distributed with the gloo backend")
+pytestmark = [pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                                 reason="this torch build has no torch.distributed with the gloo backend"),
+              # One xdist worker takes every test here (make test runs pytest -n with --dist loadgroup): the
+              # module-scoped launch then runs once, not once per worker.
+              pytest.mark.xdist_group("distributed")]
 
 # Process start and imports take ~5 s per launch; the scenarios a few seconds; a hung collective ends at the
 # process group's 60 s timeout.

@@ -29,7 +29,15 @@ def _load_example():
     return module
 
 
-def test_train_gpt_single_process(tmp_path):
+@pytest.fixture
+def threads_restored():
+    """The example sets torch's thread count (--threads): put back for the tests after it in this process."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_train_gpt_single_process(tmp_path, threads_restored):
     require_backend("cpu")
     plot = tmp_path / "curves.png"
     history = _load_example().main(TINY + ["--device", "cpu", "--plot", str(plot)])

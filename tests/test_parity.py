@@ -33,7 +33,9 @@ from torch.nn.utils import clip_grad_norm_
 
 import fusedopt
 from fusedopt import ops
-from configs import ALGORITHMS, ALL_CONFIGS, REPRESENTATIVE, Algorithm, OptimConfig, config_id, for_dtype, select
+from configs import (ALGORITHMS, ALL_CONFIGS, REPRESENTATIVE, Algorithm, OptimConfig, config_id, covering, extras_of,
+                     for_dtype, missing_pairs, select)
+from conftest import BACKEND_NAMES
 from helpers import (assert_bitwise_equal, assert_close, assert_snapshot_equal, assert_within_ulps, ieee_sqrt,
                      max_errors, require_backend, require_rule, snapshot, ulp)
 
@@ -301,14 +303,48 @@ def _dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+# --- the trimmed tables: each case on one backend (or more), a pairwise covering (configs.covering) ---
+# Every (algorithm, config, dtype, ...) case of these tables still runs, but on one of the two backends rather than
+# on both: every algorithm, every extra of configs.extras_of (each clipping mode, each nonfinite mode, tensor lr
+# and other tensor hyperparameters, maximize, capturable, torch's implementation flags) and every dtype, poisoned
+# value and step index of a table runs on both backends. That is enough because the backends share everything
+# but the update itself (the classes' validation, state handling, clipping and skipping are the same Python), and
+# the updates are compared case by case, every config in every dtype, by test_cpu_matches_reference: a config run
+# against torch.optim on one backend is checked on the other through it. test_trimmed_tables_cover_every_pair
+# checks the covering.
+def _label(value) -> str:
+    return _dtype_name(value) if isinstance(value, torch.dtype) else str(value)
+
+
+def _case_tags(case: tuple) -> set:
+    """The factors of a case ``(alg, config, *values)`` that must meet every backend: its algorithm, the extras of
+    its config, and each of its other values (dtype, poisoned value, step)."""
+    alg, config, *values = case
+    return {("algorithm", alg.name), *(("extra", e) for e in extras_of(config)),
+            *((f"value {i}", _label(v)) for i, v in enumerate(values))}
+
+
+TRIMMED = {}  # table name -> its cases, for test_trimmed_tables_cover_every_pair
+
+
+def on_backends(name: str, cases: list[tuple]) -> list:
+    """pytest params ``(*case, backend)`` of configs.covering(cases) over BACKEND_NAMES (for a test that takes
+    ``backend`` as an indirect parameter: conftest's fixture still checks that the backend exists)."""
+    TRIMMED[name] = cases
+    return [pytest.param(*row, id="-".join([config_id(row[0], row[1]), *map(_label, row[2:])]))
+            for row in covering(cases, _case_tags, [(b,) for b in BACKEND_NAMES])]
+
+
+def _trimmed(name: str, argnames: str, cases: list[tuple]):
+    return pytest.mark.parametrize(f"{argnames},backend", on_backends(name, cases), indirect=["backend"])
+
+
 # Every config in fp32, bf16 and fp16; the representative ones in fp64 too (fp64 always runs the reference math).
-MATRIX = [pytest.param(alg, config, dtype, id=f"{config_id(alg, config)}-{_dtype_name(dtype)}")
-          for dtype in (torch.float32, torch.bfloat16, torch.float16) for alg, config in ALL_CONFIGS] + \
-         [pytest.param(alg, config, torch.float64, id=f"{config_id(alg, config)}-float64")
-          for alg, config in REPRESENTATIVE]
+MATRIX = [(alg, config, dtype) for dtype in (torch.float32, torch.bfloat16, torch.float16)
+          for alg, config in ALL_CONFIGS] + [(alg, config, torch.float64) for alg, config in REPRESENTATIVE]
 
 
-@pytest.mark.parametrize("alg,config,dtype", MATRIX)
+@_trimmed("matches_torch", "alg,config,dtype", MATRIX)
 def test_matches_torch(alg, config, backend, dtype):
     assert_matches_torch(alg, config, backend, dtype)
 
@@ -380,8 +416,8 @@ def _poisoned(grads: list[list[Tensor]], k: int, value: float) -> list[list[Tens
 
 
 # --- clipping with non-finite grads under nonfinite="ignore": exactly clip_grad_norm_ + step ---
-@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan], ids=["inf", "-inf", "nan"])
-@pytest.mark.parametrize("alg,config", CLIP_CONFIGS, ids=_ids(CLIP_CONFIGS))
+@_trimmed("clip_nonfinite_ignore", "alg,config,bad",
+          [(alg, config, bad) for alg, config in CLIP_CONFIGS for bad in (math.inf, -math.inf, math.nan)])
 def test_clip_nonfinite_ignore(alg, config, backend, bad):
     """An inf norm makes the finite grads 0 and the inf ones NaN; a NaN norm makes every grad NaN."""
     groups = make_params(torch.float32)
@@ -403,10 +439,9 @@ def test_clip_nonfinite_ignore(alg, config, backend, bad):
 
 
 # --- nonfinite="skip": the poisoned step changes nothing, the rest goes on as if it never happened ---
-@pytest.mark.parametrize("k", [0, 4])
-@pytest.mark.parametrize("bad", [math.inf, math.nan], ids=["inf", "nan"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-@pytest.mark.parametrize("alg,config", SKIP_CONFIGS, ids=_ids(SKIP_CONFIGS))
+@_trimmed("nonfinite_skip", "alg,config,dtype,bad,k",
+          [(alg, config, dtype, bad, k) for alg, config in SKIP_CONFIGS for dtype in (torch.float32, torch.bfloat16)
+           for bad in (math.inf, math.nan) for k in (0, 4)])
 def test_nonfinite_skip(alg, config, backend, dtype, bad, k):
     config = dataclasses.replace(config, extras={**config.extras, "nonfinite": "skip"})
     groups = make_params(dtype)
@@ -456,9 +491,9 @@ def _assert_fresh_state(opt, param: Tensor, state: dict, name: str) -> None:
 
 
 # --- nonfinite="raise": an error naming the params, and nothing changed (no state created at step 0) ---
-@pytest.mark.parametrize("k", [0, 3])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-@pytest.mark.parametrize("alg,config", RAISE_CONFIGS, ids=_ids(RAISE_CONFIGS))
+@_trimmed("nonfinite_raise", "alg,config,dtype,k",
+          [(alg, config, dtype, k) for alg, config in RAISE_CONFIGS for dtype in (torch.float32, torch.bfloat16)
+           for k in (0, 3)])
 def test_nonfinite_raise(alg, config, backend, dtype, k):
     groups = make_params(dtype)
     grads = make_grads(dtype, steps=6)
@@ -513,8 +548,8 @@ def _sequence(opt_cls, kwargs, dtype, step_fn, steps: int = 7):
     return history
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("alg,config", ALL_CONFIGS, ids=_ids(ALL_CONFIGS))
+@_trimmed("sequence_matches_forloop", "alg,config,dtype",
+          [(alg, config, dtype) for alg, config in ALL_CONFIGS for dtype in (torch.float32, torch.float64)])
 def test_sequence_matches_forloop(alg, config, backend, dtype):
     fused = _sequence(alg.fused_cls, config.fused_kwargs(backend), dtype, fused_step)
     expected = _sequence(alg.torch_cls, config.torch_kwargs(), dtype, lambda o: torch_step(o, config.max_grad_norm))
@@ -525,7 +560,7 @@ def test_sequence_matches_forloop(alg, config, backend, dtype):
 
 
 # --- edge cases of the step itself ---
-@pytest.mark.parametrize("alg,config", ALL_CONFIGS, ids=_ids(ALL_CONFIGS))
+@_trimmed("zero_grads", "alg,config", ALL_CONFIGS)
 def test_zero_grads(alg, config, backend):
     """Zero grads: torch's results (a no-op on params without weight decay); with lr=0 a no-op everywhere (what
     DCP's state initialisation step relies on), with the state torch creates."""
@@ -554,7 +589,7 @@ def test_zero_grads(alg, config, backend):
         assert sorted(s) == sorted(t), f"state keys of {name!r} after an lr=0 step: {sorted(s)} vs {sorted(t)}"
 
 
-@pytest.mark.parametrize("alg,config", ALL_CONFIGS, ids=_ids(ALL_CONFIGS))
+@_trimmed("params_without_grads", "alg,config", ALL_CONFIGS)
 def test_params_without_grads(alg, config, backend):
     """"big" never gets a grad (so no state), "w3d" first gets one at step 3 (a momentum buffer starts then:
     torch's fused SGD crashes here, its for-loop is the semantics), "scalar" has none at step 5."""
@@ -573,8 +608,8 @@ def test_params_without_grads(alg, config, backend):
     assert_runs_close(fused, expected, torch.float32)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-@pytest.mark.parametrize("alg,config", ALL_CONFIGS, ids=_ids(ALL_CONFIGS))
+@_trimmed("tiny_lr_group", "alg,config,dtype",
+          [(alg, config, dtype) for alg, config in ALL_CONFIGS for dtype in (torch.float32, torch.bfloat16)])
 def test_tiny_lr_group_leaves_params_unchanged(alg, config, backend, dtype):
     if alg.name == "Rprop":
         pytest.skip("Rprop's lr is only its initial step size, which the update clamps to step_sizes[0] (1e-6 by "
@@ -598,7 +633,7 @@ COMPLEX_SPECS = (
 )
 
 
-@pytest.mark.parametrize("alg,config", ALL_CONFIGS, ids=_ids(ALL_CONFIGS))
+@_trimmed("complex_matches_torch", "alg,config", ALL_CONFIGS)
 def test_complex_matches_torch(alg, config, backend):
     """Complex params (handled as view_as_real) give torch's complex results."""
     groups = make_params(torch.complex64, specs=COMPLEX_SPECS)
@@ -647,6 +682,20 @@ def test_fp64_grads_beyond_fp32_range(alg, backend):
     fused = run_fused(alg, config, backend, clone_params(groups), grads)
     expected = run_torch(alg, config, clone_params(groups), grads)
     assert_runs_close(fused, expected, torch.float64, names=["a", "b"], tol=(1e-6, 1e-6))
+
+
+def test_trimmed_tables_cover_every_pair():
+    """Each trimmed table keeps every case and is a pairwise covering of its product with the backends: every
+    algorithm, every extra and every value of the table meets every backend (configs.covering)."""
+    def key(row) -> tuple:
+        return (config_id(row[0], row[1]), *map(_label, row[2:]))
+
+    for name, cases in TRIMMED.items():
+        trimmed = covering(cases, _case_tags, [(b,) for b in BACKEND_NAMES])
+        full = [(*case, b) for case in cases for b in BACKEND_NAMES]
+        assert not missing_pairs(full, trimmed, _case_tags, 1), f"{name}: {missing_pairs(full, trimmed, _case_tags, 1)}"
+        assert {key(row[:-1]) for row in trimmed} == {key(case) for case in cases}, f"{name}: a case was dropped"
+        assert len(trimmed) < len(full), f"{name}: nothing trimmed"
 
 
 # --- the compiled backend against the reference, on the same inputs ---

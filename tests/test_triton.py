@@ -32,7 +32,7 @@ import pytest
 import torch
 
 import test_parity
-from configs import ALL_CONFIGS, REPRESENTATIVE, config_id, select
+from configs import ALL_CONFIGS, REPRESENTATIVE, config_id, covering, extras_of, missing_pairs, select
 from fusedopt import ops, reference
 from fusedopt import rules as fusedopt_rules
 from helpers import (assert_bitwise_equal, assert_close, assert_raises_unchanged, assert_within_ulps, ieee_sqrt,
@@ -267,11 +267,32 @@ OPTIMIZER_PARAMS = (
 )
 
 
-# Every config in fp32 and bf16; fp16 (the same kernel path as bf16 but for the final cast, which is exact in
-# both modes) for the configs that take every distinct path (configs.REPRESENTATIVE), to keep the file fast.
+# The configs that take every distinct path (configs.REPRESENTATIVE) in fp32, bf16 and fp16; every other config in
+# one of them (configs.covering), so that every algorithm and every extra of configs.extras_of (clipping modes,
+# nonfinite modes, tensor lr and hyperparameters, maximize, capturable, torch's implementation flags) still runs in
+# every dtype. The kernel's dtype is only its loads and stores around the same fp32 element rule (and bf16 and fp16
+# differ only in the final cast), so a config's switches meet the dtype nowhere else; the interpreter is slow.
+def _config_tags(case) -> set:
+    alg, config = case
+    return {("algorithm", alg.name), *(("extra", e) for e in extras_of(config))}
+
+
+_REPRESENTATIVE_IDS = {config_id(alg, config) for alg, config in REPRESENTATIVE}
+OPTIMIZER_CASES = [(alg, config, dtype) for alg, config in REPRESENTATIVE for dtype in DTYPES] + covering(
+    [(alg, config) for alg, config in ALL_CONFIGS if config_id(alg, config) not in _REPRESENTATIVE_IDS],
+    _config_tags, [(dtype,) for dtype in DTYPES])
+
+
+def test_optimizer_table_meets_every_dtype():
+    """OPTIMIZER_CASES has every config, and every algorithm and extra of the full table in every dtype."""
+    full = [(alg, config, dtype) for alg, config in ALL_CONFIGS for dtype in DTYPES]
+    assert not missing_pairs(full, OPTIMIZER_CASES, _config_tags, 1)
+    assert {config_id(a, c) for a, c, _ in OPTIMIZER_CASES} == {config_id(a, c) for a, c in ALL_CONFIGS}
+
+
 @pytest.mark.parametrize("alg,config,dtype", [
     pytest.param(alg, config, dtype, id=f"{config_id(alg, config)}-{_name(dtype)}")
-    for dtype in DTYPES for alg, config in (REPRESENTATIVE if dtype == torch.float16 else ALL_CONFIGS)])
+    for alg, config, dtype in OPTIMIZER_CASES])
 def test_optimizer_matches_torch(alg, config, dtype):
     if DEVICE.type != "cpu":
         pytest.skip("test_parity's params are CPU tensors; on a GPU, test_optimizer_on_gpu_matches_cpu_backend runs "

@@ -78,7 +78,7 @@ struct UpdateArgs {
   GradPrep grad;
 };
 
-// Instantiated for every rule of fusedopt/rules.h's list (csrc/cpu/update.cpp).
+// Instantiated for every rule of fusedopt/rules.h's list (csrc/cpu/update.h, in the files update_*.cpp).
 template <typename Rule>
 void update(const UpdateArgs& args);
 

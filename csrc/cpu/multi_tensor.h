@@ -1,6 +1,6 @@
 // Multi-tensor machinery of the CPU kernels: a chunk table over all tensors of a call, a parallel loop over
 // it, fp32 block buffers for low-precision storage, and compile-time dispatch of the structural switches (used
-// by the generic update loop, update.cpp, and the check pass, norm.cpp).
+// by the generic update loop, update.h, and the check pass, norm.cpp).
 #pragma once
 
 #include <stdint.h>

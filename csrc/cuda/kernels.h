@@ -34,7 +34,7 @@ int64_t check_workspace_floats(const std::vector<GradView>& grads);
 // out[1] = 1 if any element is inf/NaN else 0. `workspace` holds check_workspace_floats(grads) floats.
 void check(const std::vector<GradView>& grads, float* workspace, float* out, cudaStream_t stream);
 
-// The generic update (update.cu) of a rule of math.h (`Rule`, e.g. AdamRule), filled by validate::fill_update
+// The generic update (update.cuh) of a rule of math.h (`Rule`, e.g. AdamRule), filled by validate::fill_update
 // (the CPU op's fields, op contract v3: fusedopt/reference.py). With n params (numels[i] elements each):
 // states[k * n + i] is the rule's state k of param i (nullptr where the rule does not use state k under
 // `switches`), scalars[j * n + i] its j-th scalar state (a device float, advanced on the device unless the step
@@ -64,7 +64,7 @@ int64_t update_scratch_floats(int64_t tensors) {
   return Rule::kScalars == 0 ? 0 : (tensors * int64_t(sizeof(typename Rule::PerTensor)) + 3) / 4;
 }
 
-// One update of every param of a call on `stream` (instantiated in update.cu for every rule of rules.h).
+// One update of every param of a call on `stream` (update.cuh, instantiated in update_*.cu for every rule of rules.h).
 template <class Rule>
 void update(const UpdateArgs& args, float* scratch, cudaStream_t stream);
 

@@ -110,7 +110,7 @@ FUSEDOPT_HD inline float grad_factor(bool has_clip, float clip_coef, bool maximi
 FUSEDOPT_HD inline float prepare_grad(float g, float factor) { return g * factor; }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Update rules. Each is a struct of one shape, which the generic CPU loop (csrc/cpu/update.cpp) and the CUDA
+// Update rules. Each is a struct of one shape, which the generic CPU loop (csrc/cpu/update.h) and the CUDA
 // kernel template take as a template argument; fusedopt/rules.py describes the same rule to Python (same name,
 // same hyperparameter, flag, state and scalar names in the same order: tests/test_rules.py compares them), and
 // csrc/include/fusedopt/rules.h lists the rules the backends compile.

@@ -4,7 +4,10 @@
 // native tests may include it.
 #pragma once
 
+#include <stddef.h>
+
 #include <string_view>
+#include <type_traits>
 #include <utility>
 
 #include "fusedopt/math.h"
@@ -17,6 +20,35 @@ struct Rules {};
 using AllRules = Rules<SgdRule, AdamRule,
                        NadamRule, RadamRule, AdadeltaRule, RpropRule, AsgdRule,
                        AdagradRule, RmspropRule, AdamaxRule, LionRule>;
+
+// The share PART of PARTS of a rule list: the rules at the positions i with i % PARTS == PART. The CPU loops and
+// the CUDA kernels instantiate their rules in PARTS translation units, one share each (csrc/cpu/update_*.cpp,
+// csrc/cuda/update_*.cu), so that a parallel build (ninja -j) compiles them side by side; together they
+// instantiate every rule once. A rule added to AllRules falls into some share by itself.
+template <size_t PART, size_t PARTS, size_t I, typename Out, typename... In>
+struct RulesPartOf {
+  using type = Out;
+};
+
+template <size_t PART, size_t PARTS, size_t I, typename... Out, typename R, typename... In>
+struct RulesPartOf<PART, PARTS, I, Rules<Out...>, R, In...>
+    : RulesPartOf<PART, PARTS, I + 1, std::conditional_t<I % PARTS == PART, Rules<Out..., R>, Rules<Out...>>, In...> {
+};
+
+template <size_t PART, size_t PARTS, typename... R>
+constexpr typename RulesPartOf<PART, PARTS, 0, Rules<>, R...>::type rules_part(Rules<R...>) {
+  return {};
+}
+
+template <size_t PART, size_t PARTS>
+using RulesPart = decltype(rules_part<PART, PARTS>(AllRules{}));
+
+// In namespace scope of the unit of share PART of PARTS: FN(RulesPart<PART, PARTS>{}) (a table of the share's
+// instantiations, e.g. function pointers) as a constant with external linkage, so that every instantiation it
+// names is emitted for other translation units to link against.
+#define FUSEDOPT_RULES_PART_TABLE(FN, PART, PARTS)                                           \
+  extern const decltype(FN(::fusedopt::RulesPart<PART, PARTS>{})) kRulesPart##PART;          \
+  const decltype(FN(::fusedopt::RulesPart<PART, PARTS>{})) kRulesPart##PART = FN(::fusedopt::RulesPart<PART, PARTS>{});
 
 // f(Rule{}) for every rule of the list, in order.
 template <typename F, typename... R>

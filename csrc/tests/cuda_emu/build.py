@@ -17,7 +17,8 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension
 HERE = pathlib.Path(__file__).resolve().parent
 CSRC = HERE.parents[1]
 
-SOURCES = ["module.cpp", "cuda_emu.cpp", "kernels_norm.cpp", "kernels_update.cpp"]
+# kernels_*.cpp: csrc/cuda/norm.cu and the shares of update.cuh (update_*.cu), one translation unit each.
+SOURCES = ["module.cpp", "cuda_emu.cpp", *sorted(p.name for p in HERE.glob("kernels_*.cpp"))]
 # The CPU ops' floating-point flags (setup.py): math.h's roundings as written, so results equal the CPU op's bits.
 FLAGS = ["-O2", "-fno-math-errno", "-ffp-contract=off", "-Wno-unknown-pragmas"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize=alignment", "-fno-sanitize-recover=undefined",

@@ -17,8 +17,11 @@
 // argument of its element function, dispatched per vector inside the kernel on a value that is the same for every
 // thread (a uniform branch: free in a memory-bound kernel), so the loads and stores are compiled once per storage
 // pair, not once per switch combination. Master copies, unscaling and the states in use are uniform branches too.
+#pragma once
+
 #include <cuda_runtime.h>
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include <array>
@@ -247,13 +250,24 @@ void update(const UpdateArgs& args, float* scratch, cudaStream_t stream) {
   run_update<Rule>(args, scratch, stream);
 }
 
-// Every rule of rules.h compiled here: an external table of their entry points, so that each update<Rule> is
-// instantiated and emitted for the ops (cuda/ops_impl.h) to link against.
+// The kernels are compiled in kUpdateParts translation units, update_0.cu ... update_<kUpdateParts - 1>.cu (and
+// so, for the emulated grid, csrc/tests/cuda_emu/kernels_update_*.cpp), each instantiating update<Rule> for its
+// share of the rules (rules.h, RulesPart), so that a parallel build compiles them side by side. Each rule is in
+// exactly one share: no update<Rule> (nor its kernels in the unnamed namespace) is compiled twice.
+constexpr size_t kUpdateParts = 2;
+
+// update<R> for every rule of a list, in a table with external linkage, so that each is emitted for the ops
+// (cuda/ops_impl.h) to link against.
 template <typename... R>
 constexpr auto entry_points(Rules<R...>) {
   return std::array<void (*)(const UpdateArgs&, float*, cudaStream_t), sizeof...(R)>{&update<R>...};
 }
-extern const decltype(entry_points(AllRules{})) kUpdateEntryPoints;
-const decltype(entry_points(AllRules{})) kUpdateEntryPoints = entry_points(AllRules{});
 
 }  // namespace fusedopt::cuda
+
+// The body of update_PART.cu: the share PART of the rules.
+#define FUSEDOPT_CUDA_UPDATE_PART(PART)                                                                  \
+  namespace fusedopt::cuda {                                                                            \
+  static_assert(PART < kUpdateParts, "update_" #PART ".cu: no such share (kUpdateParts, update.cuh)");  \
+  FUSEDOPT_RULES_PART_TABLE(entry_points, PART, kUpdateParts)                                           \
+  }

@@ -1,6 +1,11 @@
 // The update of every rule (math.h) over all tensors of a group in one parallel loop: one loop, generic over the
 // rule, the storage type, GradScaler's unscale and the rule's switches, all template arguments, so that each
-// instantiation is a branch-free fp32 loop the compiler vectorizes.
+// instantiation is a branch-free fp32 loop the compiler vectorizes. Included by update_*.cpp only, each of which
+// instantiates a share of the rules (the end of this file).
+#pragma once
+
+#include <stddef.h>
+
 #include <array>
 #include <utility>
 
@@ -10,7 +15,7 @@
 #include "multi_tensor.h"
 
 namespace fusedopt::cpu {
-namespace {
+namespace loop {  // not an unnamed namespace: this header is in several translation units
 
 // The element's state values from the state arrays, and back; states the rule does not use under SW have no
 // array (nullptr), are passed as 0 and not stored. Folds over the state indices, so no loop is left for the
@@ -77,7 +82,7 @@ void run(Isa isa, const UpdateArgs& a, const typename Rule::Hyper& hyper,
   });
 }
 
-}  // namespace
+}  // namespace loop
 
 template <typename Rule>
 void update(const UpdateArgs& a) {
@@ -97,20 +102,29 @@ void update(const UpdateArgs& a) {
     using S = decltype(s);
     with_bool(a.grad.has_grad_scale, [&](auto unscale) {
       with_switches<Rule::kSwitchBits>(a.switches, [&](auto sw) {
-        run<Rule, S, unscale.value, sw.value>(isa, a, hyper, pts, factor);
+        loop::run<Rule, S, unscale.value, sw.value>(isa, a, hyper, pts, factor);
       });
     });
   });
 }
 
-// Emits update<Rule> for every rule of the list (the ops in bindings.cpp call them): a table with external
-// linkage referencing each one, so adding a rule to fusedopt/rules.h is all it takes.
+// The CPU loops are compiled in kUpdateParts translation units, update_0.cpp ... update_<kUpdateParts - 1>.cpp, each
+// instantiating update<Rule> for its share of the rules (rules.h, RulesPart): one file with every rule's three ISA
+// variants took minutes on one core while the build's other core sat idle.
+constexpr size_t kUpdateParts = 3;
+
+// update<R> for every rule of a list, in a table with external linkage, so that each is emitted for the ops in
+// bindings.cpp to link against (adding a rule to fusedopt/rules.h is all it takes).
 template <typename... R>
 constexpr std::array<void (*)(const UpdateArgs&), sizeof...(R)> update_instances(Rules<R...>) {
   return {&update<R>...};
 }
-using UpdateInstances = decltype(update_instances(AllRules{}));
-extern const UpdateInstances kUpdateInstances;
-const UpdateInstances kUpdateInstances = update_instances(AllRules{});
 
 }  // namespace fusedopt::cpu
+
+// The body of update_PART.cpp: the share PART of the rules.
+#define FUSEDOPT_CPU_UPDATE_PART(PART)                                                                   \
+  namespace fusedopt::cpu {                                                                             \
+  static_assert(PART < kUpdateParts, "update_" #PART ".cpp: no such share (kUpdateParts, update.h)");   \
+  FUSEDOPT_RULES_PART_TABLE(update_instances, PART, kUpdateParts)                                       \
+  }

@@ -1,2 +1,0 @@
-// csrc/cuda/update.cu, unchanged, compiled as host C++ against the emulation (include/cuda_runtime.h).
-#include "../../cuda/update.cu"
