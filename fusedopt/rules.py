@@ -123,7 +123,7 @@ ADADELTA = register(Rule(
     "adadelta", hyper=("lr", "rho", "eps", "weight_decay"), flags=(),
     states=("square_avg", "acc_delta"), scalars=("step",)))
 
-# lr only sets the initial step_size (the class's _init_state); the update reads the step_size state.
+# lr only sets the initial step_size (the class's _INITIAL_STATE); the update reads the step_size state.
 RPROP = register(Rule(
     "rprop", hyper=("lr", "etaminus", "etaplus", "step_size_min", "step_size_max"), flags=(),
     states=("prev", "step_size"), scalars=("step",)))

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from fusedopt import ops, rules
-from fusedopt.optim import _dist, _torch_path
+from fusedopt.optim import _dist, _doc, _torch_path
 
 NONFINITE_POLICIES = ("ignore", "skip", "raise")
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -54,6 +54,11 @@ def state_dtype(param: Tensor, requested: torch.dtype | None = None) -> torch.dt
     if requested is not None and param.dtype in (torch.float32, *LOW_PRECISION):
         return requested
     return torch.float32 if param.dtype in LOW_PRECISION else param.dtype
+
+
+def group_lr(optimizer, group: dict) -> float:
+    """A group's lr as a host float: the initial value of states that torch starts at lr (``_INITIAL_STATE``)."""
+    return optimizer._hyper(group["lr"])
 
 
 def _is_dense(t: Tensor) -> bool:
@@ -311,21 +316,45 @@ class _StepPlan:
 
 
 class FusedOptimizer(torch.optim.Optimizer):
-    """Base of fusedopt.SGD/Adam/AdamW. Subclasses name their update rule (fusedopt/rules.py), define the state
-    layout and map a group's hyperparameters to the rule's arguments."""
+    """Base of the fusedopt optimizers. A subclass names its update rule (``_RULE``, fusedopt/rules.py) and has
+    torch.optim's constructor and checks; the rule's states, their initial values (``_INITIAL_STATE``) and where
+    a param group holds the rule's arguments (``_GROUP_KEYS``) drive the state layout and every update call."""
 
     _RULE: rules.Rule
+    # Where torch.optim's param groups hold a rule's hyperparameters and switches when not under the rule's own
+    # names: rule name -> group key, or (group key, index) for one entry of a pair.
+    _GROUP_KEYS: dict[str, str | tuple[str, int]] = {
+        "beta1": ("betas", 0), "beta2": ("betas", 1), "decoupled": "decoupled_weight_decay",
+        "etaminus": ("etas", 0), "etaplus": ("etas", 1), "step_size_min": ("step_sizes", 0),
+        "step_size_max": ("step_sizes", 1)}
+    # The initial values of the rule's states that torch.optim's namesake does not start at zero: state key -> a
+    # number, or a function (optimizer, group) -> number. A scalar state holds it in fp32; a tensor state is
+    # filled with it (both parts of a complex one: two real numbers, as in torch).
+    _INITIAL_STATE: dict[str, Any] = {}
 
     # GradScaler hands us grad_scale/found_inf instead of unscaling the grads itself.
     _step_supports_amp_scaling = True
     _EXTRA_ATTRS = ("max_grad_norm", "nonfinite", "backend", "master_weights", "state_dtype", "_last_step")
-    # Names of per-param state tensors that have the param's shape (kernels update them in place).
+    # Names of per-param state tensors that have the param's shape (kernels update them in place): the rule's.
     _TENSOR_STATE_KEYS: tuple[str, ...] = ()
     # Flags that older checkpoints may lack, with the values torch.optim's namesake fills in (not this
     # optimizer's constructor values).
     _LEGACY_FLAG_DEFAULTS: dict[str, Any] = {}
     # Whether sparse gradients are taken (as torch.optim's namesake does; they run torch's for-loop, _torch_path).
     _SPARSE_GRADS = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        # What follows from the rule of a class that names one (AdamW takes Adam's): its tensor states, the group
+        # entries holding its hyperparameters (unless the class lists more), the shared docstring paragraphs.
+        super().__init_subclass__(**kwargs)
+        rule = cls.__dict__.get("_RULE")
+        if rule is None:
+            return
+        cls._TENSOR_STATE_KEYS = rule.states
+        if "_HYPERPARAMETERS" not in cls.__dict__:
+            where = (cls._GROUP_KEYS.get(name, name) for name in rule.hyper)
+            cls._HYPERPARAMETERS = tuple(dict.fromkeys(w if isinstance(w, str) else w[0] for w in where))
+        cls.__doc__ = _doc.with_tail(cls)
 
     def __init__(self, params, defaults: dict, *, max_grad_norm: float | None, nonfinite: str, backend: str,
                  master_weights: bool = False, state_dtype: torch.dtype | None = None):
@@ -405,17 +434,43 @@ class FusedOptimizer(torch.optim.Optimizer):
         return [i for i, state in enumerate(states) if not state]
 
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
-        """Create the state entries of ``param``. They must have the param's layout (``zeros_like`` with
-        ``preserve_format``): the fast path relies on states of a contiguous param being contiguous."""
-        raise NotImplementedError
+        """Create the state entries of ``param``: the rule's scalar states (0-dim fp32 on the param's device) and
+        the tensor states the group uses (``_new_state``: the param's layout, which the fast path relies on),
+        each zero or its ``_INITIAL_STATE`` value."""
+        for key in self._RULE.scalars:
+            value = self._initial_value(key, group)
+            state[key] = torch.zeros((), dtype=torch.float32, device=param.device) if value is None else \
+                torch.tensor(value, dtype=torch.float32, device=param.device)
+        for key in self._state_keys(group):
+            state[key] = self._new_state(param, self._initial_value(key, group))
+
+    def _initial_value(self, key: str, group: dict) -> float | None:
+        """A state's ``_INITIAL_STATE`` value for this group; None for zero."""
+        value = self._INITIAL_STATE.get(key)
+        return value(self, group) if callable(value) else value
+
+    def _group_value(self, group: dict, name: str):
+        """The group's value of the rule's hyperparameter or switch ``name`` (see ``_GROUP_KEYS``)."""
+        where = self._GROUP_KEYS.get(name, name)
+        return group[where] if isinstance(where, str) else group[where[0]][where[1]]
 
     def _state_keys(self, group: dict) -> tuple[str, ...]:
         """State entries passed to the kernel for this group, in the kernel's argument order."""
-        raise NotImplementedError
+        rule = self._RULE
+        if not rule.optional:
+            return rule.states
+        # The rule's conditions on its optional states, on the group's own values (as torch's classes test them).
+        hyper = {name: self._group_value(group, name) for name in rule.hyper}
+        return rule.used_states(hyper, frozenset(name for name in rule.flags if self._group_value(group, name)))
 
-    def _new_state(self, param: Tensor) -> Tensor:
-        """A zero state tensor for ``param``: its layout, and the dtype ``state_dtype`` says."""
-        return torch.zeros_like(param, dtype=state_dtype(param, self.state_dtype), memory_format=torch.preserve_format)
+    def _new_state(self, param: Tensor, value: float | None = None) -> Tensor:
+        """A state tensor for ``param``, zero or filled with ``value``: the param's layout, and the dtype
+        ``state_dtype`` says."""
+        dtype = state_dtype(param, self.state_dtype)
+        if value is None:
+            return torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
+        return torch.full_like(param, complex(value, value) if param.is_complex() else value, dtype=dtype,
+                               memory_format=torch.preserve_format)
 
     def _keeps_master(self, param_dtype: torch.dtype) -> bool:
         """Whether params of this dtype get an fp32 master copy (only bf16/fp16 ones need it)."""
@@ -441,7 +496,9 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _rule_args(self, group: dict) -> tuple[list[float], list[str]]:
         """The update rule's hyperparameters after lr (``_RULE.hyper[1:]``, host floats) and the names of its
         switches that are on, for this group."""
-        raise NotImplementedError
+        rule = self._RULE
+        return ([self._hyper(self._group_value(group, name)) for name in rule.hyper[1:]],
+                [name for name in rule.flags if self._group_value(group, name)])
 
     def _update(self, bucket: Bucket, group: dict, grad_scale, clip_coef, found_inf) -> None:
         """One backend ``update`` call (op contract v3, fusedopt/reference.py) for a bucket."""

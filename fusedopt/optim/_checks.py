@@ -1,11 +1,14 @@
-"""Hyperparameter checks shared by the optimizer classes, in torch.optim's words. Each class calls them in its
-torch namesake's order; ``at_step`` (see ``_base._readable``) leaves alone a tensor value that cannot be read
-without a sync."""
+"""Hyperparameter checks shared by the optimizer classes, in torch.optim's words. Each class checks in its torch
+namesake's order, most of them declared as data: ``_check_hyperparameters = checks("lr", "eps", ...)``. ``at_step``
+(see ``_base._readable``) leaves alone a tensor value that cannot be read without a sync."""
 from __future__ import annotations
 
 from torch import Tensor
 
 from fusedopt.optim._base import _readable
+
+# torch's words for a value out of range, where they are not "{key} value".
+_WORDS = {"lr": "learning rate", "eps": "epsilon value"}
 
 
 def check_lr(lr, at_step: bool) -> None:
@@ -35,10 +38,30 @@ def check_betas(betas, at_step: bool) -> None:
             raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
 
 
-def check_adam_ranges(lr, betas, eps, weight_decay, at_step: bool) -> None:
-    """lr, eps, betas and weight_decay in the order and words of torch's Adam, NAdam, RAdam and Adamax (after
-    their own checks of a tensor lr)."""
-    check_nonnegative(lr, "learning rate", at_step)
-    check_nonnegative(eps, "epsilon value", at_step)
-    check_betas(betas, at_step)
-    check_nonnegative(weight_decay, "weight_decay value", at_step)
+def _check_entry(hp: dict, key: str, at_step: bool) -> None:
+    """One group entry as torch checks it: lr (a 1-element tensor, then >= 0), Adam's betas, or ``>= 0``."""
+    if key == "lr":
+        check_lr(hp["lr"], at_step)
+    elif key == "betas":
+        check_betas(hp["betas"], at_step)
+    else:
+        check_nonnegative(hp[key], _WORDS.get(key, f"{key} value"), at_step)
+
+
+def checks(*steps):
+    """A class's ``_check_hyperparameters`` (a staticmethod ``(hp, at_step=False)``) from its checks in torch's
+    order: a group key is checked by ``_check_entry``, a function is called as ``f(hp, at_step)``."""
+    def check_hyperparameters(hp: dict, at_step: bool = False) -> None:
+        for step in steps:
+            if callable(step):
+                step(hp, at_step)
+            else:
+                _check_entry(hp, step, at_step)
+    return staticmethod(check_hyperparameters)
+
+
+def check_adam_family(hp: dict, at_step: bool = False) -> None:
+    """torch's checks of Adam, NAdam, RAdam and Adamax, in their order and words (after Adam's own checks of a
+    tensor lr): a tensor lr of one element; lr, eps, betas and weight_decay in range."""
+    for key in ("lr", "eps", "betas", "weight_decay"):
+        _check_entry(hp, key, at_step)

@@ -6,8 +6,8 @@ from torch import Tensor
 from torch.optim.adagrad import adagrad as torch_adagrad
 
 from fusedopt import rules
-from fusedopt.optim._base import FusedOptimizer, state_dtype
-from fusedopt.optim._checks import check_lr, check_nonnegative
+from fusedopt.optim._base import FusedOptimizer
+from fusedopt.optim._checks import checks
 
 
 class Adagrad(FusedOptimizer):
@@ -23,22 +23,14 @@ class Adagrad(FusedOptimizer):
         & \theta \leftarrow \theta - \tilde\gamma \, g / (\sqrt{s} + \epsilon)
         \end{aligned}
 
-    with :math:`\eta` = ``lr_decay``. States (``step``, ``sum``) have torch.optim's names and layout; as in
-    torch.optim, every param's state is created by the constructor (``sum`` filled with
-    ``initial_accumulator_value``; for params added later with ``add_param_group``, at their first step, with the
-    constructor's value, as torch does). ``sum`` is fp32 for bf16/fp16 params (or ``state_dtype``); ``step`` is a
-    0-dim fp32 tensor on the param's device.
-
-    Args are torch.optim.Adagrad's (``foreach``/``fused`` are accepted for compatibility), plus keyword-only
-    ``max_grad_norm``, ``nonfinite``, ``backend``, ``master_weights`` and ``state_dtype`` as described in
-    :class:`fusedopt.SGD`. ``differentiable=True`` and sparse gradients are supported as in torch.optim.Adagrad:
-    such a step runs torch.optim's own single-tensor Adagrad (see ``fusedopt.optim._torch_path``), with the
-    extras applied around it. Every backend has the rule (math.h's ``AdagradRule``, for the CPU and CUDA, and its
-    Triton twin).
+    with :math:`\eta` = ``lr_decay``. As in torch.optim, every param's state is created by the constructor
+    (``sum`` filled with ``initial_accumulator_value``; for params added later with ``add_param_group``, at their
+    first step, with the constructor's value, as torch does).
     """
 
     _RULE = rules.ADAGRAD
-    _TENSOR_STATE_KEYS = ("sum",)
+    # torch reads the constructor's value (defaults), not the group's, also for params added later.
+    _INITIAL_STATE = {"sum": lambda opt, group: opt._hyper(opt.defaults["initial_accumulator_value"])}
     _SPARSE_GRADS = True
     _LEGACY_FLAG_DEFAULTS = dict(foreach=None, maximize=False, differentiable=False, fused=None)
 
@@ -58,30 +50,9 @@ class Adagrad(FusedOptimizer):
             for p in group["params"]:
                 self._init_state(p, self.state[p], group)
 
+    # The rule's and the sum's initial value; torch.optim.Adagrad checks them all, in this order.
     _HYPERPARAMETERS = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps")
-
-    @classmethod
-    def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
-        # torch.optim.Adagrad's checks, in its order and words.
-        check_lr(hp["lr"], at_step)
-        for key, words in (("lr_decay", "lr_decay value"), ("weight_decay", "weight_decay value"),
-                           ("initial_accumulator_value", "initial_accumulator_value value"),
-                           ("eps", "epsilon value")):
-            check_nonnegative(hp[key], words, at_step)
-
-    def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
-        # torch reads the constructor's value (defaults), not the group's, also for params added later.
-        value = self.defaults["initial_accumulator_value"]
-        state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
-        state["sum"] = torch.full_like(param, complex(value, value) if param.is_complex() else value,
-                                       dtype=state_dtype(param, self.state_dtype),
-                                       memory_format=torch.preserve_format)
-
-    def _state_keys(self, group: dict) -> tuple[str, ...]:
-        return ("sum",)
-
-    def _rule_args(self, group: dict) -> tuple[list[float], list[str]]:
-        return [self._hyper(group["lr_decay"]), self._hyper(group["weight_decay"]), self._hyper(group["eps"])], []
+    _check_hyperparameters = checks(*_HYPERPARAMETERS)
 
     def _torch_update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         # torch.optim.Adagrad.step's body for one group, on fusedopt's state (the same layout for the dtypes this

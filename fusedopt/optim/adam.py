@@ -7,7 +7,7 @@ from torch.optim.adam import adam as torch_adam
 
 from fusedopt import rules
 from fusedopt.optim._base import FusedOptimizer
-from fusedopt.optim._checks import check_adam_ranges, check_tensor_lr
+from fusedopt.optim._checks import check_adam_family
 
 
 def _to_scalar(beta):
@@ -33,19 +33,10 @@ class Adam(FusedOptimizer):
         \end{aligned}
 
     The bias corrections are computed in double per parameter; the element math is fp32 (fp64 for fp64
-    params). States (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) have torch.optim's names and
-    layout; they are fp32 for bf16/fp16 params (or ``state_dtype``), and ``step`` is a 0-dim fp32 tensor on the
-    param's device.
-
-    Args are torch.optim.Adam's (``foreach``/``fused``/``capturable`` are accepted for compatibility: fusedopt
-    always runs its own fused kernels, equal to torch's results up to rounding), plus keyword-only
-    ``max_grad_norm``, ``nonfinite``, ``backend``, ``master_weights`` and ``state_dtype`` as described in
-    :class:`fusedopt.SGD`. ``differentiable=True`` is supported as in torch.optim.Adam: such a step runs
-    torch.optim's own single-tensor Adam (see ``fusedopt.optim._torch_path``), with the extras applied around it.
+    params). ``max_exp_avg_sq`` is kept with ``amsgrad=True`` only.
     """
 
     _RULE = rules.ADAM
-    _TENSOR_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _LEGACY_FLAG_DEFAULTS = dict(amsgrad=False, maximize=False, foreach=None, capturable=False,
                                  differentiable=False, decoupled_weight_decay=False, fused=None)
 
@@ -64,18 +55,13 @@ class Adam(FusedOptimizer):
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
                          master_weights=master_weights, state_dtype=state_dtype)
 
-    _HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay")
-
     @classmethod
     def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
         # The same checks, in the same order and words, as torch.optim.Adam.
-        lr, betas, eps, weight_decay = hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"]
-        foreach, capturable = hp.get("foreach"), hp.get("capturable", False)
-        if isinstance(lr, Tensor):
-            if foreach and not capturable:
-                raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
-            check_tensor_lr(lr)
-        check_adam_ranges(lr, betas, eps, weight_decay, at_step)
+        betas, foreach, capturable = hp["betas"], hp.get("foreach"), hp.get("capturable", False)
+        if isinstance(hp["lr"], Tensor) and foreach and not capturable:
+            raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
+        check_adam_family(hp, at_step)
         if not ((isinstance(betas[0], float) and isinstance(betas[1], float))
                 or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))):
             raise ValueError("betas must be either both floats or both Tensors")
@@ -86,14 +72,6 @@ class Adam(FusedOptimizer):
                                      f"foreach=True")
                 if beta.numel() != 1:
                     raise ValueError(f"Tensor betas[{i}] must be 1-element")
-
-    def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
-        state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
-        for key in self._state_keys(group):
-            state[key] = self._new_state(param)
-
-    def _state_keys(self, group: dict) -> tuple[str, ...]:
-        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
     def _torch_update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         # torch.optim.Adam.step's body for one group, on fusedopt's lazy state (the same layout for the dtypes
@@ -110,13 +88,6 @@ class Adam(FusedOptimizer):
                    decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"], beta1=beta1,
                    beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
                    maximize=group["maximize"])
-
-    def _rule_args(self, group: dict) -> tuple[list[float], list[str]]:
-        beta1, beta2 = group["betas"]
-        flags = [name for name, on in (("amsgrad", group["amsgrad"]), ("decoupled", group["decoupled_weight_decay"]))
-                 if on]
-        return [self._hyper(beta1), self._hyper(beta2), self._hyper(group["eps"]),
-                self._hyper(group["weight_decay"])], flags
 
 
 class AdamW(Adam):

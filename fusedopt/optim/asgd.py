@@ -6,8 +6,8 @@ from torch import Tensor
 from torch.optim.asgd import asgd as torch_asgd
 
 from fusedopt import rules
-from fusedopt.optim._base import FusedOptimizer
-from fusedopt.optim._checks import check_lr, check_nonnegative
+from fusedopt.optim._base import FusedOptimizer, group_lr
+from fusedopt.optim._checks import checks
 
 
 class ASGD(FusedOptimizer):
@@ -25,19 +25,13 @@ class ASGD(FusedOptimizer):
         & \eta \leftarrow \frac{\gamma}{(1 + \lambda_d \gamma t)^\alpha}; \quad \mu \leftarrow \frac{1}{\max(1, t - t_0)}
         \end{aligned}
 
-    with :math:`\lambda_d` = ``lambd`` and :math:`a` the state ``ax`` (the average). ``eta`` and ``mu`` are 0-dim
-    fp32 states on the param's device, as ``step``; their new values are computed in double from the step count
-    (a device kernel does it per tensor on the device, no host sync). The element math is fp32 (fp64 for fp64
-    params); ``ax`` is fp32 for bf16/fp16 params (or ``state_dtype``). State names and layout are torch.optim's.
-
-    Args are torch.optim.ASGD's (``foreach``/``capturable`` are accepted for compatibility), plus keyword-only
-    ``max_grad_norm``, ``nonfinite``, ``backend``, ``master_weights`` and ``state_dtype`` as described in
-    :class:`fusedopt.SGD`. ``differentiable=True`` runs torch.optim's own single-tensor ASGD (see
-    ``fusedopt.optim._torch_path``), with the extras applied around it.
+    with :math:`\lambda_d` = ``lambd`` and :math:`a` the state ``ax`` (the average). The new ``eta`` and ``mu`` are
+    computed in double from the step count (a device kernel does it per tensor on the device, no host sync). The
+    element math is fp32 (fp64 for fp64 params).
     """
 
     _RULE = rules.ASGD
-    _TENSOR_STATE_KEYS = rules.ASGD.states
+    _INITIAL_STATE = {"eta": group_lr, "mu": 1.0}
     _LEGACY_FLAG_DEFAULTS = dict(foreach=None, maximize=False, differentiable=False, capturable=False)
 
     def __init__(self, params, lr: float | Tensor = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
@@ -51,26 +45,8 @@ class ASGD(FusedOptimizer):
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
                          master_weights=master_weights, state_dtype=state_dtype)
 
-    _HYPERPARAMETERS = ("lr", "lambd", "alpha", "t0", "weight_decay")
-
-    @classmethod
-    def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
-        # torch.optim.ASGD's checks, in its order and words (it does not check lambd, alpha, t0).
-        lr, weight_decay = hp["lr"], hp["weight_decay"]
-        check_lr(lr, at_step)
-        check_nonnegative(weight_decay, "weight_decay value", at_step)
-
-    def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
-        state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
-        state["eta"] = torch.tensor(self._hyper(group["lr"]), dtype=torch.float32, device=param.device)
-        state["mu"] = torch.ones((), dtype=torch.float32, device=param.device)
-        state["ax"] = self._new_state(param)
-
-    def _state_keys(self, group: dict) -> tuple[str, ...]:
-        return self._RULE.states
-
-    def _rule_args(self, group: dict) -> tuple[list[float], list[str]]:
-        return [self._hyper(group[key]) for key in ("lambd", "alpha", "t0", "weight_decay")], []
+    # torch.optim.ASGD's checks, in its order and words (it does not check lambd, alpha, t0).
+    _check_hyperparameters = checks("lr", "weight_decay")
 
     def _torch_update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         # torch.optim.ASGD.step's body for one group, on fusedopt's lazy state.

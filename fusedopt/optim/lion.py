@@ -51,7 +51,6 @@ class Lion(FusedOptimizer):
     """
 
     _RULE = rules.LION
-    _TENSOR_STATE_KEYS = ("exp_avg",)
     # lion-pytorch's checkpoints have none of these flags.
     _LEGACY_FLAG_DEFAULTS = dict(maximize=False, foreach=None, capturable=False)
 
@@ -64,8 +63,6 @@ class Lion(FusedOptimizer):
         self._check_hyperparameters(defaults)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
                          master_weights=master_weights, state_dtype=state_dtype)
-
-    _HYPERPARAMETERS = ("lr", "betas", "weight_decay")
 
     @classmethod
     def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
@@ -82,16 +79,6 @@ class Lion(FusedOptimizer):
         if hp.get("differentiable"):
             raise ValueError("Lion does not support differentiable=True: there is no torch implementation of it "
                              "to run under autograd")
-
-    def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
-        state["exp_avg"] = self._new_state(param)
-
-    def _state_keys(self, group: dict) -> tuple[str, ...]:
-        return ("exp_avg",)
-
-    def _rule_args(self, group: dict) -> tuple[list[float], list[str]]:
-        beta1, beta2 = group["betas"]
-        return [self._hyper(beta1), self._hyper(beta2), self._hyper(group["weight_decay"])], []
 
     def _torch_update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         # Reached only for a group whose "differentiable" was set by hand after the checks above.

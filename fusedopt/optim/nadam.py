@@ -7,7 +7,7 @@ from torch.optim.nadam import nadam as torch_nadam
 
 from fusedopt import rules
 from fusedopt.optim._base import FusedOptimizer
-from fusedopt.optim._checks import check_adam_ranges, check_nonnegative, check_tensor_lr
+from fusedopt.optim._checks import check_adam_family, checks
 
 
 class NAdam(FusedOptimizer):
@@ -31,18 +31,11 @@ class NAdam(FusedOptimizer):
         \end{aligned}
 
     The per-parameter coefficients are computed in double from the step count and ``mu_product`` (0-dim fp32
-    states on the param's device, as ``step``); the element math is fp32 (fp64 for fp64 params). States
-    (``step``, ``mu_product``, ``exp_avg``, ``exp_avg_sq``) have torch.optim's names and layout; tensor states are
-    fp32 for bf16/fp16 params (or ``state_dtype``).
-
-    Args are torch.optim.NAdam's (``foreach``/``capturable`` are accepted for compatibility), plus keyword-only
-    ``max_grad_norm``, ``nonfinite``, ``backend``, ``master_weights`` and ``state_dtype`` as described in
-    :class:`fusedopt.SGD`. ``differentiable=True`` runs torch.optim's own single-tensor NAdam (see
-    ``fusedopt.optim._torch_path``), with the extras applied around it.
+    states on the param's device, as ``step``); the element math is fp32 (fp64 for fp64 params).
     """
 
     _RULE = rules.NADAM
-    _TENSOR_STATE_KEYS = rules.NADAM.states
+    _INITIAL_STATE = {"mu_product": 1.0}
     _LEGACY_FLAG_DEFAULTS = dict(maximize=False, foreach=None, capturable=False, differentiable=False,
                                  decoupled_weight_decay=False)
 
@@ -58,29 +51,8 @@ class NAdam(FusedOptimizer):
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
                          master_weights=master_weights, state_dtype=state_dtype)
 
-    _HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "momentum_decay")
-
-    @classmethod
-    def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
-        # torch.optim.NAdam's checks, in its order and words.
-        lr, betas, eps, weight_decay = hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"]
-        check_tensor_lr(lr)
-        check_adam_ranges(lr, betas, eps, weight_decay, at_step)
-        check_nonnegative(hp["momentum_decay"], "momentum_decay value", at_step)
-
-    def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
-        state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
-        state["mu_product"] = torch.ones((), dtype=torch.float32, device=param.device)
-        for key in self._state_keys(group):
-            state[key] = self._new_state(param)
-
-    def _state_keys(self, group: dict) -> tuple[str, ...]:
-        return self._RULE.states
-
-    def _rule_args(self, group: dict) -> tuple[list[float], list[str]]:
-        beta1, beta2 = group["betas"]
-        return ([self._hyper(beta1), self._hyper(beta2), self._hyper(group["eps"]), self._hyper(group["weight_decay"]),
-                 self._hyper(group["momentum_decay"])], ["decoupled"] if group["decoupled_weight_decay"] else [])
+    # torch.optim.NAdam's checks, in its order and words.
+    _check_hyperparameters = checks(check_adam_family, "momentum_decay")
 
     def _torch_update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         # torch.optim.NAdam.step's body for one group, on fusedopt's lazy state (step and mu_product live on the

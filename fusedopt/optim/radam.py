@@ -7,7 +7,7 @@ from torch.optim.radam import radam as torch_radam
 
 from fusedopt import rules
 from fusedopt.optim._base import FusedOptimizer
-from fusedopt.optim._checks import check_adam_ranges, check_tensor_lr
+from fusedopt.optim._checks import check_adam_family, checks
 
 
 class RAdam(FusedOptimizer):
@@ -31,18 +31,10 @@ class RAdam(FusedOptimizer):
         \end{aligned}
 
     The branch and the coefficients are per parameter, from its step count (computed in double; a device kernel
-    decides them on the device, with no host sync); the element math is fp32 (fp64 for fp64 params). States
-    (``step``, ``exp_avg``, ``exp_avg_sq``) have torch.optim's names and layout; tensor states are fp32 for
-    bf16/fp16 params (or ``state_dtype``), ``step`` a 0-dim fp32 tensor on the param's device.
-
-    Args are torch.optim.RAdam's (``foreach``/``capturable`` are accepted for compatibility), plus keyword-only
-    ``max_grad_norm``, ``nonfinite``, ``backend``, ``master_weights`` and ``state_dtype`` as described in
-    :class:`fusedopt.SGD`. ``differentiable=True`` runs torch.optim's own single-tensor RAdam (see
-    ``fusedopt.optim._torch_path``), with the extras applied around it.
+    decides them on the device, with no host sync); the element math is fp32 (fp64 for fp64 params).
     """
 
     _RULE = rules.RADAM
-    _TENSOR_STATE_KEYS = rules.RADAM.states
     _LEGACY_FLAG_DEFAULTS = dict(foreach=None, maximize=False, differentiable=False, decoupled_weight_decay=False,
                                  capturable=False)
 
@@ -58,27 +50,7 @@ class RAdam(FusedOptimizer):
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
                          master_weights=master_weights, state_dtype=state_dtype)
 
-    _HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay")
-
-    @classmethod
-    def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
-        # torch.optim.RAdam's checks, in its order and words.
-        lr, betas, eps, weight_decay = hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"]
-        check_tensor_lr(lr)
-        check_adam_ranges(lr, betas, eps, weight_decay, at_step)
-
-    def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
-        state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
-        for key in self._state_keys(group):
-            state[key] = self._new_state(param)
-
-    def _state_keys(self, group: dict) -> tuple[str, ...]:
-        return self._RULE.states
-
-    def _rule_args(self, group: dict) -> tuple[list[float], list[str]]:
-        beta1, beta2 = group["betas"]
-        return ([self._hyper(beta1), self._hyper(beta2), self._hyper(group["eps"]), self._hyper(group["weight_decay"])],
-                ["decoupled"] if group["decoupled_weight_decay"] else [])
+    _check_hyperparameters = checks(check_adam_family)  # torch.optim.RAdam's, in its order and words
 
     def _torch_update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         # torch.optim.RAdam.step's body for one group, on fusedopt's lazy state.

@@ -7,7 +7,7 @@ from torch.optim.rmsprop import rmsprop as torch_rmsprop
 
 from fusedopt import rules
 from fusedopt.optim._base import FusedOptimizer
-from fusedopt.optim._checks import check_lr, check_nonnegative
+from fusedopt.optim._checks import checks
 
 
 class RMSprop(FusedOptimizer):
@@ -26,19 +26,11 @@ class RMSprop(FusedOptimizer):
           \text{else } \theta \leftarrow \theta - \gamma g / (\sqrt{\tilde v} + \epsilon)
         \end{aligned}
 
-    States have torch.optim's names and layout: ``step`` (counted, not used by the update), ``square_avg``,
-    ``momentum_buffer`` (when momentum > 0) and ``grad_avg`` (when centered); fp32 for bf16/fp16 params (or
-    ``state_dtype``), ``step`` a 0-dim fp32 tensor on the param's device.
-
-    Args are torch.optim.RMSprop's (``foreach``/``capturable`` are accepted for compatibility), plus keyword-only
-    ``max_grad_norm``, ``nonfinite``, ``backend``, ``master_weights`` and ``state_dtype`` as described in
-    :class:`fusedopt.SGD`. ``differentiable=True`` runs torch.optim's own single-tensor RMSprop (see
-    ``fusedopt.optim._torch_path``). Every backend has the rule (math.h's ``RmspropRule``, for the CPU and CUDA,
-    and its Triton twin).
+    ``step`` is counted, not used by the update; ``grad_avg`` is kept when centered, ``momentum_buffer`` when
+    momentum > 0.
     """
 
     _RULE = rules.RMSPROP
-    _TENSOR_STATE_KEYS = ("square_avg", "momentum_buffer", "grad_avg")
     _LEGACY_FLAG_DEFAULTS = dict(momentum=0, centered=False, foreach=None, maximize=False, differentiable=False,
                                  capturable=False)
 
@@ -53,33 +45,8 @@ class RMSprop(FusedOptimizer):
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
                          master_weights=master_weights, state_dtype=state_dtype)
 
-    _HYPERPARAMETERS = ("lr", "momentum", "alpha", "eps", "weight_decay")
-
-    @classmethod
-    def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
-        # torch.optim.RMSprop's checks, in its order and words.
-        check_lr(hp["lr"], at_step)
-        for key, words in (("eps", "epsilon value"), ("momentum", "momentum value"),
-                           ("weight_decay", "weight_decay value"), ("alpha", "alpha value")):
-            check_nonnegative(hp[key], words, at_step)
-
-    def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
-        # torch's entries, in its order
-        state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
-        state["square_avg"] = self._new_state(param)
-        if group["momentum"] > 0:
-            state["momentum_buffer"] = self._new_state(param)
-        if group["centered"]:
-            state["grad_avg"] = self._new_state(param)
-
-    def _state_keys(self, group: dict) -> tuple[str, ...]:
-        # the rule's order (fusedopt/rules.py): square_avg, grad_avg, momentum_buffer
-        return ("square_avg", *(("grad_avg",) if group["centered"] else ()),
-                *(("momentum_buffer",) if group["momentum"] > 0 else ()))
-
-    def _rule_args(self, group: dict) -> tuple[list[float], list[str]]:
-        return [self._hyper(group["alpha"]), self._hyper(group["eps"]), self._hyper(group["weight_decay"]),
-                self._hyper(group["momentum"])], ["centered"] if group["centered"] else []
+    # torch.optim.RMSprop's checks, in its order and words.
+    _check_hyperparameters = checks("lr", "eps", "momentum", "weight_decay", "alpha")
 
     def _torch_update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         # torch.optim.RMSprop.step's body for one group, on fusedopt's state (see Adam._torch_update).

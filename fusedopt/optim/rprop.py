@@ -6,7 +6,7 @@ from torch import Tensor
 from torch.optim.rprop import rprop as torch_rprop
 
 from fusedopt import rules
-from fusedopt.optim._base import FusedOptimizer, _readable, state_dtype
+from fusedopt.optim._base import FusedOptimizer, _readable, group_lr
 from fusedopt.optim._checks import check_lr
 
 
@@ -26,18 +26,11 @@ class Rprop(FusedOptimizer):
         \end{aligned}
 
     The element math is fp32 (fp64 for fp64 params); complex params are two real numbers each, as in torch.
-    States (``step``, ``prev``, ``step_size``) have torch.optim's names and layout; tensor states are fp32 for
-    bf16/fp16 params (or ``state_dtype``: a bf16 ``step_size`` rounds lr and each update), ``step`` (only
-    counted) a 0-dim fp32 tensor on the param's device.
-
-    Args are torch.optim.Rprop's (``foreach``/``capturable`` are accepted for compatibility), plus keyword-only
-    ``max_grad_norm``, ``nonfinite``, ``backend``, ``master_weights`` and ``state_dtype`` as described in
-    :class:`fusedopt.SGD`. ``differentiable=True`` runs torch.optim's own single-tensor Rprop (see
-    ``fusedopt.optim._torch_path``), with the extras applied around it.
+    ``step`` is only counted; a bf16 ``step_size`` (``state_dtype``) rounds lr and each update.
     """
 
     _RULE = rules.RPROP
-    _TENSOR_STATE_KEYS = rules.RPROP.states
+    _INITIAL_STATE = {"step_size": group_lr}  # torch's: every step size starts at lr
     _LEGACY_FLAG_DEFAULTS = dict(foreach=None, maximize=False, differentiable=False, capturable=False)
 
     def __init__(self, params, lr: float | Tensor = 1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *,
@@ -50,8 +43,6 @@ class Rprop(FusedOptimizer):
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
                          master_weights=master_weights, state_dtype=state_dtype)
 
-    _HYPERPARAMETERS = ("lr", "etas", "step_sizes")
-
     @classmethod
     def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
         # torch.optim.Rprop's checks, in its order and words (it does not check step_sizes).
@@ -63,23 +54,6 @@ class Rprop(FusedOptimizer):
                     raise ValueError(f"Invalid {key}: {hp[key]}; expected two values")
         if all(_readable(eta, at_step) for eta in etas) and not 0.0 < etas[0] < 1.0 < etas[1]:
             raise ValueError(f"Invalid eta values: {etas[0]}, {etas[1]}")
-
-    def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
-        state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
-        state["prev"] = self._new_state(param)
-        # torch starts every step size at lr (both parts of a complex one: they are two real numbers).
-        lr = self._hyper(group["lr"])
-        state["step_size"] = torch.full_like(param, complex(lr, lr) if param.is_complex() else lr,
-                                             dtype=state_dtype(param, self.state_dtype),
-                                             memory_format=torch.preserve_format)
-
-    def _state_keys(self, group: dict) -> tuple[str, ...]:
-        return self._RULE.states
-
-    def _rule_args(self, group: dict) -> tuple[list[float], list[str]]:
-        (etaminus, etaplus), (step_size_min, step_size_max) = group["etas"], group["step_sizes"]
-        return [self._hyper(etaminus), self._hyper(etaplus), self._hyper(step_size_min),
-                self._hyper(step_size_max)], []
 
     def _torch_update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         # torch.optim.Rprop.step's body for one group, on fusedopt's lazy state.

@@ -1,12 +1,18 @@
 """fusedopt.SGD: torch.optim.SGD's arguments and results, on fused multi-tensor kernels."""
 from __future__ import annotations
 
+import operator
+from itertools import repeat
+
 import torch
 from torch import Tensor
 from torch.optim.sgd import sgd as torch_sgd
 
 from fusedopt import rules
 from fusedopt.optim._base import FusedOptimizer, _readable
+from fusedopt.optim._checks import check_tensor_lr
+
+_BUFFER = operator.methodcaller("get", "momentum_buffer")
 
 
 class SGD(FusedOptimizer):
@@ -23,29 +29,11 @@ class SGD(FusedOptimizer):
         & \theta \leftarrow \theta - \gamma g
         \end{aligned}
 
-    Args are torch.optim.SGD's (``foreach``/``fused`` are accepted for compatibility: fusedopt always runs its
-    own fused kernels, equal to torch's results up to rounding), plus keyword-only:
-
-    - ``max_grad_norm``: clip the global L2 norm of all gradients to this (as ``clip_grad_norm_``), folded
-      into the update: the ``.grad`` tensors are left unclipped.
-    - ``nonfinite``: ``"ignore"`` (torch's behaviour), ``"skip"`` (a step with any NaN/inf gradient changes
-      nothing), ``"raise"`` (raise, naming the offending parameters; this one syncs with the host).
-    - ``backend``: ``"auto"``, ``"cpu"`` (compiled C++ kernels) or ``"reference"`` (pure torch).
-    - ``master_weights``: keep an fp32 master copy of each bf16/fp16 param (state entry ``"master_param"``,
-      saved with the state_dict): the update runs on the master and the param gets its value rounded to
-      nearest even, so updates below half an ulp of the param are not lost. No copy for fp32/fp64 params.
-    - ``state_dtype``: ``None`` (fp32 states for bf16/fp16/fp32 params) or ``torch.bfloat16`` (half the
-      memory; the math stays fp32, stores round to nearest even). fp64 and complex params keep their own dtype.
-
-    ``differentiable=True`` and sparse gradients are supported as in torch.optim.SGD: such a step runs
-    torch.optim's own single-tensor SGD (see ``fusedopt.optim._torch_path``), with the extras applied around it.
-
-    The momentum buffer is fp32 for bf16/fp16 params by default; all math is fp32 (fp64 for fp64 params).
-    A tensor ``lr`` goes to the kernels as a tensor (never read on the host).
+    All math is fp32 (fp64 for fp64 params). A tensor ``lr`` goes to the kernels as a tensor (never read on the
+    host).
     """
 
     _RULE = rules.SGD
-    _TENSOR_STATE_KEYS = ("momentum_buffer",)
     _SPARSE_GRADS = True
     _LEGACY_FLAG_DEFAULTS = dict(nesterov=False, maximize=False, foreach=None, differentiable=False, fused=False)
 
@@ -61,15 +49,12 @@ class SGD(FusedOptimizer):
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
                          master_weights=master_weights, state_dtype=state_dtype)
 
-    _HYPERPARAMETERS = ("lr", "momentum", "dampening", "weight_decay")
-
     @classmethod
     def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
         # torch.optim.SGD's checks, in its order and words.
         lr, momentum, weight_decay = hp["lr"], hp["momentum"], hp["weight_decay"]
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if _readable(lr, at_step) and lr < 0.0:
+        check_tensor_lr(lr)
+        if _readable(lr, at_step) and lr < 0.0:  # (NaN passes, as in torch)
             raise ValueError(f"Invalid learning rate: {lr}")
         if _readable(momentum, at_step) and momentum < 0.0:
             raise ValueError(f"Invalid momentum value: {momentum}")
@@ -82,19 +67,11 @@ class SGD(FusedOptimizer):
     def _missing_states(self, states: list[dict | None], group: dict) -> list[int]:
         if group["momentum"] == 0:
             return []
+        # The steady state, every param with its buffer: C-level passes, as the base class's.
+        if all(states) and not any(map(operator.is_, map(_BUFFER, states), repeat(None))):
+            return []
         # torch 1.x checkpoints stored {"momentum_buffer": None} for momentum 0: no history, as if absent.
         return [i for i, state in enumerate(states) if not state or state.get("momentum_buffer") is None]
-
-    def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
-        if group["momentum"] != 0:
-            state["momentum_buffer"] = self._new_state(param)
-
-    def _state_keys(self, group: dict) -> tuple[str, ...]:
-        return ("momentum_buffer",) if group["momentum"] != 0 else ()
-
-    def _rule_args(self, group: dict) -> tuple[list[float], list[str]]:
-        return [self._hyper(group["weight_decay"]), self._hyper(group["momentum"]),
-                self._hyper(group["dampening"])], ["nesterov"] if group["nesterov"] else []
 
     def _torch_update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         # torch.optim.SGD.step's body for one group: a missing buffer (None) starts as a copy of the grad.

@@ -130,13 +130,36 @@ FUSEDOPT_HD inline float prepare_grad(float g, float factor) { return g * factor
 //                                when given)
 //   PerTensor per_tensor(h, scalars, first)
 //                                once per tensor before its elements, only when the step is not skipped:
-//                                advances its scalar states in place (scalars[j] points at the tensor's j-th)
-//                                and returns its per-tensor coefficients
+//                                advances its scalar states in place (scalars[j] points at the tensor's j-th;
+//                                count_step() counts a step) and returns its per-tensor coefficients (a rule that
+//                                only counts its steps inherits both from CountOnly)
 //   element<SW>(p, g, s, hyper, per_tensor)
 //                                one element: p is the param's fp32 value, g the gradient already unscaled,
 //                                clipped and sign-flipped (take_grad/prepare_grad, in the loops), s the fp32
 //                                values of its states (those not in use hold 0 and are not stored)
 // Name lists are std::arrays, as an empty C array (kScalars = 0) is not valid C++.
+
+// Per-tensor pieces the rules share, all in double as torch's Python floats.
+
+// step_t += 1 on a rule's step count (its first scalar state, float32, as torch's), and the new count as the
+// double that torch's Python float reads: the first line of every per_tensor() that counts steps.
+FUSEDOPT_HD inline double count_step(float* const* scalars) {
+  *scalars[0] += 1.0f;
+  return double(*scalars[0]);
+}
+
+// 1 - beta^step (Python's ** is C's pow).
+FUSEDOPT_HD inline double bias_correction(double beta, double step) { return 1.0 - std::pow(beta, step); }
+
+// The per-tensor part of the rules whose step count is only counted, not read (Adadelta, Rprop, RMSprop): they
+// inherit it.
+struct CountOnly {
+  struct PerTensor {};
+  FUSEDOPT_HD static PerTensor per_tensor(const double* /*h*/, float* const* scalars, bool /*first*/) {
+    count_step(scalars);  // step += 1
+    return {};
+  }
+};
 
 // SGD (torch.optim.sgd._single_tensor_sgd).
 struct SgdRule {
@@ -257,12 +280,11 @@ struct AdamRule {
   // last double bit for ~0.1% of arguments (seen: none of those changed the float here, but pow is what torch
   // rounds).
   FUSEDOPT_HD static PerTensor coefficients(double lr, double beta1, double beta2, double step) {
-    return {float(lr / (1.0 - std::pow(beta1, step))), float(std::pow(1.0 - std::pow(beta2, step), 0.5))};
+    return {float(lr / bias_correction(beta1, step)), float(std::pow(bias_correction(beta2, step), 0.5))};
   }
   // The count advances, then the bias corrections use the new count (as torch.optim does).
   FUSEDOPT_HD static PerTensor per_tensor(const double* h, float* const* scalars, bool /*first*/) {
-    *scalars[0] += 1.0f;
-    return coefficients(h[0], h[1], h[2], double(*scalars[0]));
+    return coefficients(h[0], h[1], h[2], count_step(scalars));
   }
 
   // The weight decay (coupled, or decoupled: DECOUPLED implies WD) and the moments, the first lines of
@@ -358,9 +380,8 @@ struct NadamRule {
   // multiplies in float32 (a 0-dim float32 tensor times a Python float) and then reads back as a double.
   FUSEDOPT_HD static PerTensor per_tensor(const double* h, float* const* scalars, bool /*first*/) {
     const double lr = h[0], beta1 = h[1], beta2 = h[2], momentum_decay = h[5];
-    *scalars[0] += 1.0f;  // step_t += 1
-    const double step = *scalars[0];
-    const double bias_correction2 = 1.0 - std::pow(beta2, step);
+    const double step = count_step(scalars);
+    const double bias_correction2 = bias_correction(beta2, step);
     const double mu = beta1 * (1.0 - 0.5 * std::pow(0.96, step * momentum_decay));
     const double mu_next = beta1 * (1.0 - 0.5 * std::pow(0.96, (step + 1.0) * momentum_decay));
     *scalars[1] *= float(mu);  // mu_product *= mu
@@ -414,10 +435,9 @@ struct RadamRule {
   // In double from the new count, as torch's Python floats (** as pow, as Python computes it).
   FUSEDOPT_HD static PerTensor per_tensor(const double* h, float* const* scalars, bool /*first*/) {
     const double beta1 = h[1], beta2 = h[2];
-    *scalars[0] += 1.0f;  // step_t += 1
-    const double step = *scalars[0];
-    const double bias_correction1 = 1.0 - std::pow(beta1, step);
-    const double bias_correction2 = 1.0 - std::pow(beta2, step);
+    const double step = count_step(scalars);
+    const double bias_correction1 = bias_correction(beta1, step);
+    const double bias_correction2 = bias_correction(beta2, step);
     const double rho_inf = 2.0 / (1.0 - beta2) - 1.0;
     const double rho_t = rho_inf - 2.0 * step * std::pow(beta2, step) / bias_correction2;
     const bool rectified = rho_t > 5.0;
@@ -443,7 +463,7 @@ struct RadamRule {
 };
 
 // Adadelta (torch.optim.adadelta._single_tensor_adadelta).
-struct AdadeltaRule {
+struct AdadeltaRule : CountOnly {
   static constexpr const char* kName = "adadelta";
   static constexpr int kHyper = 4;
   static constexpr int kFlags = 0;
@@ -474,13 +494,6 @@ struct AdadeltaRule {
     return {float(h[0]), float(h[1]), float(1.0 - h[1]), float(h[2]), float(h[3])};
   }
 
-  struct PerTensor {};
-  // The count is only counted (Rprop's too).
-  FUSEDOPT_HD static PerTensor per_tensor(const double* /*h*/, float* const* scalars, bool /*first*/) {
-    *scalars[0] += 1.0f;  // step += 1
-    return {};
-  }
-
   // Each line is one torch op of _single_tensor_adadelta (named at its end).
   template <uint32_t SW>
   FUSEDOPT_HD static void element(float& p, float g, float (&s)[kStates], const Hyper& h, const PerTensor&) {
@@ -500,7 +513,7 @@ struct AdadeltaRule {
 
 // Rprop (torch.optim.rprop._single_tensor_rprop). lr only sets the initial step sizes (the optimizer's state
 // init); the update reads the step_size state.
-struct RpropRule {
+struct RpropRule : CountOnly {
   static constexpr const char* kName = "rprop";
   static constexpr int kHyper = 5;
   static constexpr int kFlags = 0;
@@ -525,12 +538,6 @@ struct RpropRule {
     float step_size_max;
   };
   FUSEDOPT_HD static Hyper hyper(const double* h) { return {float(h[1]), float(h[2]), float(h[3]), float(h[4])}; }
-
-  // Adadelta's: the count is only counted.
-  using PerTensor = AdadeltaRule::PerTensor;
-  FUSEDOPT_HD static PerTensor per_tensor(const double* h, float* const* scalars, bool first) {
-    return AdadeltaRule::per_tensor(h, scalars, first);
-  }
 
   // Each line is one torch op of _single_tensor_rprop (named at its end), in the same order, so that any etas
   // (an etaminus of 1, say) select as torch's masked writes do. All selects: no branch in the loop body.
@@ -590,8 +597,7 @@ struct AsgdRule {
     const double eta = *scalars[1];
     const float mu = *scalars[2];
     const PerTensor t{float(1.0 - lambd * eta), float(-eta), mu, mu != 1.0f};
-    *scalars[0] += 1.0f;  // step_t += 1
-    const double step = *scalars[0];
+    const double step = count_step(scalars);
     *scalars[1] = float(lr / std::pow(1.0 + lambd * lr * step, alpha));  // eta = lr / (1 + lambd lr step)^alpha
     const double since = step - t0;
     *scalars[2] = float(1.0 / (since > 1.0 ? since : 1.0));  // mu = 1 / max(1, step - t0) (Python's max)
@@ -646,8 +652,7 @@ struct AdagradRule {
     float clr;  // lr / (1 + (step - 1) * lr_decay), in double from the new count
   };
   FUSEDOPT_HD static PerTensor per_tensor(const double* h, float* const* scalars, bool /*first*/) {
-    *scalars[0] += 1.0f;
-    const double step = double(*scalars[0]);
+    const double step = count_step(scalars);
     return {float(h[0] / (1.0 + (step - 1.0) * h[1]))};
   }
 
@@ -664,7 +669,7 @@ struct AdagradRule {
 
 
 // RMSprop (torch.optim.rmsprop._single_tensor_rmsprop).
-struct RmspropRule {
+struct RmspropRule : CountOnly {
   static constexpr const char* kName = "rmsprop";
   static constexpr int kHyper = 5;
   static constexpr int kFlags = 1;
@@ -697,12 +702,6 @@ struct RmspropRule {
   };
   FUSEDOPT_HD static Hyper hyper(const double* h) {
     return {float(h[0]), float(h[1]), float(1.0 - h[1]), float(h[2]), float(h[3]), float(h[4])};
-  }
-
-  struct PerTensor {};
-  FUSEDOPT_HD static PerTensor per_tensor(const double* /*h*/, float* const* scalars, bool /*first*/) {
-    *scalars[0] += 1.0f;  // step += 1
-    return {};
   }
 
   // Each line is one torch op of _single_tensor_rmsprop (named at its end).
@@ -752,22 +751,15 @@ struct AdamaxRule {
   FUSEDOPT_HD static uint32_t switches(const double* h, uint32_t /*flags*/) { return h[4] != 0.0 ? kWeightDecay : 0u; }
   FUSEDOPT_HD static constexpr bool uses_state(int /*k*/, uint32_t /*sw*/) { return true; }
 
-  struct Hyper {
-    float lerp_weight;  // 1 - beta1, from double
-    float beta2;
-    float eps;
-    float weight_decay;
-  };
-  FUSEDOPT_HD static Hyper hyper(const double* h) {
-    return {float(1.0 - h[1]), float(h[2]), float(h[3]), float(h[4])};
-  }
+  // Adam's (the same five hyperparameters; Adamax reads lerp_weight, beta2, eps and weight_decay).
+  using Hyper = AdamRule::Hyper;
+  FUSEDOPT_HD static Hyper hyper(const double* h) { return AdamRule::hyper(h); }
 
   struct PerTensor {
-    float clr;  // lr / (1 - beta1^step), in double from the new count (Python's ** is C's pow)
+    float clr;  // lr / (1 - beta1^step), in double from the new count
   };
   FUSEDOPT_HD static PerTensor per_tensor(const double* h, float* const* scalars, bool /*first*/) {
-    *scalars[0] += 1.0f;
-    return {float(h[0] / (1.0 - std::pow(h[1], double(*scalars[0]))))};
+    return {float(h[0] / bias_correction(h[1], count_step(scalars)))};
   }
 
   // Each line is one torch op of _single_tensor_adamax (not differentiable, not capturable; named at its end).
