@@ -1,9 +1,6 @@
 """fusedopt.SGD: torch.optim.SGD's arguments and results, on fused multi-tensor kernels."""
 from __future__ import annotations
 
-import operator
-from itertools import repeat
-
 import torch
 from torch import Tensor
 from torch.optim.sgd import sgd as torch_sgd
@@ -11,8 +8,6 @@ from torch.optim.sgd import sgd as torch_sgd
 from fusedopt import rules
 from fusedopt.optim._base import FusedOptimizer, _readable
 from fusedopt.optim._checks import check_tensor_lr
-
-_BUFFER = operator.methodcaller("get", "momentum_buffer")
 
 
 class SGD(FusedOptimizer):
@@ -67,8 +62,9 @@ class SGD(FusedOptimizer):
     def _missing_states(self, states: list[dict | None], group: dict) -> list[int]:
         if group["momentum"] == 0:
             return []
-        # The steady state, every param with its buffer: C-level passes, as the base class's.
-        if all(states) and not any(map(operator.is_, map(_BUFFER, states), repeat(None))):
+        # The steady state, every param with its buffer: one pass (a generator, not operator.methodcaller: torch.compile
+        # traces the step and cannot trace a methodcaller).
+        if all(states) and all(state.get("momentum_buffer") is not None for state in states):
             return []
         # torch 1.x checkpoints stored {"momentum_buffer": None} for momentum 0: no history, as if absent.
         return [i for i, state in enumerate(states) if not state or state.get("momentum_buffer") is None]
