@@ -16,7 +16,8 @@ from typing import Any, Sequence
 import torch
 
 from . import cases, report
-from .impls import BASELINE_VARIANTS, DEFAULT_OPTIMS, OPTIMS, absent_variants, fusedopt_backends, impls_for
+from .impls import (BASELINE_VARIANTS, DEFAULT_OPTIMS, OPTIMS, Impl, absent_variants, fusedopt_backends, impls_for,
+                    untimed_by)
 from .progress import Progress
 from .optims import traffic
 from .roofline import Probes, n_states
@@ -96,11 +97,12 @@ def available_bytes(device: torch.device) -> int:
     return 8 * 2**30  # unknown: assume a small machine
 
 
-def group_bytes(case: cases.Case, optim: str, n_impls: int, n_rewriting: int) -> int:
-    """Memory one group holds: per row its params and states, the clip rows their own grads, plus the shared grads
-    and the initial params (kept for the check step)."""
+def group_bytes(case: cases.Case, optim: str, n_timed: int, n_untimed: int = 0) -> int:
+    """Memory one group holds at its peak (runner.run_group): the states of every timed row, and of one row not to
+    be timed while it is checked; five param-sized sets: the drawn params and grads, the shared params and grads
+    every row steps, and the reference's params after the check step."""
     per_tensor = case.n_params * case.dtype.itemsize
-    return per_tensor * (n_impls * (1 + n_states(optim)) + n_rewriting + 2)
+    return per_tensor * ((n_timed + min(n_untimed, 1)) * n_states(optim) + 5)
 
 
 def plan(args: argparse.Namespace, device: torch.device, backends: list[str]) -> list[tuple[cases.Case, str]]:
@@ -108,8 +110,10 @@ def plan(args: argparse.Namespace, device: torch.device, backends: list[str]) ->
     impl_sets = {o: impls_for(o, backends, device) for o in args.optim}
 
     def fits(case: cases.Case) -> bool:
-        return all(group_bytes(case, o, len(i), sum(x.rewrites_grads for x in i)) <= budget
-                   for o, i in impl_sets.items())
+        def size(optim: str, rows: list[Impl]) -> int:
+            n_untimed = sum(untimed_by(x, args.untimed) for x in rows)
+            return group_bytes(case, optim, len(rows) - n_untimed, n_untimed)
+        return all(size(o, i) <= budget for o, i in impl_sets.items())
 
     groups = []
     for suite in args.suite:

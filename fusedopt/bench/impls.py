@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 from torch import Tensor
@@ -42,8 +42,6 @@ class Impl:
     variant: str  # baseline: for-loop/foreach/fused/lion-pytorch; fusedopt: the backend name
     clipped: bool
     setup: Setup
-    # clip_grad_norm_ scales .grad in place: such rows get their own grads, restored after the untimed check step.
-    rewrites_grads: bool = False
     # An error in setup or a step marks the row skipped, with the reason, instead of ending the run (fusedopt
     # backends, which may be missing or half-built); a torch row's error ends the run.
     optional: bool = False
@@ -184,11 +182,16 @@ def impls_for(optim: str, backends: list[str], device: torch.device | str = "cpu
         for variant in BASELINE_VARIANTS[spec.baseline]:
             if variant not in absent:
                 out.append(Impl(baseline_name(spec, variant) + suffix, optim, "torch", variant, clipped,
-                                torch_setup(spec, variant, clipped), rewrites_grads=clipped))
+                                torch_setup(spec, variant, clipped)))
         for backend in backends:
             out.append(Impl(f"fusedopt {backend}{suffix}", optim, "fusedopt", backend, clipped,
                             fusedopt_setup(spec, backend, clipped), optional=True, fp32_states=True))
     return out
+
+
+def untimed_by(impl: Impl, untimed: Collection[str]) -> bool:
+    """Whether `--untimed` (baseline ways to check but not time) leaves this row out of the timing."""
+    return impl.family == "torch" and impl.variant in untimed
 
 
 def reference_of(impl: Impl) -> str:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .cases import Case
-from .impls import Impl, NoKernel, reference_of
+from .impls import Impl, NoKernel, reference_of, untimed_by
 from .machine import OthersCpuShare
 from .memory import peak_extra_bytes as cpu_peak_extra_bytes
 from .roofline import Probes
@@ -82,9 +82,8 @@ class GroupResult:
 
 @dataclass
 class _Live:
-    """One implementation's tensors and step, kept alive for the whole group."""
+    """One implementation's step (its optimizer, holding its states), kept alive for the whole group."""
     row: RowResult
-    params: list[Tensor]
     step: Callable[[], None]
 
 
@@ -134,7 +133,7 @@ _CASE_TENSORS: dict[tuple, tuple[list[Tensor], list[Tensor], float]] = {}
 
 def case_tensors(case: Case, seed: int, device: torch.device) -> tuple[list[Tensor], list[Tensor], float]:
     """The initial params, the grads and the clip norm of ``case`` (the same for every optimizer); nobody writes
-    them: rows own clones of the params, and rows that rewrite grads own clones of those."""
+    them: a group's rows step clones of them (run_group)."""
     key = (case.name, case.shapes, case.dtype, seed, str(device))
     if key not in _CASE_TENSORS:
         _CASE_TENSORS.clear()  # one case at a time in memory
@@ -157,47 +156,56 @@ def run_group(case: Case, optim: str, impls: Sequence[Impl], *, rounds: int, war
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     label = f"{case.name} {optim}"
     init, grads, max_norm = case_tensors(case, seed, device)
-    # Memory: the interleaved rounds need every implementation alive at once, so each owns its params and
-    # optimizer state. Rows whose clip_grad_norm_ rewrites grads each get their own copy.
+    # Memory: the interleaved rounds need every implementation alive at once, but only their optimizer states
+    # differ: all rows step one shared set of params, with one shared set of grads (torch's clipping rows rewrite
+    # it in place; every row reads and writes the same bytes whatever the values, and they stay finite). So a
+    # group holds each row's states plus five param-sized sets (see cli.group_bytes), and GPT-2 small fits a
+    # 24 GiB machine at full width.
+    params = [p.clone().requires_grad_() for p in init]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
     rows = [RowResult(impl) for impl in impls]
     live: dict[str, _Live] = {}
     for row in rows:
-        impl = row.impl
         with _skip_if_optional(row, log):
-            params = [p.clone().requires_grad_() for p in init]
-            for p, g in zip(params, grads):
-                p.grad = g.clone() if impl.rewrites_grads else g
-            live[impl.name] = _Live(row, params, impl.setup(params, max_norm))
+            live[row.impl.name] = _Live(row, row.impl.setup(params, max_norm))
 
     def drop(name: str) -> None:
         if live[name].row.skipped is not None:
             del live[name]
 
-    def restore_grads(entry: _Live) -> None:
-        if entry.row.impl.rewrites_grads:
-            _copy_all([p.grad for p in entry.params], grads)
-
-    # 2. The check step, from identical params and grads.
-    for name in list(live):
-        with _skip_if_optional(live[name].row, log):
-            live[name].step()
-            live[name].row.steps += 1
-            restore_grads(live[name])
-        drop(name)
-    for name, entry in list(live.items()):
-        ref_name = reference_of(entry.row.impl)
-        if ref_name not in live:
+    # 2. The check step: each row's first step from the drawn params and grads, one reference (job) at a time,
+    # the reference row first; its result is the one copy kept. A row that is wrong or not to be timed goes at
+    # once, its states with it.
+    checked = {reference_of(e.row.impl): [] for e in live.values()}
+    for name, entry in live.items():
+        checked[reference_of(entry.row.impl)].append(name)
+    for ref_name, names in checked.items():
+        if ref_name not in names:
             raise RuntimeError(f"{label}: the reference row {ref_name!r} is missing, so nothing can be checked")
-        entry.row.check_error = compare_updates(init, live[ref_name].params, entry.params)
-        if not entry.row.check_error <= 1.0:
-            entry.row.wrong = (f"after one step, params differ from {ref_name}'s by {entry.row.check_error:.3g}x "
-                               f"the tolerance")
-            log(f"  WRONG {entry.row.impl.name} on {label}: {entry.row.wrong}; not timed")
-    for name in [n for n, e in live.items() if e.row.wrong is not None]:
-        del live[name]
-    for name in [n for n, e in live.items() if e.row.impl.family == "torch" and e.row.impl.variant in untimed]:
-        live[name].row.untimed = f"checked, not timed (--untimed {live[name].row.impl.variant})"
-        del live[name]
+        reference: list[Tensor] = []
+        for name in sorted(names, key=lambda n: n != ref_name):
+            entry = live[name]
+            _copy_all(params, init)
+            _copy_all([p.grad for p in params], grads)
+            with _skip_if_optional(entry.row, log):
+                entry.step()
+                entry.row.steps += 1
+            if entry.row.skipped is not None:  # only optional rows get here: the reference's error propagates
+                del live[name]
+                continue
+            if name == ref_name:
+                reference = [p.detach().clone() for p in params]
+            entry.row.check_error = compare_updates(init, reference, params)
+            if not entry.row.check_error <= 1.0:
+                entry.row.wrong = (f"after one step, params differ from {ref_name}'s by "
+                                   f"{entry.row.check_error:.3g}x the tolerance")
+                log(f"  WRONG {entry.row.impl.name} on {label}: {entry.row.wrong}; not timed")
+                del live[name]
+            elif untimed_by(entry.row.impl, untimed):
+                entry.row.untimed = f"checked, not timed (--untimed {entry.row.impl.variant})"
+                del live[name]
+        del reference
     tick(f"{label}: checked")
 
     # 3. Warm-up, then as many back-to-back steps per sample as make it last MIN_SAMPLE_S.
