@@ -26,3 +26,15 @@ def test_isa_bench_times_every_variant_against_torch_fused():
     for name, why in variants.items():
         if why is not None:
             assert f"{name}: not timed: {why}" in run.stdout
+
+
+@pytest.mark.skipif(ops.EXTENSION_ERROR is not None, reason="fusedopt._C is not built")
+def test_deepspeed_row_needs_deepspeed_and_says_so():
+    try:
+        import deepspeed  # noqa: F401
+        pytest.skip("deepspeed is installed here: the refusal cannot be seen (its row is run by hand, see bench/isa.py)")
+    except ImportError:
+        pass
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "isa.py"), "--quick", "--deepspeed"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 2 and "--deepspeed needs deepspeed" in run.stderr, run.stderr
