@@ -100,3 +100,41 @@ def test_memory_kept_per_param():
                     "fp16 none": 2, "fp16 kahan": 4, "fp16 master": 6}
             got = {mode: rows[mode][states] for mode in want}
             assert got == {mode: b + n * size for mode, b in want.items()}, (name, states, got)
+
+
+def test_physics_kahan_far_better_than_none_and_master_no_worse():
+    """The physics MLP (bf16, fp32 states): Kahan's weight error at most half of plain rounding's (measured at the
+    quick sizes: about a tenth), the fp32 master's (= remainder's) no more than Kahan's but for the noise of two
+    runs whose bf16 forwards differ (measured: equal to 3 digits)."""
+    for name, case in _quick()["physics"].items():
+        rows = case["rows"]
+        none, k, master = (rows[f"bf16 {m}"]["error"] for m in kahan.MODES)
+        assert k <= 0.5 * none, (name, rows)
+        assert master <= 1.1 * k, (name, rows)
+        assert rows["bf16 master"]["loss"] <= 1.1 * rows["bf16 kahan"]["loss"], (name, rows)
+
+
+def test_tiny_updates_plain_bf16_stalls():
+    """lr / 100: plain bf16 keeps nothing of AdamW's updates (its error is the fp32 run's whole movement), Kahan and
+    the master keep them (their error is the bf16 forward's, equal for both)."""
+    rows = _quick()["tiny"]["AdamW"]["rows"]
+    assert rows["bf16 none"]["error_over_movement"] >= 0.9, rows
+    assert rows["bf16 kahan"]["error_over_movement"] <= 0.6 * rows["bf16 none"]["error_over_movement"], rows
+    assert rows["bf16 master"]["error"] <= 1.1 * rows["bf16 kahan"]["error"], rows
+    for name, case in _quick()["tiny"].items():
+        assert case["rows"]["bf16 kahan"]["error"] <= case["rows"]["bf16 none"]["error"], (name, case["rows"])
+
+
+def test_sweep_kahan_stalls_where_the_master_does_not():
+    """+r per step on weights in [1, 2): at r = 1e-4 plain rounding keeps nothing, Kahan's bf16 compensation a few
+    percent off, the master exact to fp32; at r = 1e-6 (below bf16 Kahan's ~2^-17) Kahan's error is several times
+    the master's, whose error is fp32's own rounding of 1e-6 at the weight (the same for every fp32 path).
+    fp16's compensation has 3 more bits: close to the master at both sizes."""
+    sweep = _quick()["sweep"]
+    bf16, fp16 = sweep["bf16"], sweep["fp16"]
+    for r in ("0.0001", "1e-06"):
+        assert bf16[r]["none"] == 1.0 and fp16[r]["none"] == 1.0, sweep
+    assert bf16["0.0001"]["kahan"] <= 0.05 and bf16["0.0001"]["master"] <= 1e-3, sweep
+    assert bf16["1e-06"]["kahan"] >= 3 * bf16["1e-06"]["master"], sweep
+    assert bf16["1e-06"]["master"] <= 0.06, sweep  # fp32 adds 8 ulps of 2^-23 for 1e-6 at [1, 2): 4.6% short
+    assert fp16["0.0001"]["kahan"] <= 1e-3 and fp16["1e-06"]["kahan"] <= 1.1 * fp16["1e-06"]["master"], sweep
