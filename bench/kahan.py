@@ -1,8 +1,8 @@
 """Kahan-compensated low-precision params against exact master remainders (issue 13's third item): memory and
 accuracy, on the CPU in pure torch (fusedopt's reference backend; no kernel of fusedopt has Kahan).
 
-    python bench/kahan.py                         # the tables (a few minutes on 2 cores, one thread)
-    python bench/kahan.py --json kahan.json       # and the numbers as JSON
+    python bench/kahan.py                         # the tables (~4 min of CPU, one thread; 13 min under load here)
+    python bench/kahan.py --json kahan.json       # and the numbers as JSON (with the environment)
     python bench/kahan.py --quick                 # the small version tests/test_kahan.py asserts on
 
 The modes, for bf16 (and fp16) params:
@@ -21,7 +21,9 @@ The modes, for bf16 (and fp16) params:
 
   As in optimi, the optimizer reads the param as it is (``p``, not ``p + comp``). Unlike optimi's eager code
   (which keeps ``u`` in bf16 and applies decoupled weight decay to the bf16 param directly), ``u`` is fp32 and the
-  decay goes through ``delta``, as a fused kernel would do it: this is the better of the two.
+  decay goes through ``delta``, as a fused kernel would do it: the better of the two. The wrapper reads ``delta``
+  off the fp32 value ``p + delta``, so it knows it to fp32's precision at the weight (2^-24 relative), as the fp32
+  master does; a kernel would have ``delta`` itself, which could matter only below that (fp16's sweep at 1e-7).
 - ``master``: ``master_weights=True``, an fp32 master (4 extra bytes). ``master_weights="remainder"`` (branch
   remainder: an int16 remainder that with the bf16 param is the fp32 master exactly, 2 extra bytes) gives the same
   results bit for bit (tests/test_master_remainder.py), so its accuracy is this row's; its memory is 2 bytes
@@ -29,24 +31,58 @@ The modes, for bf16 (and fp16) params:
   (0), Kahan (2) or the fp32 master (4).
 - ``fp32``: the model and the optimizer in fp32: the truth the others are measured against.
 
-Cases:
+Cases (fp32 states; AdamW lr 1e-3 wd 0.01, SGD lr 0.02 momentum 0.9 (tests/test_mixed_precision.py's PHYSICS
+settings), Lion lr 3e-4 wd 0.1, Adagrad lr 1e-2):
 
 1. ``physics``: tests/test_mixed_precision.py's MLP (``mlp_problem``, ``_train_mlp``: 16-64-64-1, tanh, 512
-   samples, full batch; forward and backward in the param dtype), 300 steps, per optimizer; AdamW and SGD at that
-   file's PHYSICS settings. Final weight error: the relative L2 distance of all weights to the fp32 run's, also
-   divided by the fp32 run's own movement (1 = as far off as not moving at all); final loss: the weights
-   evaluated in fp32 on the fp32 data.
-2. ``tiny``: the same with every lr divided by 100 (AdamW 1e-5) and 1000 steps: updates far below half a bf16 ulp
-   of the weights, where plain bf16 stalls.
-3. ``sweep``: 1024 weights in [1, 2), SGD with a constant gradient so that every step adds exactly ``r`` to every
-   weight, 2000 steps, per relative update size ``r``: the error of the movement of the value the optimizer holds
-   (``p``; ``p + comp``; the master), relative to the exact movement ``2000 r``. Where each method stops
-   accumulating: none at half an ulp of the weight, Kahan at about half an ulp of its compensation (bf16: ~2^-17 of
-   the weight), the fp32 master at half an fp32 ulp (2^-24).
+   samples, full batch; forward and backward in the param dtype), 300 steps. Final weight error: the relative L2
+   distance of all weights to the fp32 run's, and that distance over the fp32 run's own movement (1 = as far off
+   as not moving at all); final loss: the weights evaluated in fp32 on the fp32 data.
+2. ``tiny``: the same with every lr divided by 100 (AdamW 1e-5, Lion 3e-6) and 600 steps (bf16 only): updates
+   far below half a bf16 ulp of the weights, where plain bf16 stalls.
+3. ``sweep``: 1024 weights in [1, 2), SGD with lr r and a gradient of -1, so that every step adds r (as fp32
+   rounds it) to every weight, 1000 steps, per relative update size r: the error of the movement of the value
+   the optimizer holds (``p``; ``p + comp``; the master), relative to the exact movement 1000 r.
 4. ``memory``: bytes per param kept between steps (params, per-element states, compensation, master; not the
    grads, which are the model's), measured on the optimizers of a one-step run, fp32 and bf16 states.
 
-Conclusion: filled in from the numbers below (see the module's end: CONCLUSION).
+Results (2026-12-01, this project's 2-core CPU VM, torch 2.13 CPU, one thread; bench/results/
+cpu-2core-2026-12-01-kahan.json). Physics, weight error (relative L2) and loss:
+
+    mode                       AdamW           SGD              Lion           Adagrad
+                               error   loss    error    loss    error   loss   error    loss
+    fp32                       0       0.0590  0        0.0357  0       0.355  0        0.0352
+    bf16 none                  0.243   0.119   0.163    0.0841  0.276   0.474  0.152    0.0842
+    bf16 kahan                 0.0088  0.0590  0.0038   0.0358  0.0072  0.355  0.0100   0.0357
+    bf16 master (= remainder)  0.0088  0.0590  0.0038   0.0358  0.0070  0.355  0.0099   0.0356
+    fp16 none                  0.0173  0.0592  0.0157   0.0361  0.063   0.366  0.0063   0.0352
+    fp16 kahan                 0.0010  0.0590  0.00053  0.0357  0.0019  0.355  0.00095  0.0350
+    fp16 master                0.0010  0.0590  0.00052  0.0357  0.0019  0.355  0.0011   0.0357
+
+Tiny updates (lr / 100, 600 steps), error over the fp32 run's movement: bf16 none 0.99 / 0.75 / 1.01 / 0.98
+(AdamW / SGD / Lion / Adagrad: nothing kept), Kahan 0.071 / 0.033 / 0.19 / 0.088, master 0.071 / 0.032 / 0.19 /
+0.087 (what is left is the bf16 forward's, the same for both). Sweep, error of the movement after 1000 steps:
+
+    r        bf16 none  bf16 kahan  bf16 master   fp16 none  fp16 kahan  fp16 master
+    1e-3     1          0.0041      3.2e-5        0.455      3.9e-5      3.2e-5
+    1e-4     1          0.027       2.0e-4        1          4.1e-4      2.0e-4
+    1e-5     1          0.105       0.0014        1          0.0014      0.0014
+    1e-6     1          0.756       0.046         1          0.046       0.046
+    1e-7     1          0.698       0.200         1          0.194       0.194
+
+(the master's errors are fp32's own rounding of r at the weight, e.g. 8 ulps of 2^-23 for 1e-6). Memory, bytes
+per param with fp32 / bf16 states, AdamW (SGD with momentum, Lion, Adagrad: 4 / 2 less): fp32 12 / 8; bf16 none
+10 / 6; bf16 Kahan 12 / 8; bf16 remainder 12 / 8; bf16 master 14 / 10; fp16 the same as bf16 (no remainder).
+
+Conclusion: no bf16 case needs Kahan. At the same 2 bytes, remainder is exact and Kahan is not: on the MLP runs
+the two are equal (within 4%: the bf16 forward's noise dominates both), but where the updates are small against
+the weights Kahan's bf16 compensation (8 bits) loses them: 10% of the movement at 1e-5 relative, 76% at 1e-6,
+where remainder (= the fp32 master) keeps them to fp32's rounding. Both are 15-40x better than plain bf16 on the
+MLP. The exception is fp16 params, where remainder is refused: there Kahan with an fp16 compensation (11 bits)
+matches the fp32 master on every run here (physics within 10%; the sweep within 2x at errors below 5e-4, equal
+from 1e-5 down) for 2 bytes per param instead of 4, and is 7-33x better than plain fp16. So Kahan would earn a place only as an fp16-only mode, for fp16
+training (GPUs without bf16) that cannot afford the fp32 master's 2 extra bytes; fusedopt does not add it now
+(master_weights=True serves fp16 at 4 bytes; bf16 params take remainder).
 """
 from __future__ import annotations
 
