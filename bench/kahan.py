@@ -80,9 +80,10 @@ the weights Kahan's bf16 compensation (8 bits) loses them: 10% of the movement a
 where remainder (= the fp32 master) keeps them to fp32's rounding. Both are 15-40x better than plain bf16 on the
 MLP. The exception is fp16 params, where remainder is refused: there Kahan with an fp16 compensation (11 bits)
 matches the fp32 master on every run here (physics within 10%; the sweep within 2x at errors below 5e-4, equal
-from 1e-5 down) for 2 bytes per param instead of 4, and is 7-33x better than plain fp16. So Kahan would earn a place only as an fp16-only mode, for fp16
-training (GPUs without bf16) that cannot afford the fp32 master's 2 extra bytes; fusedopt does not add it now
-(master_weights=True serves fp16 at 4 bytes; bf16 params take remainder).
+from 1e-5 down) for 2 bytes per param instead of 4, and is 7-33x better than plain fp16. So Kahan would earn a
+place only as an fp16-only mode, for fp16 training (GPUs without bf16) that cannot afford the fp32 master's 2
+extra bytes; fusedopt does not add it now (master_weights=True serves fp16 at 4 bytes; bf16 params take
+remainder).
 """
 from __future__ import annotations
 
