@@ -477,9 +477,8 @@ def test_skipped_step_leaves_masters_and_bf16_states_alone(name, backend):
 
 
 # --- the physics (issue 6) ---
-def _train_mlp(dtype, make_opt, steps: int):
-    """A small regression MLP trained in ``dtype`` (forward, backward, params); returns its final params in
-    fp32. The data and initial weights are the same fp32 draws for every dtype."""
+def mlp_problem(dtype):
+    """A small regression MLP in ``dtype`` and its data (x, y): the same fp32 draws for every dtype."""
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(512, 16, generator=gen)
     y = torch.sin(x @ torch.randn(16, 1, generator=gen))
@@ -488,8 +487,13 @@ def _train_mlp(dtype, make_opt, steps: int):
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
-    model = model.to(dtype)
-    x, y = x.to(dtype), y.to(dtype)
+    return model.to(dtype), x.to(dtype), y.to(dtype)
+
+
+def _train_mlp(dtype, make_opt, steps: int):
+    """The MLP of ``mlp_problem`` trained in ``dtype`` (forward, backward, params); returns its final params in
+    fp32."""
+    model, x, y = mlp_problem(dtype)
     opt = make_opt(model.parameters())
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
