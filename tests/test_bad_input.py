@@ -311,6 +311,28 @@ def _loaded_hyper(key, value):
     return build
 
 
+def _fp16_param_added(setup):
+    opt = setup.opt()
+    p = nn.Parameter(torch.ones(3, dtype=torch.float16))
+    p.grad = torch.ones(3, dtype=torch.float16)
+    opt.param_groups[1]["params"].append(p)
+    return opt.step
+
+
+def _loaded_remainder(change_tensor):
+    def change(sd):
+        state = sd["state"][_last_state_id(sd)]
+        state["master_remainder"] = change_tensor(state["master_remainder"])
+    def build(setup):
+        opt = setup.opt()
+        if "master_remainder" not in opt.state.get(setup.last, {}):  # made by a step (Adagrad: state before one)
+            opt.step()
+            setup.set_grads()
+        return _state_dict_with(setup, change)
+    build.__name__ = "loaded remainder changed"
+    return build
+
+
 NOT_RUN = object()  # torch.optim has no such input (a fusedopt-only option)
 # Algorithms whose torch.optim step divides by a Python float that a step count of 0 makes zero (a step count
 # loaded or set as -1 is incremented to 0 first).
@@ -415,6 +437,16 @@ BAD_INPUTS = [
              ("Invalid beta parameter at index 0: 1.0", "param group 1"), _only(ZeroDivisionError, BETA1_DIVIDES),
              BETAS_BELOW_1),
     BadInput("loaded negative lr", _loaded_hyper("lr", -1.0), ValueError, ("Invalid learning rate: -1.0",), None),
+    # master_weights="remainder" (issue 13): what only that mode refuses.
+    BadInput("float16 param under remainder", _fp16_param_added, ValueError,
+             ("parameter 2 of param group 1 (float16)", "master_weights=True"), NOT_RUN,
+             extras=dict(master_weights="remainder")),
+    BadInput("loaded remainder of wrong dtype", _loaded_remainder(lambda r: r.float()), ValueError,
+             ("'master_remainder' has dtype torch.float32", "int16", "parameter 1 of param group 1"), NOT_RUN,
+             extras=dict(master_weights="remainder")),
+    BadInput("loaded remainder of wrong shape", _loaded_remainder(lambda r: torch.zeros(7, dtype=torch.int16)),
+             ValueError, ("'master_remainder' has shape [7]", "[2, 2]", "parameter 1 of param group 1"), NOT_RUN,
+             extras=dict(master_weights="remainder")),
 ]
 
 
@@ -450,7 +482,10 @@ def _assert_unchanged(opt, before: dict) -> None:
 @pytest.mark.parametrize("case, algorithm, backend", list(_bad_cases()))
 def test_bad_input_raises_and_changes_nothing(case, algorithm, backend, warm):
     _require(backend, algorithm)
-    setup = Setup(algorithm, backend, warm, case.extras)
+    _assert_refused(case, Setup(algorithm, backend, warm, case.extras))
+
+
+def _assert_refused(case: BadInput, setup: Setup) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the reference backend's "slow path" notice on meta tensors
         action = case.build(setup)
@@ -461,6 +496,28 @@ def test_bad_input_raises_and_changes_nothing(case, algorithm, backend, warm):
     for word in case.words:
         assert word in str(info.value), f"error does not say {word!r}: {info.value}"
     _assert_unchanged(opt, before)
+
+
+# The whole table once more under master_weights="remainder" (the standard input's bf16 param then keeps a
+# remainder): one algorithm per row, the first of those it applies to among these, on every backend.
+_REMAINDER_ALGORITHMS = ("AdamW", "SGD-momentum", "Lion", "Adagrad", "NAdam", "Rprop", "Adadelta", "ASGD", "RMSprop",
+                         "RAdam", "Adamax", "Adam", "SGD")
+
+
+def _remainder_cases():
+    for case in BAD_INPUTS:
+        if case.extras.get("master_weights") == "remainder":
+            continue  # the remainder rows already run in the table itself
+        algorithm = next(a for a in _REMAINDER_ALGORITHMS if a in case.algorithms)
+        for backend in case.backends:
+            yield pytest.param(case, algorithm, backend, id=f"{case.id}-{algorithm}-{backend}")
+
+
+@pytest.mark.parametrize("warm", [0, 1], ids=["first-step", "after-one-step"])
+@pytest.mark.parametrize("case, algorithm, backend", list(_remainder_cases()))
+def test_bad_input_under_remainder_raises_and_changes_nothing(case, algorithm, backend, warm):
+    _require(backend, algorithm)
+    _assert_refused(case, Setup(algorithm, backend, warm, {**case.extras, "master_weights": "remainder"}))
 
 
 def _torch_cases():
@@ -753,12 +810,14 @@ def test_backward_after_step_raises_like_torch(algorithm, backend):
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("scaled", [False, True], ids=["plain", "grad_scale"])
-def test_every_written_tensor_has_its_version_bumped(algorithm, backend, scaled):
-    """Params, states, step counts, master copies and (when unscaled in place, under GradScaler) grads."""
+@pytest.mark.parametrize("master", [True, "remainder"], ids=["master", "remainder"])
+def test_every_written_tensor_has_its_version_bumped(algorithm, backend, scaled, master):
+    """Params, states, step counts, master copies or remainders and (when unscaled in place, under GradScaler)
+    grads."""
     _require(backend, algorithm)
     algo = ALGORITHMS[algorithm]
     params = [nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(5).to(torch.bfloat16))]
-    opt = algo.fused_cls(params, **algo.kwargs, backend=_cls_backend(backend), master_weights=True)
+    opt = algo.fused_cls(params, **algo.kwargs, backend=_cls_backend(backend), master_weights=master)
     for p in params:
         p.grad = torch.randn(p.shape).to(p.dtype)
     opt.step()

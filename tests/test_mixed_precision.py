@@ -235,8 +235,11 @@ def test_constructor_rejects_bad_mixed_precision_args(name):
         with pytest.raises(ValueError, match=r"Invalid state_dtype: .*expected None, torch.float32 or "
                                              r"torch.bfloat16"):
             FACTORY[name](p, state_dtype=bad)
-    for bad in (1, "yes", None):
-        with pytest.raises(TypeError, match="master_weights must be True or False"):
+    for bad in (1, None, 0.0):
+        with pytest.raises(TypeError, match="master_weights must be True, False or 'remainder'"):
+            FACTORY[name](p, master_weights=bad)
+    for bad in ("yes", "Remainder", "bf16"):
+        with pytest.raises(ValueError, match="Invalid master_weights: .*expected True, False or 'remainder'"):
             FACTORY[name](p, master_weights=bad)
     opt = FACTORY[name](p, master_weights=True, state_dtype=torch.bfloat16)
     assert opt.master_weights is True and opt.state_dtype is torch.bfloat16
@@ -473,9 +476,8 @@ def test_skipped_step_leaves_masters_and_bf16_states_alone(name, backend):
 
 
 # --- the physics (issue 6) ---
-def _train_mlp(dtype, make_opt, steps: int):
-    """A small regression MLP trained in ``dtype`` (forward, backward, params); returns its final params in
-    fp32. The data and initial weights are the same fp32 draws for every dtype."""
+def mlp_problem(dtype):
+    """A small regression MLP in ``dtype`` and its data (x, y): the same fp32 draws for every dtype."""
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(512, 16, generator=gen)
     y = torch.sin(x @ torch.randn(16, 1, generator=gen))
@@ -484,8 +486,13 @@ def _train_mlp(dtype, make_opt, steps: int):
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
-    model = model.to(dtype)
-    x, y = x.to(dtype), y.to(dtype)
+    return model.to(dtype), x.to(dtype), y.to(dtype)
+
+
+def _train_mlp(dtype, make_opt, steps: int):
+    """The MLP of ``mlp_problem`` trained in ``dtype`` (forward, backward, params); returns its final params in
+    fp32."""
+    model, x, y = mlp_problem(dtype)
     opt = make_opt(model.parameters())
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
