@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import io
 
 import numpy as np
 import pytest
@@ -31,9 +30,9 @@ from configs import ALL_CONFIGS, REPRESENTATIVE, config_id, for_dtype
 from fusedopt import ops, reference
 from helpers import (assert_bitwise_equal, backend_served_by, load_cuda_emu, max_errors, require_backend,
                      require_rule)
-from test_mixed_precision import FACTORY, mlp_problem
+from test_mixed_precision import FACTORY, _save_load, _train, assert_torch_ignores, mlp_problem
 from test_parity import (PARAM_NAMES, Run, _threads, clone_params, flat, fused_step, make_grads, make_params,
-                         param_groups, run, states)
+                         param_groups, run, set_grads, states)
 
 BF16 = torch.bfloat16
 BACKENDS = ("reference", "cpu", "cuda-emu", "triton", "cuda")
@@ -375,7 +374,7 @@ def test_full_precision_params_keep_no_remainder(dtype, backend):
         params = flat(make_params(dtype))
         opt = fusedopt.AdamW(params, lr=0.01, master_weights=mode, backend=backend)
         for step_grads in make_grads(dtype, steps=3):
-            _set(params, step_grads)
+            set_grads(params, step_grads)
             opt.step()
         assert all("master_remainder" not in s and "master_param" not in s for s in opt.state.values())
         results.append(params)
@@ -391,24 +390,6 @@ def test_repr_and_copies_keep_the_mode():
 
 
 # --- checkpoints ----------------------------------------------------------------------------------------------
-
-def _set(params, grads):
-    for p, g in zip(params, grads):
-        p.grad = torch.empty_like(p).copy_(g)
-
-
-def _train(opt, params, grads):
-    for step_grads in grads:
-        _set(params, step_grads)
-        opt.step()
-
-
-def _save_load(obj):
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
-
 
 def _snapshot(opt, params) -> Run:
     """The params and states of ``opt`` now, as a test_parity.Run (what assert_same_master reads)."""
@@ -499,18 +480,7 @@ def test_torch_checkpoint_to_remainder_and_back(name, backend):
         runs[mode] = (ours, ours_params)
     assert_same_master(_snapshot(*runs["remainder"]), _snapshot(*runs[True]), f"{name} from torch")
     ours, ours_params = runs["remainder"]
-    checkpoint = _save_load(ours.state_dict())
-    without = {**checkpoint, "state": {k: {key: v for key, v in s.items() if key != "master_remainder"}
-                                       for k, s in checkpoint["state"].items()}}
-    results = []
-    for sd in (checkpoint, without):
-        back_params = flat(clone_params([ours_params]))
-        back = torch_cls(back_params, foreach=False, **kwargs)
-        back.load_state_dict(copy.deepcopy(sd))
-        _train(back, back_params, grads[5:])
-        results.append(back_params)
-    for i, (a, b) in enumerate(zip(*results)):
-        assert_bitwise_equal(a, b, name=f"torch param {i} continued from fusedopt's checkpoint")
+    assert_torch_ignores(_save_load(ours.state_dict()), "master_remainder", torch_cls, kwargs, ours_params, grads[5:])
 
 
 def test_loading_remainders_without_them_drops_them(backend):
@@ -552,7 +522,7 @@ def test_skipped_step_leaves_params_and_remainders_alone(backend):
     before = _snapshot(opt, params)
     bad = [g.clone() for g in grads[2]]
     bad[0].view(-1)[3] = float("nan")
-    _set(params, bad)
+    set_grads(params, bad)
     opt.step()
     assert bool(opt.found_nonfinite)
     after = _snapshot(opt, params)

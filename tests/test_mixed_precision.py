@@ -386,14 +386,20 @@ def test_torch_checkpoint_to_master_weights_and_back(name, backend):
     ours_checkpoint = _save_load(ours.state_dict())
     assert all("master_param" in s for s in ours_checkpoint["state"].values())
 
-    without_masters = {**ours_checkpoint, "state": {k: {key: v for key, v in s.items() if key != "master_param"}
-                                                    for k, s in ours_checkpoint["state"].items()}}
+    assert_torch_ignores(ours_checkpoint, "master_param", torch_cls, kwargs, ours_params, grads[6:])
+
+
+def assert_torch_ignores(checkpoint: dict, key: str, torch_cls, kwargs: dict, params, grads) -> None:
+    """torch.optim loading fusedopt's ``checkpoint`` (on copies of ``params``) keeps the state entry ``key`` as an
+    inert extra and continues through ``grads`` exactly as from the checkpoint without it."""
+    without = {**checkpoint, "state": {k: {name: v for name, v in s.items() if name != key}
+                                       for k, s in checkpoint["state"].items()}}
     results = []
-    for checkpoint in (ours_checkpoint, without_masters):
-        back_params = flat(clone_params([ours_params]))
+    for sd in (checkpoint, without):
+        back_params = flat(clone_params([params]))
         back = torch_cls(back_params, foreach=False, **kwargs)
-        back.load_state_dict(copy.deepcopy(checkpoint))
-        _train(back, back_params, grads[6:])
+        back.load_state_dict(copy.deepcopy(sd))
+        _train(back, back_params, grads)
         results.append(back_params)
     for i, (a, b) in enumerate(zip(*results)):
         assert_bitwise_equal(a, b, name=f"torch param {i} continued from fusedopt's checkpoint")

@@ -37,6 +37,7 @@ from fusedopt.triton.rules import MAX_HYPER, RULES
 # order) and each scalar state (Rule.scalars order), then is_first (0/1) for rules that take it. Absent lists
 # repeat the param's address; constexpr switches keep the kernels from touching them.
 _PARAM, _GRAD, _MASTER, _STATES = (tl.constexpr(k) for k in range(1, 5))
+_REMAINDER_KIND = tl.constexpr(I16)  # the element kind of master remainders (a kernel reads only constexpr globals)
 
 
 def reload_addresses(has_master: bool, n_used: int) -> bool:
@@ -121,7 +122,7 @@ def _update_kernel(records, work, coefs, h0: "fp64", h1: "fp64", h2: "fp64", h3:
     g = prepare_grad(g, grad_scale_ptr, clip_coef_ptr, g_ptr, offs, mask, P_KIND, HAS_GRAD_SCALE, HAS_CLIP,
                      MAXIMIZE)
     if HAS_MASTER and REMAINDER:  # bf16 params with master remainders (math.py's join_bf16)
-        master_ptr = as_pointer(tl.load(record + _MASTER), I16)
+        master_ptr = as_pointer(tl.load(record + _MASTER), _REMAINDER_KIND)
         p = load_joined(p_ptr, master_ptr, offs, mask)
     elif HAS_MASTER:
         master_ptr = as_pointer(tl.load(record + _MASTER), 0)
@@ -156,6 +157,8 @@ def _update_kernel(records, work, coefs, h0: "fp64", h1: "fp64", h2: "fp64", h3:
                 s_ptr = s_ptrs[k]
             store_float(s_ptr, offs, s[k], mask, S_KIND)
     if HAS_MASTER and REMAINDER:
+        if RELOAD:  # as the states' (kept, the remainder's address made ptxas spill: Adam, amsgrad, bf16 states)
+            master_ptr = as_pointer(tl.load(record + _MASTER), _REMAINDER_KIND)
         store_split(p_ptr, master_ptr, offs, p, mask)
     else:
         if HAS_MASTER:
