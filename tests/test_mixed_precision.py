@@ -239,8 +239,11 @@ def test_constructor_rejects_bad_mixed_precision_args(name):
         with pytest.raises(ValueError, match=r"Invalid state_dtype: .*expected None, torch.float32 or "
                                              r"torch.bfloat16"):
             FACTORY[name](p, state_dtype=bad)
-    for bad in (1, "yes", None):
-        with pytest.raises(TypeError, match="master_weights must be True or False"):
+    for bad in (1, None, 0.0):
+        with pytest.raises(TypeError, match="master_weights must be True, False or 'remainder'"):
+            FACTORY[name](p, master_weights=bad)
+    for bad in ("yes", "Remainder", "bf16"):
+        with pytest.raises(ValueError, match="Invalid master_weights: .*expected True, False or 'remainder'"):
             FACTORY[name](p, master_weights=bad)
     opt = FACTORY[name](p, master_weights=True, state_dtype=torch.bfloat16)
     assert opt.master_weights is True and opt.state_dtype is torch.bfloat16
@@ -387,14 +390,20 @@ def test_torch_checkpoint_to_master_weights_and_back(name, backend):
     ours_checkpoint = _save_load(ours.state_dict())
     assert all("master_param" in s for s in ours_checkpoint["state"].values())
 
-    without_masters = {**ours_checkpoint, "state": {k: {key: v for key, v in s.items() if key != "master_param"}
-                                                    for k, s in ours_checkpoint["state"].items()}}
+    assert_torch_ignores(ours_checkpoint, "master_param", torch_cls, kwargs, ours_params, grads[6:])
+
+
+def assert_torch_ignores(checkpoint: dict, key: str, torch_cls, kwargs: dict, params, grads) -> None:
+    """torch.optim loading fusedopt's ``checkpoint`` (on copies of ``params``) keeps the state entry ``key`` as an
+    inert extra and continues through ``grads`` exactly as from the checkpoint without it."""
+    without = {**checkpoint, "state": {k: {name: v for name, v in s.items() if name != key}
+                                       for k, s in checkpoint["state"].items()}}
     results = []
-    for checkpoint in (ours_checkpoint, without_masters):
-        back_params = flat(clone_params([ours_params]))
+    for sd in (checkpoint, without):
+        back_params = flat(clone_params([params]))
         back = torch_cls(back_params, foreach=False, **kwargs)
-        back.load_state_dict(copy.deepcopy(checkpoint))
-        _train(back, back_params, grads[6:])
+        back.load_state_dict(copy.deepcopy(sd))
+        _train(back, back_params, grads)
         results.append(back_params)
     for i, (a, b) in enumerate(zip(*results)):
         assert_bitwise_equal(a, b, name=f"torch param {i} continued from fusedopt's checkpoint")
@@ -477,9 +486,8 @@ def test_skipped_step_leaves_masters_and_bf16_states_alone(name, backend):
 
 
 # --- the physics (issue 6) ---
-def _train_mlp(dtype, make_opt, steps: int):
-    """A small regression MLP trained in ``dtype`` (forward, backward, params); returns its final params in
-    fp32. The data and initial weights are the same fp32 draws for every dtype."""
+def mlp_problem(dtype):
+    """A small regression MLP in ``dtype`` and its data (x, y): the same fp32 draws for every dtype."""
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(512, 16, generator=gen)
     y = torch.sin(x @ torch.randn(16, 1, generator=gen))
@@ -488,8 +496,13 @@ def _train_mlp(dtype, make_opt, steps: int):
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
-    model = model.to(dtype)
-    x, y = x.to(dtype), y.to(dtype)
+    return model.to(dtype), x.to(dtype), y.to(dtype)
+
+
+def _train_mlp(dtype, make_opt, steps: int):
+    """The MLP of ``mlp_problem`` trained in ``dtype`` (forward, backward, params); returns its final params in
+    fp32."""
+    model, x, y = mlp_problem(dtype)
     opt = make_opt(model.parameters())
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
