@@ -30,7 +30,7 @@ from configs import ALL_CONFIGS, REPRESENTATIVE, config_id, for_dtype
 from fusedopt import ops, reference
 from helpers import (assert_bitwise_equal, backend_served_by, load_cuda_emu, max_errors, require_backend,
                      require_rule)
-from test_mixed_precision import FACTORY, _save_load, _train, assert_torch_ignores, mlp_problem
+from test_mixed_precision import FACTORY, _save_load, _train, assert_torch_ignores, mlp_problem, torch_checkpoint
 from test_parity import (PARAM_NAMES, Run, _threads, clone_params, flat, fused_step, make_grads, make_params,
                          param_groups, run, set_grads, states)
 
@@ -464,18 +464,12 @@ def test_torch_checkpoint_to_remainder_and_back(name, backend):
     """torch.optim (bf16) -> remainder mode: the remainder is created (zero) from the param on the first step,
     which equals master_weights=True's first step from the same checkpoint. Remainder mode -> torch.optim: torch
     keeps the int16 "master_remainder" as an inert entry and continues as from the checkpoint without it."""
-    torch_cls = {"SGD": torch.optim.SGD, "AdamW": torch.optim.AdamW}[name]
-    kwargs = dict(lr=0.05, momentum=0.9) if name == "SGD" else dict(lr=0.01)
-    grads = make_grads(BF16, steps=8)
-    params = flat(make_params(BF16))
-    torch_opt = torch_cls(params, foreach=False, **kwargs)
-    _train(torch_opt, params, grads[:3])
-    torch_checkpoint = _save_load(torch_opt.state_dict())
+    torch_cls, kwargs, grads, params, checkpoint = torch_checkpoint(name, steps=8)
     runs = {}
     for mode in ("remainder", True):
         ours_params = flat(clone_params([params]))
         ours = FACTORIES[name](ours_params, master_weights=mode, backend=backend)
-        ours.load_state_dict(copy.deepcopy(torch_checkpoint))
+        ours.load_state_dict(copy.deepcopy(checkpoint))
         _train(ours, ours_params, grads[3:5])
         runs[mode] = (ours, ours_params)
     assert_same_master(_snapshot(*runs["remainder"]), _snapshot(*runs[True]), f"{name} from torch")

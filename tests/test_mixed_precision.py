@@ -358,25 +358,32 @@ def test_state_dict_round_trip_keeps_fp32_masters(name, state_dtype, backend):
             assert_bitwise_equal(resumed.state[p][key], opt.state[q][key], name=key)
 
 
+def torch_checkpoint(name: str, steps: int):
+    """torch.optim's SGD (momentum) or AdamW (``name``, foreach=False) trained 3 steps on bf16 params: (its class,
+    its kwargs, ``steps`` steps of grads of which it took the first 3, its params, its checkpoint saved and
+    loaded)."""
+    torch_cls = {"SGD": torch.optim.SGD, "AdamW": torch.optim.AdamW}[name]
+    kwargs = dict(lr=0.05, momentum=0.9) if name == "SGD" else dict(lr=0.01)
+    grads = make_grads(torch.bfloat16, steps=steps)
+    params = flat(make_params(torch.bfloat16))
+    torch_opt = torch_cls(params, foreach=False, **kwargs)
+    _train(torch_opt, params, grads[:3])
+    return torch_cls, kwargs, grads, params, _save_load(torch_opt.state_dict())
+
+
 @pytest.mark.parametrize("name", ["SGD", "AdamW"])
 def test_torch_checkpoint_to_master_weights_and_back(name, backend):
     """torch.optim (bf16) -> fusedopt(master_weights=True): the master is created from the param on the first
     step, which therefore equals fusedopt's step without master weights bitwise. fusedopt -> torch.optim: torch
     keeps "master_param" as an inert extra entry and continues exactly as from the same checkpoint without it."""
     dtype = torch.bfloat16
-    torch_cls = {"SGD": torch.optim.SGD, "AdamW": torch.optim.AdamW}[name]
-    kwargs = dict(lr=0.05, momentum=0.9) if name == "SGD" else dict(lr=0.01)
-    grads = make_grads(dtype, steps=9)
-    params = flat(make_params(dtype))
-    torch_opt = torch_cls(params, foreach=False, **kwargs)
-    _train(torch_opt, params, grads[:3])
-    torch_checkpoint = _save_load(torch_opt.state_dict())
+    torch_cls, kwargs, grads, params, checkpoint = torch_checkpoint(name, steps=9)
 
     runs = {}
     for master in (True, False):
         ours_params = flat(clone_params([params]))
         ours = FACTORY[name](ours_params, master_weights=master, backend=backend)
-        ours.load_state_dict(copy.deepcopy(torch_checkpoint))
+        ours.load_state_dict(copy.deepcopy(checkpoint))
         assert all("master_param" not in s for s in ours.state.values())
         _train(ours, ours_params, grads[3:4])
         runs[master] = (ours, ours_params)

@@ -240,4 +240,5 @@ def update(rule, params, grads, states, master_params, scalars, is_first, hyper,
               mt.pointer_or_dummy(clip_coef, dummy), found_inf_arg, HYPER=tr.hyper, ELEMENT=tr.element,
               FLAGS=int(flags), USED=tr.used_mask(used), P_KIND=mt.KIND[params[0].dtype], S_KIND=mt.KIND[state_dtype],
               HAS_MASTER=has_master, REMAINDER=remainder, HAS_GRAD_SCALE=grad_scale is not None,
-              HAS_CLIP=clip_coef is not None, MAXIMIZE=bool(maximize), RELOAD=reload_addresses(has_master, len(used)), BLOCK=block, **common)
+              HAS_CLIP=clip_coef is not None, MAXIMIZE=bool(maximize), RELOAD=reload_addresses(has_master, len(used)),
+              BLOCK=block, **common)
