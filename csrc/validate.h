@@ -179,15 +179,25 @@ void fill_params(Args& args, TensorList params, TensorList grads) {
   }
 }
 
-// The master copies: none, or one float32 tensor per param with its numel, on its device.
+// The master copies: none, or one tensor per param with its numel, on its device: all float32 (fp32 masters), or
+// all int16 for bfloat16 params (master remainders, master_weights="remainder": math.h's split_bf16/join_bf16).
+// The kind is master_params[0]'s dtype.
 template <typename Args>
 void fill_master_params(Args& args, TensorList params, TensorList master_params) {
+  args.master_remainder = false;
   if (master_params.empty()) return;
   check_length(master_params.size(), params.size(), "master_params");
+  const bool remainder = master_params[0].defined() && master_params[0].scalar_type() == at::kShort;
+  if (remainder && !params.empty()) {
+    TORCH_CHECK(params[0].scalar_type() == at::kBFloat16, "fusedopt: master_params[0] is int16 (a master remainder)",
+                " but params[0] has dtype ", params[0].scalar_type(),
+                "; remainders hold the low 16 bits of an fp32 master of a bfloat16 param");
+  }
+  args.master_remainder = remainder;
   args.master_params.reserve(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
-    args.master_params.push_back(static_cast<float*>(like_data(master_params[i], params[i], at::kFloat,
-                                                               "master_params", i)));
+    args.master_params.push_back(like_data(master_params[i], params[i], remainder ? at::kShort : at::kFloat,
+                                           "master_params", i));
   }
 }
 
@@ -241,7 +251,8 @@ std::string joined(const std::array<const char*, N>& names) {
 
 // The op's flat arguments for update rule `Rule` (see fusedopt/reference.py, op contract v3), validated and
 // filled into a backend's raw-pointer struct `Args` (cpu::UpdateArgs, the CUDA one), which has the fields
-//   dtype, state_dtype, params, grads, master_params, numels    (fill_params, fill_master_params)
+//   dtype, state_dtype, params, grads, master_params, master_remainder, numels
+//             (fill_params, fill_master_params)
 //   states    Rule::kStates * n pointers: states[k * n + i] is state k of param i, nullptr where the rule does
 //             not use state k under these switches (the op's list holds only the states in use, in order)
 //   scalars   Rule::kScalars * n float pointers (one-element float32 tensors on the params' device)
@@ -292,7 +303,7 @@ void fill_update(Args& args, TensorList params, TensorList grads, TensorList sta
     Spans<3 + Rule::kStates> spans;
     spans.add(args.params[i], p_bytes);
     spans.add(args.grads[i], p_bytes);
-    if (masters) spans.add(args.master_params[i], numel * 4);
+    if (masters) spans.add(args.master_params[i], numel * (args.master_remainder ? 2 : 4));
     for (size_t u = 0; u < num_used; ++u) {
       const int k = used[u];
       const Tensor& t = states[u * n + i];

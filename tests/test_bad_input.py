@@ -318,6 +318,28 @@ def _loaded_hyper(key, value):
     return build
 
 
+def _fp16_param_added(setup):
+    opt = setup.opt()
+    p = nn.Parameter(torch.ones(3, dtype=torch.float16))
+    p.grad = torch.ones(3, dtype=torch.float16)
+    opt.param_groups[1]["params"].append(p)
+    return opt.step
+
+
+def _loaded_remainder(change_tensor):
+    def change(sd):
+        state = sd["state"][_last_state_id(sd)]
+        state["master_remainder"] = change_tensor(state["master_remainder"])
+    def build(setup):
+        opt = setup.opt()
+        if "master_remainder" not in opt.state.get(setup.last, {}):  # made by a step (Adagrad: state before one)
+            opt.step()
+            setup.set_grads()
+        return _state_dict_with(setup, change)
+    build.__name__ = "loaded remainder changed"
+    return build
+
+
 NOT_RUN = object()  # torch.optim has no such input (a fusedopt-only option)
 # Algorithms whose torch.optim step divides by a Python float that a step count of 0 makes zero (a step count
 # loaded or set as -1 is incremented to 0 first).
@@ -422,6 +444,16 @@ BAD_INPUTS = [
              ("Invalid beta parameter at index 0: 1.0", "param group 1"), _only(ZeroDivisionError, BETA1_DIVIDES),
              BETAS_BELOW_1),
     BadInput("loaded negative lr", _loaded_hyper("lr", -1.0), ValueError, ("Invalid learning rate: -1.0",), None),
+    # master_weights="remainder" (issue 13): what only that mode refuses.
+    BadInput("float16 param under remainder", _fp16_param_added, ValueError,
+             ("parameter 2 of param group 1 (float16)", "master_weights=True"), NOT_RUN,
+             extras=dict(master_weights="remainder")),
+    BadInput("loaded remainder of wrong dtype", _loaded_remainder(lambda r: r.float()), ValueError,
+             ("'master_remainder' has dtype torch.float32", "int16", "parameter 1 of param group 1"), NOT_RUN,
+             extras=dict(master_weights="remainder")),
+    BadInput("loaded remainder of wrong shape", _loaded_remainder(lambda r: torch.zeros(7, dtype=torch.int16)),
+             ValueError, ("'master_remainder' has shape [7]", "[2, 2]", "parameter 1 of param group 1"), NOT_RUN,
+             extras=dict(master_weights="remainder")),
 ]
 
 
@@ -433,15 +465,18 @@ def _row_tags(row) -> set:
     return {("row", case.id), ("algorithm", algorithm)}
 
 
-def _bad_rows() -> list[tuple]:
-    """(case, algorithm, backend, warm): configs.covering of every (row, algorithm) over the row's backends and
-    both warm starts."""
-    rows = [(case, algorithm) for case in BAD_INPUTS for algorithm in case.algorithms]
+def _covered(rows: list[tuple]) -> list[tuple]:
+    """(case, algorithm, backend, warm): configs.covering of the (row, algorithm) ``rows`` over the row's backends
+    and both warm starts."""
     return covering(rows, _row_tags, lambda row: [(b, warm) for b in row[0].backends for warm in WARM_IDS])
 
 
-def _bad_cases():
-    for case, algorithm, backend, warm in _bad_rows():
+def _bad_rows() -> list[tuple]:
+    return _covered([(case, algorithm) for case in BAD_INPUTS for algorithm in case.algorithms])
+
+
+def _bad_cases(rows):
+    for case, algorithm, backend, warm in rows:
         yield pytest.param(case, algorithm, backend, warm, id=f"{case.id}-{algorithm}-{backend}-{WARM_IDS[warm]}")
 
 
@@ -466,10 +501,13 @@ def _assert_unchanged(opt, before: dict) -> None:
     assert repr(after["groups"]) == repr(before["groups"]), "param_groups changed"
 
 
-@pytest.mark.parametrize("case, algorithm, backend, warm", list(_bad_cases()))
+@pytest.mark.parametrize("case, algorithm, backend, warm", list(_bad_cases(_bad_rows())))
 def test_bad_input_raises_and_changes_nothing(case, algorithm, backend, warm):
     _require(backend, algorithm)
-    setup = Setup(algorithm, backend, warm, case.extras)
+    _assert_refused(case, Setup(algorithm, backend, warm, case.extras))
+
+
+def _assert_refused(case: BadInput, setup: Setup) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the reference backend's "slow path" notice on meta tensors
         action = case.build(setup)
@@ -480,6 +518,29 @@ def test_bad_input_raises_and_changes_nothing(case, algorithm, backend, warm):
     for word in case.words:
         assert word in str(info.value), f"error does not say {word!r}: {info.value}"
     _assert_unchanged(opt, before)
+
+
+# The whole table once more under master_weights="remainder" (the standard input's bf16 param then keeps a
+# remainder): one algorithm per row, the first of those it applies to among these, covered over the row's
+# backends and both warm starts as the table is.
+_REMAINDER_ALGORITHMS = ("AdamW", "SGD-momentum", "Lion", "Adagrad", "NAdam", "Rprop", "Adadelta", "ASGD", "RMSprop",
+                         "RAdam", "Adamax", "Adam", "SGD")
+
+
+def _remainder_pairs() -> list[tuple]:
+    """(case, algorithm) per row but those of the mode itself (they run in the table)."""
+    return [(case, next(a for a in _REMAINDER_ALGORITHMS if a in case.algorithms)) for case in BAD_INPUTS
+            if case.extras.get("master_weights") != "remainder"]
+
+
+def _remainder_rows() -> list[tuple]:
+    return _covered(_remainder_pairs())
+
+
+@pytest.mark.parametrize("case, algorithm, backend, warm", list(_bad_cases(_remainder_rows())))
+def test_bad_input_under_remainder_raises_and_changes_nothing(case, algorithm, backend, warm):
+    _require(backend, algorithm)
+    _assert_refused(case, Setup(algorithm, backend, warm, {**case.extras, "master_weights": "remainder"}))
 
 
 def _torch_cases():
@@ -760,7 +821,9 @@ def test_tables_meet_every_backend():
     algorithm on every backend (and warm start), every backend with both warm starts."""
     full_bad = [(c, a, b, w) for c in BAD_INPUTS for a in c.algorithms for b in c.backends for w in WARM_IDS]
     full_odd = [(c, a, b) for c in ODD_INPUTS for a in ALGORITHMS for b in c.backends]
-    for full, trimmed, width in ((full_bad, _bad_rows(), 2), (full_odd, _odd_rows(), 1)):
+    full_remainder = [(c, a, b, w) for c, a in _remainder_pairs() for b in c.backends for w in WARM_IDS]
+    for full, trimmed, width in ((full_bad, _bad_rows(), 2), (full_odd, _odd_rows(), 1),
+                                 (full_remainder, _remainder_rows(), 2)):
         assert not missing_pairs(full, trimmed, _row_tags, width)
         assert {(c.id, a) for c, a, *_ in trimmed} == {(c.id, a) for c, a, *_ in full}
         assert len(trimmed) < len(full)
@@ -787,12 +850,14 @@ def test_backward_after_step_raises_like_torch(algorithm, backend):
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("scaled", [False, True], ids=["plain", "grad_scale"])
-def test_every_written_tensor_has_its_version_bumped(algorithm, backend, scaled):
-    """Params, states, step counts, master copies and (when unscaled in place, under GradScaler) grads."""
+@pytest.mark.parametrize("master", [True, "remainder"], ids=["master", "remainder"])
+def test_every_written_tensor_has_its_version_bumped(algorithm, backend, scaled, master):
+    """Params, states, step counts, master copies or remainders and (when unscaled in place, under GradScaler)
+    grads."""
     _require(backend, algorithm)
     algo = ALGORITHMS[algorithm]
     params = [nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(5).to(torch.bfloat16))]
-    opt = algo.fused_cls(params, **algo.kwargs, backend=_cls_backend(backend), master_weights=True)
+    opt = algo.fused_cls(params, **algo.kwargs, backend=_cls_backend(backend), master_weights=master)
     for p in params:
         p.grad = torch.randn(p.shape).to(p.dtype)
     opt.step()

@@ -86,6 +86,39 @@ def test_bytes_per_param_from_algorithm_and_dtypes():
     assert by["fusedopt cpu"].bytes_per_param(torch.bfloat16) == 22
 
 
+# The README's table (master remainders): AdamW on bf16 params and grads, per master mode and state dtype, the
+# bytes one update moves and those kept between steps.
+MASTER_TABLE = {("none", 4): (22, 10), ("none", 2): (14, 6), ("master", 4): (28, 14), ("master", 2): (20, 10),
+                ("remainder", 4): (26, 12), ("remainder", 2): (18, 8)}
+
+
+def test_bytes_per_param_by_master_mode():
+    for (master, state), (moved, kept) in MASTER_TABLE.items():
+        assert roofline.update_bytes("adamw", param_size=2, state_size=state, master=master) == moved
+        assert roofline.job_bytes("adamw", True, param_size=2, state_size=state, master=master) == moved + 2
+        assert roofline.kept_bytes("adamw", param_size=2, state_size=state, master=master) == kept
+    for master in roofline.MASTER_MODES:  # fp32 params keep no master: every mode is the plain one
+        assert roofline.update_bytes("adamw", master=master) == 28
+        assert roofline.kept_bytes("adamw", master=master) == 12
+    with pytest.raises(ValueError, match="unknown master mode 'fp32'"):
+        roofline.update_bytes("adamw", param_size=2, master="fp32")
+    by = {i.name: i for i in impls.impls_for("adamw", ["cpu"], masters=roofline.MASTER_MODES)}
+    assert by["fusedopt cpu master"].bytes_per_param(torch.bfloat16) == 28
+    assert by["fusedopt cpu remainder + clip/check"].bytes_per_param(torch.bfloat16) == 28
+    assert by["fusedopt cpu remainder"].master == "remainder" and by["fusedopt cpu"].master == "none"
+
+
+def test_master_mode_rows_run_with_their_master_weights():
+    """A master row's optimizer keeps fp32 copies of bf16 params, a remainder row's remainders."""
+    for master, key in (("none", None), ("master", "master_param"), ("remainder", "master_remainder")):
+        params = [torch.zeros(5, dtype=torch.bfloat16, requires_grad=True)]
+        params[0].grad = torch.ones(5, dtype=torch.bfloat16)
+        step = impls.fusedopt_setup(impls.OPTIMS["adamw"], "cpu", clipped=False, master=master)(params, 1.0)
+        step()
+        state = step.__self__.state[params[0]]  # the row's step is its optimizer's bound step
+        assert {"master_param", "master_remainder"} & set(state) == ({key} if key else set()), (master, sorted(state))
+
+
 # Per algorithm at its benchmark row's hyperparameters: the tensor states its update reads, those it writes, and
 # the fp32 byte floor of the bare update (read p, g, the read states; write p, the written states).
 FLOORS = {

@@ -239,8 +239,11 @@ def test_constructor_rejects_bad_mixed_precision_args(name):
         with pytest.raises(ValueError, match=r"Invalid state_dtype: .*expected None, torch.float32 or "
                                              r"torch.bfloat16"):
             FACTORY[name](p, state_dtype=bad)
-    for bad in (1, "yes", None):
-        with pytest.raises(TypeError, match="master_weights must be True or False"):
+    for bad in (1, None, 0.0):
+        with pytest.raises(TypeError, match="master_weights must be True, False or 'remainder'"):
+            FACTORY[name](p, master_weights=bad)
+    for bad in ("yes", "Remainder", "bf16"):
+        with pytest.raises(ValueError, match="Invalid master_weights: .*expected True, False or 'remainder'"):
             FACTORY[name](p, master_weights=bad)
     opt = FACTORY[name](p, master_weights=True, state_dtype=torch.bfloat16)
     assert opt.master_weights is True and opt.state_dtype is torch.bfloat16
@@ -355,25 +358,32 @@ def test_state_dict_round_trip_keeps_fp32_masters(name, state_dtype, backend):
             assert_bitwise_equal(resumed.state[p][key], opt.state[q][key], name=key)
 
 
+def torch_checkpoint(name: str, steps: int):
+    """torch.optim's SGD (momentum) or AdamW (``name``, foreach=False) trained 3 steps on bf16 params: (its class,
+    its kwargs, ``steps`` steps of grads of which it took the first 3, its params, its checkpoint saved and
+    loaded)."""
+    torch_cls = {"SGD": torch.optim.SGD, "AdamW": torch.optim.AdamW}[name]
+    kwargs = dict(lr=0.05, momentum=0.9) if name == "SGD" else dict(lr=0.01)
+    grads = make_grads(torch.bfloat16, steps=steps)
+    params = flat(make_params(torch.bfloat16))
+    torch_opt = torch_cls(params, foreach=False, **kwargs)
+    _train(torch_opt, params, grads[:3])
+    return torch_cls, kwargs, grads, params, _save_load(torch_opt.state_dict())
+
+
 @pytest.mark.parametrize("name", ["SGD", "AdamW"])
 def test_torch_checkpoint_to_master_weights_and_back(name, backend):
     """torch.optim (bf16) -> fusedopt(master_weights=True): the master is created from the param on the first
     step, which therefore equals fusedopt's step without master weights bitwise. fusedopt -> torch.optim: torch
     keeps "master_param" as an inert extra entry and continues exactly as from the same checkpoint without it."""
     dtype = torch.bfloat16
-    torch_cls = {"SGD": torch.optim.SGD, "AdamW": torch.optim.AdamW}[name]
-    kwargs = dict(lr=0.05, momentum=0.9) if name == "SGD" else dict(lr=0.01)
-    grads = make_grads(dtype, steps=9)
-    params = flat(make_params(dtype))
-    torch_opt = torch_cls(params, foreach=False, **kwargs)
-    _train(torch_opt, params, grads[:3])
-    torch_checkpoint = _save_load(torch_opt.state_dict())
+    torch_cls, kwargs, grads, params, checkpoint = torch_checkpoint(name, steps=9)
 
     runs = {}
     for master in (True, False):
         ours_params = flat(clone_params([params]))
         ours = FACTORY[name](ours_params, master_weights=master, backend=backend)
-        ours.load_state_dict(copy.deepcopy(torch_checkpoint))
+        ours.load_state_dict(copy.deepcopy(checkpoint))
         assert all("master_param" not in s for s in ours.state.values())
         _train(ours, ours_params, grads[3:4])
         runs[master] = (ours, ours_params)
@@ -387,14 +397,20 @@ def test_torch_checkpoint_to_master_weights_and_back(name, backend):
     ours_checkpoint = _save_load(ours.state_dict())
     assert all("master_param" in s for s in ours_checkpoint["state"].values())
 
-    without_masters = {**ours_checkpoint, "state": {k: {key: v for key, v in s.items() if key != "master_param"}
-                                                    for k, s in ours_checkpoint["state"].items()}}
+    assert_torch_ignores(ours_checkpoint, "master_param", torch_cls, kwargs, ours_params, grads[6:])
+
+
+def assert_torch_ignores(checkpoint: dict, key: str, torch_cls, kwargs: dict, params, grads) -> None:
+    """torch.optim loading fusedopt's ``checkpoint`` (on copies of ``params``) keeps the state entry ``key`` as an
+    inert extra and continues through ``grads`` exactly as from the checkpoint without it."""
+    without = {**checkpoint, "state": {k: {name: v for name, v in s.items() if name != key}
+                                       for k, s in checkpoint["state"].items()}}
     results = []
-    for checkpoint in (ours_checkpoint, without_masters):
-        back_params = flat(clone_params([ours_params]))
+    for sd in (checkpoint, without):
+        back_params = flat(clone_params([params]))
         back = torch_cls(back_params, foreach=False, **kwargs)
-        back.load_state_dict(copy.deepcopy(checkpoint))
-        _train(back, back_params, grads[6:])
+        back.load_state_dict(copy.deepcopy(sd))
+        _train(back, back_params, grads)
         results.append(back_params)
     for i, (a, b) in enumerate(zip(*results)):
         assert_bitwise_equal(a, b, name=f"torch param {i} continued from fusedopt's checkpoint")

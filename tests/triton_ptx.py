@@ -31,6 +31,7 @@ _TYPES = {"records": "*i64", "work": "*i64", "n_tensors": "i32", "n_partials": "
 
 def _update_case(rule, flags, used, **constexprs):
     r = rules.RULES[rule]
+    constexprs.setdefault("REMAINDER", False)
     return update._update_kernel, dict(
         HYPER=r.hyper, ELEMENT=r.element, FLAGS=flags, USED=used, N_STATES=len(r.rule.states),
         N_COEFS=len(r.coefficients), TAKES_FIRST=r.rule.takes_is_first, RECORD=update._record_size(r.rule),
@@ -42,6 +43,10 @@ CASES = {
     "adam_bf16_master_amsgrad": _update_case(
         "adam", flags=3, used=7, P_KIND=1, S_KIND=1, HAS_MASTER=True, HAS_LR_TENSOR=True, HAS_GRAD_SCALE=True,
         HAS_CLIP=True, HAS_FOUND_INF=True, MAXIMIZE=True),  # amsgrad, decoupled; all three states
+    # bf16 params with master remainders (master_weights="remainder"): join and split instead of a master's loads.
+    "adam_bf16_remainder_amsgrad": _update_case(
+        "adam", flags=3, used=7, P_KIND=1, S_KIND=1, HAS_MASTER=True, REMAINDER=True, HAS_LR_TENSOR=True,
+        HAS_GRAD_SCALE=True, HAS_CLIP=True, HAS_FOUND_INF=True, MAXIMIZE=True),
     # Six tensors per element, the most of any update (addresses computed again for the stores: no spills).
     "adam_fp32_master_amsgrad": _update_case(
         "adam", flags=1, used=7, P_KIND=0, S_KIND=0, HAS_MASTER=True, HAS_LR_TENSOR=False, HAS_GRAD_SCALE=False,

@@ -60,14 +60,17 @@ struct GradPrep {
 // elements each): states[k * n + i] is the rule's state k of param i (nullptr where the rule does not use state
 // k under `switches`), scalars[j * n + i] its j-th scalar state (a host float: the CPU op reads it on the host,
 // no sync), is_first is empty or one entry per param. With master_params, the update reads and writes the fp32
-// master copy and stores its new value, rounded to `dtype`, into the param. hyper[0] is the learning rate
-// (lr_tensor's value when given, read on the host).
+// master copy and stores its new value, rounded to `dtype`, into the param; with master_remainder (bf16 params
+// only), master_params are int16 remainders instead: the master is join_bf16(param, remainder) and split_bf16
+// stores it back into both (math.h). hyper[0] is the learning rate (lr_tensor's value when given, read on the
+// host).
 struct UpdateArgs {
   Dtype dtype = Dtype::Float32;
   Dtype state_dtype = Dtype::Float32;
   std::vector<void*> params;
   std::vector<void*> grads;
-  std::vector<float*> master_params;  // empty: no master copy
+  std::vector<void*> master_params;    // empty: no master copy; float* masters, or int16_t* remainders
+  bool master_remainder = false;      // master_params are bf16 master remainders
   std::vector<void*> states;
   std::vector<float*> scalars;         // advanced here (Rule::per_tensor)
   std::vector<uint8_t> is_first;

@@ -66,25 +66,41 @@ FUSEDOPT_INLINE void store_block(const float* __restrict__ src, typename S::stor
   for (int64_t i = 0; i < n; ++i) dst[i] = S::store(src[i]);
 }
 
-// The memory of one param's update: its param and grad (storage S), an optional fp32 master copy, and NSTATES
-// states (fp32 or bf16, one dtype per call; nullptr for a state the rule does not use).
+// Master remainders (bf16 params, master_weights="remainder"): the fp32 master of each element from its bf16
+// param and int16 remainder, and back (math.h's join_bf16/split_bf16).
+FUSEDOPT_INLINE void join_block(const uint16_t* __restrict__ hi, const int16_t* __restrict__ lo,
+                                float* __restrict__ dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = join_bf16(hi[i], lo[i]);
+}
+
+FUSEDOPT_INLINE void split_block(const float* __restrict__ src, uint16_t* __restrict__ hi, int16_t* __restrict__ lo,
+                                 int64_t n) {
+  for (int64_t i = 0; i < n; ++i) split_bf16(src[i], hi[i], lo[i]);
+}
+
+// The memory of one param's update: its param and grad (storage S), an optional master (an fp32 copy, or for
+// bf16 params an int16 remainder), and NSTATES states (fp32 or bf16, one dtype per call; nullptr for a state the
+// rule does not use).
 template <size_t NSTATES>
 struct ParamSpan {
   void* param;
   void* grad;
-  float* master;  // nullptr: the param itself holds the value
+  float* master;       // nullptr: no fp32 copy
+  int16_t* remainder;  // nullptr: no remainder; else the value is join_bf16(param, remainder)
   std::array<void*, NSTATES> states;
 };
 
 // Runs body(p, g, states, n) over elements [begin, end) of one param with every array as fp32: fp32 tensors in
 // place, anything else through stack buffers converted in and out block by block (g is converted back only
 // when the body rewrites it, i.e. when grads are unscaled). With a master copy the value is read from and
-// written to the master, and the param receives the new value rounded to S (to nearest even) in the same pass.
+// written to the master, and the param receives the new value rounded to S (to nearest even) in the same pass;
+// with a remainder (bf16 only) the value is joined from param and remainder and split back into both.
 // The all-fp32 case runs as one block, so its loop is the plain vectorized kernel.
 template <typename S, bool WRITE_GRAD, size_t NSTATES, typename Body>
 FUSEDOPT_INLINE void for_fp32_blocks(const ParamSpan<NSTATES>& a, bool bf16_states, int64_t begin, int64_t end,
                                      const Body& body) {
   constexpr bool kF32 = std::is_same_v<S, F32>;
+  const bool remainder = std::is_same_v<S, BF16> && a.remainder != nullptr;  // validated: bf16 params only
   auto* p = static_cast<typename S::storage*>(a.param);
   auto* g = static_cast<typename S::storage*>(a.grad);
   const int64_t block = kF32 && !bf16_states ? end - begin : kBlockElems;
@@ -99,7 +115,11 @@ FUSEDOPT_INLINE void for_fp32_blocks(const ParamSpan<NSTATES>& a, bool bf16_stat
       if (a.master == nullptr) pw = p + off;
       gw = g + off;
     } else {
-      if (a.master == nullptr) load_block<S>(p + off, pf, n);
+      if (remainder) {
+        join_block(p + off, a.remainder + off, pf, n);
+      } else if (a.master == nullptr) {
+        load_block<S>(p + off, pf, n);
+      }
       load_block<S>(g + off, gf, n);
     }
     std::array<float*, NSTATES> sw{};
@@ -113,7 +133,15 @@ FUSEDOPT_INLINE void for_fp32_blocks(const ParamSpan<NSTATES>& a, bool bf16_stat
       }
     }
     body(pw, gw, sw, n);
-    if (a.master != nullptr || !kF32) store_block<S>(pw, p + off, n);
+    if constexpr (!kF32) {
+      if (remainder) {
+        split_block(pw, p + off, a.remainder + off, n);
+      } else {
+        store_block<S>(pw, p + off, n);
+      }
+    } else if (a.master != nullptr) {
+      store_block<S>(pw, p + off, n);
+    }
     if constexpr (WRITE_GRAD && !kF32) store_block<S>(gf, g + off, n);
     if (bf16_states) {
       for (size_t k = 0; k < NSTATES; ++k) {

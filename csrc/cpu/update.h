@@ -72,8 +72,9 @@ void run(Isa isa, const UpdateArgs& a, const typename Rule::Hyper& hyper,
   const bool bf16_states = a.state_dtype == Dtype::BFloat16;
   table.parallel_for_each([&](int64_t, const Segment& s) {
     const size_t t = size_t(s.tensor);
-    ParamSpan<Rule::kStates> span{a.params[t], a.grads[t], a.master_params.empty() ? nullptr : a.master_params[t],
-                                  {}};
+    void* master = a.master_params.empty() ? nullptr : a.master_params[t];
+    ParamSpan<Rule::kStates> span{a.params[t], a.grads[t], a.master_remainder ? nullptr : static_cast<float*>(master),
+                                  a.master_remainder ? static_cast<int16_t*>(master) : nullptr, {}};
     for (int k = 0; k < Rule::kStates; ++k) span.states[k] = a.states[size_t(k) * n + t];
     with_isa(isa, [&]() FUSEDOPT_LAMBDA_INLINE {
       update_segment<Rule, S, UNSCALE, SW>(span, bf16_states, s.begin, s.end, hyper, pts[t], a.grad.grad_scale,

@@ -39,12 +39,14 @@ void check(const std::vector<GradView>& grads, float* workspace, float* out, cud
 // states[k * n + i] is the rule's state k of param i (nullptr where the rule does not use state k under
 // `switches`), scalars[j * n + i] its j-th scalar state (a device float, advanced on the device unless the step
 // is skipped), is_first is empty or one entry per param. States are all state_dtype (fp32 or bf16);
-// master_params (fp32) is empty or full.
+// master_params is empty or full: fp32 masters, or (master_remainder, bf16 params) int16 remainders, the master
+// being join_bf16(param, remainder) (math.h).
 struct UpdateArgs {
   Dtype dtype = Dtype::Float32;
   Dtype state_dtype = Dtype::Float32;
   std::vector<void*> params, grads;
-  std::vector<float*> master_params;  // empty: no master copy
+  std::vector<void*> master_params;  // empty: no master copy; float* masters, or int16_t* remainders
+  bool master_remainder = false;
   std::vector<void*> states;
   std::vector<float*> scalars;
   std::vector<uint8_t> is_first;

@@ -16,7 +16,8 @@
 // Instantiations per rule: 3 param x 2 state storage types. The rule's switches (Rule::switches) are a template
 // argument of its element function, dispatched per vector inside the kernel on a value that is the same for every
 // thread (a uniform branch: free in a memory-bound kernel), so the loads and stores are compiled once per storage
-// pair, not once per switch combination. Master copies, unscaling and the states in use are uniform branches too.
+// pair, not once per switch combination. Master copies (fp32, or bf16 remainders), unscaling and the states in use
+// are uniform branches too.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -25,6 +26,7 @@
 #include <stdint.h>
 
 #include <array>
+#include <type_traits>
 #include <utility>
 
 #include "fusedopt/multi_tensor.cuh"
@@ -59,6 +61,7 @@ struct UpdateScalars {
   double hyper[Rule::kHyper];
   uint32_t switches;  // Rule::switches(hyper, flags)
   bool maximize, master;
+  bool remainder;  // master_params are int16 remainders of bf16 params (math.h's split_bf16)
   DeviceScalars dev;
 };
 
@@ -130,7 +133,14 @@ __global__ void __launch_bounds__(kThreads) update_blocks(const __grid_constant_
 
   void* p = chunk_ptr<P>(t, kParam, slot, begin);
   void* g = chunk_ptr<P>(t, kGrad, slot, begin);
-  void* master = a.master ? chunk_ptr<F32>(t, kMaster, slot, begin) : nullptr;
+  // bf16 params only (validated): for other P the joins below are dead code.
+  const bool remainder = std::is_same_v<P, BF16> && a.remainder;
+  void* master = nullptr;
+  if (remainder) {
+    master = static_cast<int16_t*>(t.ptrs[kMaster][slot]) + begin;
+  } else if (a.master) {
+    master = chunk_ptr<F32>(t, kMaster, slot, begin);
+  }
   // States not in use under these switches have no pointer (the same for every block of the launch).
   void* s[kStates];
 #pragma unroll
@@ -140,7 +150,9 @@ __global__ void __launch_bounds__(kThreads) update_blocks(const __grid_constant_
 
   for_each_vector(n, [&](int64_t i) {
     Frag pf, gf, sf[kStates];
-    if (a.master) {
+    if (remainder) {
+      load_joined(pf, p, master, i, n, vec);
+    } else if (a.master) {
       load<F32>(pf, master, i, n, vec);
     } else {
       load<P>(pf, p, i, n, vec);
@@ -170,8 +182,12 @@ __global__ void __launch_bounds__(kThreads) update_blocks(const __grid_constant_
         for (int k = 0; k < kStates; ++k) sf[k][e] = st[k];
       }
     }, std::make_integer_sequence<uint32_t, (1u << Rule::kSwitchBits)>{});
-    store<P>(p, pf, i, n, vec);
-    if (a.master) store<F32>(master, pf, i, n, vec);
+    if (remainder) {
+      store_split(p, master, pf, i, n, vec);
+    } else {
+      store<P>(p, pf, i, n, vec);
+      if (a.master) store<F32>(master, pf, i, n, vec);
+    }
     if (unscale) store<P>(g, gf, i, n, vec);
 #pragma unroll
     for (int k = 0; k < kStates; ++k) {
@@ -196,7 +212,7 @@ void run(const UpdateArgs& args, const UpdateScalars<Rule>& scalars, typename Ru
         ti.ptrs[kGrad] = args.grads[t];
         ti.ptrs[kMaster] = scalars.master ? args.master_params[t] : nullptr;
         bytes[kParam] = bytes[kGrad] = pb;
-        bytes[kMaster] = 4;
+        bytes[kMaster] = scalars.remainder ? 2 : 4;
         for (int k = 0; k < Rule::kStates; ++k) {
           ti.ptrs[kFirstState + k] = args.states[size_t(k) * n + t];  // nullptr: not in use
           bytes[kFirstState + k] = sb;
@@ -221,6 +237,7 @@ void run_update(const UpdateArgs& args, float* scratch, cudaStream_t stream) {
   scalars.switches = args.switches;
   scalars.maximize = args.maximize;
   scalars.master = !args.master_params.empty();
+  scalars.remainder = scalars.master && args.master_remainder;
   scalars.dev = args.dev;
   auto* per_tensor = reinterpret_cast<typename Rule::PerTensor*>(scratch);
   if constexpr (Rule::kScalars > 0) {

@@ -1,12 +1,14 @@
 """`python -m fusedopt.bench`: time optimizer steps of torch and fusedopt side by side against a roofline.
 
     python -m fusedopt.bench [--suite model,sweep,many-small] [--optim sgd,adam,adamw | all] [--full] ...
+    python -m fusedopt.bench --master-weights none,master,remainder ...  fusedopt rows per master mode
     python -m fusedopt.bench plot FILE.json [--markdown]  re-plot a saved run (and print its tables as markdown)
     python -m fusedopt.bench --compare A.json B.json   the change from run A to run B
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import sys
 import time
@@ -20,7 +22,7 @@ from .impls import (BASELINE_VARIANTS, DEFAULT_OPTIMS, OPTIMS, Impl, absent_vari
                     untimed_by)
 from .progress import Progress
 from .optims import traffic
-from .roofline import Probes, n_states
+from .roofline import MASTER_MODES, Probes, n_states
 from .runner import EXTRA_TICKS, run_group
 from .timing import CACHE_FLUSH_BYTES, CacheFlusher
 
@@ -59,6 +61,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help=f"comma-separated baseline ways of {','.join(ways)} that run the check step (as the reference "
                         f"the other rows are checked against) but are not timed: e.g. torch's for-loop on a GPU, "
                         f"host-bound and never the fastest there, in a time-boxed run")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="the params' and grads' dtype in every case (default float32; bfloat16 with "
+                        "--master-weights compares the mixed-precision modes)")
+    p.add_argument("--master-weights", type=_csv(list(MASTER_MODES)), default=["none"], dest="masters",
+                   help="comma-separated master_weights modes of the fusedopt rows on bf16/fp16 params, of "
+                        f"{','.join(MASTER_MODES)} (none: False, master: True, remainder: 'remainder'; default: none)")
     p.add_argument("--full", action="store_true",
                    help="model cases at full size and the sweep up to the largest size memory allows (the default "
                         "run scales what its time budget cannot afford, and says so)")
@@ -107,7 +115,7 @@ def group_bytes(case: cases.Case, optim: str, n_timed: int, n_untimed: int = 0) 
 
 def plan(args: argparse.Namespace, device: torch.device, backends: list[str]) -> list[tuple[cases.Case, str]]:
     budget = MEMORY_SHARE[device.type] * available_bytes(device)
-    impl_sets = {o: impls_for(o, backends, device) for o in args.optim}
+    impl_sets = {o: impls_for(o, backends, device, tuple(args.masters)) for o in args.optim}
 
     def fits(case: cases.Case) -> bool:
         def size(optim: str, rows: list[Impl]) -> int:
@@ -119,6 +127,7 @@ def plan(args: argparse.Namespace, device: torch.device, backends: list[str]) ->
     for suite in args.suite:
         for case in cases.select(suite, quick=args.quick, full=args.full, sweep_max=args.sweep_max, fits=fits,
                                  models=args.model):
+            case = dataclasses.replace(case, dtype=getattr(torch, args.dtype))  # fits: at fp32 size, the most
             groups += [(case, optim) for optim in args.optim]
     return groups
 
@@ -220,8 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     flush = CacheFlusher(QUICK_FLUSH_BYTES if args.quick else CACHE_FLUSH_BYTES) if device.type == "cpu" else None
     rows: list[dict[str, Any]] = []
     for case, optim in groups:
-        result = run_group(case, optim, impls_for(optim, backends, device), rounds=args.repeats, warmup=args.warmup,
-                           device=device, probes=probes, flush=flush, log=progress.message, tick=progress,
+        impls = impls_for(optim, backends, device, tuple(args.masters))
+        result = run_group(case, optim, impls, rounds=args.repeats, warmup=args.warmup, device=device,
+                           probes=probes, flush=flush, log=progress.message, tick=progress,
                            untimed=frozenset(args.untimed))
         group_rows = report.summarize(result)
         rows += group_rows

@@ -47,6 +47,9 @@ class Impl:
     optional: bool = False
     # Bytes of one state element: torch keeps states in the param dtype, fusedopt in fp32 (fp64 for fp64).
     fp32_states: bool = False
+    # fusedopt's master_weights for low-precision params (roofline.MASTER_MODES): "none", "master" (True) or
+    # "remainder"; it changes what the update moves for the value (roofline.value_bytes).
+    master: str = "none"
 
     @property
     def job(self) -> str:
@@ -55,7 +58,8 @@ class Impl:
     def bytes_per_param(self, dtype: torch.dtype) -> int:
         size = dtype.itemsize
         state = max(4, size) if self.fp32_states else size
-        return job_bytes(self.optim, self.clipped, param_size=size, grad_size=size, state_size=state)
+        return job_bytes(self.optim, self.clipped, param_size=size, grad_size=size, state_size=state,
+                         master=self.master)
 
 
 def baseline_optimizer(spec: OptimSpec, variant: str, params: list[Tensor]) -> torch.optim.Optimizer:
@@ -122,7 +126,11 @@ class NoKernel(Exception):
     than timing what backend="auto" would fall back to, the pure-torch reference, under the backend's name."""
 
 
-def fusedopt_setup(spec: OptimSpec, backend: str, clipped: bool) -> Setup:
+# The master_weights argument of each master mode.
+MASTER_WEIGHTS = {"none": False, "master": True, "remainder": "remainder"}
+
+
+def fusedopt_setup(spec: OptimSpec, backend: str, clipped: bool, master: str = "none") -> Setup:
     def setup(params: list[Tensor], max_norm: float) -> Step:
         import fusedopt  # imported late: a broken package makes these rows reported skips, not a crash
         from fusedopt import ops
@@ -139,6 +147,8 @@ def fusedopt_setup(spec: OptimSpec, backend: str, clipped: bool) -> Setup:
             raise NoKernel(f"fusedopt's {backend} backend would run {rule!r} on {device} {dtype} on the {name} "
                            f"backend: not timed")
         extra = dict(max_grad_norm=max_norm, nonfinite="skip") if clipped else {}
+        if master != "none":
+            extra["master_weights"] = MASTER_WEIGHTS[master]
         return cls(params, **spec.hyper, backend=backend, **extra).step
 
     return setup
@@ -171,9 +181,11 @@ def fusedopt_backends(device: torch.device) -> tuple[list[str], dict[str, str]]:
     return names, excluded
 
 
-def impls_for(optim: str, backends: list[str], device: torch.device | str = "cpu") -> list[Impl]:
+def impls_for(optim: str, backends: list[str], device: torch.device | str = "cpu",
+              masters: tuple[str, ...] = ("none",)) -> list[Impl]:
     """The baseline's ways that run on `device` (torch's for-loop, foreach and fused where torch has them; or
-    lion-pytorch) and every given fusedopt backend, each as the bare update and as the whole job."""
+    lion-pytorch) and every given fusedopt backend in each master mode of `masters` ("fusedopt cuda remainder"),
+    each as the bare update and as the whole job."""
     spec = OPTIMS[optim]
     absent = absent_variants(optim, device)
     out = []
@@ -184,8 +196,11 @@ def impls_for(optim: str, backends: list[str], device: torch.device | str = "cpu
                 out.append(Impl(baseline_name(spec, variant) + suffix, optim, "torch", variant, clipped,
                                 torch_setup(spec, variant, clipped)))
         for backend in backends:
-            out.append(Impl(f"fusedopt {backend}{suffix}", optim, "fusedopt", backend, clipped,
-                            fusedopt_setup(spec, backend, clipped), optional=True, fp32_states=True))
+            for master in masters:
+                mode = "" if master == "none" else f" {master}"
+                out.append(Impl(f"fusedopt {backend}{mode}{suffix}", optim, "fusedopt", backend, clipped,
+                                fusedopt_setup(spec, backend, clipped, master), optional=True, fp32_states=True,
+                                master=master))
     return out
 
 

@@ -11,22 +11,48 @@ import torch
 
 from .optims import traffic
 
-def update_bytes(optim: str, param_size: int = 4, grad_size: int | None = None, state_size: int | None = None) -> int:
-    """Bytes per param one update pass must move: read p and g, write p, and read and write the tensor states the
-    algorithm's update reads and writes (optims.traffic: from its rule in fusedopt/rules.py). Sizes are the
-    dtypes' itemsizes; grads default to the param dtype, states too."""
+# fusedopt's master_weights modes for low-precision params: "none" (the param is the value), "master" (True: an
+# fp32 copy), "remainder" (bf16 params: a 16-bit remainder of the fp32 master). For fp32/fp64 params every mode
+# is "none" (no copy is made).
+MASTER_MODES = ("none", "master", "remainder")
+
+
+def value_bytes(master: str, param_size: int) -> tuple[int, int]:
+    """(bytes per param one update moves for the value, bytes kept for it between steps), by master mode: the
+    param read and written; the master read and written and the param only written; the param and its remainder
+    each read and written."""
+    if master == "none" or param_size >= 4:
+        return 2 * param_size, param_size
+    if master == "master":
+        return param_size + 8, param_size + 4
+    if master == "remainder":
+        return 2 * param_size + 4, param_size + 2
+    raise ValueError(f"unknown master mode {master!r}; expected one of {', '.join(MASTER_MODES)}")
+
+
+def update_bytes(optim: str, param_size: int = 4, grad_size: int | None = None, state_size: int | None = None,
+                 master: str = "none") -> int:
+    """Bytes per param one update pass must move: read p and g, write p (or, with a master, value_bytes's
+    traffic), and read and write the tensor states the algorithm's update reads and writes (optims.traffic: from
+    its rule in fusedopt/rules.py). Sizes are the dtypes' itemsizes; grads default to the param dtype, states too."""
     grad_size = param_size if grad_size is None else grad_size
     state_size = param_size if state_size is None else state_size
     t = traffic(optim)
-    return 2 * param_size + grad_size + (len(t.reads) + len(t.writes)) * state_size
+    return value_bytes(master, param_size)[0] + grad_size + (len(t.reads) + len(t.writes)) * state_size
 
 
 def job_bytes(optim: str, clipped: bool, param_size: int = 4, grad_size: int | None = None,
-              state_size: int | None = None) -> int:
+              state_size: int | None = None, master: str = "none") -> int:
     """The floor of a whole step: the update, plus one read of every grad before it when the step clips to a global
     norm and checks for non-finite grads (both need all grads seen before any param may change)."""
     grad_size = param_size if grad_size is None else grad_size
-    return update_bytes(optim, param_size, grad_size, state_size) + (grad_size if clipped else 0)
+    return update_bytes(optim, param_size, grad_size, state_size, master) + (grad_size if clipped else 0)
+
+
+def kept_bytes(optim: str, param_size: int = 4, state_size: int | None = None, master: str = "none") -> int:
+    """Bytes per param the optimizer's params and state occupy between steps (grads are the model's)."""
+    state_size = param_size if state_size is None else state_size
+    return value_bytes(master, param_size)[1] + n_states(optim) * state_size
 
 
 def n_states(optim: str) -> int:

@@ -10,7 +10,10 @@ nothing in the step reads them on the host except ``nonfinite="raise"`` (which m
 a param's first SGD momentum step with ``dampening != 0`` that may be skipped (see ``SGD``).
 
 Mixed precision (``master_weights``, ``state_dtype``): the fp32 master copy of a bf16/fp16 param is its state
-entry ``"master_param"``; the kernels read the value from it and write both it and the rounded param.
+entry ``"master_param"``; the kernels read the value from it and write both it and the rounded param. With
+``master_weights="remainder"`` a bf16 param's master is instead its state entry ``"master_remainder"`` (int16):
+the kernels join param and remainder into the exact fp32 master and split the new value back into both (math.h's
+split_bf16). A checkpoint of either kind loads into the other (converted exactly on the next step).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from fusedopt import ops, rules
+from fusedopt import ops, reference, rules
 from fusedopt.optim import _dist, _doc, _torch_path
 
 NONFINITE_POLICIES = ("ignore", "skip", "raise")
@@ -45,6 +48,8 @@ _FUSED_DEVICES = ("cpu", "cuda")
 # bf16/fp16/fp32 params.
 STATE_DTYPES = (None, torch.float32, torch.bfloat16)
 MASTER_KEY = "master_param"
+# master_weights="remainder": a bf16 param's master is this int16 entry (the low 16 bits of the fp32 master).
+REMAINDER_KEY = "master_remainder"
 
 
 def state_dtype(param: Tensor, requested: torch.dtype | None = None) -> torch.dtype:
@@ -83,7 +88,7 @@ class Bucket:
     kparams: list[Tensor] = field(default_factory=list)
     kgrads: list[Tensor] = field(default_factory=list)
     kstates: dict[str, list[Tensor]] = field(default_factory=lambda: defaultdict(list))
-    kmasters: list[Tensor] = field(default_factory=list)  # fp32 master copies (master_params), or none
+    kmasters: list[Tensor] = field(default_factory=list)  # fp32 master copies or int16 remainders, or none
     is_first: list[bool] = field(default_factory=list)  # state created this step (no history yet)
     writeback: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (original, temporary) pairs
     occurrence: int = 0  # > 0: a later listing of params listed more than once (see FusedOptimizer._plan)
@@ -310,6 +315,10 @@ class _StepPlan:
     ready: bool  # the fast path: kernels take the tensors as they are
     reduction: Any  # _dist.Reduction, or None
     new_state: dict = field(default_factory=dict)  # param -> state entries created this step, installed at launch
+    # param -> state keys dropped at launch, and (param, value) written at launch: a master converted to the
+    # other kind (a checkpoint of the other master_weights mode; _group_states)
+    dropped: dict = field(default_factory=dict)
+    param_writes: list = field(default_factory=list)
     fresh: set = field(default_factory=set)  # params whose state is created this step (no history yet)
     fresh_local: set = field(default_factory=set)  # the same, as the tensors the kernels get
     calls: list = field(default_factory=list)  # (group, buckets or a function preparing them at launch)
@@ -357,7 +366,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         cls.__doc__ = _doc.with_tail(cls)
 
     def __init__(self, params, defaults: dict, *, max_grad_norm: float | None, nonfinite: str, backend: str,
-                 master_weights: bool = False, state_dtype: torch.dtype | None = None):
+                 master_weights: bool | str = False, state_dtype: torch.dtype | None = None):
         if defaults.get("fused") and defaults.get("differentiable"):
             raise RuntimeError("`fused` does not support `differentiable`")
         if defaults.get("differentiable") and (master_weights or state_dtype is not None):
@@ -370,8 +379,10 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}")
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"Invalid nonfinite value: {nonfinite!r}; expected 'ignore', 'skip' or 'raise'")
-        if not isinstance(master_weights, bool):
-            raise TypeError(f"master_weights must be True or False, got {master_weights!r}")
+        if isinstance(master_weights, str) and master_weights != "remainder":
+            raise ValueError(f"Invalid master_weights: {master_weights!r}; expected True, False or 'remainder'")
+        if not isinstance(master_weights, (bool, str)):
+            raise TypeError(f"master_weights must be True, False or 'remainder', got {master_weights!r}")
         if not any(state_dtype is d for d in STATE_DTYPES):
             raise ValueError(f"Invalid state_dtype: {state_dtype!r}; expected None, torch.float32 or torch.bfloat16")
         ops.check_backend_name(backend)
@@ -382,6 +393,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.backend = backend
         self.master_weights = master_weights
         self.state_dtype = state_dtype
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                self._master_key(p.dtype, lambda: self._describe(gi, pi))  # fp16 refuses "remainder" here
         # grad_norm/found_nonfinite of the last step, in a dict made here: torch.compile (2.13) replays a compiled
         # step's writes into a dict but drops attribute writes on an Optimizer object.
         self._last_step: dict[str, Tensor | None] = {"grad_norm": None, "found_nonfinite": None}
@@ -473,8 +487,25 @@ class FusedOptimizer(torch.optim.Optimizer):
                                memory_format=torch.preserve_format)
 
     def _keeps_master(self, param_dtype: torch.dtype) -> bool:
-        """Whether params of this dtype get an fp32 master copy (only bf16/fp16 ones need it)."""
-        return self.master_weights and param_dtype in LOW_PRECISION
+        """Whether params of this dtype get a master (only bf16/fp16 ones need it): an fp32 copy or a remainder."""
+        return bool(self.master_weights) and param_dtype in LOW_PRECISION
+
+    def _master_key(self, param_dtype: torch.dtype, describe=None) -> str | None:
+        """The state entry holding the master of params of this dtype: ``"master_param"`` (fp32 copy),
+        ``"master_remainder"`` (bf16 params under master_weights="remainder"), or None (no master). Raises for
+        fp16 params under "remainder" (naming the param by ``describe()`` when given)."""
+        if not self._keeps_master(param_dtype):
+            return None
+        if self.master_weights != "remainder":
+            return MASTER_KEY
+        if param_dtype == torch.float16:
+            where = "a float16 param" if describe is None else f"{describe()} (float16)"
+            raise ValueError(
+                f"{type(self).__name__}: master_weights='remainder' keeps the low 16 bits of an fp32 master next to "
+                f"a bfloat16 param, whose 16 bits are the fp32 value's top half; {where} is not that top half (5 "
+                f"exponent bits to fp32's 8), so no 16-bit remainder holds fp32's range and precision. Use "
+                f"bfloat16 params, or master_weights=True (an fp32 copy) for float16 ones")
+        return REMAINDER_KEY
 
     @staticmethod
     def _lr(group: dict, device: torch.device) -> tuple[float, Tensor | None]:
@@ -622,7 +653,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         for group, (params, grads), states, occ in zip(self.param_groups, per_local, states_per_group, occurrences):
             if not params:
                 continue
-            plan.calls.append((group, self._buckets(group, params, grads, states, plan, grads_written, occ)))
+            buckets = self._buckets(group, params, grads, states, plan, grads_written, occ)  # validates
+            if plan.param_writes:  # temporaries must copy the params written at launch: prepared then again
+                buckets = functools.partial(self._buckets, group, params, grads, states, plan, grads_written, occ)
+            plan.calls.append((group, buckets))
             # A later listing of a param reads what the earlier one wrote: its calls are prepared at launch.
             for k in range(1, max(occ) + 1 if occ else 1):
                 plan.calls.append((group, functools.partial(self._buckets, group, params, grads, states, plan,
@@ -636,6 +670,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         previous = {p: dict(self.state[p]) if p in self.state else None for p in plan.new_state}
         for p, entries in plan.new_state.items():
             self.state[p].update(entries)
+        for p, keys in plan.dropped.items():
+            for key in keys:
+                del self.state[p][key]
+        written = [(t, t.clone()) for t, _ in plan.param_writes]
+        for t, value in plan.param_writes:
+            t.copy_(value)
         launched = False
         for group, buckets in plan.calls:
             for bucket in buckets() if callable(buckets) else buckets:
@@ -651,6 +691,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                             else:
                                 self.state[p].clear()
                                 self.state[p].update(state)
+                        for t, old in written:
+                            t.copy_(old)
                     raise self._named_error(error, plan, group, bucket) from error
                 launched = True
                 for original, tmp in bucket.writeback:
@@ -857,14 +899,47 @@ class FusedOptimizer(torch.optim.Optimizer):
                 plan.fresh.add(p)
             states[i] = {**(states[i] or {}), **entries}
         if self.master_weights:
-            # Created from the param on its first step, also for states loaded from a torch checkpoint.
+            # Created from the param on its first step, also for states loaded from a torch checkpoint, or from a
+            # loaded master of the other kind (a checkpoint of the other master_weights mode).
             for i, p in enumerate(params):
-                if self._keeps_master(p.dtype) and MASTER_KEY not in (states[i] or ()):
-                    entries = new_state.setdefault(p, {})
-                    if MASTER_KEY not in entries:
-                        entries[MASTER_KEY] = torch.empty_like(p, dtype=torch.float32).copy_(p)
-                    states[i] = {**(states[i] or {}), **entries}
+                key = self._master_key(p.dtype, lambda p=p: self._describe(*self._locate(group, p)))
+                if key is None or key in (states[i] or ()):
+                    continue
+                entries = new_state.setdefault(p, {})
+                if key not in entries:
+                    entries[key] = self._new_master(p, states[i] or {}, key, plan)
+                states[i] = {**(states[i] or {}), **entries}
         return states
+
+    def _locate(self, group: dict, param: Tensor) -> tuple[int, int]:
+        """(group index, index in the group) of ``param`` of ``group``, for error messages."""
+        gi = next(i for i, g in enumerate(self.param_groups) if g is group)
+        return gi, next(i for i, p in enumerate(group["params"]) if p is param)
+
+    @staticmethod
+    def _new_master(p: Tensor, state: dict, key: str, plan: _StepPlan) -> Tensor:
+        """A master of kind ``key`` for ``p`` (state layout: the param's): from a loaded master of the other kind
+        when the state holds one, exactly (join_bf16 of param and remainder is the fp32 master; split_bf16 of an
+        fp32 master gives its remainder and a param that may differ from the one master_weights=True rounded:
+        at ties to even, or where the param was changed after the checkpoint, so the plan writes that param at
+        launch), else from the param. The other kind's entry is dropped at launch. DTensors: on local shards."""
+        other_key = REMAINDER_KEY if key == MASTER_KEY else MASTER_KEY
+        other = state.get(other_key)
+        if other is not None:
+            plan.dropped.setdefault(p, []).append(other_key)
+        local = _dist.local(p)
+        if key == MASTER_KEY:
+            master = torch.empty_like(p, dtype=torch.float32)
+            if other is not None and p.dtype == torch.bfloat16:
+                local = reference.join_bf16(local, _dist.local(other))
+            _dist.local(master).copy_(local)
+            return master
+        remainder = torch.zeros_like(p, dtype=torch.int16, memory_format=torch.preserve_format)
+        if other is not None:
+            hi, lo = reference.split_bf16(_dist.local(other).to(torch.float32))
+            _dist.local(remainder).copy_(lo)
+            plan.param_writes.append((local, hi))
+        return remainder
 
     def _buckets(self, group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict | None],
                  plan: _StepPlan, grads_written: bool, occurrences: list[int] | None = None,
@@ -888,7 +963,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             # A param listed twice is new at each listing of its first step, as in torch.optim's for-loop (which
             # reads every listing's momentum buffer before updating any).
             bucket.is_first = [p in fresh for p in bucket.params] if fresh else [False] * len(index)
-            master = self._keeps_master(dtype)
+            master = self._master_key(dtype)
             if ready:
                 # States and master copies share their param's layout (_init_state, _group_states,
                 # _restore_loaded_state), so contiguous too.
@@ -897,7 +972,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 for key in keys:
                     bucket.kstates[key] = [state[key] for state in bucket.states]
                 if master:
-                    bucket.kmasters = [state[MASTER_KEY] for state in bucket.states]
+                    bucket.kmasters = [state[master] for state in bucket.states]
             else:
                 grad_writeback = bucket.writeback if grads_written and occurrence == 0 else None
                 for i in index:
@@ -907,7 +982,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                     for key in keys:
                         bucket.kstates[key].append(layout.view(states[i][key], bucket.writeback))
                     if master:
-                        bucket.kmasters.append(layout.view(states[i][MASTER_KEY], bucket.writeback))
+                        bucket.kmasters.append(layout.view(states[i][master], bucket.writeback))
             buckets.append(bucket)
         return buckets
 
@@ -942,8 +1017,10 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _restore_loaded_state(self, state_dict: dict) -> None:
         """``step`` becomes a 0-dim fp32 tensor on the param's device; state tensors get the param's layout and
         ``state_dtype``'s dtype (fp32 for bf16/fp16 params by default: the base class cast them to the param's
-        dtype, so they are taken again from the saved values). A saved master copy is restored in fp32 when
-        this optimizer keeps one for the param, and dropped otherwise (the param itself is the value then)."""
+        dtype, so they are taken again from the saved values). A saved master (fp32 copy or int16 remainder) is
+        restored as saved when this optimizer keeps a master for the param, of either kind (one of the other kind
+        is converted exactly on the next step, see ``_new_master``; should both be saved, the own kind is kept),
+        and dropped otherwise (the param itself is the value then)."""
         saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         for saved_id, p in zip(saved_ids, params):
@@ -961,11 +1038,17 @@ class FusedOptimizer(torch.optim.Optimizer):
                     dtype = state_dtype(p, self.state_dtype)
                     if state[key].dtype != dtype or state[key].stride() != p.stride() or _needs_copy(state[key]):
                         state[key] = torch.empty_like(p, dtype=dtype).copy_(value)
-                elif key == MASTER_KEY:
-                    if self._keeps_master(p.dtype) and torch.is_tensor(value):
-                        state[key] = torch.empty_like(p, dtype=torch.float32).copy_(value)
+                elif key in (MASTER_KEY, REMAINDER_KEY):
+                    keeps = self._keeps_master(p.dtype) and torch.is_tensor(value)
+                    if keeps and key == REMAINDER_KEY:  # only bf16 params have remainders
+                        keeps = p.dtype == torch.bfloat16
+                    if keeps:
+                        dtype = torch.float32 if key == MASTER_KEY else torch.int16
+                        state[key] = torch.empty_like(p, dtype=dtype).copy_(value)
                     else:
                         del state[key]
+            if MASTER_KEY in state and REMAINDER_KEY in state:  # both kept: a bf16 param with masters
+                del state[REMAINDER_KEY if self.master_weights is True else MASTER_KEY]
 
     def _validate_loaded_state(self, state_dict: dict) -> None:
         """The whole dict, before anything is installed (a load that raises changes nothing): the groups'
@@ -988,7 +1071,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                     if key in self._RULE.scalars:
                         _check_loaded_scalar(key, value, p, where)
                         continue
-                    if not torch.is_tensor(value) or not (key in self._TENSOR_STATE_KEYS or key == MASTER_KEY):
+                    if not torch.is_tensor(value) or not (key in self._TENSOR_STATE_KEYS or key == MASTER_KEY
+                                                          or key == REMAINDER_KEY):
                         continue
                     if key in self._TENSOR_STATE_KEYS:
                         _dist.check_state_layout(value, p, where, key)
@@ -996,7 +1080,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                         raise ValueError(
                             f"loaded state dict does not match {where}: state {key!r} has shape "
                             f"{list(value.shape)}, the parameter has shape {list(p.shape)}")
-                    if not (value.is_floating_point() or value.is_complex()):
+                    if key == REMAINDER_KEY:
+                        if value.dtype != torch.int16:
+                            raise ValueError(f"loaded state dict does not match {where}: state {key!r} has dtype "
+                                             f"{value.dtype}; master remainders are int16")
+                    elif not (value.is_floating_point() or value.is_complex()):
                         raise ValueError(f"loaded state dict does not match {where}: state {key!r} has dtype "
                                          f"{value.dtype}; optimizer states are floating tensors")
                     _check_movable(value, p, where, key)

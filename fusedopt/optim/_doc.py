@@ -21,6 +21,11 @@ EXTRAS = """\
 - ``master_weights``: keep an fp32 master copy of each bf16/fp16 param (state entry ``"master_param"``,
   saved with the state_dict): the update runs on the master and the param gets its value rounded to
   nearest even, so updates below half an ulp of the param are not lost. No copy for fp32/fp64 params.
+  ``"remainder"``: bf16 params keep only the low 16 bits of their fp32 master (state entry
+  ``"master_remainder"``, int16): param and remainder hold the master exactly, so the master, the states
+  and every later step equal ``True``'s bit for bit in 2 bytes per param instead of 4; the param is the
+  master rounded to nearest with ties away from zero (``True`` rounds ties to even). float16 params are
+  refused (a 16-bit remainder cannot complete fp16 to fp32). Checkpoints of either kind load into the other.
 - ``state_dtype``: ``None`` (fp32 states for bf16/fp16/fp32 params) or ``torch.bfloat16`` (half the
   memory; the math stays fp32, stores round to nearest even). fp64 and complex params keep their own dtype."""
 

@@ -86,6 +86,10 @@ def _clipped(grad: Tensor, clip_coef: Tensor) -> Tensor:
     return grad * clip_coef.to(grad.dtype)
 
 
+def _master_words(optimizer) -> str:
+    return "a master remainder" if optimizer.master_weights == "remainder" else "an fp32 master copy"
+
+
 def _check_state_dtypes(optimizer) -> None:
     """torch's for-loop needs states of the param's dtype, and knows no master weights."""
     name = type(optimizer).__name__
@@ -98,7 +102,7 @@ def _check_state_dtypes(optimizer) -> None:
             if optimizer._keeps_master(p.dtype) or (keeps_states and dtype != p.dtype):
                 raise RuntimeError(
                     f"{name}: {optimizer._describe(gi, pi)} is {p.dtype} and would keep "
-                    f"{'an fp32 master copy' if optimizer._keeps_master(p.dtype) else f'{dtype} states'}; "
+                    f"{_master_words(optimizer) if optimizer._keeps_master(p.dtype) else f'{dtype} states'}; "
                     f"differentiable=True and sparse gradients run torch.optim's single-tensor implementation, "
                     f"which keeps states in the param's dtype (use float32/float64 params, or state_dtype=None "
                     f"and master_weights=False)")

@@ -40,7 +40,7 @@ class Adadelta(FusedOptimizer):
     def __init__(self, params, lr: float | Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6,
                  weight_decay: float = 0, foreach: bool | None = None, *, capturable: bool = False,
                  maximize: bool = False, differentiable: bool = False, max_grad_norm: float | None = None,
-                 nonfinite: str = "ignore", backend: str = "auto", master_weights: bool = False,
+                 nonfinite: str = "ignore", backend: str = "auto", master_weights: bool | str = False,
                  state_dtype: torch.dtype | None = None):
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
                         capturable=capturable, foreach=foreach, differentiable=differentiable)

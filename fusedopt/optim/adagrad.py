@@ -38,7 +38,7 @@ class Adagrad(FusedOptimizer):
                  initial_accumulator_value: float = 0, eps: float = 1e-10, foreach: bool | None = None, *,
                  maximize: bool = False, differentiable: bool = False, fused: bool | None = None,
                  max_grad_norm: float | None = None, nonfinite: str = "ignore", backend: str = "auto",
-                 master_weights: bool = False, state_dtype: torch.dtype | None = None):
+                 master_weights: bool | str = False, state_dtype: torch.dtype | None = None):
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach, maximize=maximize,
                         differentiable=differentiable, fused=fused)

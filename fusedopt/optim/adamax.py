@@ -32,7 +32,7 @@ class Adamax(FusedOptimizer):
     def __init__(self, params, lr: float | Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, foreach: bool | None = None, *, maximize: bool = False,
                  differentiable: bool = False, capturable: bool = False, max_grad_norm: float | None = None,
-                 nonfinite: str = "ignore", backend: str = "auto", master_weights: bool = False,
+                 nonfinite: str = "ignore", backend: str = "auto", master_weights: bool | str = False,
                  state_dtype: torch.dtype | None = None):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach, maximize=maximize,
                         differentiable=differentiable, capturable=capturable)

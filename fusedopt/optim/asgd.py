@@ -37,7 +37,7 @@ class ASGD(FusedOptimizer):
     def __init__(self, params, lr: float | Tensor = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
                  t0: float = 1e6, weight_decay: float = 0, foreach: bool | None = None, maximize: bool = False,
                  differentiable: bool = False, capturable: bool = False, *, max_grad_norm: float | None = None,
-                 nonfinite: str = "ignore", backend: str = "auto", master_weights: bool = False,
+                 nonfinite: str = "ignore", backend: str = "auto", master_weights: bool | str = False,
                  state_dtype: torch.dtype | None = None):
         defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, foreach=foreach,
                         maximize=maximize, differentiable=differentiable, capturable=capturable)

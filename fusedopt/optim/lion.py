@@ -57,7 +57,7 @@ class Lion(FusedOptimizer):
     def __init__(self, params, lr: float | Tensor = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False, foreach: bool | None = None,
                  capturable: bool = False, max_grad_norm: float | None = None, nonfinite: str = "ignore",
-                 backend: str = "auto", master_weights: bool = False, state_dtype: torch.dtype | None = None):
+                 backend: str = "auto", master_weights: bool | str = False, state_dtype: torch.dtype | None = None):
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, foreach=foreach,
                         capturable=capturable)
         self._check_hyperparameters(defaults)

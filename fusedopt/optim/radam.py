@@ -42,7 +42,7 @@ class RAdam(FusedOptimizer):
                  weight_decay: float = 0, decoupled_weight_decay: bool = False, *, foreach: bool | None = None,
                  maximize: bool = False, capturable: bool = False, differentiable: bool = False,
                  max_grad_norm: float | None = None, nonfinite: str = "ignore", backend: str = "auto",
-                 master_weights: bool = False, state_dtype: torch.dtype | None = None):
+                 master_weights: bool | str = False, state_dtype: torch.dtype | None = None):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize, foreach=foreach,
                         capturable=capturable, decoupled_weight_decay=decoupled_weight_decay,
                         differentiable=differentiable)

@@ -38,7 +38,7 @@ class RMSprop(FusedOptimizer):
                  weight_decay: float = 0, momentum: float = 0, centered: bool = False, capturable: bool = False,
                  foreach: bool | None = None, maximize: bool = False, differentiable: bool = False, *,
                  max_grad_norm: float | None = None, nonfinite: str = "ignore", backend: str = "auto",
-                 master_weights: bool = False, state_dtype: torch.dtype | None = None):
+                 master_weights: bool | str = False, state_dtype: torch.dtype | None = None):
         defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered, weight_decay=weight_decay,
                         capturable=capturable, foreach=foreach, maximize=maximize, differentiable=differentiable)
         self._check_hyperparameters(defaults)

@@ -36,7 +36,7 @@ class SGD(FusedOptimizer):
                  weight_decay: float | Tensor = 0, nesterov: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None,
                  max_grad_norm: float | None = None, nonfinite: str = "ignore", backend: str = "auto",
-                 master_weights: bool = False, state_dtype: torch.dtype | None = None):
+                 master_weights: bool | str = False, state_dtype: torch.dtype | None = None):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
                         fused=fused)

@@ -184,10 +184,19 @@ def check_states(states: dict[str, list[Tensor]], device: torch.device, numels: 
     return dtypes[0] if states else torch.float32
 
 
-def check_master(master_params: list[Tensor], device: torch.device, numels: tuple) -> bool:
-    if master_params:
-        check_list(master_params, "master_params", device, (torch.float32,), numels, len(numels))
-    return bool(master_params)
+def check_master(master_params: list[Tensor], device: torch.device, numels: tuple,
+                 param_dtype: torch.dtype) -> tuple[bool, bool]:
+    """(whether there are masters, whether they are int16 remainders of bf16 params): all float32, or all int16
+    with bfloat16 params, as master_params[0] says."""
+    if not master_params:
+        return False, False
+    remainder = master_params[0].dtype == torch.int16
+    if remainder and param_dtype != torch.bfloat16:
+        _fail(f"master_params[0] is int16 (a master remainder) but params[0] has dtype {param_dtype}; remainders "
+              f"hold the low 16 bits of an fp32 master of a bfloat16 param")
+    check_list(master_params, "master_params", device, (torch.int16 if remainder else torch.float32,), numels,
+               len(numels))
+    return True, remainder
 
 
 def check_disjoint(columns: list[list[Tensor]]) -> None:

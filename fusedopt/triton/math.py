@@ -16,6 +16,7 @@ import triton.language as tl
 F32 = 0
 BF16 = 1
 F16 = 2
+I16 = 3  # master remainders (master_weights="remainder")
 
 
 @triton.jit
@@ -26,6 +27,8 @@ def as_pointer(address, KIND: tl.constexpr):
         element = tl.uint16
     elif KIND == 2:
         element = tl.float16
+    elif KIND == 3:
+        element = tl.int16
     else:
         element = tl.float32
     return address.to(tl.pointer_type(element))
@@ -54,6 +57,46 @@ def float_to_bf16(x):
     # 64-lane compare that NVPTX unpacks bit by bit, and the kernel spilled registers.
     is_nan = x != x
     return tl.where(is_nan, nan, rounded).to(tl.uint16)
+
+
+@triton.jit
+def split_bf16(m):
+    """math.h's split_bf16: (bf16 bits, int16 remainder) holding the fp32 ``m`` exactly; the bf16 value is ``m``
+    rounded to nearest, ties away from zero (on the bits: the magnitude rounds up when the low half is >=
+    0x8000, and the remainder is that low half read as int16). A NaN keeps float_to_bf16's quiet NaN (its
+    carry would reach the sign)."""
+    u = m.to(tl.uint32, bitcast=True)
+    low = u & 0xFFFF
+    up = low >> 15
+    is_nan = m != m  # float_to_bf16's test (see there)
+    hi = tl.where(is_nan, (u >> 16) | 0x0040, (u >> 16) + up)
+    lo = low.to(tl.int32) - (up.to(tl.int32) << 16)
+    return hi.to(tl.uint16), lo.to(tl.int16)
+
+
+@triton.jit
+def join_bf16(hi, lo):
+    """math.h's join_bf16: the fp32 master of bf16 bits ``hi`` and int16 remainder ``lo``, the rounding carry
+    taken back unless ``hi`` is a NaN or a zero."""
+    h = hi.to(tl.uint32)
+    mag = h & 0x7FFF
+    down = ((lo < 0) & (mag != 0) & (mag <= 0x7F80)).to(tl.uint32)
+    low = lo.to(tl.uint16, bitcast=True).to(tl.uint32)
+    return (((h - down) << 16) | low).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def load_joined(p_ptr, r_ptr, offs, mask):
+    """The fp32 masters of bf16 params (``p_ptr``, as uint16) from their remainders (``r_ptr``, int16)."""
+    return join_bf16(tl.load(p_ptr + offs, mask=mask, other=0), tl.load(r_ptr + offs, mask=mask, other=0))
+
+
+@triton.jit
+def store_split(p_ptr, r_ptr, offs, x, mask):
+    """fp32 masters ``x`` stored as bf16 params and their remainders."""
+    hi, lo = split_bf16(x)
+    tl.store(p_ptr + offs, hi, mask=mask)
+    tl.store(r_ptr + offs, lo, mask=mask)
 
 
 @triton.jit

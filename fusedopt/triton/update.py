@@ -5,9 +5,10 @@ rule of fusedopt/triton/rules.py over all tensors of a call in at most two launc
    tensors): the rule's ``per_tensor`` advances each tensor's scalar states on the device (unless the step is
    skipped) and writes its coefficients (Adam: the bias corrections, in float64 from the new count) to a
    scratch table.
-2. ``_update_kernel`` (one program per BLOCK elements of one tensor): loads the param (or its fp32 master), the
-   grad (unscaled, written back, clipped, sign-flipped: math.py's prepare_grad) and the states in use, calls the
-   rule's ``element``, stores the param (rounded from the master), the master and the states.
+2. ``_update_kernel`` (one program per BLOCK elements of one tensor): loads the param (or its fp32 master, or
+   the master joined from a bf16 param and its remainder), the grad (unscaled, written back, clipped,
+   sign-flipped: math.py's prepare_grad) and the states in use, calls the rule's ``element``, stores the param
+   (rounded from the master), the master (or param and remainder split from it) and the states.
 
 The rule's functions reach the kernels as constexpr arguments (``HYPER``, ``ELEMENT``, ``PER_TENSOR``): Triton
 compiles one kernel per rule and switch set, and the interpreter calls them as Python functions. A skipped step
@@ -28,13 +29,15 @@ import triton.language as tl
 
 from fusedopt import rules as rule_table
 from fusedopt.triton import _multi_tensor as mt
-from fusedopt.triton.math import as_pointer, load_float, not_skipped, prepare_grad, splat_load, store_float
+from fusedopt.triton.math import (I16, as_pointer, load_float, load_joined, not_skipped, prepare_grad, splat_load,
+                                  store_float, store_split)
 from fusedopt.triton.rules import MAX_HYPER, RULES
 
 # Record of tensor i: numel, the addresses of param, grad, master, then of each state of the rule (Rule.states
 # order) and each scalar state (Rule.scalars order), then is_first (0/1) for rules that take it. Absent lists
 # repeat the param's address; constexpr switches keep the kernels from touching them.
 _PARAM, _GRAD, _MASTER, _STATES = (tl.constexpr(k) for k in range(1, 5))
+_REMAINDER_KIND = tl.constexpr(I16)  # the element kind of master remainders (a kernel reads only constexpr globals)
 
 
 def reload_addresses(has_master: bool, n_used: int) -> bool:
@@ -96,7 +99,8 @@ def _update_kernel(records, work, coefs, h0: "fp64", h1: "fp64", h2: "fp64", h3:
                    h6: "fp64", h7: "fp64", lr_ptr, grad_scale_ptr, clip_coef_ptr, found_inf_ptr,
                    HYPER: tl.constexpr, ELEMENT: tl.constexpr, FLAGS: tl.constexpr, USED: tl.constexpr,
                    N_STATES: tl.constexpr, N_COEFS: tl.constexpr, TAKES_FIRST: tl.constexpr, P_KIND: tl.constexpr,
-                   S_KIND: tl.constexpr, HAS_MASTER: tl.constexpr, HAS_LR_TENSOR: tl.constexpr,
+                   S_KIND: tl.constexpr, HAS_MASTER: tl.constexpr, REMAINDER: tl.constexpr,
+                   HAS_LR_TENSOR: tl.constexpr,
                    HAS_GRAD_SCALE: tl.constexpr, HAS_CLIP: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
                    MAXIMIZE: tl.constexpr, RELOAD: tl.constexpr, RECORD: tl.constexpr, BLOCK: tl.constexpr):
     _, t, record, offs, mask = mt.work_item(records, work, RECORD, BLOCK)
@@ -117,7 +121,10 @@ def _update_kernel(records, work, coefs, h0: "fp64", h1: "fp64", h2: "fp64", h3:
     g = load_float(g_ptr, offs, mask, P_KIND)
     g = prepare_grad(g, grad_scale_ptr, clip_coef_ptr, g_ptr, offs, mask, P_KIND, HAS_GRAD_SCALE, HAS_CLIP,
                      MAXIMIZE)
-    if HAS_MASTER:
+    if HAS_MASTER and REMAINDER:  # bf16 params with master remainders (math.py's join_bf16)
+        master_ptr = as_pointer(tl.load(record + _MASTER), _REMAINDER_KIND)
+        p = load_joined(p_ptr, master_ptr, offs, mask)
+    elif HAS_MASTER:
         master_ptr = as_pointer(tl.load(record + _MASTER), 0)
         p = load_float(master_ptr, offs, mask, 0)
     else:
@@ -149,9 +156,14 @@ def _update_kernel(records, work, coefs, h0: "fp64", h1: "fp64", h2: "fp64", h3:
             else:
                 s_ptr = s_ptrs[k]
             store_float(s_ptr, offs, s[k], mask, S_KIND)
-    if HAS_MASTER:
-        store_float(master_ptr, offs, p, mask, 0)
-    store_float(p_ptr, offs, p, mask, P_KIND)
+    if HAS_MASTER and REMAINDER:
+        if RELOAD:  # as the states' (kept, the remainder's address made ptxas spill: Adam, amsgrad, bf16 states)
+            master_ptr = as_pointer(tl.load(record + _MASTER), _REMAINDER_KIND)
+        store_split(p_ptr, master_ptr, offs, p, mask)
+    else:
+        if HAS_MASTER:
+            store_float(master_ptr, offs, p, mask, 0)
+        store_float(p_ptr, offs, p, mask, P_KIND)
 
 
 def rule_of(name: str):
@@ -193,7 +205,7 @@ def update(rule, params, grads, states, master_params, scalars, is_first, hyper,
     by_state = {key: states[u * n:(u + 1) * n] for u, key in enumerate(used)}
     by_scalar = {key: scalars[j * n:(j + 1) * n] for j, key in enumerate(r.scalars)}
     state_dtype = mt.check_states({rule_table.list_name(k): v for k, v in by_state.items()}, device, numels)
-    has_master = mt.check_master(master_params, device, numels)
+    has_master, remainder = mt.check_master(master_params, device, numels, params[0].dtype)
     for key, tensors in by_scalar.items():
         mt.check_list(tensors, rule_table.list_name(key), device, (torch.float32,), (1,) * n, n,
                       numels_of_params=False)
@@ -227,5 +239,6 @@ def update(rule, params, grads, states, master_params, scalars, is_first, hyper,
     mt.launch(_update_kernel, (n_work,), records, work, coefs, *slots, lr_arg, mt.pointer_or_dummy(grad_scale, dummy),
               mt.pointer_or_dummy(clip_coef, dummy), found_inf_arg, HYPER=tr.hyper, ELEMENT=tr.element,
               FLAGS=int(flags), USED=tr.used_mask(used), P_KIND=mt.KIND[params[0].dtype], S_KIND=mt.KIND[state_dtype],
-              HAS_MASTER=has_master, HAS_GRAD_SCALE=grad_scale is not None, HAS_CLIP=clip_coef is not None,
-              MAXIMIZE=bool(maximize), RELOAD=reload_addresses(has_master, len(used)), BLOCK=block, **common)
+              HAS_MASTER=has_master, REMAINDER=remainder, HAS_GRAD_SCALE=grad_scale is not None,
+              HAS_CLIP=clip_coef is not None, MAXIMIZE=bool(maximize), RELOAD=reload_addresses(has_master, len(used)),
+              BLOCK=block, **common)

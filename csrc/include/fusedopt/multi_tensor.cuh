@@ -83,6 +83,41 @@ __device__ __forceinline__ void store(void* base, const Frag& in, int64_t i, int
   }
 }
 
+// bf16 params with master remainders (master_weights="remainder"): elements [i, i + kVecElems) of the fp32 master
+// joined from the bf16 param and its int16 remainder (math.h's join_bf16; past n: 0), and split back into both.
+__device__ __forceinline__ void load_joined(Frag& out, const void* param, const void* rem, int64_t i, int64_t n,
+                                            bool vec) {
+  const auto* p = static_cast<const uint16_t*>(param) + i;
+  const auto* r = static_cast<const int16_t*>(rem) + i;
+  if (vec && i + kVecElems <= n) {
+    const Pack<uint16_t> pk = *reinterpret_cast<const Pack<uint16_t>*>(p);
+    const Pack<int16_t> rk = *reinterpret_cast<const Pack<int16_t>*>(r);
+#pragma unroll
+    for (int k = 0; k < kVecElems; ++k) out[k] = join_bf16(pk.v[k], rk.v[k]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kVecElems; ++k) out[k] = i + k < n ? join_bf16(p[k], r[k]) : 0.0f;
+  }
+}
+
+__device__ __forceinline__ void store_split(void* param, void* rem, const Frag& in, int64_t i, int64_t n, bool vec) {
+  auto* p = static_cast<uint16_t*>(param) + i;
+  auto* r = static_cast<int16_t*>(rem) + i;
+  if (vec && i + kVecElems <= n) {
+    Pack<uint16_t> pk;
+    Pack<int16_t> rk;
+#pragma unroll
+    for (int k = 0; k < kVecElems; ++k) split_bf16(in[k], pk.v[k], rk.v[k]);
+    *reinterpret_cast<Pack<uint16_t>*>(p) = pk;
+    *reinterpret_cast<Pack<int16_t>*>(r) = rk;
+  } else {
+#pragma unroll
+    for (int k = 0; k < kVecElems; ++k) {
+      if (i + k < n) split_bf16(in[k], p[k], r[k]);
+    }
+  }
+}
+
 // A chunk's element offsets for this thread: body(i) for i = its first element of each vector. The chunk base
 // pointer already holds the 64-bit offset of the chunk; offsets within it fit easily.
 template <typename Body>
