@@ -36,6 +36,15 @@ class SGD(FusedOptimizer):
       nearest even, so updates below half an ulp of the param are not lost. No copy for fp32/fp64 params.
     - ``state_dtype``: ``None`` (fp32 states for bf16/fp16/fp32 params) or ``torch.bfloat16`` (half the
       memory; the math stays fp32, stores round to nearest even). fp64 and complex params keep their own dtype.
+    - ``param_rounding``: ``"nearest"`` (default) or ``"stochastic"``: bf16 params without a master copy get
+      their new fp32 value rounded to bf16 stochastically (up with probability proportional to the distance:
+      unbiased, so small updates survive on average at no extra memory). The random bits are Philox 4x32-10's
+      for (``seed``, the param's position in the param groups, the optimizer's rounding step, the element's
+      index): the same bits on every backend and thread count. fp32/fp64 params are unaffected (nothing to
+      round); fp16 params and ``master_weights`` are refused.
+    - ``seed``: the 64-bit key of stochastic rounding (default: drawn from torch's generator at construction).
+      Seed and rounding step are saved in the state_dict (``"param_rounding"``) and restored by
+      ``load_state_dict``.
 
     ``differentiable=True`` and sparse gradients are supported as in torch.optim.SGD: such a step runs
     torch.optim's own single-tensor SGD (see ``fusedopt.optim._torch_path``), with the extras applied around it.
@@ -53,13 +62,15 @@ class SGD(FusedOptimizer):
                  weight_decay: float | Tensor = 0, nesterov: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None,
                  max_grad_norm: float | None = None, nonfinite: str = "ignore", backend: str = "auto",
-                 master_weights: bool = False, state_dtype: torch.dtype | None = None):
+                 master_weights: bool = False, state_dtype: torch.dtype | None = None,
+                 param_rounding: str = "nearest", seed: int | None = None):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
                         fused=fused)
         self._check_hyperparameters(defaults)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
-                         master_weights=master_weights, state_dtype=state_dtype)
+                         master_weights=master_weights, state_dtype=state_dtype,
+                         param_rounding=param_rounding, seed=seed)
 
     _HYPERPARAMETERS = ("lr", "momentum", "dampening", "weight_decay")
 
