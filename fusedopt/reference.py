@@ -50,6 +50,13 @@ grad_scale, clip_coef, found_inf)``
       fp32: then it is just a second copy). When given, the update reads the current value from
       ``master_params[i]`` (not from ``params[i]``), writes the new fp32 value there and writes ``params[i]`` =
       that value rounded to the param's dtype (round to nearest even), in the same pass.
+      Or, for bfloat16 params only, one int16 tensor per param with its numel: *master remainders*
+      (``master_weights="remainder"``). The fp32 master is then ``join_bf16(params[i], master_params[i])`` and
+      the new value is stored back into both by ``split_bf16`` (below; math.h's functions of the same names):
+      exactly the fp32 master, so every value and state equals the float32-master call's bit for bit, and the
+      param is that master rounded to nearest, ties away from zero (the float32-master call rounds a tie to
+      even: the two differ by one bf16 ulp at ties whose truncated value is even). One kind per call: the
+      kind of ``master_params[0]``.
     - State tensors: one per param and state with the param's numel, all float32 or all bfloat16 within one
       call (float64 only here, for fp64 params). A bf16 state is loaded to fp32, the math (including the update
       that uses the new state) runs on the fp32 value, and it is stored rounded to nearest even.
@@ -97,15 +104,58 @@ def check(grads: list[Tensor]) -> Tensor:
     return torch.stack([sumsq, nonfinite.to(dtype)])
 
 
+def split_bf16(master: Tensor) -> tuple[Tensor, Tensor]:
+    """(bf16 param, int16 remainder) holding the float32 ``master`` exactly: math.h's split_bf16 on the bit
+    patterns (the param is the master rounded to nearest, ties away from zero; NaNs keep float_to_bf16's quiet
+    NaN and their low payload bits). Integer ops in int64, so no step depends on signed overflow."""
+    u = master.detach().contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    low = u & 0xFFFF
+    up = low >> 15  # the low half >= 0x8000: the magnitude rounds up
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    hi = torch.where(nan, (u >> 16) | 0x0040, (u >> 16) + up)
+    return _int16(hi).view(torch.bfloat16), _int16(low)
+
+
+def join_bf16(param: Tensor, remainder: Tensor) -> Tensor:
+    """The float32 master of a bf16 ``param`` and its int16 ``remainder`` (math.h's join_bf16): split_bf16's
+    rounding carry taken back, unless the param is a NaN or a zero."""
+    hi = param.detach().contiguous().view(torch.int16).to(torch.int64) & 0xFFFF
+    lo = remainder.detach().reshape(hi.shape).to(torch.int64)
+    mag = hi & 0x7FFF
+    down = ((lo < 0) & (mag != 0) & (mag <= 0x7F80)).to(torch.int64)
+    return _int32(((hi - down) << 16) | (lo & 0xFFFF)).view(torch.float32)
+
+
+def _int16(x: Tensor) -> Tensor:
+    """The low 16 bits of non-negative int64 values as int16 (two's complement)."""
+    return (x - ((x & 0x8000) << 1)).to(torch.int16)
+
+
+def _int32(x: Tensor) -> Tensor:
+    """The low 32 bits of non-negative int64 values as int32 (two's complement)."""
+    return (x - ((x & 0x80000000) << 1)).to(torch.int32)
+
+
+def is_remainder(masters: list[Tensor]) -> bool:
+    """Whether an update's master_params are bf16 master remainders (int16) rather than float32 copies."""
+    return bool(masters) and masters[0].dtype == torch.int16
+
+
 def _check_v2_args(params, master_params, lr_tensor) -> None:
     """Validation of the arguments new in contract v2, before anything is written."""
     if master_params:
         if len(master_params) != len(params):
             raise RuntimeError(f"fusedopt: master_params has {len(master_params)} entries, expected {len(params)} "
                              f"(one per param, or none)")
+        remainder = is_remainder(master_params)
+        if remainder and params and params[0].dtype != torch.bfloat16:
+            raise RuntimeError(f"fusedopt: master_params[0] is int16 (a master remainder) but params[0] has dtype "
+                               f"{params[0].dtype}; remainders hold the low 16 bits of an fp32 master of a bfloat16 "
+                               f"param")
+        want = torch.int16 if remainder else torch.float32
         for i, (p, m) in enumerate(zip(params, master_params)):
-            if m.dtype != torch.float32:
-                raise RuntimeError(f"fusedopt: master_params[{i}] has dtype {m.dtype}, expected torch.float32")
+            if m.dtype != want:
+                raise RuntimeError(f"fusedopt: master_params[{i}] has dtype {m.dtype}, expected {want}")
             if p.dtype == torch.float64:
                 raise RuntimeError(f"fusedopt: params[{i}] is float64; master_params are for bf16/fp16/fp32 params")
             if m.numel() != p.numel():
@@ -138,13 +188,22 @@ def _prepared(params, grads, master_params, grad_scale, clip_coef, maximize):
     for i, (p, grad) in enumerate(zip(params, grads, strict=True)):
         master = master_params[i] if master_params else None
         dtype = torch.float32 if master is not None else compute_dtype(p.dtype)
-        value = (master if master is not None else p).detach().reshape(p.shape).to(dtype)
+        if master is not None and master.dtype == torch.int16:
+            value = join_bf16(p, master).reshape(p.shape)
+        else:
+            value = (master if master is not None else p).detach().reshape(p.shape).to(dtype)
         yield i, value, _prepare_grad(grad, grad_scale, clip_coef, maximize, dtype), _store(p, master)
 
 
 def _store(param: Tensor, master: Tensor | None):
-    """Writes a param's new value: to the fp32 master (when kept) and, rounded to nearest even, to the param."""
+    """Writes a param's new value: to the fp32 master (when kept) and, rounded to nearest even, to the param;
+    or, with a remainder, split into the param and the remainder."""
     def store(value: Tensor) -> None:
+        if master is not None and master.dtype == torch.int16:
+            hi, lo = split_bf16(value.to(torch.float32))
+            param.detach().copy_(hi.reshape(param.shape))
+            master.detach().copy_(lo.reshape(master.shape))
+            return
         if master is not None:
             master.detach().copy_(value.reshape(master.shape))
         param.detach().copy_(value)

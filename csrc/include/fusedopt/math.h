@@ -67,6 +67,44 @@ FUSEDOPT_HD inline uint16_t float_to_bf16(float x) {
   return uint16_t(is_nan ? nan : rounded);
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Master remainders (master_weights="remainder"; op contract v3: an int16 master_params[i] of a bf16 param): the
+// bf16 param `hi` and a 16-bit remainder `lo` hold the fp32 master m exactly, 4 bytes in all instead of 2 + 4.
+//
+// split_bf16 rounds m to bf16 to nearest with ties away from zero, on the bit pattern: with L the low 16 bits,
+// the magnitude rounds up when L >= 0x8000. lo is L itself read as int16, i.e. the signed remainder of the
+// magnitude, in [-32768, 32767] units of 2^-16 bf16 ulp: L when rounded down, L - 2^16 when rounded up.
+// join_bf16 undoes the carry: u = ((hi - (lo < 0)) << 16) | L. Integer arithmetic only, so the pair is exact for
+// every finite m and for inf whatever the carry does: into the exponent (0x3F7FFFFF: hi = 1.0, lo = -1), up to
+// bf16's inf (|m| from 0x7F7F8000 up: hi = inf with lo < 0 while m is finite, as float_to_bf16 too rounds those
+// to inf), through subnormals (no flush: no float operation), and for signed zeros and tiny values (the sign is
+// hi's: -0 -> (0x8000, 0), -2^-149 -> (0x8000, 1)).
+// hi is float_to_bf16(m) except at a tie (L == 0x8000) whose truncated value is even: round to nearest even
+// takes it down, but the remainder of that, +32768, is one more than int16 holds, so split_bf16 rounds it up
+// (no 16-bit code can do otherwise: with hi even both neighbouring ties round to hi, 65537 remainders). Both
+// are nearest values of m; the master itself, and so every later step, is the same in both modes.
+// NaN: hi is float_to_bf16's NaN (sign, top payload, quiet bit set), lo the low 16 payload bits; join_bf16
+// returns the NaN with the quiet bit set (a signalling NaN comes back quiet, as any arithmetic would return it).
+// A pair split_bf16 cannot give (the param written from outside the optimizer, its remainder kept) still joins
+// to a value within half a bf16 ulp of hi, except hi = +-0 with lo < 0, which joins to hi's sign with L's bits (a
+// subnormal, not a borrow through zero into NaN), and hi = inf with lo > 0 (a NaN).
+
+FUSEDOPT_HD inline void split_bf16(float m, uint16_t& hi, int16_t& lo) {
+  const uint32_t u = float_bits(m);
+  const uint32_t low = u & 0xFFFFu;
+  const uint32_t up = low >> 15;  // L >= 0x8000: the magnitude rounds up
+  const bool is_nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+  hi = uint16_t(is_nan ? (u >> 16) | 0x0040u : (u >> 16) + up);  // a NaN's carry would reach the sign
+  lo = int16_t(int32_t(low) - int32_t(up << 16));
+}
+
+FUSEDOPT_HD inline float join_bf16(uint16_t hi, int16_t lo) {
+  const uint32_t mag = uint32_t(hi) & 0x7FFFu;
+  // Rounded up: take the carry back, unless hi is a NaN (not rounded) or a zero (nothing to borrow from).
+  const uint32_t down = (lo < 0) & (mag != 0u) & (mag <= 0x7F80u);
+  return bits_float(((uint32_t(hi) - down) << 16) | uint32_t(uint16_t(lo)));
+}
+
 FUSEDOPT_HD inline float fp16_to_float(uint16_t h) {
   uint32_t sign = (uint32_t(h) & 0x8000u) << 16;
   uint32_t mag = (uint32_t(h) & 0x7FFFu) << 13;  // exponent and mantissa moved to float positions
