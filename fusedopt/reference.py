@@ -34,6 +34,15 @@ grad_scale, clip_coef, found_inf)``
     - ``hyper``: the rule's hyperparameters as host floats, in ``Rule.hyper`` order; ``hyper[0]`` is lr.
     - ``flags``: an int, bit ``i`` set when switch ``Rule.flags[i]`` is on (SGD: nesterov; Adam: amsgrad,
       decoupled).
+    - Stochastic rounding (contract v4, ``param_rounding="stochastic"``): bit 16 of ``flags``
+      (``rules.STOCHASTIC_ROUNDING``) rounds the new values of bf16 params without master copies stochastically
+      instead of to nearest even. ``hyper`` then continues with the seed's low and high 32-bit words and one id
+      per param (integers below 2^32), and ``scalars`` with the rounding step (a one-element int64 tensor on
+      the params' device, only read). Element ``e`` of param ``i`` gets the high 16 bits of word ``e % 4`` of
+      Philox 4x32-10 keyed by the seed, counter ``(e // 4 low word, e // 4 high word, id i, step)``, added to
+      the low half of its fp32 bits before truncation (``float_to_bf16_stochastic`` below; math.h's section
+      of the same name). So the bits depend on nothing but (seed, id, step, element index): every backend,
+      thread count and bucketing gives the same ones.
 
     Arguments:
 
@@ -41,6 +50,13 @@ grad_scale, clip_coef, found_inf)``
       fp32: then it is just a second copy). When given, the update reads the current value from
       ``master_params[i]`` (not from ``params[i]``), writes the new fp32 value there and writes ``params[i]`` =
       that value rounded to the param's dtype (round to nearest even), in the same pass.
+      Or, for bfloat16 params only, one int16 tensor per param with its numel: *master remainders*
+      (``master_weights="remainder"``). The fp32 master is then ``join_bf16(params[i], master_params[i])`` and
+      the new value is stored back into both by ``split_bf16`` (below; math.h's functions of the same names):
+      exactly the fp32 master, so every value and state equals the float32-master call's bit for bit, and the
+      param is that master rounded to nearest, ties away from zero (the float32-master call rounds a tie to
+      even: the two differ by one bf16 ulp at ties whose truncated value is even). One kind per call: the
+      kind of ``master_params[0]``.
     - State tensors: one per param and state with the param's numel, all float32 or all bfloat16 within one
       call (float64 only here, for fp64 params). A bf16 state is loaded to fp32, the math (including the update
       that uses the new state) runs on the fp32 value, and it is stored rounded to nearest even.
@@ -88,15 +104,58 @@ def check(grads: list[Tensor]) -> Tensor:
     return torch.stack([sumsq, nonfinite.to(dtype)])
 
 
+def split_bf16(master: Tensor) -> tuple[Tensor, Tensor]:
+    """(bf16 param, int16 remainder) holding the float32 ``master`` exactly: math.h's split_bf16 on the bit
+    patterns (the param is the master rounded to nearest, ties away from zero; NaNs keep float_to_bf16's quiet
+    NaN and their low payload bits). Integer ops in int64, so no step depends on signed overflow."""
+    u = master.detach().contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    low = u & 0xFFFF
+    up = low >> 15  # the low half >= 0x8000: the magnitude rounds up
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    hi = torch.where(nan, (u >> 16) | 0x0040, (u >> 16) + up)
+    return _int16(hi).view(torch.bfloat16), _int16(low)
+
+
+def join_bf16(param: Tensor, remainder: Tensor) -> Tensor:
+    """The float32 master of a bf16 ``param`` and its int16 ``remainder`` (math.h's join_bf16): split_bf16's
+    rounding carry taken back, unless the param is a NaN or a zero."""
+    hi = param.detach().contiguous().view(torch.int16).to(torch.int64) & 0xFFFF
+    lo = remainder.detach().reshape(hi.shape).to(torch.int64)
+    mag = hi & 0x7FFF
+    down = ((lo < 0) & (mag != 0) & (mag <= 0x7F80)).to(torch.int64)
+    return _int32(((hi - down) << 16) | (lo & 0xFFFF)).view(torch.float32)
+
+
+def _int16(x: Tensor) -> Tensor:
+    """The low 16 bits of non-negative int64 values as int16 (two's complement)."""
+    return (x - ((x & 0x8000) << 1)).to(torch.int16)
+
+
+def _int32(x: Tensor) -> Tensor:
+    """The low 32 bits of non-negative int64 values as int32 (two's complement)."""
+    return (x - ((x & 0x80000000) << 1)).to(torch.int32)
+
+
+def is_remainder(masters: list[Tensor]) -> bool:
+    """Whether an update's master_params are bf16 master remainders (int16) rather than float32 copies."""
+    return bool(masters) and masters[0].dtype == torch.int16
+
+
 def _check_v2_args(params, master_params, lr_tensor) -> None:
     """Validation of the arguments new in contract v2, before anything is written."""
     if master_params:
         if len(master_params) != len(params):
             raise RuntimeError(f"fusedopt: master_params has {len(master_params)} entries, expected {len(params)} "
                              f"(one per param, or none)")
+        remainder = is_remainder(master_params)
+        if remainder and params and params[0].dtype != torch.bfloat16:
+            raise RuntimeError(f"fusedopt: master_params[0] is int16 (a master remainder) but params[0] has dtype "
+                               f"{params[0].dtype}; remainders hold the low 16 bits of an fp32 master of a bfloat16 "
+                               f"param")
+        want = torch.int16 if remainder else torch.float32
         for i, (p, m) in enumerate(zip(params, master_params)):
-            if m.dtype != torch.float32:
-                raise RuntimeError(f"fusedopt: master_params[{i}] has dtype {m.dtype}, expected torch.float32")
+            if m.dtype != want:
+                raise RuntimeError(f"fusedopt: master_params[{i}] has dtype {m.dtype}, expected {want}")
             if p.dtype == torch.float64:
                 raise RuntimeError(f"fusedopt: params[{i}] is float64; master_params are for bf16/fp16/fp32 params")
             if m.numel() != p.numel():
@@ -129,16 +188,84 @@ def _prepared(params, grads, master_params, grad_scale, clip_coef, maximize):
     for i, (p, grad) in enumerate(zip(params, grads, strict=True)):
         master = master_params[i] if master_params else None
         dtype = torch.float32 if master is not None else compute_dtype(p.dtype)
-        value = (master if master is not None else p).detach().reshape(p.shape).to(dtype)
+        if master is not None and master.dtype == torch.int16:
+            value = join_bf16(p, master).reshape(p.shape)
+        else:
+            value = (master if master is not None else p).detach().reshape(p.shape).to(dtype)
         yield i, value, _prepare_grad(grad, grad_scale, clip_coef, maximize, dtype), _store(p, master)
 
 
 def _store(param: Tensor, master: Tensor | None):
-    """Writes a param's new value: to the fp32 master (when kept) and, rounded to nearest even, to the param."""
+    """Writes a param's new value: to the fp32 master (when kept) and, rounded to nearest even, to the param;
+    or, with a remainder, split into the param and the remainder."""
     def store(value: Tensor) -> None:
+        if master is not None and master.dtype == torch.int16:
+            hi, lo = split_bf16(value.to(torch.float32))
+            param.detach().copy_(hi.reshape(param.shape))
+            master.detach().copy_(lo.reshape(master.shape))
+            return
         if master is not None:
             master.detach().copy_(value.reshape(master.shape))
         param.detach().copy_(value)
+    return store
+
+
+# --- Stochastic rounding of bf16 params (op contract v4: fusedopt.rules.rounding_args; math.h's section of the
+# same name, mirrored here in int64 torch arithmetic): Philox 4x32-10 keyed by the seed, counter (element // 4 as
+# two words, param id, step); element e takes the high 16 bits of output word e % 4.
+
+_MASK32 = 0xFFFFFFFF
+PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+
+
+def _mulhilo(a: int, b: Tensor) -> tuple[Tensor, Tensor]:
+    """(high, low) 32-bit words of the 64-bit product of the constant ``a`` and ``b`` (int64 values < 2^32): from
+    16-bit halves of ``b``, so that no int64 product overflows."""
+    lo_part = a * (b & 0xFFFF)  # < 2^48
+    hi_part = a * (b >> 16)     # < 2^48; the product is hi_part * 2^16 + lo_part
+    low = (((hi_part & 0xFFFF) << 16) + lo_part) & _MASK32
+    high = (hi_part + (lo_part >> 16)) >> 16
+    return high, low
+
+
+def philox4x32_10(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, k0: int, k1: int):
+    """math.h's philox4x32_10 on int64 tensors holding uint32 words (one counter per element)."""
+    for round_ in range(10):
+        if round_ > 0:
+            k0, k1 = (k0 + PHILOX_W0) & _MASK32, (k1 + PHILOX_W1) & _MASK32
+        hi0, lo0 = _mulhilo(PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo(PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+def rounding_bits(numel: int, seed_lo: int, seed_hi: int, param_id: int, step: int, device=None) -> Tensor:
+    """The 16 random bits (int64 values) of elements 0..numel-1 of one param (math.h's rounding_bits)."""
+    q = torch.arange((numel + 3) // 4, dtype=torch.int64, device=device)
+    full = torch.full_like(q, 0)
+    words = philox4x32_10(q & _MASK32, q >> 32, full + (param_id & _MASK32), full + (step & _MASK32), seed_lo,
+                          seed_hi)
+    return (torch.stack(words, dim=1).reshape(-1)[:numel]) >> 16
+
+
+def float_to_bf16_stochastic(x: Tensor, random16: Tensor) -> Tensor:
+    """math.h's float_to_bf16_stochastic: fp32 ``x`` rounded to bf16 with 16 random bits per element (int64):
+    the bits of x plus the random bits, truncated; NaN as the round-to-nearest cast (quiet bit, sign, payload)."""
+    u = x.contiguous().view(torch.int32).to(torch.int64) & _MASK32
+    rounded = ((u + random16) & _MASK32) >> 16
+    nan = (u >> 16) | 0x0040
+    bits = torch.where(torch.isnan(x.reshape(u.shape)), nan, rounded)
+    return bits.to(torch.int32).to(torch.int16).view(torch.bfloat16)  # wraps to the 16 bits as int16
+
+
+def _store_stochastic(param: Tensor, rounding: rules.Rounding, index: int, step: int):
+    """Writes a param's new value rounded stochastically to bf16 (no master copy: the op refuses one)."""
+    def store(value: Tensor) -> None:
+        value = value.to(torch.float32).reshape(-1)
+        bits = rounding_bits(value.numel(), rounding.seed_lo, rounding.seed_hi, rounding.param_ids[index], step,
+                             value.device)
+        param.detach().copy_(float_to_bf16_stochastic(value, bits).reshape(param.shape))
     return store
 
 
@@ -288,6 +415,7 @@ def update(rule, params, grads, states, master_params, scalars, is_first, hyper,
            grad_scale=None, clip_coef=None, found_inf=None) -> None:
     r = rules.get(rule)
     n = len(params)
+    hyper, flags, scalars, rounding = rules.rounding_args(r, params, master_params, hyper, flags, scalars)
     h = r.hyper_dict(hyper)
     on = r.flag_names(flags)
     used = r.used_states(h, on)
@@ -300,7 +428,10 @@ def update(rule, params, grads, states, master_params, scalars, is_first, hyper,
         return
     h["lr"] = _lr(h["lr"], lr_tensor)
     body = RULE_BODIES[rule]
+    step = int(rounding.step.item()) if rounding is not None else 0
     for i, p32, g, store in _prepared(params, grads, master_params, grad_scale, clip_coef, maximize):
+        if rounding is not None:
+            store = _store_stochastic(params[i], rounding, i, step)
         first = bool(is_first[i]) if is_first else False
         store(body(i, p32, g, {k: v[i] for k, v in by_state.items()}, {k: v[i] for k, v in by_scalar.items()},
                    first, h, on))

@@ -439,6 +439,71 @@ void test_fp16() {
   }
 }
 
+// split_bf16/join_bf16 (master remainders): every pair joins back to its float, and hi is float_to_bf16's
+// value but at the ties that round to nearest even takes down.
+void expect_split(uint32_t in, uint16_t want_hi, int16_t want_lo) {
+  uint16_t hi;
+  int16_t lo;
+  fusedopt::split_bf16(from_bits(in), hi, lo);
+  EXPECT(hi == want_hi && lo == want_lo, "split_bf16(0x%08x) = (0x%04x, %d), want (0x%04x, %d)", in, hi, lo,
+         want_hi, want_lo);
+}
+
+// The properties of one float: the exact round trip (a NaN comes back quiet) and hi's rounding.
+void check_split(uint32_t u) {
+  uint16_t hi;
+  int16_t lo;
+  fusedopt::split_bf16(from_bits(u), hi, lo);
+  const uint32_t back = bits(fusedopt::join_bf16(hi, lo));
+  const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+  const uint32_t want = nan ? u | 0x00400000u : u;
+  EXPECT(back == want, "join_bf16(split_bf16(0x%08x)) = 0x%08x (hi 0x%04x, lo %d)", u, back, hi, lo);
+  const uint16_t rne = fusedopt::float_to_bf16(from_bits(u));
+  const bool even_tie = (u & 0xFFFFu) == 0x8000u && ((u >> 16) & 1u) == 0u;
+  const uint16_t want_hi = nan ? rne : uint16_t(even_tie ? rne + 1 : rne);
+  EXPECT(hi == want_hi, "split_bf16(0x%08x): hi 0x%04x, want 0x%04x", u, hi, want_hi);
+}
+
+void test_remainder() {
+  expect_split(0x3F800000, 0x3F80, 0);       // 1
+  expect_split(0x3F800001, 0x3F80, 1);       // just above 1
+  expect_split(0x3F807FFF, 0x3F80, 32767);   // largest round down
+  expect_split(0x3F808000, 0x3F81, -32768);  // tie, truncation even: rounds up (nearest even would not)
+  expect_split(0x3F818000, 0x3F82, -32768);  // tie, truncation odd: up, as nearest even
+  expect_split(0x3F7FFFFF, 0x3F80, -1);      // carry into the exponent
+  expect_split(0xBF7FFFFF, 0xBF80, -1);      // the same, negative: the magnitude rounds
+  expect_split(0x00000000, 0x0000, 0);       // +0
+  expect_split(0x80000000, 0x8000, 0);       // -0 keeps its sign
+  expect_split(0x80000001, 0x8000, 1);       // the smallest negative subnormal: hi is -0
+  expect_split(0x0000FFFF, 0x0001, -1);      // subnormal rounding up to a bf16 subnormal
+  expect_split(0x007FFFFF, 0x0080, -1);      // largest subnormal rounds up to the smallest normal
+  expect_split(0x7F7F7FFF, 0x7F7F, 32767);   // largest float with a finite hi
+  expect_split(0x7F7F8000, 0x7F80, -32768);  // ... one more: hi is inf, the master finite
+  expect_split(0x7F7FFFFF, 0x7F80, -1);      // FLT_MAX: hi inf, as float_to_bf16 gives
+  expect_split(0xFF7FFFFF, 0xFF80, -1);      // -FLT_MAX
+  expect_split(0x7F800000, 0x7F80, 0);       // inf
+  expect_split(0xFF800000, 0xFF80, 0);       // -inf
+  expect_split(0x7FC00000, 0x7FC0, 0);       // quiet NaN
+  expect_split(0x7F800001, 0x7FC0, 1);       // a NaN whose payload is all in the low bits: no carry to inf
+  expect_split(0x7FFFFFFF, 0x7FFF, -1);      // ... or into the sign
+  expect_split(0xFFFF8000, 0xFFFF, -32768);  // negative NaN
+  // Pairs split_bf16 never gives (a param written from outside) join to finite values near hi, not NaN.
+  EXPECT(bits(fusedopt::join_bf16(0x0000, -1)) == 0x0000FFFFu, "join_bf16(+0, -1) = 0x%08x",
+         bits(fusedopt::join_bf16(0x0000, -1)));
+  EXPECT(bits(fusedopt::join_bf16(0x8000, -1)) == 0x8000FFFFu, "join_bf16(-0, -1) = 0x%08x",
+         bits(fusedopt::join_bf16(0x8000, -1)));
+  // Every bf16 pattern with edge and random low halves; every low half of a few bf16 values.
+  Lcg rng{5};
+  const uint32_t edges[] = {0x0000, 0x0001, 0x7FFE, 0x7FFF, 0x8000, 0x8001, 0xFFFE, 0xFFFF};
+  for (uint32_t h = 0; h <= 0xFFFF; ++h) {
+    for (uint32_t low : edges) check_split((h << 16) | low);
+    for (int k = 0; k < 24; ++k) check_split((h << 16) | (rng.next() & 0xFFFFu));
+  }
+  for (uint32_t h : {0x0000u, 0x0080u, 0x3F7Fu, 0x3F80u, 0x7F7Fu, 0x7F80u, 0x7FC0u, 0x8000u, 0xBF80u, 0xFF7Fu}) {
+    for (uint32_t low = 0; low <= 0xFFFF; ++low) check_split((h << 16) | low);
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -465,6 +530,7 @@ int main() {
   test_torch_roundings();
   test_bf16();
   test_fp16();
+  test_remainder();
   if (failures) {
     printf("%d check(s) failed\n", failures);
     return 1;

@@ -1,14 +1,27 @@
 """Hyperparameter checks shared by the optimizer classes, in torch.optim's words. Each class checks in its torch
 namesake's order, most of them declared as data: ``_check_hyperparameters = checks("lr", "eps", ...)``. ``at_step``
-(see ``_base._readable``) leaves alone a tensor value that cannot be read without a sync."""
+(see ``_readable``) leaves alone a tensor value that cannot be read without a sync. Also the checks of the
+extras every class shares that have data of their own (``param_rounding`` and ``seed``, and their state_dict
+entry)."""
 from __future__ import annotations
 
-from torch import Tensor
+import numbers
 
-from fusedopt.optim._base import _readable
+import torch
+from torch import Tensor
 
 # torch's words for a value out of range, where they are not "{key} value".
 _WORDS = {"lr": "learning rate", "eps": "epsilon value"}
+PARAM_ROUNDINGS = ("nearest", "stochastic")
+
+
+def _readable(value, at_step: bool) -> bool:
+    """Whether a hyperparameter's value may be compared on the host: always at construction (torch.optim reads
+    it there too); at step time not for a tensor off the CPU (reading it would wait for the device) or while
+    torch.compile traces the step."""
+    if not at_step or not torch.is_tensor(value):
+        return True
+    return value.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def check_lr(lr, at_step: bool) -> None:
@@ -65,3 +78,47 @@ def check_adam_family(hp: dict, at_step: bool = False) -> None:
     tensor lr): a tensor lr of one element; lr, eps, betas and weight_decay in range."""
     for key in ("lr", "eps", "betas", "weight_decay"):
         _check_entry(hp, key, at_step)
+
+
+def _is_seed(seed) -> bool:
+    """A stochastic rounding key: an integer (not a bool) in [0, 2**64)."""
+    return isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and 0 <= seed < 2**64
+
+
+def check_param_rounding(param_rounding, seed, master_weights, differentiable: bool) -> None:
+    """The constructor's checks of ``param_rounding`` and ``seed``."""
+    if not isinstance(param_rounding, str) or param_rounding not in PARAM_ROUNDINGS:
+        raise ValueError(f"Invalid param_rounding: {param_rounding!r}; expected 'nearest' or 'stochastic'")
+    if param_rounding == "nearest":
+        if seed is not None:
+            raise ValueError("seed is the key of param_rounding='stochastic'; it does not apply to 'nearest'")
+        return
+    if master_weights is not False:
+        raise ValueError(f"param_rounding='stochastic' is for bf16 params without a master copy; "
+                         f"master_weights={master_weights!r} keeps one (the params are rounded to nearest from it)")
+    if differentiable:
+        raise ValueError("param_rounding='stochastic' does not apply to differentiable=True (torch.optim's "
+                         "single-tensor implementation runs the step)")
+    if seed is not None and not _is_seed(seed):
+        raise ValueError(f"Invalid seed: {seed!r}; expected an integer in [0, 2**64)")
+
+
+def check_loaded_rounding(value) -> None:
+    """A state_dict's ``"param_rounding"`` entry (None: absent): ``{"seed": int in [0, 2**64), "step": a
+    non-negative integer or one-element integer tensor}``; checked before anything is loaded."""
+    if value is None:
+        return
+    if not isinstance(value, dict) or set(value) != {"seed", "step"}:
+        raise ValueError(f"loaded state dict has an invalid 'param_rounding' entry {value!r}; expected "
+                         f"{{'seed': int, 'step': int or tensor}}")
+    seed, step = value["seed"], value["step"]
+    if not _is_seed(seed):
+        raise ValueError(f"loaded state dict's param_rounding seed is {seed!r}; expected an integer in [0, 2**64)")
+    if torch.is_tensor(step):
+        ok = step.numel() == 1 and not step.is_floating_point() and not step.is_complex() \
+            and step.dtype != torch.bool and step.device.type != "meta" and int(step.item()) >= 0
+    else:
+        ok = isinstance(step, numbers.Integral) and not isinstance(step, bool) and step >= 0
+    if not ok:
+        raise ValueError(f"loaded state dict's param_rounding step is {step!r}; expected a non-negative integer "
+                         f"or one-element integer tensor")

@@ -28,12 +28,14 @@ import triton.language as tl
 
 from fusedopt import rules as rule_table
 from fusedopt.triton import _multi_tensor as mt
-from fusedopt.triton.math import as_pointer, load_float, not_skipped, prepare_grad, splat_load, store_float
+from fusedopt.triton.math import (as_pointer, float_to_bf16_stochastic, load_float, not_skipped, prepare_grad,
+                                  rounding_bits, splat_load, store_float)
 from fusedopt.triton.rules import MAX_HYPER, RULES
 
 # Record of tensor i: numel, the addresses of param, grad, master, then of each state of the rule (Rule.states
-# order) and each scalar state (Rule.scalars order), then is_first (0/1) for rules that take it. Absent lists
-# repeat the param's address; constexpr switches keep the kernels from touching them.
+# order) and each scalar state (Rule.scalars order), then is_first (0/1) for rules that take it, then the param id
+# under stochastic rounding. Absent lists repeat the param's address; constexpr switches keep the kernels from
+# touching them.
 _PARAM, _GRAD, _MASTER, _STATES = (tl.constexpr(k) for k in range(1, 5))
 
 
@@ -46,8 +48,8 @@ def reload_addresses(has_master: bool, n_used: int) -> bool:
     return 2 + has_master + n_used >= 6
 
 
-def _record_size(rule: rule_table.Rule) -> int:
-    return _STATES.value + len(rule.states) + len(rule.scalars) + int(rule.takes_is_first)
+def _record_size(rule: rule_table.Rule, stochastic: bool = False) -> int:
+    return _STATES.value + len(rule.states) + len(rule.scalars) + int(rule.takes_is_first) + int(stochastic)
 
 
 @triton.jit
@@ -64,7 +66,7 @@ def _per_tensor_kernel(records, n_tensors, coefs, h0: "fp64", h1: "fp64", h2: "f
                        h5: "fp64", h6: "fp64", h7: "fp64", lr_ptr, found_inf_ptr, PER_TENSOR: tl.constexpr,
                        N_STATES: tl.constexpr, N_SCALARS: tl.constexpr, N_COEFS: tl.constexpr,
                        TAKES_FIRST: tl.constexpr, HAS_LR_TENSOR: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
-                       RECORD: tl.constexpr, TENSOR_BLOCK: tl.constexpr):
+                       STOCHASTIC: tl.constexpr, RECORD: tl.constexpr, TENSOR_BLOCK: tl.constexpr):
     t = tl.program_id(0) * TENSOR_BLOCK + tl.arange(0, TENSOR_BLOCK)
     mask = t < n_tensors
     record = records + t * RECORD
@@ -80,7 +82,7 @@ def _per_tensor_kernel(records, n_tensors, coefs, h0: "fp64", h1: "fp64", h2: "f
         pointers = pointers + (ptr,)
         values = values + (tl.load(ptr, mask=mask, other=0.0),)
     if TAKES_FIRST:
-        first = tl.load(record + RECORD - 1, mask=mask, other=0) != 0
+        first = tl.load(record + (RECORD - 1 - STOCHASTIC), mask=mask, other=0) != 0
     else:
         first = t < 0
     values, c = PER_TENSOR(h, values, first)
@@ -91,14 +93,15 @@ def _per_tensor_kernel(records, n_tensors, coefs, h0: "fp64", h1: "fp64", h2: "f
         tl.store(coefs + N_COEFS * t + k, c[k], mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])  # any seed, one compilation
 def _update_kernel(records, work, coefs, h0: "fp64", h1: "fp64", h2: "fp64", h3: "fp64", h4: "fp64", h5: "fp64",
-                   h6: "fp64", h7: "fp64", lr_ptr, grad_scale_ptr, clip_coef_ptr, found_inf_ptr,
-                   HYPER: tl.constexpr, ELEMENT: tl.constexpr, FLAGS: tl.constexpr, USED: tl.constexpr,
-                   N_STATES: tl.constexpr, N_COEFS: tl.constexpr, TAKES_FIRST: tl.constexpr, P_KIND: tl.constexpr,
-                   S_KIND: tl.constexpr, HAS_MASTER: tl.constexpr, HAS_LR_TENSOR: tl.constexpr,
+                   h6: "fp64", h7: "fp64", lr_ptr, grad_scale_ptr, clip_coef_ptr, found_inf_ptr, rounding_step_ptr,
+                   seed_lo, seed_hi, HYPER: tl.constexpr, ELEMENT: tl.constexpr, FLAGS: tl.constexpr,
+                   USED: tl.constexpr, N_STATES: tl.constexpr, N_COEFS: tl.constexpr, TAKES_FIRST: tl.constexpr,
+                   P_KIND: tl.constexpr, S_KIND: tl.constexpr, HAS_MASTER: tl.constexpr, HAS_LR_TENSOR: tl.constexpr,
                    HAS_GRAD_SCALE: tl.constexpr, HAS_CLIP: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
-                   MAXIMIZE: tl.constexpr, RELOAD: tl.constexpr, RECORD: tl.constexpr, BLOCK: tl.constexpr):
+                   MAXIMIZE: tl.constexpr, RELOAD: tl.constexpr, STOCHASTIC: tl.constexpr, RECORD: tl.constexpr,
+                   BLOCK: tl.constexpr):
     _, t, record, offs, mask = mt.work_item(records, work, RECORD, BLOCK)
     mask = not_skipped(mask, found_inf_ptr, offs, HAS_FOUND_INF)
 
@@ -123,7 +126,7 @@ def _update_kernel(records, work, coefs, h0: "fp64", h1: "fp64", h2: "fp64", h3:
     else:
         p = load_float(p_ptr, offs, mask, P_KIND)
     if TAKES_FIRST:
-        is_first = splat_load(record + RECORD - 1, offs)
+        is_first = splat_load(record + (RECORD - 1 - STOCHASTIC), offs)
         state_mask = mask & (is_first == 0)  # a state with no history yet is not read
     else:
         is_first = tl.zeros_like(offs)
@@ -151,7 +154,11 @@ def _update_kernel(records, work, coefs, h0: "fp64", h1: "fp64", h2: "fp64", h3:
             store_float(s_ptr, offs, s[k], mask, S_KIND)
     if HAS_MASTER:
         store_float(master_ptr, offs, p, mask, 0)
-    store_float(p_ptr, offs, p, mask, P_KIND)
+    if STOCHASTIC:  # bf16 params (the op checks it), rounded with the bits of (seed, param id, step, element)
+        bits = rounding_bits(offs, seed_lo, seed_hi, tl.load(record + (RECORD - 1)), tl.load(rounding_step_ptr))
+        tl.store(p_ptr + offs, float_to_bf16_stochastic(p, bits), mask=mask)
+    else:
+        store_float(p_ptr, offs, p, mask, P_KIND)
 
 
 def rule_of(name: str):
@@ -181,6 +188,7 @@ def _check_layout(rule, used, n, states, scalars, is_first, flags) -> None:
 def update(rule, params, grads, states, master_params, scalars, is_first, hyper, flags, maximize, lr_tensor=None,
            grad_scale=None, clip_coef=None, found_inf=None) -> None:
     r, tr = rule_of(rule)
+    hyper, flags, scalars, rounding = rule_table.rounding_args(r, params, master_params, hyper, flags, scalars)
     h = r.hyper_dict(hyper)
     used = r.used_states(h, r.flag_names(flags))
     n = len(params)
@@ -202,19 +210,23 @@ def update(rule, params, grads, states, master_params, scalars, is_first, hyper,
     block = mt.block_size(_update_kernel)
     columns = [params, grads, master_params if has_master else params,
                *(by_state.get(key, params) for key in r.states), *by_scalar.values()]
-    first = ()  # the records' last entry, for rules that take is_first (none given: no fresh state)
+    extra = ()  # the records' last entries: is_first for rules that take it (none given: no fresh state), the id
     if r.takes_is_first:
-        first = tuple(int(bool(f)) for f in is_first) if is_first else (0,) * n
+        extra = tuple((int(bool(f)),) for f in is_first) if is_first else ((0,),) * n
+    if rounding is not None:
+        extra = tuple((*e, i) for e, i in zip(extra or ((),) * n, rounding.param_ids))
     disjoint = [params, grads, *by_state.values(), *([master_params] if has_master else [])]
-    records, work, n_work = mt.tables(device, columns, numels, block, extra=first, disjoint=disjoint)
+    records, work, n_work = mt.tables(device, columns, numels, block, extra=extra, disjoint=disjoint)
     mt.bump_versions(params, master_params, states, scalars, grads if grad_scale is not None else [])
 
     slots = [float(x) for x in hyper] + [0.0] * (MAX_HYPER - len(hyper))
     dummy = records  # absent optional tensors: never read (a constexpr says so)
     lr_arg, found_inf_arg = mt.pointer_or_dummy(lr_tensor, dummy), mt.pointer_or_dummy(found_inf, dummy)
     n_coefs = len(tr.coefficients)
+    stochastic = rounding is not None
     common = dict(N_STATES=len(r.states), N_COEFS=n_coefs, TAKES_FIRST=r.takes_is_first,
-                  HAS_LR_TENSOR=lr_tensor is not None, HAS_FOUND_INF=found_inf is not None, RECORD=_record_size(r))
+                  HAS_LR_TENSOR=lr_tensor is not None, HAS_FOUND_INF=found_inf is not None,
+                  STOCHASTIC=int(stochastic), RECORD=_record_size(r, stochastic))
     coefs = dummy
     if tr.per_tensor is not None:
         if n_coefs:
@@ -225,7 +237,9 @@ def update(rule, params, grads, states, master_params, scalars, is_first, hyper,
     if n_work == 0:
         return
     mt.launch(_update_kernel, (n_work,), records, work, coefs, *slots, lr_arg, mt.pointer_or_dummy(grad_scale, dummy),
-              mt.pointer_or_dummy(clip_coef, dummy), found_inf_arg, HYPER=tr.hyper, ELEMENT=tr.element,
+              mt.pointer_or_dummy(clip_coef, dummy), found_inf_arg, rounding.step if stochastic else dummy,
+              rounding.seed_lo if stochastic else 0, rounding.seed_hi if stochastic else 0, HYPER=tr.hyper,
+              ELEMENT=tr.element,
               FLAGS=int(flags), USED=tr.used_mask(used), P_KIND=mt.KIND[params[0].dtype], S_KIND=mt.KIND[state_dtype],
               HAS_MASTER=has_master, HAS_GRAD_SCALE=grad_scale is not None, HAS_CLIP=clip_coef is not None,
               MAXIMIZE=bool(maximize), RELOAD=reload_addresses(has_master, len(used)), BLOCK=block, **common)

@@ -67,6 +67,44 @@ FUSEDOPT_HD inline uint16_t float_to_bf16(float x) {
   return uint16_t(is_nan ? nan : rounded);
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Master remainders (master_weights="remainder"; op contract v3: an int16 master_params[i] of a bf16 param): the
+// bf16 param `hi` and a 16-bit remainder `lo` hold the fp32 master m exactly, 4 bytes in all instead of 2 + 4.
+//
+// split_bf16 rounds m to bf16 to nearest with ties away from zero, on the bit pattern: with L the low 16 bits,
+// the magnitude rounds up when L >= 0x8000. lo is L itself read as int16, i.e. the signed remainder of the
+// magnitude, in [-32768, 32767] units of 2^-16 bf16 ulp: L when rounded down, L - 2^16 when rounded up.
+// join_bf16 undoes the carry: u = ((hi - (lo < 0)) << 16) | L. Integer arithmetic only, so the pair is exact for
+// every finite m and for inf whatever the carry does: into the exponent (0x3F7FFFFF: hi = 1.0, lo = -1), up to
+// bf16's inf (|m| from 0x7F7F8000 up: hi = inf with lo < 0 while m is finite, as float_to_bf16 too rounds those
+// to inf), through subnormals (no flush: no float operation), and for signed zeros and tiny values (the sign is
+// hi's: -0 -> (0x8000, 0), -2^-149 -> (0x8000, 1)).
+// hi is float_to_bf16(m) except at a tie (L == 0x8000) whose truncated value is even: round to nearest even
+// takes it down, but the remainder of that, +32768, is one more than int16 holds, so split_bf16 rounds it up
+// (no 16-bit code can do otherwise: with hi even both neighbouring ties round to hi, 65537 remainders). Both
+// are nearest values of m; the master itself, and so every later step, is the same in both modes.
+// NaN: hi is float_to_bf16's NaN (sign, top payload, quiet bit set), lo the low 16 payload bits; join_bf16
+// returns the NaN with the quiet bit set (a signalling NaN comes back quiet, as any arithmetic would return it).
+// A pair split_bf16 cannot give (the param written from outside the optimizer, its remainder kept) still joins
+// to a value within half a bf16 ulp of hi, except hi = +-0 with lo < 0, which joins to hi's sign with L's bits (a
+// subnormal, not a borrow through zero into NaN), and hi = inf with lo > 0 (a NaN).
+
+FUSEDOPT_HD inline void split_bf16(float m, uint16_t& hi, int16_t& lo) {
+  const uint32_t u = float_bits(m);
+  const uint32_t low = u & 0xFFFFu;
+  const uint32_t up = low >> 15;  // L >= 0x8000: the magnitude rounds up
+  const bool is_nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+  hi = uint16_t(is_nan ? (u >> 16) | 0x0040u : (u >> 16) + up);  // a NaN's carry would reach the sign
+  lo = int16_t(int32_t(low) - int32_t(up << 16));
+}
+
+FUSEDOPT_HD inline float join_bf16(uint16_t hi, int16_t lo) {
+  const uint32_t mag = uint32_t(hi) & 0x7FFFu;
+  // Rounded up: take the carry back, unless hi is a NaN (not rounded) or a zero (nothing to borrow from).
+  const uint32_t down = (lo < 0) & (mag != 0u) & (mag <= 0x7F80u);
+  return bits_float(((uint32_t(hi) - down) << 16) | uint32_t(uint16_t(lo)));
+}
+
 FUSEDOPT_HD inline float fp16_to_float(uint16_t h) {
   uint32_t sign = (uint32_t(h) & 0x8000u) << 16;
   uint32_t mag = (uint32_t(h) & 0x7FFFu) << 13;  // exponent and mantissa moved to float positions
@@ -93,6 +131,90 @@ FUSEDOPT_HD inline uint16_t float_to_fp16(float x) {
   uint32_t nan = 0x7E00u | ((a >> 13) & 0x03FFu);
   uint32_t r = a > 0x7F800000u ? nan : (a < 0x38800000u ? subnormal : normal);
   return uint16_t(r | sign);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Stochastic rounding of bf16 params (issue 13, param_rounding="stochastic"). The random bits come from Philox
+// 4x32-10 (Salmon, Moraes, Dror, Shaw 2011, "Parallel random numbers: as easy as 1, 2, 3"), a counter-based
+// generator: output = a keyed bijection of the counter, so any element's bits are computed directly from where
+// it is, whatever thread, block or backend computes it. fusedopt/triton/math.py and fusedopt/reference.py mirror
+// this section line for line; tests check all of them against the paper's known-answer vectors.
+//
+// Key: the optimizer's 64-bit seed (low word, high word). Counter of the call that serves elements 4q..4q+3 of a
+// param: (q low word, q high word, the param's id (its position in the optimizer's param groups), the
+// optimizer's rounding step). Element e takes the high 16 bits of output word e % 4. So the bits depend on
+// (seed, param id, step, element index) only: not on bucketing, chunking, thread count or backend.
+
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u;  // the multipliers of Philox 4x32 (the paper's table)
+constexpr uint32_t kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;  // the key schedule's Weyl increments (golden ratio, sqrt(3) - 1)
+constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
+
+// Op contract v4: bit 16 of the update op's `flags`, above every rule's own flag bits, asks for stochastic
+// rounding of the (bf16) params; then `hyper` carries 2 + n more doubles after the rule's (the seed's low and
+// high words, then one id per param) and `scalars` one more entry after the rule's: the rounding step, a
+// one-element int64 tensor on the params' device, read (never written) by the op. fusedopt/reference.py says it.
+constexpr uint32_t kFlagStochasticRounding = uint32_t(1) << 16;
+
+// Philox 4x32 with 10 rounds: ctr -> out, keyed by (k0, k1). One round multiplies words 0 and 2 by the two
+// constants into 64-bit products and mixes their halves with words 1 and 3 and the key; the key advances by the
+// Weyl increments between rounds.
+FUSEDOPT_HD inline void philox4x32_10(const uint32_t (&ctr)[4], uint32_t k0, uint32_t k1, uint32_t (&out)[4]) {
+  uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
+  for (int round = 0; round < 10; ++round) {
+    if (round > 0) {
+      k0 += kPhiloxW0;
+      k1 += kPhiloxW1;
+    }
+    const uint64_t p0 = uint64_t(kPhiloxM0) * c0;
+    const uint64_t p1 = uint64_t(kPhiloxM1) * c2;
+    const uint32_t hi0 = uint32_t(p0 >> 32), lo0 = uint32_t(p0);
+    const uint32_t hi1 = uint32_t(p1 >> 32), lo1 = uint32_t(p1);
+    c0 = hi1 ^ c1 ^ k0;
+    c1 = lo1;
+    c2 = hi0 ^ c3 ^ k1;
+    c3 = lo0;
+  }
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
+}
+
+// What the random bits of one param's elements in one step depend on, besides the element's index.
+struct RoundingKey {
+  uint32_t seed_lo, seed_hi;  // the optimizer's seed
+  uint32_t param_id;          // the param's position in the optimizer's param groups
+  uint32_t step;              // the optimizer's rounding step (low 32 bits)
+};
+
+// The 16 random bits of elements 4q..4q+3 (r[k] for element 4q + k), from one Philox call.
+FUSEDOPT_HD inline void rounding_bits4(const RoundingKey& key, uint64_t q, uint32_t (&r)[4]) {
+  const uint32_t ctr[4] = {uint32_t(q), uint32_t(q >> 32), key.param_id, key.step};
+  uint32_t out[4];
+  philox4x32_10(ctr, key.seed_lo, key.seed_hi, out);
+  for (int k = 0; k < 4; ++k) r[k] = out[k] >> 16;
+}
+
+// The random bits of element e alone: the same as rounding_bits4's for its quad.
+FUSEDOPT_HD inline uint32_t rounding_bits(const RoundingKey& key, uint64_t e) {
+  uint32_t r[4];
+  rounding_bits4(key, e >> 2, r);
+  return r[e & 3];
+}
+
+// fp32 -> bf16, rounded up in magnitude with probability (dropped low 16 bits) / 2^16, given 16 uniform random
+// bits: adding them to the low half carries into the kept half exactly that often, so the expected bf16 value is
+// x (unbiased). On the bits, so the same for both signs and for subnormals (bf16 shares fp32's exponent range; a
+// carry out of the mantissa is the next binade, as it should be). A bf16 value (low half 0), +-0 and +-inf never
+// change. Magnitudes above the largest bf16 (0x7F7F) round to it or to inf by the same rule: inf is the next
+// value up, as round-to-nearest's overflow. NaN as float_to_bf16: sign and top payload kept, quiet bit forced.
+FUSEDOPT_HD inline uint16_t float_to_bf16_stochastic(float x, uint32_t random16) {
+  const uint32_t u = float_bits(x);
+  const uint32_t rounded = (u + random16) >> 16;
+  const uint32_t nan = (u >> 16) | 0x0040u;
+  const bool is_nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+  return uint16_t(is_nan ? nan : rounded);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
