@@ -93,7 +93,9 @@ void update(std::string_view rule, TensorList params, TensorList grads, TensorLi
     std::optional<cpu::GradPrep> prep = grad_prep(grad_scale, clip_coef, found_inf, maximize);
     // Bumped also for a skipped step: the op mutates its arguments (as torch's fused ops, and the CUDA op, which
     // reads found_inf on the device).
-    bump_update_writes(params, grads, states, master_params, scalars, grad_scale);
+    // The rounding step after the rule's scalars (stochastic rounding) is only read.
+    bump_update_writes(params, grads, states, master_params, scalars.slice(0, size_t(Rule::kScalars) * params.size()),
+                       grad_scale);
     if (!prep) return;  // skipped step: nothing is written, scalar states included
     args.grad = *prep;
     cpu::update<Rule>(args);

@@ -155,6 +155,8 @@ void reset(Args& args, size_t n) {
   args.scalars.clear();
   args.is_first.clear();
   args.hyper.clear();
+  args.param_ids.clear();
+  args.rounding_step = nullptr;
 }
 
 // Validates params and grads (one dtype, one device: params[0]'s) and fills the fields every update shares
@@ -249,6 +251,52 @@ std::string joined(const std::array<const char*, N>& names) {
   return N > 0 ? out : "none";
 }
 
+// Stochastic rounding (math.h's kFlagStochasticRounding): `hyper` holds the rule's kHyper doubles, then the
+// seed's low and high words, then one id per param, each an integer in [0, 2^32) (exact as a double).
+template <typename Rule>
+void check_rounding_hyper(c10::ArrayRef<double> hyper, size_t n) {
+  TORCH_CHECK(hyper.size() == size_t(Rule::kHyper) + 2 + n, "fusedopt: rule '", Rule::kName, "' with stochastic ",
+              "rounding takes ", Rule::kHyper, " hyperparameters (", joined(Rule::kHyperNames),
+              "), the seed's two 32-bit words and one id per param (", size_t(Rule::kHyper) + 2 + n, " values for ",
+              n, " params), got ", hyper.size());
+  for (size_t k = size_t(Rule::kHyper); k < hyper.size(); ++k) {
+    const double v = hyper[k];
+    const size_t j = k - size_t(Rule::kHyper);
+    TORCH_CHECK(v >= 0.0 && v < 4294967296.0 && v == double(uint64_t(v)), "fusedopt: hyper[", k, "] (",
+                j == 0 ? "the seed's low word" : j == 1 ? "the seed's high word" : "the id of params[",
+                j >= 2 ? c10::str(j - 2, "]") : std::string(), ") is ", v, "; expected an integer in [0, 2^32)");
+  }
+}
+
+// The rest of stochastic rounding's arguments, after fill_params (the params' dtype) and check_rounding_hyper:
+// bf16 params without master copies (a master copy keeps the exact value; fp32 and fp16 params are not rounded to
+// bf16), and the rounding step, the entry of `scalars` after the rule's: a one-element int64 tensor on the
+// params' device.
+template <typename Rule, typename Args>
+void fill_rounding(Args& args, TensorList params, TensorList master_params, TensorList scalars,
+                   c10::ArrayRef<double> hyper) {
+  using Dtype = decltype(args.dtype);
+  const size_t n = params.size();
+  TORCH_CHECK(n == 0 || args.dtype == Dtype::BFloat16, "fusedopt: stochastic rounding (flags bit 16) rounds ",
+              "bfloat16 params; params[0] has dtype ", params[0].scalar_type());
+  TORCH_CHECK(master_params.empty(), "fusedopt: stochastic rounding (flags bit 16) is for params without a master ",
+              "copy, but master_params has ", master_params.size(), " entries");
+  args.seed_lo = uint32_t(hyper[Rule::kHyper]);
+  args.seed_hi = uint32_t(hyper[Rule::kHyper + 1]);
+  args.param_ids.resize(n);
+  for (size_t i = 0; i < n; ++i) args.param_ids[i] = uint32_t(hyper[Rule::kHyper + 2 + i]);
+  const size_t at = size_t(Rule::kScalars) * n;
+  if (scalars.size() != at + 1) return;  // fill_update's length check names the problem
+  const Tensor& s = scalars[at];
+  const bool ok = s.defined() && s.layout() == at::kStrided && s.scalar_type() == at::kLong && s.numel() == 1 &&
+                  (n == 0 || s.device() == params[0].device());
+  TORCH_CHECK(ok, "fusedopt: the rounding step (scalars[", at, "]) must be a one-element int64 tensor",
+              n > 0 ? " on " + params[0].device().str() : std::string(), ", got ",
+              s.defined() ? c10::str(s.scalar_type(), " with ", s.numel(), " elements on ", s.device())
+                          : std::string("undefined"));
+  args.rounding_step = static_cast<const int64_t*>(s.const_data_ptr());
+}
+
 // The op's flat arguments for update rule `Rule` (see fusedopt/reference.py, op contract v3), validated and
 // filled into a backend's raw-pointer struct `Args` (cpu::UpdateArgs, the CUDA one), which has the fields
 //   dtype, state_dtype, params, grads, master_params, master_remainder, numels
@@ -262,17 +310,24 @@ std::string joined(const std::array<const char*, N>& names) {
 template <typename Rule, typename Args>
 void fill_update(Args& args, TensorList params, TensorList grads, TensorList states, TensorList master_params,
                  TensorList scalars, const c10::List<bool>& is_first, c10::ArrayRef<double> hyper, int64_t flags) {
-  TORCH_CHECK(hyper.size() == size_t(Rule::kHyper), "fusedopt: rule '", Rule::kName, "' takes ", Rule::kHyper,
-              " hyperparameters (", joined(Rule::kHyperNames), "), got ", hyper.size());
-  TORCH_CHECK(flags >= 0 && flags < (int64_t(1) << Rule::kFlags), "fusedopt: flags is ", flags, "; rule '",
-              Rule::kName, "' has ", Rule::kFlags, " flag bits (", joined(Rule::kFlagNames), ")");
+  const bool stochastic = flags >= 0 && (flags & int64_t(kFlagStochasticRounding)) != 0;
+  const int64_t rule_flags = stochastic ? flags & ~int64_t(kFlagStochasticRounding) : flags;
   const size_t n = params.size();
+  if (!stochastic) {
+    TORCH_CHECK(hyper.size() == size_t(Rule::kHyper), "fusedopt: rule '", Rule::kName, "' takes ", Rule::kHyper,
+                " hyperparameters (", joined(Rule::kHyperNames), "), got ", hyper.size());
+  }
+  TORCH_CHECK(rule_flags >= 0 && rule_flags < (int64_t(1) << Rule::kFlags), "fusedopt: flags is ", flags, "; rule '",
+              Rule::kName, "' has ", Rule::kFlags, " flag bits (", joined(Rule::kFlagNames),
+              ") and bit 16 (stochastic rounding)");
+  if (stochastic) check_rounding_hyper<Rule>(hyper, n);
   reset(args, n);
-  args.hyper.assign(hyper.begin(), hyper.end());
-  args.flags = uint32_t(flags);
+  args.hyper.assign(hyper.begin(), hyper.begin() + Rule::kHyper);
+  args.flags = uint32_t(rule_flags);
   args.switches = Rule::switches(args.hyper.data(), args.flags);
   fill_params(args, params, grads);
   fill_master_params(args, params, master_params);
+  if (stochastic) fill_rounding<Rule>(args, params, master_params, scalars, hyper);
 
   // The states in use, in the rule's order: the op's list u holds state used[u].
   std::array<int, Rule::kStates> used{};
@@ -286,9 +341,11 @@ void fill_update(Args& args, TensorList params, TensorList grads, TensorList sta
     TORCH_CHECK(false, "fusedopt: states has ", states.size(), " entries, expected ", num_used * n, " (", num_used,
                 " state lists (", num_used > 0 ? lists : std::string("none"), ") of ", n, " params)");
   }
-  TORCH_CHECK(scalars.size() == size_t(Rule::kScalars) * n, "fusedopt: scalars has ", scalars.size(),
-              " entries, expected ", size_t(Rule::kScalars) * n, " (", Rule::kScalars, " scalar lists (",
-              joined(Rule::kScalarNames), ") of ", n, " params)");
+  const size_t rounding_scalars = stochastic ? 1 : 0;
+  TORCH_CHECK(scalars.size() == size_t(Rule::kScalars) * n + rounding_scalars, "fusedopt: scalars has ",
+              scalars.size(), " entries, expected ", size_t(Rule::kScalars) * n + rounding_scalars, " (",
+              Rule::kScalars, " scalar lists (", joined(Rule::kScalarNames), ") of ", n, " params",
+              stochastic ? ", then the rounding step)" : ")");
   if (!is_first.empty()) check_length(is_first.size(), n, "is_first");
 
   args.states.assign(size_t(Rule::kStates) * n, nullptr);

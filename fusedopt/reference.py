@@ -1,8 +1,9 @@
 """Pure-torch oracle with exactly fusedopt's semantics; also ``backend="reference"``.
 
-This module *defines* the backend op contract, version 3. Every backend (this one, the C++ CPU ops, the CUDA and
-Triton kernels) implements the same two functions with the same signatures, so choosing a backend is a
-dictionary lookup (see ``fusedopt.ops.BACKENDS``), and one ``update`` serves every algorithm (its *rule*):
+This module *defines* the backend op contract, version 4 (version 3 plus stochastic rounding, opt-in through
+flags bit 16). Every backend (this one, the C++ CPU ops, the CUDA and Triton kernels) implements the same two
+functions with the same signatures, so choosing a backend is a dictionary lookup (see ``fusedopt.ops.BACKENDS``),
+and one ``update`` serves every algorithm (its *rule*):
 
 ``check(grads) -> Tensor``
     One pass over all grads of a (device, dtype) group. Returns a tensor of shape ``[2]`` on the grads' device,
@@ -34,6 +35,17 @@ grad_scale, clip_coef, found_inf)``
     - ``hyper``: the rule's hyperparameters as host floats, in ``Rule.hyper`` order; ``hyper[0]`` is lr.
     - ``flags``: an int, bit ``i`` set when switch ``Rule.flags[i]`` is on (SGD: nesterov; Adam: amsgrad,
       decoupled).
+    - Stochastic rounding (contract v4, ``param_rounding="stochastic"``): bit 16 of ``flags``
+      (``rules.STOCHASTIC_ROUNDING``) rounds the new values of bf16 params without master copies stochastically
+      instead of to nearest even. ``hyper`` then continues with the seed's low and high 32-bit words and one id
+      per param (integers below 2^32), and ``scalars`` with the rounding step (a one-element int64 tensor on
+      the params' device, only read). Element ``e`` of param ``i`` gets the high 16 bits of word ``e % 4`` of
+      Philox 4x32-10 keyed by the seed, counter ``(e // 4 low word, e // 4 high word, id i, step)``, added to
+      the low half of its fp32 bits before truncation (``float_to_bf16_stochastic`` below; math.h's section
+      of the same name). So the bits depend on nothing but (seed, id, step, element index): every backend,
+      thread count and bucketing gives the same ones. ``master_params`` must then be ``[]``: with an fp32 master
+      the param is that exact value rounded, and with a remainder the param must be the nearest bf16 for the
+      16 low bits to hold the rest exactly, so there is nothing to round stochastically.
 
     Arguments:
 
@@ -201,6 +213,65 @@ def _store(param: Tensor, master: Tensor | None):
     return store
 
 
+# --- Stochastic rounding of bf16 params (op contract v4: fusedopt.rules.rounding_args; math.h's section of the
+# same name, mirrored here in int64 torch arithmetic): Philox 4x32-10 keyed by the seed, counter (element // 4 as
+# two words, param id, step); element e takes the high 16 bits of output word e % 4.
+
+_MASK32 = 0xFFFFFFFF
+PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+
+
+def _mulhilo(a: int, b: Tensor) -> tuple[Tensor, Tensor]:
+    """(high, low) 32-bit words of the 64-bit product of the constant ``a`` and ``b`` (int64 values < 2^32): from
+    16-bit halves of ``b``, so that no int64 product overflows."""
+    lo_part = a * (b & 0xFFFF)  # < 2^48
+    hi_part = a * (b >> 16)     # < 2^48; the product is hi_part * 2^16 + lo_part
+    low = (((hi_part & 0xFFFF) << 16) + lo_part) & _MASK32
+    high = (hi_part + (lo_part >> 16)) >> 16
+    return high, low
+
+
+def philox4x32_10(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, k0: int, k1: int):
+    """math.h's philox4x32_10 on int64 tensors holding uint32 words (one counter per element)."""
+    for round_ in range(10):
+        if round_ > 0:
+            k0, k1 = (k0 + PHILOX_W0) & _MASK32, (k1 + PHILOX_W1) & _MASK32
+        hi0, lo0 = _mulhilo(PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo(PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+def rounding_bits(numel: int, seed_lo: int, seed_hi: int, param_id: int, step: int, device=None) -> Tensor:
+    """The 16 random bits (int64 values) of elements 0..numel-1 of one param (math.h's rounding_bits)."""
+    q = torch.arange((numel + 3) // 4, dtype=torch.int64, device=device)
+    full = torch.full_like(q, 0)
+    words = philox4x32_10(q & _MASK32, q >> 32, full + (param_id & _MASK32), full + (step & _MASK32), seed_lo,
+                          seed_hi)
+    return (torch.stack(words, dim=1).reshape(-1)[:numel]) >> 16
+
+
+def float_to_bf16_stochastic(x: Tensor, random16: Tensor) -> Tensor:
+    """math.h's float_to_bf16_stochastic: fp32 ``x`` rounded to bf16 with 16 random bits per element (int64):
+    the bits of x plus the random bits, truncated; NaN as the round-to-nearest cast (quiet bit, sign, payload)."""
+    u = x.contiguous().view(torch.int32).to(torch.int64) & _MASK32
+    rounded = ((u + random16) & _MASK32) >> 16
+    nan = (u >> 16) | 0x0040
+    bits = torch.where(torch.isnan(x.reshape(u.shape)), nan, rounded)
+    return bits.to(torch.int32).to(torch.int16).view(torch.bfloat16)  # wraps to the 16 bits as int16
+
+
+def _store_stochastic(param: Tensor, rounding: rules.Rounding, index: int, step: int):
+    """Writes a param's new value rounded stochastically to bf16 (no master copy: the op refuses one)."""
+    def store(value: Tensor) -> None:
+        value = value.to(torch.float32).reshape(-1)
+        bits = rounding_bits(value.numel(), rounding.seed_lo, rounding.seed_hi, rounding.param_ids[index], step,
+                             value.device)
+        param.detach().copy_(float_to_bf16_stochastic(value, bits).reshape(param.shape))
+    return store
+
+
 def _skipped(found_inf: Tensor | None) -> bool:
     return found_inf is not None and bool(found_inf.item() != 0)
 
@@ -347,6 +418,7 @@ def update(rule, params, grads, states, master_params, scalars, is_first, hyper,
            grad_scale=None, clip_coef=None, found_inf=None) -> None:
     r = rules.get(rule)
     n = len(params)
+    hyper, flags, scalars, rounding = rules.rounding_args(r, params, master_params, hyper, flags, scalars)
     h = r.hyper_dict(hyper)
     on = r.flag_names(flags)
     used = r.used_states(h, on)
@@ -359,7 +431,10 @@ def update(rule, params, grads, states, master_params, scalars, is_first, hyper,
         return
     h["lr"] = _lr(h["lr"], lr_tensor)
     body = RULE_BODIES[rule]
+    step = int(rounding.step.item()) if rounding is not None else 0
     for i, p32, g, store in _prepared(params, grads, master_params, grad_scale, clip_coef, maximize):
+        if rounding is not None:
+            store = _store_stochastic(params[i], rounding, i, step)
         first = bool(is_first[i]) if is_first else False
         store(body(i, p32, g, {k: v[i] for k, v in by_state.items()}, {k: v[i] for k, v in by_scalar.items()},
                    first, h, on))

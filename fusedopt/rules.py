@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
+import torch
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -148,3 +150,60 @@ ADAMAX = register(Rule(
 
 # Lion keeps no step count (its update does not use one; lion-pytorch keeps none either).
 LION = register(Rule("lion", hyper=("lr", "beta1", "beta2", "weight_decay"), flags=(), states=("exp_avg",)))
+
+
+# --- Stochastic rounding of bf16 params (issue 13, op contract v4; math.h's kFlagStochasticRounding) ---
+# Bit 16 of the update op's ``flags``, above every rule's own flag bits: the params (bf16, no master copy) are
+# rounded stochastically instead of to nearest. Then ``hyper`` holds the rule's values, the seed's low and high
+# 32-bit words, and one id per param (each an integer in [0, 2^32), exact as a double), and ``scalars`` holds the
+# rule's scalar states and then the rounding step: a one-element int64 tensor on the params' device, read (never
+# written) by the op.
+STOCHASTIC_ROUNDING = 1 << 16
+
+
+@dataclass(frozen=True)
+class Rounding:
+    """The stochastic rounding arguments of one update call (see ``rounding_args``)."""
+    seed_lo: int
+    seed_hi: int
+    param_ids: tuple[int, ...]
+    step: object  # the int64 tensor
+
+
+def rounding_args(rule: Rule, params, master_params, hyper, flags: int, scalars):
+    """Splits an update call's ``hyper``, ``flags`` and ``scalars`` into the rule's own and the stochastic
+    rounding arguments, validated in the compiled ops' words (csrc/validate.h: check_rounding_hyper,
+    fill_rounding). Returns ``(hyper, flags, scalars, Rounding or None)``."""
+    if flags < 0 or not flags & STOCHASTIC_ROUNDING:
+        return hyper, flags, scalars, None
+    n, k = len(params), len(rule.hyper)
+    if len(hyper) != k + 2 + n:
+        raise RuntimeError(f"fusedopt: rule {rule.name!r} with stochastic rounding takes {k} hyperparameters "
+                           f"({', '.join(rule.hyper)}), the seed's two 32-bit words and one id per param "
+                           f"({k + 2 + n} values for {n} params), got {len(hyper)}")
+    words = []
+    for j, v in enumerate(hyper[k:]):
+        v = float(v)
+        if not (0.0 <= v < 2.0**32 and v == int(v)):
+            what = ("the seed's low word", "the seed's high word")[j] if j < 2 else f"the id of params[{j - 2}]"
+            raise RuntimeError(f"fusedopt: hyper[{k + j}] ({what}) is {v:g}; expected an integer in [0, 2^32)")
+        words.append(int(v))
+    if n and params[0].dtype != torch.bfloat16:
+        raise RuntimeError(f"fusedopt: stochastic rounding (flags bit 16) rounds bfloat16 params; params[0] has "
+                           f"dtype {params[0].dtype}")
+    if master_params:
+        raise RuntimeError(f"fusedopt: stochastic rounding (flags bit 16) is for params without a master copy, but "
+                           f"master_params has {len(master_params)} entries")
+    at = len(rule.scalars) * n
+    if len(scalars) != at + 1:
+        raise RuntimeError(f"fusedopt: scalars has {len(scalars)} entries, expected {at + 1} ({len(rule.scalars)} "
+                           f"scalar lists ({', '.join(rule.scalars) or 'none'}) of {n} params, then the rounding "
+                           f"step)")
+    step = scalars[at]
+    if not (step.layout == torch.strided and step.dtype == torch.int64 and step.numel() == 1
+            and (n == 0 or step.device == params[0].device)):
+        where = f" on {params[0].device}" if n else ""
+        raise RuntimeError(f"fusedopt: the rounding step (scalars[{at}]) must be a one-element int64 tensor{where}, "
+                           f"got {step.dtype} with {step.numel()} elements on {step.device}")
+    return (list(hyper[:k]), flags & ~STOCHASTIC_ROUNDING, list(scalars[:at]),
+            Rounding(words[0], words[1], tuple(words[2:]), step))

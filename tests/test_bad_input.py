@@ -340,6 +340,27 @@ def _loaded_remainder(change_tensor):
     return build
 
 
+# param_rounding="stochastic" (issue 13): the rows below run with it (extras); group 1's bf16 param is rounded so.
+STOCHASTIC = dict(param_rounding="stochastic", seed=5)
+
+
+def _fp16_param_rounded_stochastically(setup):
+    opt = setup.opt()
+    p = nn.Parameter(torch.ones(2, 2, dtype=torch.float16))
+    p.grad = torch.ones(2, 2, dtype=torch.float16)
+    opt.param_groups[1]["params"][-1] = p
+    return opt.step
+
+
+def _loaded_rounding(value):
+    def change(sd):
+        sd["param_rounding"] = copy.deepcopy(value)
+    def build(setup):
+        return _state_dict_with(setup, change)
+    build.__name__ = f"loaded param_rounding {value!r}"
+    return build
+
+
 NOT_RUN = object()  # torch.optim has no such input (a fusedopt-only option)
 # Algorithms whose torch.optim step divides by a Python float that a step count of 0 makes zero (a step count
 # loaded or set as -1 is incremented to 0 first).
@@ -454,6 +475,15 @@ BAD_INPUTS = [
     BadInput("loaded remainder of wrong shape", _loaded_remainder(lambda r: torch.zeros(7, dtype=torch.int16)),
              ValueError, ("'master_remainder' has shape [7]", "[2, 2]", "parameter 1 of param group 1"), NOT_RUN,
              extras=dict(master_weights="remainder")),
+    BadInput("fp16 param under stochastic rounding", _fp16_param_rounded_stochastically, RuntimeError,
+             ("param_rounding='stochastic' rounds bfloat16 params", "parameter 1 of param group 1", "float16"),
+             NOT_RUN, extras=STOCHASTIC),
+    BadInput("loaded rounding seed out of range", _loaded_rounding({"seed": -1, "step": 3}), ValueError,
+             ("param_rounding seed is -1",), NOT_RUN, extras=STOCHASTIC),
+    BadInput("loaded rounding step negative", _loaded_rounding({"seed": 1, "step": torch.tensor(-2)}), ValueError,
+             ("param_rounding step",), NOT_RUN, extras=STOCHASTIC),
+    BadInput("loaded rounding entry without a step", _loaded_rounding({"seed": 1}), ValueError,
+             ("invalid 'param_rounding' entry",), NOT_RUN, extras=STOCHASTIC),
 ]
 
 

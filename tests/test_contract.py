@@ -35,7 +35,7 @@ NAMES = tuple(TORCH)
 # The ones torch has a fused implementation of (fused=True: GradScaler's in-step unscale and skip).
 TORCH_FUSED = tuple(name for name in NAMES if "fused" in inspect.signature(TORCH[name]).parameters)
 EXTRAS = (("max_grad_norm", None), ("nonfinite", "ignore"), ("backend", "auto"), ("master_weights", False),
-          ("state_dtype", None))
+          ("state_dtype", None), ("param_rounding", "nearest"), ("seed", None))
 # The contract's fp32 tolerance: 1e-5 relative to each tensor's scale (so near-zero elements do not dominate).
 RTOL = 1e-5
 

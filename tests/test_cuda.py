@@ -187,7 +187,7 @@ def _call(backend, kind: str, inputs: dict, grads, *, is_first, lr_tensor, grad_
                             lr, 0.9, 0.999, 1e-8, 0.05, amsgrad, False, True, *extra.values())
 
 
-# More tensors than one chunk table holds (SGD's tables take 163, Adam's 123: update.cuh's UpdateTable): several
+# More tensors than one chunk table holds (SGD's tables take 150, Adam's 115: update.cuh's UpdateTable): several
 # launches per call.
 TABLE_OVERFLOW = {"sgd": 200, "adam": 150}
 

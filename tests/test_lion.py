@@ -145,7 +145,8 @@ def test_signature_is_the_issues():
         ("weight_decay", inspect.Parameter.POSITIONAL_OR_KEYWORD, 0.0),
         *[(name, inspect.Parameter.KEYWORD_ONLY, default) for name, default in (
             ("maximize", False), ("foreach", None), ("capturable", False), ("max_grad_norm", None),
-            ("nonfinite", "ignore"), ("backend", "auto"), ("master_weights", False), ("state_dtype", None))],
+            ("nonfinite", "ignore"), ("backend", "auto"), ("master_weights", False), ("state_dtype", None),
+            ("param_rounding", "nearest"), ("seed", None))],
     ]
     # lion-pytorch's positional order and defaults, for the arguments both have
     theirs = list(inspect.signature(lion_pytorch.Lion).parameters.values())[:4]

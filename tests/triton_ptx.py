@@ -26,7 +26,8 @@ update = importlib.import_module("fusedopt.triton.update")
 # Types of the runtime (non-constexpr) arguments; tables are int64, hyperparameters fp64, everything else here
 # fp32 tensors.
 _TYPES = {"records": "*i64", "work": "*i64", "n_tensors": "i32", "n_partials": "i32",
-          **{f"h{k}": "fp64" for k in range(rules.MAX_HYPER)}}
+          **{f"h{k}": "fp64" for k in range(rules.MAX_HYPER)},
+          "rounding_step_ptr": "*i64", "seed_lo": "i64", "seed_hi": "i64"}  # stochastic rounding
 
 
 def _update_case(rule, flags, used, **constexprs):
@@ -34,9 +35,10 @@ def _update_case(rule, flags, used, **constexprs):
     constexprs.setdefault("REMAINDER", False)
     return update._update_kernel, dict(
         HYPER=r.hyper, ELEMENT=r.element, FLAGS=flags, USED=used, N_STATES=len(r.rule.states),
-        N_COEFS=len(r.coefficients), TAKES_FIRST=r.rule.takes_is_first, RECORD=update._record_size(r.rule),
+        N_COEFS=len(r.coefficients), TAKES_FIRST=r.rule.takes_is_first,
+        RECORD=update._record_size(r.rule, bool(constexprs.get("STOCHASTIC", 0))),
         RELOAD=update.reload_addresses(constexprs["HAS_MASTER"], bin(used).count("1")), BLOCK=mt.BLOCK_GPU,
-        **constexprs)
+        **{"STOCHASTIC": 0, **constexprs})
 
 
 CASES = {
@@ -56,8 +58,15 @@ CASES = {
         HAS_CLIP=True, HAS_FOUND_INF=True, MAXIMIZE=False),
     "adam_steps": (update._per_tensor_kernel, dict(
         PER_TENSOR=rules.ADAM.per_tensor, N_STATES=3, N_SCALARS=1, N_COEFS=2, TAKES_FIRST=False,
-        HAS_LR_TENSOR=False, HAS_FOUND_INF=True, RECORD=update._record_size(rules.ADAM.rule),
+        HAS_LR_TENSOR=False, HAS_FOUND_INF=True, STOCHASTIC=0, RECORD=update._record_size(rules.ADAM.rule),
         TENSOR_BLOCK=mt.TENSOR_BLOCK)),
+    # Stochastic rounding of bf16 params (Philox per element), with bf16 states and the step's other options.
+    "adamw_bf16_stochastic": _update_case(
+        "adam", flags=2, used=3, P_KIND=1, S_KIND=1, HAS_MASTER=False, HAS_LR_TENSOR=True, HAS_GRAD_SCALE=True,
+        HAS_CLIP=True, HAS_FOUND_INF=True, MAXIMIZE=False, STOCHASTIC=1),
+    "sgd_bf16_momentum_stochastic": _update_case(
+        "sgd", flags=1, used=1, P_KIND=1, S_KIND=0, HAS_MASTER=False, HAS_LR_TENSOR=False, HAS_GRAD_SCALE=False,
+        HAS_CLIP=True, HAS_FOUND_INF=True, MAXIMIZE=False, STOCHASTIC=1),
     "sgd_fp32_nesterov": _update_case(
         "sgd", flags=1, used=1, P_KIND=0, S_KIND=0, HAS_MASTER=False, HAS_LR_TENSOR=False, HAS_GRAD_SCALE=True,
         HAS_CLIP=True, HAS_FOUND_INF=True, MAXIMIZE=False),
@@ -71,7 +80,7 @@ def _per_tensor_case(rule):
     return update._per_tensor_kernel, dict(
         PER_TENSOR=r.per_tensor, N_STATES=len(r.rule.states), N_SCALARS=len(r.rule.scalars),
         N_COEFS=len(r.coefficients), TAKES_FIRST=r.rule.takes_is_first, HAS_LR_TENSOR=True, HAS_FOUND_INF=True,
-        RECORD=update._record_size(r.rule), TENSOR_BLOCK=mt.TENSOR_BLOCK)
+        STOCHASTIC=0, RECORD=update._record_size(r.rule), TENSOR_BLOCK=mt.TENSOR_BLOCK)
 
 
 # NAdam, RAdam, Adadelta, Rprop, ASGD (issue 12 part 2): every flag on, bf16 params with masters and bf16 states

@@ -79,6 +79,11 @@ struct UpdateArgs {
   uint32_t flags = 0;
   uint32_t switches = 0;               // Rule::switches(hyper, flags)
   GradPrep grad;
+  // Stochastic rounding of the (bf16) params (math.h, kFlagStochasticRounding): rounding_step non-null (the
+  // int64 count, read on the host), the seed's words and one id per param; else the params round to nearest.
+  const int64_t* rounding_step = nullptr;
+  uint32_t seed_lo = 0, seed_hi = 0;
+  std::vector<uint32_t> param_ids;
 };
 
 // Instantiated for every rule of fusedopt/rules.h's list (csrc/cpu/update.h, in the files update_*.cpp).

@@ -78,6 +78,22 @@ FUSEDOPT_INLINE void split_block(const float* __restrict__ src, uint16_t* __rest
   for (int64_t i = 0; i < n; ++i) split_bf16(src[i], hi[i], lo[i]);
 }
 
+// fp32 values stored as bf16, rounded stochastically (math.h): dst[i] is element first + i of its param. Whole
+// quads take one Philox call for four elements; a block starts on a quad (chunks and blocks are multiples of 4
+// elements), and the per-element form, the same bits, covers any other start and the tail.
+FUSEDOPT_INLINE void store_block_stochastic(const float* __restrict__ src, uint16_t* __restrict__ dst, int64_t n,
+                                            const RoundingKey& key, int64_t first) {
+  int64_t i = 0;
+  if (first % 4 == 0) {
+    for (; i + 4 <= n; i += 4) {
+      uint32_t r[4];
+      rounding_bits4(key, uint64_t(first + i) >> 2, r);
+      for (int k = 0; k < 4; ++k) dst[i + k] = float_to_bf16_stochastic(src[i + k], r[k]);
+    }
+  }
+  for (; i < n; ++i) dst[i] = float_to_bf16_stochastic(src[i], rounding_bits(key, uint64_t(first + i)));
+}
+
 // The memory of one param's update: its param and grad (storage S), an optional master (an fp32 copy, or for
 // bf16 params an int16 remainder), and NSTATES states (fp32 or bf16, one dtype per call; nullptr for a state the
 // rule does not use).
@@ -88,13 +104,15 @@ struct ParamSpan {
   float* master;       // nullptr: no fp32 copy
   int16_t* remainder;  // nullptr: no remainder; else the value is join_bf16(param, remainder)
   std::array<void*, NSTATES> states;
+  const RoundingKey* rounding;  // bf16 params rounded stochastically with this key; nullptr: to nearest even
 };
 
 // Runs body(p, g, states, n) over elements [begin, end) of one param with every array as fp32: fp32 tensors in
 // place, anything else through stack buffers converted in and out block by block (g is converted back only
 // when the body rewrites it, i.e. when grads are unscaled). With a master copy the value is read from and
-// written to the master, and the param receives the new value rounded to S (to nearest even) in the same pass;
-// with a remainder (bf16 only) the value is joined from param and remainder and split back into both.
+// written to the master, and the param receives the new value rounded to S (to nearest even, or for bf16 with
+// a.rounding stochastically) in the same pass; with a remainder (bf16 only) the value is joined from param and
+// remainder and split back into both.
 // The all-fp32 case runs as one block, so its loop is the plain vectorized kernel.
 template <typename S, bool WRITE_GRAD, size_t NSTATES, typename Body>
 FUSEDOPT_INLINE void for_fp32_blocks(const ParamSpan<NSTATES>& a, bool bf16_states, int64_t begin, int64_t end,
@@ -133,13 +151,15 @@ FUSEDOPT_INLINE void for_fp32_blocks(const ParamSpan<NSTATES>& a, bool bf16_stat
       }
     }
     body(pw, gw, sw, n);
-    if constexpr (!kF32) {
+    if constexpr (std::is_same_v<S, BF16>) {
       if (remainder) {
         split_block(pw, p + off, a.remainder + off, n);
+      } else if (a.rounding != nullptr) {
+        store_block_stochastic(pw, p + off, n, *a.rounding, off);
       } else {
         store_block<S>(pw, p + off, n);
       }
-    } else if (a.master != nullptr) {
+    } else if (a.master != nullptr || !kF32) {
       store_block<S>(pw, p + off, n);
     }
     if constexpr (WRITE_GRAD && !kF32) store_block<S>(gf, g + off, n);

@@ -66,7 +66,7 @@ FUSEDOPT_INLINE void update_segment(const ParamSpan<Rule::kStates>& span, bool b
 
 template <typename Rule, typename S, bool UNSCALE, uint32_t SW>
 void run(Isa isa, const UpdateArgs& a, const typename Rule::Hyper& hyper,
-         const std::vector<typename Rule::PerTensor>& pts, float factor) {
+         const std::vector<typename Rule::PerTensor>& pts, const std::vector<RoundingKey>& keys, float factor) {
   ChunkTable table(a.numels);
   const size_t n = a.numels.size();
   const bool bf16_states = a.state_dtype == Dtype::BFloat16;
@@ -74,7 +74,8 @@ void run(Isa isa, const UpdateArgs& a, const typename Rule::Hyper& hyper,
     const size_t t = size_t(s.tensor);
     void* master = a.master_params.empty() ? nullptr : a.master_params[t];
     ParamSpan<Rule::kStates> span{a.params[t], a.grads[t], a.master_remainder ? nullptr : static_cast<float*>(master),
-                                  a.master_remainder ? static_cast<int16_t*>(master) : nullptr, {}};
+                                  a.master_remainder ? static_cast<int16_t*>(master) : nullptr, {},
+                                  keys.empty() ? nullptr : &keys[t]};
     for (int k = 0; k < Rule::kStates; ++k) span.states[k] = a.states[size_t(k) * n + t];
     with_isa(isa, [&]() FUSEDOPT_LAMBDA_INLINE {
       update_segment<Rule, S, UNSCALE, SW>(span, bf16_states, s.begin, s.end, hyper, pts[t], a.grad.grad_scale,
@@ -98,12 +99,20 @@ void update(const UpdateArgs& a) {
     pts[i] = Rule::per_tensor(a.hyper.data(), scalars.data(), !a.is_first.empty() && a.is_first[i] != 0);
   }
 
+  // Stochastic rounding: each param's key, with the rounding step read here on the host (its low 32 bits).
+  std::vector<RoundingKey> keys;
+  if (a.rounding_step != nullptr) {
+    const auto step = uint32_t(uint64_t(*a.rounding_step));
+    keys.resize(n);
+    for (size_t i = 0; i < n; ++i) keys[i] = RoundingKey{a.seed_lo, a.seed_hi, a.param_ids[i], step};
+  }
+
   const float factor = grad_factor(a.grad.has_clip, a.grad.clip_coef, a.grad.maximize);
   with_dtype(a.dtype, [&](auto s) {
     using S = decltype(s);
     with_bool(a.grad.has_grad_scale, [&](auto unscale) {
       with_switches<Rule::kSwitchBits>(a.switches, [&](auto sw) {
-        loop::run<Rule, S, unscale.value, sw.value>(isa, a, hyper, pts, factor);
+        loop::run<Rule, S, unscale.value, sw.value>(isa, a, hyper, pts, keys, factor);
       });
     });
   });

@@ -56,6 +56,11 @@ struct UpdateArgs {
   uint32_t switches = 0;      // Rule::switches(hyper, flags)
   bool maximize = false;
   DeviceScalars dev;
+  // Stochastic rounding of the (bf16) params (math.h, kFlagStochasticRounding): rounding_step non-null (the
+  // int64 count, read on the device), the seed's words and one id per param; else the params round to nearest.
+  const int64_t* rounding_step = nullptr;
+  uint32_t seed_lo = 0, seed_hi = 0;
+  std::vector<uint32_t> param_ids;
 };
 
 // Floats of device scratch update<Rule> needs for `tensors` params: the rule's per-tensor coefficients, written

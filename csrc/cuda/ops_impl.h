@@ -92,7 +92,9 @@ void update_rule_op(at::TensorList params, at::TensorList grads, at::TensorList 
   validate::check_device_type(params[0], Runtime::kDeviceType, "params", 0);
   const c10::Device device = params[0].device();
   const Scalars device_scalars(device, lr_tensor, grad_scale, clip_coef, found_inf);
-  bump_update_writes(params, grads, states, master_params, scalars, grad_scale);
+  // The rounding step after the rule's scalars (stochastic rounding) is only read.
+  bump_update_writes(params, grads, states, master_params, scalars.slice(0, size_t(Rule::kScalars) * params.size()),
+                     grad_scale);
   args.maximize = maximize;
   args.dev = device_scalars.ptrs();
   const typename Runtime::Guard guard(device);

@@ -43,12 +43,12 @@ using namespace fusedopt::mt;
 enum : int { kParam, kGrad, kMaster, kFirstState };
 
 // A table of at most 1000 chunks (64M elements) and as many tensors as about 8000 bytes of pointer lists hold:
-// about 14 KiB of kernel argument for any rule (SGD: 163 tensors, Adam: 123).
+// about 14 KiB of kernel argument for any rule (SGD: 150 tensors, Adam: 115).
 template <class Rule>
 struct UpdateTableOf {
   static_assert(Rule::kStates > 0 && kFirstState + Rule::kStates <= 8, "TensorInfo carries 3 + 1..5 pointer lists");
   static constexpr int kDepth = kFirstState + Rule::kStates;
-  static constexpr int kTensorBytes = 8 * kDepth + 8 + 8 + 1;  // ptrs, numel, extra, flags
+  static constexpr int kTensorBytes = 8 * kDepth + 8 + 8 + 4 + 1;  // ptrs, numel, extra, id, flags
   using type = Table<kDepth, 8000 / kTensorBytes, 1000>;
 };
 template <class Rule>
@@ -63,7 +63,38 @@ struct UpdateScalars {
   bool maximize, master;
   bool remainder;  // master_params are int16 remainders of bf16 params (math.h's split_bf16)
   DeviceScalars dev;
+  // Stochastic rounding of bf16 params (math.h): the count on the device, nullptr for rounding to nearest; the
+  // seed's words (each tensor's param id is in the table).
+  const int64_t* rounding_step;
+  uint32_t seed_lo, seed_hi;
 };
+
+// Stores a vector of the param: rounded to nearest (math.h's storage rules), or for bf16 params with a rounding
+// key stochastically, the four elements of the vector (a quad: chunks start on multiples of 4, so does every
+// thread's vector) from one Philox call.
+template <typename P>
+__device__ __forceinline__ void store_param(void* p, const Frag& pf, int64_t i, int64_t n, bool vec,
+                                            const RoundingKey* key, int64_t first) {
+  if constexpr (std::is_same_v<P, BF16>) {
+    static_assert(kVecElems == 4, "one Philox call rounds one vector");
+    if (key != nullptr) {
+      uint32_t r[4];
+      rounding_bits4(*key, uint64_t(first + i) >> 2, r);
+      auto* out = static_cast<uint16_t*>(p) + i;
+      if (vec && i + kVecElems <= n) {
+        Pack<uint16_t> pk;
+        for (int k = 0; k < kVecElems; ++k) pk.v[k] = float_to_bf16_stochastic(pf[k], r[k]);
+        *reinterpret_cast<Pack<uint16_t>*>(out) = pk;
+      } else {
+        for (int k = 0; k < kVecElems; ++k) {
+          if (i + k < n) out[k] = float_to_bf16_stochastic(pf[k], r[k]);
+        }
+      }
+      return;
+    }
+  }
+  store<P>(p, pf, i, n, vec);
+}
 
 // The hyperparameters in double, h[0] = lr from lr_tensor when given (its float32 value, as a double: what the
 // host computes for a float lr). Every block computes the same values from the same inputs.
@@ -127,6 +158,12 @@ __global__ void __launch_bounds__(kThreads) update_blocks(const __grid_constant_
   } else {
     per_tensor = Rule::per_tensor(h, nullptr, (t.flags[slot] & kFlagFirst) != 0);
   }
+  RoundingKey key_storage{};
+  const RoundingKey* key = nullptr;
+  if (a.rounding_step != nullptr) {
+    key_storage = RoundingKey{a.seed_lo, a.seed_hi, t.id[slot], uint32_t(uint64_t(*a.rounding_step))};
+    key = &key_storage;
+  }
   const bool unscale = a.dev.grad_scale != nullptr;
   const float grad_scale = read_or(a.dev.grad_scale, 1.0f);
   const float factor = grad_factor(a.dev.clip_coef != nullptr, read_or(a.dev.clip_coef, 1.0f), a.maximize);
@@ -185,7 +222,7 @@ __global__ void __launch_bounds__(kThreads) update_blocks(const __grid_constant_
     if (remainder) {
       store_split(p, master, pf, i, n, vec);
     } else {
-      store<P>(p, pf, i, n, vec);
+      store_param<P>(p, pf, i, n, vec, key, begin);
       if (a.master) store<F32>(master, pf, i, n, vec);
     }
     if (unscale) store<P>(g, gf, i, n, vec);
@@ -219,6 +256,7 @@ void run(const UpdateArgs& args, const UpdateScalars<Rule>& scalars, typename Ru
         }
         ti.numel = args.numels[t];
         ti.extra = Rule::kScalars > 0 ? static_cast<void*>(per_tensor + t) : nullptr;
+        ti.id = args.param_ids.empty() ? 0u : args.param_ids[t];
         const bool first = !args.is_first.empty() && args.is_first[t];
         ti.flags = uint8_t(vector_flag(ti.ptrs, bytes, TableT::kDepth) | (first ? kFlagFirst : 0));
         return ti;
@@ -239,6 +277,9 @@ void run_update(const UpdateArgs& args, float* scratch, cudaStream_t stream) {
   scalars.master = !args.master_params.empty();
   scalars.remainder = scalars.master && args.master_remainder;
   scalars.dev = args.dev;
+  scalars.rounding_step = args.rounding_step;
+  scalars.seed_lo = args.seed_lo;
+  scalars.seed_hi = args.seed_hi;
   auto* per_tensor = reinterpret_cast<typename Rule::PerTensor*>(scratch);
   if constexpr (Rule::kScalars > 0) {
     // Every tensor's scalar states advance first, also those of empty params (as on the CPU).

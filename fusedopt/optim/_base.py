@@ -14,6 +14,12 @@ entry ``"master_param"``; the kernels read the value from it and write both it a
 ``master_weights="remainder"`` a bf16 param's master is instead its state entry ``"master_remainder"`` (int16):
 the kernels join param and remainder into the exact fp32 master and split the new value back into both (math.h's
 split_bf16). A checkpoint of either kind loads into the other (converted exactly on the next step).
+
+Stochastic rounding (``param_rounding="stochastic"``, bf16 params without a master copy): each update call of a
+bf16 bucket sets the op's stochastic rounding bit and passes the optimizer's ``seed``, each param's position in
+the param groups (its id) and the optimizer's rounding step (a 0-dim int64 tensor on the params' device, advanced
+on the device after every step, skipped ones included, so nothing is read on the host); seed and step are saved in
+the state_dict under ``"param_rounding"``.
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ import torch
 from torch import Tensor
 
 from fusedopt import ops, reference, rules
-from fusedopt.optim import _dist, _doc, _torch_path
+from fusedopt.optim import _checks, _dist, _doc, _torch_path
 
 NONFINITE_POLICIES = ("ignore", "skip", "raise")
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -50,6 +56,7 @@ STATE_DTYPES = (None, torch.float32, torch.bfloat16)
 MASTER_KEY = "master_param"
 # master_weights="remainder": a bf16 param's master is this int16 entry (the low 16 bits of the fp32 master).
 REMAINDER_KEY = "master_remainder"
+ROUNDING_KEY = "param_rounding"  # the state_dict entry of stochastic rounding: {"seed": int, "step": count}
 
 
 def state_dtype(param: Tensor, requested: torch.dtype | None = None) -> torch.dtype:
@@ -90,6 +97,7 @@ class Bucket:
     kstates: dict[str, list[Tensor]] = field(default_factory=lambda: defaultdict(list))
     kmasters: list[Tensor] = field(default_factory=list)  # fp32 master copies or int16 remainders, or none
     is_first: list[bool] = field(default_factory=list)  # state created this step (no history yet)
+    param_ids: list[int] | None = None  # stochastic rounding: each param's position in the param groups
     writeback: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (original, temporary) pairs
     occurrence: int = 0  # > 0: a later listing of params listed more than once (see FusedOptimizer._plan)
 
@@ -125,15 +133,6 @@ class _KernelLayout:
             writeback.append((t, tmp))
         real = torch.view_as_real(tmp) if tmp.is_complex() else tmp
         return _flat(real) if self.flat else real
-
-
-def _readable(value, at_step: bool) -> bool:
-    """Whether a hyperparameter's value may be compared on the host: always at construction (torch.optim reads
-    it there too); at step time not for a tensor off the CPU (reading it would wait for the device) or while
-    torch.compile traces the step."""
-    if not at_step or not torch.is_tensor(value):
-        return True
-    return value.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _split_by_dtype(tensors: list[Tensor]) -> dict[torch.dtype, Sequence[int]]:
@@ -322,6 +321,7 @@ class _StepPlan:
     fresh: set = field(default_factory=set)  # params whose state is created this step (no history yet)
     fresh_local: set = field(default_factory=set)  # the same, as the tensors the kernels get
     calls: list = field(default_factory=list)  # (group, buckets or a function preparing them at launch)
+    positions: dict = field(default_factory=dict)  # stochastic rounding: id(kernel param) -> its param id
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -343,7 +343,8 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # GradScaler hands us grad_scale/found_inf instead of unscaling the grads itself.
     _step_supports_amp_scaling = True
-    _EXTRA_ATTRS = ("max_grad_norm", "nonfinite", "backend", "master_weights", "state_dtype", "_last_step")
+    _EXTRA_ATTRS = ("max_grad_norm", "nonfinite", "backend", "master_weights", "state_dtype", "_last_step",
+                    "param_rounding", "seed", "_rounding_step")
     # Names of per-param state tensors that have the param's shape (kernels update them in place): the rule's.
     _TENSOR_STATE_KEYS: tuple[str, ...] = ()
     # Flags that older checkpoints may lack, with the values torch.optim's namesake fills in (not this
@@ -366,7 +367,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         cls.__doc__ = _doc.with_tail(cls)
 
     def __init__(self, params, defaults: dict, *, max_grad_norm: float | None, nonfinite: str, backend: str,
-                 master_weights: bool | str = False, state_dtype: torch.dtype | None = None):
+                 master_weights: bool | str = False, state_dtype: torch.dtype | None = None,
+                 param_rounding: str = "nearest", seed: int | None = None):
         if defaults.get("fused") and defaults.get("differentiable"):
             raise RuntimeError("`fused` does not support `differentiable`")
         if defaults.get("differentiable") and (master_weights or state_dtype is not None):
@@ -379,12 +381,10 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}")
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"Invalid nonfinite value: {nonfinite!r}; expected 'ignore', 'skip' or 'raise'")
-        if isinstance(master_weights, str) and master_weights != "remainder":
-            raise ValueError(f"Invalid master_weights: {master_weights!r}; expected True, False or 'remainder'")
-        if not isinstance(master_weights, (bool, str)):
-            raise TypeError(f"master_weights must be True, False or 'remainder', got {master_weights!r}")
+        _checks.check_master_weights(master_weights)
         if not any(state_dtype is d for d in STATE_DTYPES):
             raise ValueError(f"Invalid state_dtype: {state_dtype!r}; expected None, torch.float32 or torch.bfloat16")
+        _checks.check_param_rounding(param_rounding, seed, master_weights, bool(defaults.get("differentiable")))
         ops.check_backend_name(backend)
         ops.check_backend_rule(backend, self._RULE.name)
         super().__init__(params, defaults)
@@ -396,6 +396,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         for gi, group in enumerate(self.param_groups):
             for pi, p in enumerate(group["params"]):
                 self._master_key(p.dtype, lambda: self._describe(gi, pi))  # fp16 refuses "remainder" here
+        self.param_rounding = param_rounding
+        # Drawn from torch's default generator when not given, so torch.manual_seed makes a run reproducible.
+        self.seed = None if param_rounding == "nearest" else (
+            int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64)) if seed is None else int(seed))
+        self._rounding_step: Tensor | None = None  # created on the params' device at the first step
         # grad_norm/found_nonfinite of the last step, in a dict made here: torch.compile (2.13) replays a compiled
         # step's writes into a dict but drops attribute writes on an Optimizer object.
         self._last_step: dict[str, Tensor | None] = {"grad_norm": None, "found_nonfinite": None}
@@ -416,6 +421,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("master_weights", False)
         self.__dict__.setdefault("state_dtype", None)
         self.__dict__.setdefault("_last_step", {"grad_norm": None, "found_nonfinite": None})
+        self.__dict__.setdefault("param_rounding", "nearest")
+        self.__dict__.setdefault("seed", None)
+        self.__dict__.setdefault("_rounding_step", None)
         for group in self.param_groups:
             for key, value in self._LEGACY_FLAG_DEFAULTS.items():
                 group.setdefault(key, value)
@@ -436,7 +444,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def __repr__(self) -> str:
         extras = f"    max_grad_norm: {self.max_grad_norm}\n    nonfinite: {self.nonfinite}\n" \
                  f"    backend: {self.backend}\n    master_weights: {self.master_weights}\n" \
-                 f"    state_dtype: {self.state_dtype}\n"
+                 f"    state_dtype: {self.state_dtype}\n    param_rounding: {self.param_rounding}\n"
         text = super().__repr__()
         return text[:-1] + extras + ")" if text.endswith(")") else text
 
@@ -498,13 +506,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             return None
         if self.master_weights != "remainder":
             return MASTER_KEY
-        if param_dtype == torch.float16:
-            where = "a float16 param" if describe is None else f"{describe()} (float16)"
-            raise ValueError(
-                f"{type(self).__name__}: master_weights='remainder' keeps the low 16 bits of an fp32 master next to "
-                f"a bfloat16 param, whose 16 bits are the fp32 value's top half; {where} is not that top half (5 "
-                f"exponent bits to fp32's 8), so no 16-bit remainder holds fp32's range and precision. Use "
-                f"bfloat16 params, or master_weights=True (an fp32 copy) for float16 ones")
+        _checks.check_remainder_dtype(type(self).__name__, param_dtype, describe)
         return REMAINDER_KEY
 
     @staticmethod
@@ -539,9 +541,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         states = list(chain.from_iterable(map(bucket.kstates.__getitem__, self._state_keys(group))))
         scalars = [state[key] for key in rule.scalars for state in bucket.states]
         is_first = bucket.is_first if rule.takes_is_first and states else []
+        hyper, bits = [lr, *hyper], rule.flag_bits(flags)
+        if bucket.param_ids is not None:  # stochastic rounding (op contract v4, fusedopt.rules.rounding_args)
+            hyper += [float(self.seed & 0xFFFFFFFF), float(self.seed >> 32), *map(float, bucket.param_ids)]
+            bits |= rules.STOCHASTIC_ROUNDING
+            scalars.append(self._rounding_step)
         bucket.backend.update(rule.name, bucket.kparams, bucket.kgrads, states, bucket.kmasters, scalars, is_first,
-                              [lr, *hyper], rule.flag_bits(flags), bool(group["maximize"]), lr_tensor, grad_scale,
-                              clip_coef, found_inf)
+                              hyper, bits, bool(group["maximize"]), lr_tensor, grad_scale, clip_coef, found_inf)
 
     def _torch_update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         """The update of one group by torch.optim's functional for-loop (see _torch_path), grads prepared."""
@@ -593,6 +599,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             if self.max_grad_norm is not None:
                 clip_coef = torch.clamp(self.max_grad_norm / (norm + CLIP_EPS), max=1.0)
         self._launch(plan, grad_scale, clip_coef, found_inf)
+        if self.param_rounding == "stochastic":
+            self._rounding_step.add_(1)  # on the device; every step, so a skipped one needs no host read
         return loss
 
     def _plan(self, grads_written: bool) -> _StepPlan | _TorchStep | None:
@@ -629,6 +637,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         ready = ops.kernel_ready(all_params, all_grads)
         duplicated = False if ready else self._validate(per_group, per_local, grads_written)
         if duplicated is _torch_path.SPARSE:  # sparse grads (SGD): torch's own implementation
+            if self.param_rounding == "stochastic":
+                raise RuntimeError(f"{type(self).__name__}: param_rounding='stochastic' does not take sparse "
+                                   f"gradients (their steps run torch.optim's own implementation)")
             return _TorchStep(per_group)
         plan = _StepPlan(per_group=per_group, per_local=per_local, check_grads=all_grads,
                          device=all_params[0].device, ready=ready, reduction=reduction)
@@ -649,6 +660,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             states_per_group = [_dist.local_states(states) for states in states_per_group]
         else:
             plan.fresh_local = plan.fresh
+        if self.param_rounding == "stochastic":
+            plan.positions = self._param_positions(per_group, per_local)
         occurrences = _occurrences(per_group) if duplicated else [None] * len(per_group)
         for group, (params, grads), states, occ in zip(self.param_groups, per_local, states_per_group, occurrences):
             if not params:
@@ -667,6 +680,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         """Installs the state ``_plan`` created, then runs every update call and copies temporaries back. Should
         the first call refuse its arguments (only the kernels check state replaced by hand), the installed state
         is taken back out: nothing was written yet."""
+        if self.param_rounding == "stochastic":
+            self._place_rounding_step(plan.device)
         previous = {p: dict(self.state[p]) if p in self.state else None for p in plan.new_state}
         for p, entries in plan.new_state.items():
             self.state[p].update(entries)
@@ -716,6 +731,39 @@ class FusedOptimizer(torch.optim.Optimizer):
         pi = next(i for i, p in enumerate(group["params"]) if p is param)
         return type(error)(f"{type(self).__name__}: {self._describe(gi, pi)}: {message}")
 
+    # --- stochastic rounding (param_rounding="stochastic") ---
+    def _param_positions(self, per_group, per_local) -> dict[int, int]:
+        """id(tensor the kernels get) -> the param's position in the param groups (its first listing): the id
+        that keys its random bits, independent of how the step buckets the params."""
+        position = {}
+        for p in chain.from_iterable(group["params"] for group in self.param_groups):
+            position.setdefault(id(p), len(position))
+        return {id(lp): position[id(p)] for (params, _), (lparams, _) in zip(per_group, per_local)
+                for p, lp in zip(params, lparams)}
+
+    def _place_rounding_step(self, device: torch.device) -> None:
+        """The rounding step on the params' device (created at 0 at the first step; moved with the params)."""
+        step = self._rounding_step
+        if step is None:
+            self._rounding_step = torch.zeros((), dtype=torch.int64, device=device)
+        elif step.device != device:
+            self._rounding_step = step.to(device)
+
+    def _describe_param(self, group: dict, param: Tensor) -> str:
+        gi = next(i for i, g in enumerate(self.param_groups) if g is group)
+        pi = next((i for i, p in enumerate(group["params"]) if p is param), None)
+        return self._describe(gi, pi) if pi is not None else f"a parameter of param group {gi}"
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state_dict; with ``param_rounding="stochastic"`` also ``"param_rounding"``: the seed and
+        the rounding step (the tensor itself, as torch keeps its ``step`` tensors), so a loaded run continues with
+        the same random bits."""
+        state_dict = super().state_dict()
+        if self.param_rounding == "stochastic":
+            step = self._rounding_step if self._rounding_step is not None else torch.zeros((), dtype=torch.int64)
+            state_dict[ROUNDING_KEY] = {"seed": self.seed, "step": step}
+        return state_dict
+
     def _after_skippable_first_step(self, fresh: set[Tensor], found_inf: Tensor) -> None:
         """Called when some params got their state this step and the step may have been skipped."""
 
@@ -739,7 +787,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     @classmethod
     def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
         """The constructor's checks of a group's hyperparameters, in torch.optim's order and words. At step time
-        (``at_step``) a tensor value is compared only when that needs no sync (see ``_readable``)."""
+        (``at_step``) a tensor value is compared only when that needs no sync (see ``_checks._readable``)."""
 
     def _check_group(self, group: dict, gi: int, remember: bool = True) -> None:
         """A group's hyperparameters as the constructor checks them (they may have been written into
@@ -964,6 +1012,13 @@ class FusedOptimizer(torch.optim.Optimizer):
             # reads every listing's momentum buffer before updating any).
             bucket.is_first = [p in fresh for p in bucket.params] if fresh else [False] * len(index)
             master = self._master_key(dtype)
+            if self.param_rounding == "stochastic":
+                if dtype == torch.float16:
+                    raise RuntimeError(f"{type(self).__name__}: param_rounding='stochastic' rounds bfloat16 params; "
+                                       f"{self._describe_param(group, bucket.params[0])} is float16 (use "
+                                       f"master_weights=True for fp16 params)")
+                if dtype == torch.bfloat16:  # fp32 and fp64 params hold the exact result: nothing to round
+                    bucket.param_ids = [plan.positions[id(p)] for p in bucket.params]
             if ready:
                 # States and master copies share their param's layout (_init_state, _group_states,
                 # _restore_loaded_state), so contiguous too.
@@ -1006,6 +1061,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         def restore(optimizer):
             self._restore_loaded_state(loaded["state_dict"])
 
+        _checks.check_loaded_rounding(state_dict.get(ROUNDING_KEY))
         handles = (self.register_load_state_dict_pre_hook(validate),
                    self.register_load_state_dict_post_hook(restore, prepend=True))
         try:
@@ -1013,6 +1069,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         finally:
             for handle in handles:
                 handle.remove()
+        # A checkpoint without it (torch.optim's, or one rounded to nearest) leaves this optimizer's seed and step.
+        loaded_rounding = state_dict.get(ROUNDING_KEY)
+        if loaded_rounding is not None and self.param_rounding == "stochastic":
+            self.seed = int(loaded_rounding["seed"])
+            step = loaded_rounding["step"]
+            step = step.detach().reshape(()) if torch.is_tensor(step) else torch.tensor(int(step))
+            self._rounding_step = step.to(dtype=torch.int64, copy=True)
 
     def _restore_loaded_state(self, state_dict: dict) -> None:
         """``step`` becomes a 0-dim fp32 tensor on the param's device; state tensors get the param's layout and

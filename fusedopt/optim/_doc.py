@@ -27,7 +27,18 @@ EXTRAS = """\
   master rounded to nearest with ties away from zero (``True`` rounds ties to even). float16 params are
   refused (a 16-bit remainder cannot complete fp16 to fp32). Checkpoints of either kind load into the other.
 - ``state_dtype``: ``None`` (fp32 states for bf16/fp16/fp32 params) or ``torch.bfloat16`` (half the
-  memory; the math stays fp32, stores round to nearest even). fp64 and complex params keep their own dtype."""
+  memory; the math stays fp32, stores round to nearest even). fp64 and complex params keep their own dtype.
+- ``param_rounding``: ``"nearest"`` (default) or ``"stochastic"``: bf16 params without a master copy get
+  their new fp32 value rounded to bf16 stochastically (up with probability proportional to the distance:
+  unbiased, so small updates survive on average at no extra memory). The random bits are Philox 4x32-10's
+  for (``seed``, the param's position in the param groups, the optimizer's rounding step, the element's
+  index): the same bits on every backend and thread count. fp32/fp64 params are unaffected (nothing to
+  round); fp16 params and ``master_weights`` (``True`` or ``"remainder"``) are refused.
+- ``seed``: the 64-bit key of stochastic rounding (default: drawn from torch's generator at construction).
+  Seed and rounding step are saved in the state_dict (``"param_rounding"``) and restored by
+  ``load_state_dict``."""
+# Their names, in EXTRAS's order, for the classes that point to it.
+EXTRA_NAMES = tuple(line[4:line.index("``", 4)] for line in EXTRAS.splitlines() if line.startswith("- ``"))
 
 
 def _quoted(names) -> str:
@@ -54,8 +65,8 @@ def tail(cls) -> str | None:
     if name == "SGD":  # the extras are described here
         args = textwrap.fill(args + ", plus keyword-only:", WIDTH) + "\n\n" + EXTRAS
     else:
-        args = textwrap.fill(args + ", plus keyword-only ``max_grad_norm``, ``nonfinite``, ``backend``, "
-                             "``master_weights`` and ``state_dtype`` as described in :class:`fusedopt.SGD`.", WIDTH)
+        names = _quoted(EXTRA_NAMES[:-1]) + f" and ``{EXTRA_NAMES[-1]}``"
+        args = textwrap.fill(args + f", plus keyword-only {names} as described in :class:`fusedopt.SGD`.", WIDTH)
     paragraphs = [textwrap.fill(states + ".", WIDTH), args]
     if "differentiable" in signature:
         what = "``differentiable=True`` and sparse gradients" if cls._SPARSE_GRADS else "``differentiable=True``"

@@ -6,8 +6,8 @@ from torch import Tensor
 from torch.optim.adadelta import adadelta as torch_adadelta
 
 from fusedopt import rules
-from fusedopt.optim._base import FusedOptimizer, _readable
-from fusedopt.optim._checks import checks
+from fusedopt.optim._base import FusedOptimizer
+from fusedopt.optim._checks import _readable, checks
 
 
 def _check_rho(hp: dict, at_step: bool) -> None:
@@ -41,12 +41,14 @@ class Adadelta(FusedOptimizer):
                  weight_decay: float = 0, foreach: bool | None = None, *, capturable: bool = False,
                  maximize: bool = False, differentiable: bool = False, max_grad_norm: float | None = None,
                  nonfinite: str = "ignore", backend: str = "auto", master_weights: bool | str = False,
-                 state_dtype: torch.dtype | None = None):
+                 state_dtype: torch.dtype | None = None,
+                 param_rounding: str = "nearest", seed: int | None = None):
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
                         capturable=capturable, foreach=foreach, differentiable=differentiable)
         self._check_hyperparameters(defaults)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
-                         master_weights=master_weights, state_dtype=state_dtype)
+                         master_weights=master_weights, state_dtype=state_dtype,
+                         param_rounding=param_rounding, seed=seed)
 
     # torch.optim.Adadelta's checks, in its order and words.
     _check_hyperparameters = checks("lr", _check_rho, "eps", "weight_decay")

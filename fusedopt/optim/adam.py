@@ -45,7 +45,8 @@ class Adam(FusedOptimizer):
                  maximize: bool = False, capturable: bool = False, differentiable: bool = False,
                  fused: bool | None = None, decoupled_weight_decay: bool = False,
                  max_grad_norm: float | None = None, nonfinite: str = "ignore", backend: str = "auto",
-                 master_weights: bool | str = False, state_dtype: torch.dtype | None = None):
+                 master_weights: bool | str = False, state_dtype: torch.dtype | None = None,
+                 param_rounding: str = "nearest", seed: int | None = None):
         self._check_hyperparameters(dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach,
                                          capturable=capturable))
         betas = tuple(_to_scalar(beta) for beta in betas)
@@ -53,7 +54,8 @@ class Adam(FusedOptimizer):
                         maximize=maximize, foreach=foreach, capturable=capturable, differentiable=differentiable,
                         fused=fused, decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
-                         master_weights=master_weights, state_dtype=state_dtype)
+                         master_weights=master_weights, state_dtype=state_dtype,
+                         param_rounding=param_rounding, seed=seed)
 
     @classmethod
     def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:
@@ -103,8 +105,10 @@ class AdamW(Adam):
                  weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
                  fused: bool | None = None, max_grad_norm: float | None = None, nonfinite: str = "ignore",
-                 backend: str = "auto", master_weights: bool | str = False, state_dtype: torch.dtype | None = None):
+                 backend: str = "auto", master_weights: bool | str = False, state_dtype: torch.dtype | None = None,
+                 param_rounding: str = "nearest", seed: int | None = None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=True, max_grad_norm=max_grad_norm, nonfinite=nonfinite,
-                         backend=backend, master_weights=master_weights, state_dtype=state_dtype)
+                         backend=backend, master_weights=master_weights, state_dtype=state_dtype,
+                         param_rounding=param_rounding, seed=seed)

@@ -33,12 +33,14 @@ class Adamax(FusedOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0, foreach: bool | None = None, *, maximize: bool = False,
                  differentiable: bool = False, capturable: bool = False, max_grad_norm: float | None = None,
                  nonfinite: str = "ignore", backend: str = "auto", master_weights: bool | str = False,
-                 state_dtype: torch.dtype | None = None):
+                 state_dtype: torch.dtype | None = None,
+                 param_rounding: str = "nearest", seed: int | None = None):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach, maximize=maximize,
                         differentiable=differentiable, capturable=capturable)
         self._check_hyperparameters(defaults)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
-                         master_weights=master_weights, state_dtype=state_dtype)
+                         master_weights=master_weights, state_dtype=state_dtype,
+                         param_rounding=param_rounding, seed=seed)
 
     _check_hyperparameters = checks(check_adam_family)  # torch.optim.Adamax's, in its order and words
 

@@ -38,12 +38,14 @@ class ASGD(FusedOptimizer):
                  t0: float = 1e6, weight_decay: float = 0, foreach: bool | None = None, maximize: bool = False,
                  differentiable: bool = False, capturable: bool = False, *, max_grad_norm: float | None = None,
                  nonfinite: str = "ignore", backend: str = "auto", master_weights: bool | str = False,
-                 state_dtype: torch.dtype | None = None):
+                 state_dtype: torch.dtype | None = None,
+                 param_rounding: str = "nearest", seed: int | None = None):
         defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, foreach=foreach,
                         maximize=maximize, differentiable=differentiable, capturable=capturable)
         self._check_hyperparameters(defaults)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
-                         master_weights=master_weights, state_dtype=state_dtype)
+                         master_weights=master_weights, state_dtype=state_dtype,
+                         param_rounding=param_rounding, seed=seed)
 
     # torch.optim.ASGD's checks, in its order and words (it does not check lambd, alpha, t0).
     _check_hyperparameters = checks("lr", "weight_decay")

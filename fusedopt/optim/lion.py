@@ -5,8 +5,8 @@ import torch
 from torch import Tensor
 
 from fusedopt import rules
-from fusedopt.optim._base import FusedOptimizer, _readable
-from fusedopt.optim._checks import check_lr, check_nonnegative
+from fusedopt.optim._base import FusedOptimizer
+from fusedopt.optim._checks import _readable, check_lr, check_nonnegative
 
 
 class Lion(FusedOptimizer):
@@ -35,9 +35,9 @@ class Lion(FusedOptimizer):
 
     - arguments: ``lr``, ``betas``, ``weight_decay`` (decoupled, as lion-pytorch's default), keyword-only
       ``maximize`` and, accepted for compatibility with the torch.optim classes, ``foreach`` and
-      ``capturable``; plus ``max_grad_norm``, ``nonfinite``, ``backend``, ``master_weights`` and ``state_dtype``
-      as described in :class:`fusedopt.SGD`. lion-pytorch's ``use_triton`` and ``decoupled_weight_decay``
-      (weight decay divided by the initial lr) are not offered.
+      ``capturable``; plus ``max_grad_norm``, ``nonfinite``, ``backend``, ``master_weights``, ``state_dtype``,
+      ``param_rounding`` and ``seed`` as described in :class:`fusedopt.SGD`. lion-pytorch's ``use_triton`` and
+      ``decoupled_weight_decay`` (weight decay divided by the initial lr) are not offered.
     - checks, in torch.optim's words: ``lr >= 0`` (lion-pytorch asserts ``lr > 0``; 0 is taken, as torch.optim
       takes it, for steps that only initialise state), each beta in [0, 1] (lion-pytorch's range),
       ``weight_decay >= 0``.
@@ -57,12 +57,14 @@ class Lion(FusedOptimizer):
     def __init__(self, params, lr: float | Tensor = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False, foreach: bool | None = None,
                  capturable: bool = False, max_grad_norm: float | None = None, nonfinite: str = "ignore",
-                 backend: str = "auto", master_weights: bool | str = False, state_dtype: torch.dtype | None = None):
+                 backend: str = "auto", master_weights: bool | str = False, state_dtype: torch.dtype | None = None,
+                 param_rounding: str = "nearest", seed: int | None = None):
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, foreach=foreach,
                         capturable=capturable)
         self._check_hyperparameters(defaults)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
-                         master_weights=master_weights, state_dtype=state_dtype)
+                         master_weights=master_weights, state_dtype=state_dtype,
+                         param_rounding=param_rounding, seed=seed)
 
     @classmethod
     def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:

@@ -43,13 +43,15 @@ class NAdam(FusedOptimizer):
                  weight_decay: float = 0, momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, *,
                  foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, max_grad_norm: float | None = None, nonfinite: str = "ignore",
-                 backend: str = "auto", master_weights: bool | str = False, state_dtype: torch.dtype | None = None):
+                 backend: str = "auto", master_weights: bool | str = False, state_dtype: torch.dtype | None = None,
+                 param_rounding: str = "nearest", seed: int | None = None):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, foreach=foreach,
                         capturable=capturable, differentiable=differentiable)
         self._check_hyperparameters(defaults)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
-                         master_weights=master_weights, state_dtype=state_dtype)
+                         master_weights=master_weights, state_dtype=state_dtype,
+                         param_rounding=param_rounding, seed=seed)
 
     # torch.optim.NAdam's checks, in its order and words.
     _check_hyperparameters = checks(check_adam_family, "momentum_decay")

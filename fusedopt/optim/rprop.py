@@ -6,8 +6,8 @@ from torch import Tensor
 from torch.optim.rprop import rprop as torch_rprop
 
 from fusedopt import rules
-from fusedopt.optim._base import FusedOptimizer, _readable, group_lr
-from fusedopt.optim._checks import check_lr
+from fusedopt.optim._base import FusedOptimizer, group_lr
+from fusedopt.optim._checks import _readable, check_lr
 
 
 class Rprop(FusedOptimizer):
@@ -36,12 +36,14 @@ class Rprop(FusedOptimizer):
     def __init__(self, params, lr: float | Tensor = 1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *,
                  capturable: bool = False, foreach: bool | None = None, maximize: bool = False,
                  differentiable: bool = False, max_grad_norm: float | None = None, nonfinite: str = "ignore",
-                 backend: str = "auto", master_weights: bool | str = False, state_dtype: torch.dtype | None = None):
+                 backend: str = "auto", master_weights: bool | str = False, state_dtype: torch.dtype | None = None,
+                 param_rounding: str = "nearest", seed: int | None = None):
         defaults = dict(lr=lr, etas=etas, step_sizes=step_sizes, foreach=foreach, maximize=maximize,
                         differentiable=differentiable, capturable=capturable)
         self._check_hyperparameters(defaults)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
-                         master_weights=master_weights, state_dtype=state_dtype)
+                         master_weights=master_weights, state_dtype=state_dtype,
+                         param_rounding=param_rounding, seed=seed)
 
     @classmethod
     def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:

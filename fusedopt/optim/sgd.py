@@ -6,8 +6,8 @@ from torch import Tensor
 from torch.optim.sgd import sgd as torch_sgd
 
 from fusedopt import rules
-from fusedopt.optim._base import FusedOptimizer, _readable
-from fusedopt.optim._checks import check_tensor_lr
+from fusedopt.optim._base import FusedOptimizer
+from fusedopt.optim._checks import _readable, check_tensor_lr
 
 
 class SGD(FusedOptimizer):
@@ -36,13 +36,15 @@ class SGD(FusedOptimizer):
                  weight_decay: float | Tensor = 0, nesterov: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None,
                  max_grad_norm: float | None = None, nonfinite: str = "ignore", backend: str = "auto",
-                 master_weights: bool | str = False, state_dtype: torch.dtype | None = None):
+                 master_weights: bool | str = False, state_dtype: torch.dtype | None = None,
+                 param_rounding: str = "nearest", seed: int | None = None):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
                         fused=fused)
         self._check_hyperparameters(defaults)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, nonfinite=nonfinite, backend=backend,
-                         master_weights=master_weights, state_dtype=state_dtype)
+                         master_weights=master_weights, state_dtype=state_dtype,
+                         param_rounding=param_rounding, seed=seed)
 
     @classmethod
     def _check_hyperparameters(cls, hp: dict, at_step: bool = False) -> None:

@@ -61,9 +61,9 @@ def launch(kernel, grid, *args, **meta):
 
 
 def tables(device: torch.device, columns: list[list[Tensor]], numels: tuple[int, ...], block: int,
-           extra: tuple[int, ...] = (), disjoint: list[list[Tensor]] = ()) -> tuple[Tensor, Tensor, int]:
+           extra: tuple[tuple[int, ...], ...] = (), disjoint: list[list[Tensor]] = ()) -> tuple[Tensor, Tensor, int]:
     """(records, work, number of work items) on ``device``. Tensor ``i``'s record is ``[numel, address of
-    columns[0][i], columns[1][i], ..., extra[i]]``; work item ``k`` is ``[tensor index, first element]``. The tensors
+    columns[0][i], columns[1][i], ..., *extra[i]]``; work item ``k`` is ``[tensor index, first element]``. The tensors
     of one param in the ``disjoint`` lists (some of ``columns``) must not overlap in memory: checked when the
     tables are built, as it depends on nothing but the key (addresses, sizes, dtypes)."""
     key = (device, block, numels, extra, tuple(tuple(map(Tensor.data_ptr, col)) for col in columns),
@@ -80,7 +80,7 @@ def tables(device: torch.device, columns: list[list[Tensor]], numels: tuple[int,
         records.append(numel)
         records.extend(col[i].data_ptr() for col in columns)
         if extra:
-            records.append(extra[i])
+            records.extend(extra[i])
     work = [v for i, numel in enumerate(numels) for start in range(0, numel, block) for v in (i, start)]
     n_work = len(work) // 2
     # One host-to-device copy for both tables; the work table starts 16-byte aligned.

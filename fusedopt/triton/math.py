@@ -198,3 +198,64 @@ def prepare_grad(g, grad_scale_ptr, clip_coef_ptr, grads_ptr, offs, mask, G_KIND
     if MAXIMIZE:
         factor = -factor
     return g * factor
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stochastic rounding of bf16 params (param_rounding="stochastic"): math.h's section of the same name, line for
+# line. Philox 4x32-10 (Salmon et al. 2011) on uint32 values, keyed by the optimizer's seed; element e of a param
+# takes the high 16 bits of word e % 4 of the call with counter (e // 4 low word, e // 4 high word, param id,
+# rounding step). Each lane computes its quad's whole call and keeps its word: the bits of math.h's one call per
+# quad, whatever the block size.
+
+PHILOX_M0 = tl.constexpr(0xD2511F53)
+PHILOX_M1 = tl.constexpr(0xCD9E8D57)
+PHILOX_W0 = tl.constexpr(0x9E3779B9)
+PHILOX_W1 = tl.constexpr(0xBB67AE85)
+
+
+@triton.jit
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """math.h's philox4x32_10: uint32 counter words (blocks of one shape) and key words -> the four output
+    words. Products wrap modulo 2^32 (their low words), umulhi gives the high words."""
+    for r in tl.static_range(10):
+        if r > 0:
+            k0 = tl.add(k0, PHILOX_W0, sanitize_overflow=False)
+            k1 = tl.add(k1, PHILOX_W1, sanitize_overflow=False)
+        hi0 = tl.umulhi(c0, PHILOX_M0)
+        lo0 = tl.mul(c0, PHILOX_M0, sanitize_overflow=False)
+        hi1 = tl.umulhi(c2, PHILOX_M1)
+        lo1 = tl.mul(c2, PHILOX_M1, sanitize_overflow=False)
+        c0 = hi1 ^ c1 ^ k0
+        c1 = lo1
+        c2 = hi0 ^ c3 ^ k1
+        c3 = lo0
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def rounding_bits(offs, seed_lo, seed_hi, param_id, step):
+    """math.h's rounding_bits for a block of element indices ``offs`` (int64) of one param: 16 random bits each
+    (uint32). ``seed_lo``, ``seed_hi``, ``param_id``, ``step``: integers, their low 32 bits taken."""
+    q = offs >> 2
+    zero = tl.zeros_like(offs).to(tl.uint32)
+    c0 = (q & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (q >> 32).to(tl.uint32)
+    c2 = zero + param_id.to(tl.uint32)
+    c3 = zero + step.to(tl.uint32)
+    k0 = zero + seed_lo.to(tl.uint32)
+    k1 = zero + seed_hi.to(tl.uint32)
+    o0, o1, o2, o3 = philox4x32_10(c0, c1, c2, c3, k0, k1)
+    word = offs & 3
+    out = tl.where(word == 0, o0, tl.where(word == 1, o1, tl.where(word == 2, o2, o3)))
+    return out >> 16
+
+
+@triton.jit
+def float_to_bf16_stochastic(x, random16):
+    """math.h's float_to_bf16_stochastic: add 16 random bits to the low half, keep the high half (unbiased);
+    NaN as float_to_bf16 (tested as x != x there too)."""
+    u = x.to(tl.uint32, bitcast=True)
+    rounded = (u + random16) >> 16
+    nan = (u >> 16) | 0x0040
+    is_nan = x != x
+    return tl.where(is_nan, nan, rounded).to(tl.uint16)

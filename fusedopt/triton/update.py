@@ -1,4 +1,4 @@
-"""The Triton backend's one update op (op contract v3, see fusedopt/reference.py): ``update(rule, ...)`` runs any
+"""The Triton backend's one update op (op contract v4, see fusedopt/reference.py): ``update(rule, ...)`` runs any
 rule of fusedopt/triton/rules.py over all tensors of a call in at most two launches, whatever their number:
 
 1. ``_per_tensor_kernel`` (rules with scalar states or per-tensor coefficients; one program per TENSOR_BLOCK
@@ -8,7 +8,8 @@ rule of fusedopt/triton/rules.py over all tensors of a call in at most two launc
 2. ``_update_kernel`` (one program per BLOCK elements of one tensor): loads the param (or its fp32 master, or
    the master joined from a bf16 param and its remainder), the grad (unscaled, written back, clipped,
    sign-flipped: math.py's prepare_grad) and the states in use, calls the rule's ``element``, stores the param
-   (rounded from the master), the master (or param and remainder split from it) and the states.
+   (rounded to nearest, or for bf16 params without a master stochastically: flags bit 16), the master (or param
+   and remainder split from it) and the states.
 
 The rule's functions reach the kernels as constexpr arguments (``HYPER``, ``ELEMENT``, ``PER_TENSOR``): Triton
 compiles one kernel per rule and switch set, and the interpreter calls them as Python functions. A skipped step
@@ -29,13 +30,14 @@ import triton.language as tl
 
 from fusedopt import rules as rule_table
 from fusedopt.triton import _multi_tensor as mt
-from fusedopt.triton.math import (I16, as_pointer, load_float, load_joined, not_skipped, prepare_grad, splat_load,
-                                  store_float, store_split)
+from fusedopt.triton.math import (I16, as_pointer, float_to_bf16_stochastic, load_float, load_joined, not_skipped,
+                                  prepare_grad, rounding_bits, splat_load, store_float, store_split)
 from fusedopt.triton.rules import MAX_HYPER, RULES
 
 # Record of tensor i: numel, the addresses of param, grad, master, then of each state of the rule (Rule.states
-# order) and each scalar state (Rule.scalars order), then is_first (0/1) for rules that take it. Absent lists
-# repeat the param's address; constexpr switches keep the kernels from touching them.
+# order) and each scalar state (Rule.scalars order), then is_first (0/1) for rules that take it, then the param id
+# under stochastic rounding. Absent lists repeat the param's address; constexpr switches keep the kernels from
+# touching them.
 _PARAM, _GRAD, _MASTER, _STATES = (tl.constexpr(k) for k in range(1, 5))
 _REMAINDER_KIND = tl.constexpr(I16)  # the element kind of master remainders (a kernel reads only constexpr globals)
 
@@ -49,8 +51,8 @@ def reload_addresses(has_master: bool, n_used: int) -> bool:
     return 2 + has_master + n_used >= 6
 
 
-def _record_size(rule: rule_table.Rule) -> int:
-    return _STATES.value + len(rule.states) + len(rule.scalars) + int(rule.takes_is_first)
+def _record_size(rule: rule_table.Rule, stochastic: bool = False) -> int:
+    return _STATES.value + len(rule.states) + len(rule.scalars) + int(rule.takes_is_first) + int(stochastic)
 
 
 @triton.jit
@@ -67,7 +69,7 @@ def _per_tensor_kernel(records, n_tensors, coefs, h0: "fp64", h1: "fp64", h2: "f
                        h5: "fp64", h6: "fp64", h7: "fp64", lr_ptr, found_inf_ptr, PER_TENSOR: tl.constexpr,
                        N_STATES: tl.constexpr, N_SCALARS: tl.constexpr, N_COEFS: tl.constexpr,
                        TAKES_FIRST: tl.constexpr, HAS_LR_TENSOR: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
-                       RECORD: tl.constexpr, TENSOR_BLOCK: tl.constexpr):
+                       STOCHASTIC: tl.constexpr, RECORD: tl.constexpr, TENSOR_BLOCK: tl.constexpr):
     t = tl.program_id(0) * TENSOR_BLOCK + tl.arange(0, TENSOR_BLOCK)
     mask = t < n_tensors
     record = records + t * RECORD
@@ -83,7 +85,7 @@ def _per_tensor_kernel(records, n_tensors, coefs, h0: "fp64", h1: "fp64", h2: "f
         pointers = pointers + (ptr,)
         values = values + (tl.load(ptr, mask=mask, other=0.0),)
     if TAKES_FIRST:
-        first = tl.load(record + RECORD - 1, mask=mask, other=0) != 0
+        first = tl.load(record + (RECORD - 1 - STOCHASTIC), mask=mask, other=0) != 0
     else:
         first = t < 0
     values, c = PER_TENSOR(h, values, first)
@@ -94,15 +96,16 @@ def _per_tensor_kernel(records, n_tensors, coefs, h0: "fp64", h1: "fp64", h2: "f
         tl.store(coefs + N_COEFS * t + k, c[k], mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])  # any seed, one compilation
 def _update_kernel(records, work, coefs, h0: "fp64", h1: "fp64", h2: "fp64", h3: "fp64", h4: "fp64", h5: "fp64",
-                   h6: "fp64", h7: "fp64", lr_ptr, grad_scale_ptr, clip_coef_ptr, found_inf_ptr,
-                   HYPER: tl.constexpr, ELEMENT: tl.constexpr, FLAGS: tl.constexpr, USED: tl.constexpr,
-                   N_STATES: tl.constexpr, N_COEFS: tl.constexpr, TAKES_FIRST: tl.constexpr, P_KIND: tl.constexpr,
-                   S_KIND: tl.constexpr, HAS_MASTER: tl.constexpr, REMAINDER: tl.constexpr,
+                   h6: "fp64", h7: "fp64", lr_ptr, grad_scale_ptr, clip_coef_ptr, found_inf_ptr, rounding_step_ptr,
+                   seed_lo, seed_hi, HYPER: tl.constexpr, ELEMENT: tl.constexpr, FLAGS: tl.constexpr,
+                   USED: tl.constexpr, N_STATES: tl.constexpr, N_COEFS: tl.constexpr, TAKES_FIRST: tl.constexpr,
+                   P_KIND: tl.constexpr, S_KIND: tl.constexpr, HAS_MASTER: tl.constexpr, REMAINDER: tl.constexpr,
                    HAS_LR_TENSOR: tl.constexpr,
                    HAS_GRAD_SCALE: tl.constexpr, HAS_CLIP: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
-                   MAXIMIZE: tl.constexpr, RELOAD: tl.constexpr, RECORD: tl.constexpr, BLOCK: tl.constexpr):
+                   MAXIMIZE: tl.constexpr, RELOAD: tl.constexpr, STOCHASTIC: tl.constexpr, RECORD: tl.constexpr,
+                   BLOCK: tl.constexpr):
     _, t, record, offs, mask = mt.work_item(records, work, RECORD, BLOCK)
     mask = not_skipped(mask, found_inf_ptr, offs, HAS_FOUND_INF)
 
@@ -130,7 +133,7 @@ def _update_kernel(records, work, coefs, h0: "fp64", h1: "fp64", h2: "fp64", h3:
     else:
         p = load_float(p_ptr, offs, mask, P_KIND)
     if TAKES_FIRST:
-        is_first = splat_load(record + RECORD - 1, offs)
+        is_first = splat_load(record + (RECORD - 1 - STOCHASTIC), offs)
         state_mask = mask & (is_first == 0)  # a state with no history yet is not read
     else:
         is_first = tl.zeros_like(offs)
@@ -156,6 +159,9 @@ def _update_kernel(records, work, coefs, h0: "fp64", h1: "fp64", h2: "fp64", h3:
             else:
                 s_ptr = s_ptrs[k]
             store_float(s_ptr, offs, s[k], mask, S_KIND)
+    # The param's store: split with its remainder, or rounded from the value (stochastically: bf16 params without
+    # a master, the op checks it) next to the fp32 master when there is one. Remainders and stochastic rounding
+    # never meet (the op refuses master_params under flags bit 16).
     if HAS_MASTER and REMAINDER:
         if RELOAD:  # as the states' (kept, the remainder's address made ptxas spill: Adam, amsgrad, bf16 states)
             master_ptr = as_pointer(tl.load(record + _MASTER), _REMAINDER_KIND)
@@ -163,7 +169,11 @@ def _update_kernel(records, work, coefs, h0: "fp64", h1: "fp64", h2: "fp64", h3:
     else:
         if HAS_MASTER:
             store_float(master_ptr, offs, p, mask, 0)
-        store_float(p_ptr, offs, p, mask, P_KIND)
+        if STOCHASTIC:  # rounded with the bits of (seed, param id, step, element)
+            bits = rounding_bits(offs, seed_lo, seed_hi, tl.load(record + (RECORD - 1)), tl.load(rounding_step_ptr))
+            tl.store(p_ptr + offs, float_to_bf16_stochastic(p, bits), mask=mask)
+        else:
+            store_float(p_ptr, offs, p, mask, P_KIND)
 
 
 def rule_of(name: str):
@@ -193,6 +203,7 @@ def _check_layout(rule, used, n, states, scalars, is_first, flags) -> None:
 def update(rule, params, grads, states, master_params, scalars, is_first, hyper, flags, maximize, lr_tensor=None,
            grad_scale=None, clip_coef=None, found_inf=None) -> None:
     r, tr = rule_of(rule)
+    hyper, flags, scalars, rounding = rule_table.rounding_args(r, params, master_params, hyper, flags, scalars)
     h = r.hyper_dict(hyper)
     used = r.used_states(h, r.flag_names(flags))
     n = len(params)
@@ -214,19 +225,23 @@ def update(rule, params, grads, states, master_params, scalars, is_first, hyper,
     block = mt.block_size(_update_kernel)
     columns = [params, grads, master_params if has_master else params,
                *(by_state.get(key, params) for key in r.states), *by_scalar.values()]
-    first = ()  # the records' last entry, for rules that take is_first (none given: no fresh state)
+    extra = ()  # the records' last entries: is_first for rules that take it (none given: no fresh state), the id
     if r.takes_is_first:
-        first = tuple(int(bool(f)) for f in is_first) if is_first else (0,) * n
+        extra = tuple((int(bool(f)),) for f in is_first) if is_first else ((0,),) * n
+    if rounding is not None:
+        extra = tuple((*e, i) for e, i in zip(extra or ((),) * n, rounding.param_ids))
     disjoint = [params, grads, *by_state.values(), *([master_params] if has_master else [])]
-    records, work, n_work = mt.tables(device, columns, numels, block, extra=first, disjoint=disjoint)
+    records, work, n_work = mt.tables(device, columns, numels, block, extra=extra, disjoint=disjoint)
     mt.bump_versions(params, master_params, states, scalars, grads if grad_scale is not None else [])
 
     slots = [float(x) for x in hyper] + [0.0] * (MAX_HYPER - len(hyper))
     dummy = records  # absent optional tensors: never read (a constexpr says so)
     lr_arg, found_inf_arg = mt.pointer_or_dummy(lr_tensor, dummy), mt.pointer_or_dummy(found_inf, dummy)
     n_coefs = len(tr.coefficients)
+    stochastic = rounding is not None
     common = dict(N_STATES=len(r.states), N_COEFS=n_coefs, TAKES_FIRST=r.takes_is_first,
-                  HAS_LR_TENSOR=lr_tensor is not None, HAS_FOUND_INF=found_inf is not None, RECORD=_record_size(r))
+                  HAS_LR_TENSOR=lr_tensor is not None, HAS_FOUND_INF=found_inf is not None,
+                  STOCHASTIC=int(stochastic), RECORD=_record_size(r, stochastic))
     coefs = dummy
     if tr.per_tensor is not None:
         if n_coefs:
@@ -237,7 +252,9 @@ def update(rule, params, grads, states, master_params, scalars, is_first, hyper,
     if n_work == 0:
         return
     mt.launch(_update_kernel, (n_work,), records, work, coefs, *slots, lr_arg, mt.pointer_or_dummy(grad_scale, dummy),
-              mt.pointer_or_dummy(clip_coef, dummy), found_inf_arg, HYPER=tr.hyper, ELEMENT=tr.element,
+              mt.pointer_or_dummy(clip_coef, dummy), found_inf_arg, rounding.step if stochastic else dummy,
+              rounding.seed_lo if stochastic else 0, rounding.seed_hi if stochastic else 0, HYPER=tr.hyper,
+              ELEMENT=tr.element,
               FLAGS=int(flags), USED=tr.used_mask(used), P_KIND=mt.KIND[params[0].dtype], S_KIND=mt.KIND[state_dtype],
               HAS_MASTER=has_master, REMAINDER=remainder, HAS_GRAD_SCALE=grad_scale is not None,
               HAS_CLIP=clip_coef is not None, MAXIMIZE=bool(maximize), RELOAD=reload_addresses(has_master, len(used)),

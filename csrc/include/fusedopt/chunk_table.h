@@ -92,6 +92,7 @@ struct Table {
   void* ptrs[DEPTH][MAX_TENSORS];
   int64_t numel[MAX_TENSORS];
   void* extra[MAX_TENSORS];  // one per-tensor pointer (the update: its coefficients in scratch), else nullptr
+  uint32_t id[MAX_TENSORS];  // one per-tensor word (the update: the param id of stochastic rounding), else 0
   uint8_t flags[MAX_TENSORS];
   uint16_t block_slot[MAX_BLOCKS];
   int32_t block_chunk[MAX_BLOCKS];  // chunk index in its tensor: offsets up to 2^31 * 2^16 elements
@@ -111,6 +112,7 @@ struct TensorInfo {
   int64_t numel;
   void* extra;
   uint8_t flags;
+  uint32_t id = 0;
 };
 
 // Fills `table` for one launch; `info(t)` describes tensor t. Returns the block count (the launch's grid).
@@ -122,6 +124,7 @@ int fill_table(TableT& table, const LaunchPlan& plan, const InfoFn& info) {
     for (int d = 0; d < TableT::kDepth; ++d) table.ptrs[d][s] = ti.ptrs[d];
     table.numel[s] = ti.numel;
     table.extra[s] = ti.extra;
+    table.id[s] = ti.id;
     table.flags[s] = ti.flags;
   }
   for (size_t b = 0; b < plan.block_slot.size(); ++b) {

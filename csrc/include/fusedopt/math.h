@@ -134,6 +134,90 @@ FUSEDOPT_HD inline uint16_t float_to_fp16(float x) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Stochastic rounding of bf16 params (issue 13, param_rounding="stochastic"). The random bits come from Philox
+// 4x32-10 (Salmon, Moraes, Dror, Shaw 2011, "Parallel random numbers: as easy as 1, 2, 3"), a counter-based
+// generator: output = a keyed bijection of the counter, so any element's bits are computed directly from where
+// it is, whatever thread, block or backend computes it. fusedopt/triton/math.py and fusedopt/reference.py mirror
+// this section line for line; tests check all of them against the paper's known-answer vectors.
+//
+// Key: the optimizer's 64-bit seed (low word, high word). Counter of the call that serves elements 4q..4q+3 of a
+// param: (q low word, q high word, the param's id (its position in the optimizer's param groups), the
+// optimizer's rounding step). Element e takes the high 16 bits of output word e % 4. So the bits depend on
+// (seed, param id, step, element index) only: not on bucketing, chunking, thread count or backend.
+
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u;  // the multipliers of Philox 4x32 (the paper's table)
+constexpr uint32_t kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;  // the key schedule's Weyl increments (golden ratio, sqrt(3) - 1)
+constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
+
+// Op contract v4: bit 16 of the update op's `flags`, above every rule's own flag bits, asks for stochastic
+// rounding of the (bf16) params; then `hyper` carries 2 + n more doubles after the rule's (the seed's low and
+// high words, then one id per param) and `scalars` one more entry after the rule's: the rounding step, a
+// one-element int64 tensor on the params' device, read (never written) by the op. fusedopt/reference.py says it.
+constexpr uint32_t kFlagStochasticRounding = uint32_t(1) << 16;
+
+// Philox 4x32 with 10 rounds: ctr -> out, keyed by (k0, k1). One round multiplies words 0 and 2 by the two
+// constants into 64-bit products and mixes their halves with words 1 and 3 and the key; the key advances by the
+// Weyl increments between rounds.
+FUSEDOPT_HD inline void philox4x32_10(const uint32_t (&ctr)[4], uint32_t k0, uint32_t k1, uint32_t (&out)[4]) {
+  uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
+  for (int round = 0; round < 10; ++round) {
+    if (round > 0) {
+      k0 += kPhiloxW0;
+      k1 += kPhiloxW1;
+    }
+    const uint64_t p0 = uint64_t(kPhiloxM0) * c0;
+    const uint64_t p1 = uint64_t(kPhiloxM1) * c2;
+    const uint32_t hi0 = uint32_t(p0 >> 32), lo0 = uint32_t(p0);
+    const uint32_t hi1 = uint32_t(p1 >> 32), lo1 = uint32_t(p1);
+    c0 = hi1 ^ c1 ^ k0;
+    c1 = lo1;
+    c2 = hi0 ^ c3 ^ k1;
+    c3 = lo0;
+  }
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
+}
+
+// What the random bits of one param's elements in one step depend on, besides the element's index.
+struct RoundingKey {
+  uint32_t seed_lo, seed_hi;  // the optimizer's seed
+  uint32_t param_id;          // the param's position in the optimizer's param groups
+  uint32_t step;              // the optimizer's rounding step (low 32 bits)
+};
+
+// The 16 random bits of elements 4q..4q+3 (r[k] for element 4q + k), from one Philox call.
+FUSEDOPT_HD inline void rounding_bits4(const RoundingKey& key, uint64_t q, uint32_t (&r)[4]) {
+  const uint32_t ctr[4] = {uint32_t(q), uint32_t(q >> 32), key.param_id, key.step};
+  uint32_t out[4];
+  philox4x32_10(ctr, key.seed_lo, key.seed_hi, out);
+  for (int k = 0; k < 4; ++k) r[k] = out[k] >> 16;
+}
+
+// The random bits of element e alone: the same as rounding_bits4's for its quad.
+FUSEDOPT_HD inline uint32_t rounding_bits(const RoundingKey& key, uint64_t e) {
+  uint32_t r[4];
+  rounding_bits4(key, e >> 2, r);
+  return r[e & 3];
+}
+
+// fp32 -> bf16, rounded up in magnitude with probability (dropped low 16 bits) / 2^16, given 16 uniform random
+// bits: adding them to the low half carries into the kept half exactly that often, so the expected bf16 value is
+// x (unbiased). On the bits, so the same for both signs and for subnormals (bf16 shares fp32's exponent range; a
+// carry out of the mantissa is the next binade, as it should be). A bf16 value (low half 0), +-0 and +-inf never
+// change. Magnitudes above the largest bf16 (0x7F7F) round to it or to inf by the same rule: inf is the next
+// value up, as round-to-nearest's overflow. NaN as float_to_bf16: sign and top payload kept, quiet bit forced.
+FUSEDOPT_HD inline uint16_t float_to_bf16_stochastic(float x, uint32_t random16) {
+  const uint32_t u = float_bits(x);
+  const uint32_t rounded = (u + random16) >> 16;
+  const uint32_t nan = (u >> 16) | 0x0040u;
+  const bool is_nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+  return uint16_t(is_nan ? nan : rounded);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Gradient preparation.
 
 // GradScaler: g / grad_scale (a division, as the reference does); this value is also written back to grad.
