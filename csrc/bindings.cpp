@@ -154,7 +154,7 @@ TORCH_LIBRARY(fusedopt, m) {
   // Device-independent (a catch-all kernel): it reads only metadata.
   m.def("kernel_ready(Tensor[] params, Tensor[] grads) -> bool", &kernel_ready);
   m.def("check(Tensor[] grads) -> Tensor");
-  // Every update rule (fusedopt/rules.py; the C++ rules of fusedopt/rules.h) through one schema: op contract v3,
+  // Every update rule (fusedopt/rules.py; the C++ rules of fusedopt/rules.h) through one schema: op contract v4,
   // fusedopt/reference.py.
   m.def(
       "update(str rule, Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] states, Tensor(d!)[] master_params, "

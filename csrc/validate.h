@@ -297,7 +297,7 @@ void fill_rounding(Args& args, TensorList params, TensorList master_params, Tens
   args.rounding_step = static_cast<const int64_t*>(s.const_data_ptr());
 }
 
-// The op's flat arguments for update rule `Rule` (see fusedopt/reference.py, op contract v3), validated and
+// The op's flat arguments for update rule `Rule` (see fusedopt/reference.py, op contract v4), validated and
 // filled into a backend's raw-pointer struct `Args` (cpu::UpdateArgs, the CUDA one), which has the fields
 //   dtype, state_dtype, params, grads, master_params, master_remainder, numels
 //             (fill_params, fill_master_params)

@@ -69,7 +69,7 @@ if EXTENSION_ERROR is None:
     def _check_fake(grads):
         return grads[0].new_empty((2,), dtype=torch.float32)
 
-    # The update only mutates its arguments (contract v3; see fusedopt/reference.py), for every rule.
+    # The update only mutates its arguments (contract v4; see fusedopt/reference.py), for every rule.
     @torch.library.register_fake("fusedopt::update")
     def _update_fake(rule, params, grads, states, master_params, scalars, is_first, hyper, flags, maximize,
                      lr_tensor, grad_scale, clip_coef, found_inf):
@@ -97,7 +97,7 @@ if TRITON_AVAILABLE:
     def _triton_check_fake(grads):
         return grads[0].new_empty((2,), dtype=torch.float32)
 
-    # Op contract v3's generic update (fusedopt/reference.py): the rule's flat lists, all mutated in place.
+    # Op contract v4's generic update (fusedopt/reference.py): the rule's flat lists, all mutated in place.
     @torch.library.custom_op("fusedopt::triton_update",
                              mutates_args=("params", "grads", "states", "master_params", "scalars"))
     def _triton_update(rule: str, params: list[torch.Tensor], grads: list[torch.Tensor], states: list[torch.Tensor],

@@ -262,7 +262,7 @@ CUDA_EMU_DIR = pathlib.Path(os.environ.get("FUSEDOPT_CUDA_EMU_DIR",
 
 
 def load_cuda_emu():
-    """The module ``fusedopt_cuda_emu`` (check and update of op contract v3 on CPU tensors, plus set_seed/seed/
+    """The module ``fusedopt_cuda_emu`` (check and update of op contract v4 on CPU tensors, plus set_seed/seed/
     stats), registered as ``ops.BACKENDS["cuda-emu"]`` with what every backend offers besides: ``RULES`` (the
     module's ``rules()``) and the v2 named entries ``sgd_update``/``adam_update`` (fusedopt/rules.py) on its
     ``update``. Fails, never skips, when it is not built."""

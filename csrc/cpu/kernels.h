@@ -55,7 +55,7 @@ struct GradPrep {
   bool maximize;
 };
 
-// One update call of a rule (math.h; op contract v3, fusedopt/reference.py), filled by validate::fill_update.
+// One update call of a rule (math.h; op contract v4, fusedopt/reference.py), filled by validate::fill_update.
 // Params and grads share `dtype`; states are all `state_dtype` (Float32 or BFloat16). With n params (numels[i]
 // elements each): states[k * n + i] is the rule's state k of param i (nullptr where the rule does not use state
 // k under `switches`), scalars[j * n + i] its j-th scalar state (a host float: the CPU op reads it on the host,

@@ -35,7 +35,7 @@ int64_t check_workspace_floats(const std::vector<GradView>& grads);
 void check(const std::vector<GradView>& grads, float* workspace, float* out, cudaStream_t stream);
 
 // The generic update (update.cuh) of a rule of math.h (`Rule`, e.g. AdamRule), filled by validate::fill_update
-// (the CPU op's fields, op contract v3: fusedopt/reference.py). With n params (numels[i] elements each):
+// (the CPU op's fields, op contract v4: fusedopt/reference.py). With n params (numels[i] elements each):
 // states[k * n + i] is the rule's state k of param i (nullptr where the rule does not use state k under
 // `switches`), scalars[j * n + i] its j-th scalar state (a device float, advanced on the device unless the step
 // is skipped), is_first is empty or one entry per param. States are all state_dtype (fp32 or bf16);

@@ -5,7 +5,7 @@
 // grad_scale, clip_coef, found_inf and the scalar states (step counts) are read by the kernels. (So, unlike the CPU
 // op, the CUDA op cannot refuse a negative step count: validate::check_scalar_values reads values on the host.)
 //
-// check_op<Runtime> and update_op<Runtime> take the ops' arguments (op contract v3, fusedopt/reference.py); a
+// check_op<Runtime> and update_op<Runtime> take the ops' arguments (op contract v4, fusedopt/reference.py); a
 // Runtime says what differs between the two:
 //   static constexpr c10::DeviceType kDeviceType;           the tensors' device type
 //   struct Guard { explicit Guard(c10::Device); };          makes the device current for the op

@@ -534,7 +534,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 [name for name in rule.flags if self._group_value(group, name)])
 
     def _update(self, bucket: Bucket, group: dict, grad_scale, clip_coef, found_inf) -> None:
-        """One backend ``update`` call (op contract v3, fusedopt/reference.py) for a bucket."""
+        """One backend ``update`` call (op contract v4, fusedopt/reference.py) for a bucket."""
         rule = self._RULE
         lr, lr_tensor = self._lr(group, bucket.kparams[0].device)
         hyper, flags = self._rule_args(group)

@@ -1,4 +1,4 @@
-"""fusedopt's Triton backend: ``check`` and the generic ``update`` of op contract v3 as Triton kernels (norm.py,
+"""fusedopt's Triton backend: ``check`` and the generic ``update`` of op contract v4 as Triton kernels (norm.py,
 update.py), over rules.py (the Triton twins of math.h's update rules, by name: ``RULES``) and math.py (the Triton
 twin of csrc/include/fusedopt/math.h's shared pieces).
 

@@ -1,6 +1,6 @@
 // The Python module fusedopt_cuda_emu: the CUDA ops of csrc/cuda/ops_impl.h (the same validation and kernel calls
 // as the real CUDA ops) on CPU tensors, with the kernels of csrc/cuda running on the emulated grid (cuda_emu.h).
-// check and update take the op contract v3's arguments (fusedopt/reference.py), rules() names the compiled rules
+// check and update take the op contract v4's arguments (fusedopt/reference.py), rules() names the compiled rules
 // (tests/helpers.py's load_cuda_emu adds the named entries sgd_update, adam_update); set_seed/seed and stats
 // control and observe the emulation. Built by `make cuda-emu` into build/cuda-emu/; never shipped.
 #include <torch/extension.h>
