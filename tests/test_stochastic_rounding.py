@@ -435,6 +435,8 @@ OP_REFUSALS = [
     ("fp32 params", dict(params=[torch.ones(5), torch.ones(3)], grads=[torch.ones(5), torch.ones(3)]),
      "rounds bfloat16 params"),
     ("a master copy", dict(master_params=[torch.ones(5), torch.ones(3)]), "without a master copy"),
+    ("master remainders", dict(master_params=[torch.zeros(5, dtype=torch.int16), torch.zeros(3, dtype=torch.int16)]),
+     "without a master copy"),
     ("no rounding step", dict(scalars=[]), "then the rounding step"),
     ("a float rounding step", dict(scalars=[torch.tensor(4.0)]), "one-element int64 tensor"),
     ("a rounding step of two elements", dict(scalars=[torch.tensor([4, 5])]), "one-element int64 tensor"),
