@@ -159,9 +159,9 @@ def _update_kernel(records, work, coefs, h0: "fp64", h1: "fp64", h2: "fp64", h3:
             else:
                 s_ptr = s_ptrs[k]
             store_float(s_ptr, offs, s[k], mask, S_KIND)
-    # The param's store: split with its remainder, or rounded from the value (stochastically: bf16 params without
-    # a master, the op checks it) next to the fp32 master when there is one. Remainders and stochastic rounding
-    # never meet (the op refuses master_params under flags bit 16).
+    # The param's store: split with its remainder; else the fp32 master (when kept) and the param rounded from
+    # the value, to nearest or (flags bit 16: bf16 params without a master, the op checks it) stochastically.
+    # Remainders and stochastic rounding never meet (the op refuses master_params under flags bit 16).
     if HAS_MASTER and REMAINDER:
         if RELOAD:  # as the states' (kept, the remainder's address made ptxas spill: Adam, amsgrad, bf16 states)
             master_ptr = as_pointer(tl.load(record + _MASTER), _REMAINDER_KIND)
