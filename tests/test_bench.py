@@ -811,8 +811,14 @@ def test_plan_scales_to_memory_and_says_so(monkeypatch):
     case = cases.model_case(cases.MODELS["gpt2-small"], 1)
     # AdamW, 8 rows: 8 * (m, v) + drawn params and grads, shared params and grads, the reference's result = 21
     # fp32 tensors; with 2 rows not timed, only one of them holds its states at a time: 7 * 2 + 5
-    assert cli.group_bytes(case, "adamw", 8) == 21 * 4 * case.n_params
-    assert cli.group_bytes(case, "adamw", 6, 2) == 19 * 4 * case.n_params
+    rows = impls.impls_for("adamw", ["cpu"])
+    assert len(rows) == 8 and cli.group_bytes(case, "adamw", rows) == 21 * 4 * case.n_params
+    assert cli.group_bytes(case, "adamw", rows[2:], rows[:2]) == 19 * 4 * case.n_params
+    # bf16 params: torch's 6 rows keep bf16 (m, v), fusedopt's fp32 ones, its master row 4 bytes more, its
+    # remainder row 2; five bf16 sets
+    bf16 = replace(case, dtype=torch.bfloat16)
+    mixed = impls.impls_for("adamw", ["cpu"], masters=("none", "master", "remainder"))
+    assert cli.group_bytes(bf16, "adamw", mixed) == (6 * 4 + 2 * (8 + 12 + 10) + 5 * 2) * case.n_params
     monkeypatch.setattr(cli, "available_bytes", lambda device: 2 * 21 * 4 * 40_000_000)
     args = cli.parse_args(["--device", "cpu", "--full", "--optim", "adamw"])
     groups = cli.plan(args, torch.device("cpu"), ["cpu"])

@@ -22,7 +22,7 @@ from .impls import (BASELINE_VARIANTS, DEFAULT_OPTIMS, OPTIMS, Impl, absent_vari
                     untimed_by)
 from .progress import Progress
 from .optims import traffic
-from .roofline import MASTER_MODES, Probes, n_states
+from .roofline import MASTER_MODES, Probes, n_states, value_bytes
 from .runner import EXTRA_TICKS, run_group
 from .timing import CACHE_FLUSH_BYTES, CacheFlusher
 
@@ -105,29 +105,39 @@ def available_bytes(device: torch.device) -> int:
     return 8 * 2**30  # unknown: assume a small machine
 
 
-def group_bytes(case: cases.Case, optim: str, n_timed: int, n_untimed: int = 0) -> int:
-    """Memory one group holds at its peak (runner.run_group): the states of every timed row, and of one row not to
-    be timed while it is checked; five param-sized sets: the drawn params and grads, the shared params and grads
-    every row steps, and the reference's params after the check step."""
-    per_tensor = case.n_params * case.dtype.itemsize
-    return per_tensor * ((n_timed + min(n_untimed, 1)) * n_states(optim) + 5)
+def row_state_bytes(impl: Impl, optim: str, dtype: torch.dtype) -> int:
+    """Bytes per param a row's optimizer keeps: its states (fusedopt's in fp32 for low-precision params, torch's in
+    the param dtype) and, with a master mode, the fp32 master or the remainder beyond the param."""
+    size = dtype.itemsize
+    state = max(4, size) if impl.fp32_states else size
+    return n_states(optim) * state + value_bytes(impl.master, size)[1] - size
+
+
+def group_bytes(case: cases.Case, optim: str, timed: Sequence[Impl], untimed: Sequence[Impl] = ()) -> int:
+    """Memory one group holds at its peak (runner.run_group): the states of every timed row, and of the largest row
+    not to be timed while it is checked; five param-sized sets: the drawn params and grads, the shared params and
+    grads every row steps, and the reference's params after the check step."""
+    rows = sum(row_state_bytes(x, optim, case.dtype) for x in timed)
+    rows += max((row_state_bytes(x, optim, case.dtype) for x in untimed), default=0)
+    return case.n_params * (rows + 5 * case.dtype.itemsize)
 
 
 def plan(args: argparse.Namespace, device: torch.device, backends: list[str]) -> list[tuple[cases.Case, str]]:
     budget = MEMORY_SHARE[device.type] * available_bytes(device)
     impl_sets = {o: impls_for(o, backends, device, tuple(args.masters)) for o in args.optim}
+    dtype = getattr(torch, args.dtype)
 
     def fits(case: cases.Case) -> bool:
-        def size(optim: str, rows: list[Impl]) -> int:
-            n_untimed = sum(untimed_by(x, args.untimed) for x in rows)
-            return group_bytes(case, optim, len(rows) - n_untimed, n_untimed)
-        return all(size(o, i) <= budget for o, i in impl_sets.items())
+        case = dataclasses.replace(case, dtype=dtype)
+        return all(group_bytes(case, o, [x for x in rows if not untimed_by(x, args.untimed)],
+                               [x for x in rows if untimed_by(x, args.untimed)]) <= budget
+                   for o, rows in impl_sets.items())
 
     groups = []
     for suite in args.suite:
         for case in cases.select(suite, quick=args.quick, full=args.full, sweep_max=args.sweep_max, fits=fits,
                                  models=args.model):
-            case = dataclasses.replace(case, dtype=getattr(torch, args.dtype))  # fits: at fp32 size, the most
+            case = dataclasses.replace(case, dtype=dtype)
             groups += [(case, optim) for optim in args.optim]
     return groups
 

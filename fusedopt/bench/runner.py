@@ -1,6 +1,6 @@
 """Runs one group (a case and an optimizer) over all implementations:
 
-1. builds every implementation over its own copy of the same params (grads shared where nobody writes them);
+1. builds every implementation, each with its own optimizer state, over one shared copy of the params and grads;
 2. the check step: one step each from identical params and grads, compared with torch's for-loop doing the same
    job; a row that disagrees is marked wrong and not timed; rows of an ``untimed`` way (e.g. torch's for-loop on a
    GPU, host-bound on many small tensors) stop here: they served as the reference and were checked;
