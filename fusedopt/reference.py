@@ -95,16 +95,17 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def check(grads: list[Tensor]) -> Tensor:
-    # Accumulates in the compute dtype: fp64 grads beyond fp32's range must not overflow the sum of squares.
+    # Squares and adds in float64, as the kernels do (exact squares of fp32 values: the fp32 result is the exact sum
+    # rounded, but in rare cases; csrc/cpu/norm.cpp), and returns it in the compute dtype (fp64 grads: fp64).
     dtype = compute_dtype(grads[0].dtype)
     device = grads[0].device
-    sumsq = torch.zeros((), dtype=dtype, device=device)
+    sumsq = torch.zeros((), dtype=torch.float64, device=device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     for g in grads:
-        g = g.detach().to(dtype)
+        g = g.detach().to(torch.float64)
         sumsq = sumsq + (g * g).sum()
         nonfinite = nonfinite | ~torch.isfinite(g).all()
-    return torch.stack([sumsq, nonfinite.to(dtype)])
+    return torch.stack([sumsq, nonfinite.to(torch.float64)]).to(dtype)
 
 
 def split_bf16(master: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,7 +1,8 @@
 // The check pass on CUDA: sum of squares and a non-finite flag over all grads of a call, without atomics. Stage
 // one writes one (sum, flag) pair per block into a workspace; stage two, a single block, adds them in a fixed
-// order in double. The same grads give the same bits on every run (the reduction tree depends only on the
-// plan, which depends only on the numels).
+// order. The same grads give the same bits on every run (the reduction tree depends only on the plan, which
+// depends only on the numels). Every element is squared in double (exact for fp32 values) and every addition is
+// in double, as in the CPU kernel (csrc/cpu/norm.cpp says why its fp32 result then equals the other backends').
 #include <cuda_runtime.h>
 
 #include "fusedopt/multi_tensor.cuh"
@@ -37,24 +38,24 @@ __device__ T block_sum(T x) {
 }
 
 template <typename S>
-__device__ __forceinline__ void accumulate(const void* base, int64_t n, bool vec, float& sum, bool& bad) {
+__device__ __forceinline__ void accumulate(const void* base, int64_t n, bool vec, double& sum, bool& bad) {
   for_each_vector(n, [&](int64_t i) {
     Frag x;
     load<S>(x, base, i, n, vec);  // elements past n read as 0: no contribution
 #pragma unroll
     for (int k = 0; k < kVecElems; ++k) {
-      sum += x[k] * x[k];
+      sum += double(x[k]) * double(x[k]);  // exact product
       bad |= is_nonfinite(x[k]);
     }
   });
 }
 
-__global__ void __launch_bounds__(kThreads) check_blocks(const __grid_constant__ CheckTable t, float2* partials) {
+__global__ void __launch_bounds__(kThreads) check_blocks(const __grid_constant__ CheckTable t, double2* partials) {
   const int b = blockIdx.x;
   const int slot = t.block_slot[b];
   const int64_t begin = t.begin(b), n = t.count(b);
   const bool vec = t.flags[slot] & kFlagVectorized;
-  float sum = 0.0f;
+  double sum = 0.0;
   bool bad = false;
   switch (Dtype(t.flags[slot] >> kDtypeShift)) {
     case Dtype::Float32: accumulate<F32>(chunk_ptr<F32>(t, 0, slot, begin), n, vec, sum, bad); break;
@@ -62,17 +63,17 @@ __global__ void __launch_bounds__(kThreads) check_blocks(const __grid_constant__
     case Dtype::Float16: accumulate<F16>(chunk_ptr<F16>(t, 0, slot, begin), n, vec, sum, bad); break;
   }
   const bool any_bad = __syncthreads_or(bad);
-  sum = block_sum<float, kThreads>(sum);
-  if (threadIdx.x == 0) partials[t.first_block + b] = make_float2(sum, any_bad ? 1.0f : 0.0f);
+  sum = block_sum<double, kThreads>(sum);
+  if (threadIdx.x == 0) partials[t.first_block + b] = make_double2(sum, any_bad ? 1.0 : 0.0);
 }
 
-__global__ void __launch_bounds__(kFinishThreads) check_finish(const float2* partials, int64_t blocks, float* out) {
+__global__ void __launch_bounds__(kFinishThreads) check_finish(const double2* partials, int64_t blocks, float* out) {
   double sum = 0.0;
   bool bad = false;
   for (int64_t i = threadIdx.x; i < blocks; i += kFinishThreads) {
-    const float2 p = partials[i];
-    sum += double(p.x);
-    bad |= p.y != 0.0f;
+    const double2 p = partials[i];
+    sum += p.x;
+    bad |= p.y != 0.0;
   }
   const bool any_bad = __syncthreads_or(bad);
   sum = block_sum<double, kFinishThreads>(sum);
@@ -93,12 +94,12 @@ std::vector<int64_t> numels_of(const std::vector<GradView>& grads) {
 
 int64_t check_workspace_floats(const std::vector<GradView>& grads) {
   const int64_t blocks = total_blocks(numels_of(grads));
-  return 2 * (blocks > 0 ? blocks : 1);
+  return 4 * (blocks > 0 ? blocks : 1);  // one double2 per block
 }
 
 void check(const std::vector<GradView>& grads, float* workspace, float* out, cudaStream_t stream) {
   const std::vector<int64_t> numels = numels_of(grads);
-  auto* partials = reinterpret_cast<float2*>(workspace);
+  auto* partials = reinterpret_cast<double2*>(workspace);  // torch's allocations are 16-byte aligned
   launch_tables<CheckTable>(
       numels,
       [&](int64_t i) {

@@ -1,8 +1,9 @@
 """The check pass as Triton kernels: global sum of squares and a non-finite flag over all grads.
 
-Deterministic: each program writes the partial sum (fp32, one tl.sum over its BLOCK elements) and the largest
-exponent field of its block to its own slot; one more program adds the partials in order, in float64 (as the CPU
-kernel adds its chunk partials in double). One launch per grad dtype plus one, whatever the number of grads.
+Deterministic: each program writes the partial sum (one tl.sum over its BLOCK elements) and the non-finite flag
+of its block to its own slot; one more program adds the partials. Every element is squared in float64 (exact for
+fp32 values) and every addition is in float64, as in the CPU and CUDA kernels, whose fp32 result this then equals
+(csrc/cpu/norm.cpp says when it would not). One launch per grad dtype plus one, whatever the number of grads.
 """
 
 import torch
@@ -20,22 +21,23 @@ _REDUCE_BLOCK = 1024
 def _partials_kernel(records, work, partials, G_KIND: tl.constexpr, RECORD: tl.constexpr, BLOCK: tl.constexpr):
     item, _, record, offs, mask = mt.work_item(records, work, RECORD, BLOCK)
     g = load_float(as_pointer(tl.load(record + 1), G_KIND), offs, mask, G_KIND)
-    tl.store(partials + 2 * item, tl.sum(g * g, axis=0))
+    g64 = g.to(tl.float64)
+    tl.store(partials + 2 * item, tl.sum(g64 * g64, axis=0))  # exact squares
     # The flag comes from the bits, not from the sum: a finite grad whose square overflows is not non-finite.
-    tl.store(partials + 2 * item + 1, tl.max(is_nonfinite(g).to(tl.float32), axis=0))
+    tl.store(partials + 2 * item + 1, tl.max(is_nonfinite(g).to(tl.float64), axis=0))
 
 
 @triton.jit(do_not_specialize=["n_partials"])  # any count, one compilation
 def _reduce_kernel(partials, n_partials, out, BLOCK: tl.constexpr):
     total = tl.zeros((BLOCK,), tl.float64)
-    flag = tl.zeros((BLOCK,), tl.float32)
+    flag = tl.zeros((BLOCK,), tl.float64)
     for start in range(0, n_partials, BLOCK):
         k = start + tl.arange(0, BLOCK)
         mask = k < n_partials
-        total += tl.load(partials + 2 * k, mask=mask, other=0.0).to(tl.float64)
+        total += tl.load(partials + 2 * k, mask=mask, other=0.0)
         flag = tl.maximum(flag, tl.load(partials + 2 * k + 1, mask=mask, other=0.0))
     tl.store(out, tl.sum(total, axis=0).to(tl.float32))
-    tl.store(out + 1, tl.max(flag, axis=0))
+    tl.store(out + 1, tl.max(flag, axis=0).to(tl.float32))
 
 
 def check(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -58,7 +60,7 @@ def check(grads: list[torch.Tensor]) -> torch.Tensor:
         records, work, n_work = mt.tables(device, [group], tuple(map(torch.Tensor.numel, group)), block)
         launches.append((dtype, records, work, n_work))
     n_partials = sum(n for *_, n in launches)
-    partials = torch.empty((max(n_partials, 1), 2), dtype=torch.float32, device=device)
+    partials = torch.empty((max(n_partials, 1), 2), dtype=torch.float64, device=device)
     offset = 0
     for dtype, records, work, n_work in launches:
         if n_work:

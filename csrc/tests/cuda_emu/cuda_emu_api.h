@@ -1,5 +1,5 @@
 // The CUDA runtime API as the emulated build of csrc/cuda sees it (the part kernels.h and the launch code use):
-// streams, errors, dim3, float2. Device pointers are host pointers and a stream is only a token: an emulated
+// streams, errors, dim3, float2, double2. Device pointers are host pointers and a stream is only a token: an emulated
 // launch runs to completion before it returns. Plain C++, no CUDA toolkit; see cuda_emu.h for the grid itself.
 #pragma once
 
@@ -27,6 +27,11 @@ struct alignas(8) float2 {
   float x, y;
 };
 inline float2 make_float2(float x, float y) { return float2{x, y}; }
+
+struct alignas(16) double2 {
+  double x, y;
+};
+inline double2 make_double2(double x, double y) { return double2{x, y}; }
 
 namespace cuda_emu {
 
