@@ -32,7 +32,7 @@ build: $(DEPS)
 # installs are mostly downloads and unpacking, and each build ends in a few long translation units that leave a
 # core idle. Then the suites run one after the other (each on every core), without rebuilding.
 test:
-	$(MAKE) --no-print-directory -j $(MAX_JOBS) --output-sync=target test-prereqs
+	$(MAKE) --no-print-directory -j $(MAX_JOBS) --output-sync=target test-prereqs CUDA_BUILD_ENV="$(CUDA_CHECK_ENV)"
 	$(CPP_TESTS)
 	$(PYTHON_TESTS)
 	$(CUDA_EMU_ASAN_TESTS)
@@ -67,16 +67,21 @@ test-cuda-emu: build cuda-emu
 # captures only sys.stdout/stderr (--capture=sys), so that ASan's report, written to fd 2, is seen before the abort
 # (an xdist worker's fd 2 is the run's own; the aborted worker's test fails the run, named as the crashed one).
 # EMU_ASAN_TESTS selects the cases: a share of the emulated ones that takes every kernel, dtype path, table
-# overflow, misaligned and skipped case (ASan makes the kernels several times slower).
+# overflow, misaligned and skipped case (ASan makes the kernels several times slower), and the stochastic
+# rounding of bf16 params (tests/test_stochastic_rounding.py: its kernel path, clipped and not, and the op's reads).
 EMU_ASAN_TESTS ?= cuda-emu and (test_op_block_order or test_adam_without or test_op_validation or \
 	test_adam_steps_over_several or test_update_op_rules or \
 	test_op_check[cuda-emu-float32] or sgd-float16-states_bfloat16-master-plain or \
 	adam-float32-states_float32-found_inf or adam-float16-states_bfloat16-lr_tensor or \
-	cuda-emu-Adam-fusedopt:clip_active-bfloat16-master_weights-bf16_states)
+	cuda-emu-Adam-fusedopt:clip_active-bfloat16-master_weights-bf16_states or \
+	test_backends_equal_cpu_bitwise[Adam-fusedopt:everything-cuda-emu] or \
+	test_backends_equal_cpu_bitwise[SGD-fusedopt:clip_active-cuda-emu] or \
+	test_op_reads_the_rounding_step_and_writes_nothing_else[cuda-emu])
 ASAN_PRELOAD = $(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print-file-name=libstdc++.so)
 CUDA_EMU_ASAN_TESTS = FUSEDOPT_CUDA_EMU_DIR=$(CURDIR)/$(CUDA_EMU_ASAN) LD_PRELOAD="$(ASAN_PRELOAD)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	$(PY) -m pytest tests/test_cuda.py -q -ra $(XDIST) -p no:cacheprovider --capture=sys --durations=5 \
+	$(PY) -m pytest tests/test_cuda.py tests/test_stochastic_rounding.py -q -ra $(XDIST) -p no:cacheprovider \
+	--capture=sys --durations=5 \
 	-k "$(EMU_ASAN_TESTS)"
 test-cuda-emu-asan: build cuda-emu-asan
 	$(CUDA_EMU_ASAN_TESTS)
@@ -105,6 +110,14 @@ $(CUDA_DEPS): requirements.txt requirements-cuda.txt
 	$(CUDA_PY) -m pip install --quiet -r requirements-cuda.txt $$(grep -v -e '^torch==' -e '^triton==' -e '^#' requirements.txt)
 	touch $@
 
+# Extra build switches of the CUDA build (setup.py). `make test`'s build check (no GPU to run it) compiles the
+# CUDA kernels for sm_90 only and the CPU loops of that build for the baseline ISA only: the AVX2/AVX-512 variants
+# are the CPU build's, compiled and tested there from the same sources, and a second GPU arch adds only device
+# code generation of the same kernels. It halves the check's compile time on CI's 2 cores; `make cuda-build`
+# builds what ships (both archs, every variant).
+CUDA_BUILD_ENV ?=
+CUDA_CHECK_ENV ?= FUSEDOPT_CPU_CLONES=0 FUSEDOPT_CUDA_ARCHS=90
+
 # CUDA_HOME for the CUDA build: the toolkit folder of the nvcc on the PATH (which may be a wrapper script), as
 # nvcc itself reports it (recursively expanded: nvcc runs only in the recipes that use it).
 NVCC_HOME = $(realpath $(shell nvcc --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^\#\$$ _HERE_=//p' | head -n 1)/..)
@@ -126,7 +139,7 @@ test-cuda-build: $(if $(HAVE_NVCC),cuda-build-ext)
 # Builds into $(CUDA_BUILD)/lib.*/fusedopt (Python files and _C) ...
 cuda-build-ext: $(CUDA_DEPS)
 	@echo "CUDA_HOME=$(NVCC_HOME)"; start=$$(date +%s); \
-	CUDA_HOME=$(NVCC_HOME) FUSEDOPT_CUDA=1 $(CUDA_PY) setup.py --quiet build --build-base $(CUDA_BUILD) && \
+	$(CUDA_BUILD_ENV) CUDA_HOME=$(NVCC_HOME) FUSEDOPT_CUDA=1 $(CUDA_PY) setup.py --quiet build --build-base $(CUDA_BUILD) && \
 	echo "CUDA build: $$(( $$(date +%s) - start )) s"
 
 # ... then checks the import and the registrations.

@@ -36,6 +36,9 @@ def _load_bench():
 
 kahan = _load_bench()
 LOW = [torch.bfloat16, torch.float16]
+# One xdist worker takes every test here (make test: --dist loadgroup), so that _quick's evaluation (about 10 s)
+# runs once, not once per worker.
+pytestmark = pytest.mark.xdist_group("kahan")
 
 
 @functools.lru_cache(maxsize=None)
