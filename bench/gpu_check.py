@@ -2,8 +2,11 @@
 compute-sanitizer installed (no network, no .venv-cuda), build the CUDA extension against the installed torch, run
 the CUDA, Triton and compile tests on the GPU (every update rule: every config on the CUDA backend, the configs
 that take every distinct path on Triton, each rule's kernel at op level), the op tests of every rule under
-compute-sanitizer, and the GPU benchmark of every algorithm on GPT-2 small (124M params, full size) and 4096
-tensors of 4096 params (issue 12's targets), and write everything under bench/results/gpu-check-DATE/: env.json
+compute-sanitizer, the GPU benchmark of every algorithm on GPT-2 small (124M params, full size) and 4096 tensors
+of 4096 params (issue 12's targets), the bf16 modes' GPU tests and their benchmark (issue 13: master remainders
+and stochastic rounding, bench/param_rounding.py), and the host CPU's ISA variants (issue 12: the x86-64-v4 loops
+bit for bit, where the host has AVX-512, and bench/isa.py), and write everything under
+bench/results/gpu-check-DATE/: env.json
 (device, driver, CUDA, torch, Triton, nvcc, date, git sha), one log per stage, summary.json (each stage's status,
 time and test counts), the benchmarks' JSON and PNGs. With --out DIR (the device tool's $OUT) it also leaves there
 summary.json, the combined log and one gpu-check.tar.gz of the folder (the tool brings back at most 8 files).
@@ -14,7 +17,8 @@ device tool's carry: [".whl"]), the "deps" stage installs them into the results 
 PYTHONPATH. Where pytest-xdist is installed (the device image has it) the test stages run on several workers.
 
 Every stage has its own timeout, so a hang in one still leaves the others' results; the timeouts add up to
-BUDGET_S (8 minutes of device time, the machine's start not counted). How each timeout was sized is written next
+BUDGET_S (10 minutes of device time, the machine's start not counted: with a start of 2-3 minutes, one run fits
+a task's 15 minutes). How each timeout was sized is written next
 to the stage (TIMEOUTS). `--dry-run` prints the plan, checks the budget and runs nothing on a GPU
 (tests/test_gpu_check.py runs it in CI).
 
@@ -38,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-BUDGET_S = 480
+BUDGET_S = 600
 PY = sys.executable
 WHEELS = ROOT / ".whl"
 # Modules the test stages import that the device image may lack (see the module doc).
@@ -76,6 +80,17 @@ TIMEOUTS = {
     # 12 x ~8 timed rows on 4096 tensors (steps of 1-20 ms, ~0.3 s a row with its profile), torch's for-loop
     # checked in one step each (~0.4 s, host-bound), Triton kernels from the cache: ~55 s.
     "bench_many_small": 65,
+    # The GPU cases of the bf16 modes' tests (remainder == master and the checkpoints on the CUDA backend, stochastic
+    # rounding's GPU test): ~60 optimizer-level cases of 5-20 steps, host-bound, on 8 workers, plus their start.
+    "test_bf16_modes": 35,
+    # 8 AdamW runs (4 modes x 2 state dtypes) on GPT-2 small in bf16: each draws its 124M params on the host (~1 s),
+    # then 7 rounds x 20 steps of ~1-2 ms: ~15 s, plus the process start.
+    "param_rounding": 40,
+    # tests/test_cpu_isa.py on the host CPU (25 s of test time on 2 cores here; most cases are small).
+    "cpu_isa": 25,
+    # bench/isa.py's default cases (16M elements, 4096 x 4096), 9 rounds of every variant and torch's fused step,
+    # 20 ms samples: ~10 s of timing on 16 cores, plus drawing the tensors.
+    "bench_isa": 20,
 }
 
 
@@ -153,6 +168,13 @@ def stages(results: pathlib.Path, archs: str, home: str, sanitizer: str, carried
                                      str(results / "bench-gpt2-small.json")], t["bench_gpt2"], common),
         Stage("bench_many_small", bench + ["--suite", "many-small", "--json", str(results / "bench-many-small.json")],
               t["bench_many_small"], common),
+        Stage("test_bf16_modes", pytest + workers + ["tests/test_master_remainder.py",
+                                                     "tests/test_stochastic_rounding.py", "-k",
+                                                     "(cuda or gpu) and not cuda-emu"],
+              t["test_bf16_modes"], common, pytest=True),
+        Stage("param_rounding", [PY, "bench/param_rounding.py", "--device", "cuda"], t["param_rounding"], common),
+        Stage("cpu_isa", pytest + workers + ["tests/test_cpu_isa.py"], t["cpu_isa"], common, pytest=True),
+        Stage("bench_isa", [PY, "bench/isa.py"], t["bench_isa"], common),
     ]
 
 

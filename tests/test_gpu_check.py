@@ -22,9 +22,9 @@ def test_dry_run_prints_the_plan_within_budget(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out", str(tmp_path)],
                          capture_output=True, text=True, check=True, timeout=60).stdout
     names = [s.name for s in gpu_check.stages(tmp_path, "90", "/cuda", "compute-sanitizer", gpu_check.wheels())]
-    assert names[-8:] == ["build", "test_cuda", "test_triton_compile", "memcheck", "racecheck", "synccheck",
-                          "bench_gpt2", "bench_many_small"]
-    assert names[:-8] == (["deps"] if gpu_check.wheels() else [])
+    assert names[-12:] == ["build", "test_cuda", "test_triton_compile", "memcheck", "racecheck", "synccheck",
+                           "bench_gpt2", "bench_many_small", "test_bf16_modes", "param_rounding", "cpu_isa", "bench_isa"]
+    assert names[:-12] == (["deps"] if gpu_check.wheels() else [])
     for name in names:
         assert f"[{name}] timeout" in out
     assert f"(budget {gpu_check.BUDGET_S} s)" in out
@@ -37,7 +37,7 @@ def test_budget():
     plan = gpu_check.stages(ROOT / "x", "90", "/cuda", "compute-sanitizer", [ROOT / ".whl" / "a.whl"], xdist=True)
     assert [s.name for s in plan] == list(gpu_check.TIMEOUTS)
     assert all(s.timeout_s > 0 for s in plan)
-    assert gpu_check.check_budget(plan) <= 8 * 60
+    assert gpu_check.check_budget(plan) <= 10 * 60  # with the machine's start, within a task's 15 minutes
     with pytest.raises(SystemExit, match="over the budget"):
         gpu_check.check_budget(plan, budget_s=100)
 
@@ -64,6 +64,19 @@ def test_every_algorithm_is_covered():
             assert argv[argv.index(flag) + 1] == value, (name, flag)
     gpt2 = plan["bench_gpt2"].argv
     assert gpt2[gpt2.index("--model") + 1] == "gpt2-small" and "--full" in gpt2
+
+
+def test_issue_12_and_13_stages():
+    """The bf16 modes' GPU tests and benchmark (issue 13: every mode side by side in one run), and the host CPU's ISA
+    variants (issue 12: the x86-64-v4 loops are only tested where a CPU has AVX-512)."""
+    plan = {s.name: s for s in gpu_check.stages(ROOT / "x", "90", "/cuda", "compute-sanitizer")}
+    bf16 = plan["test_bf16_modes"].argv
+    assert "tests/test_master_remainder.py" in bf16 and "tests/test_stochastic_rounding.py" in bf16
+    assert bf16[bf16.index("-k") + 1] == "(cuda or gpu) and not cuda-emu"
+    rounding = plan["param_rounding"].argv
+    assert rounding[1:] == ["bench/param_rounding.py", "--device", "cuda"]
+    assert plan["cpu_isa"].argv[-1] == "tests/test_cpu_isa.py" and plan["cpu_isa"].pytest
+    assert plan["bench_isa"].argv[1:] == ["bench/isa.py"]
 
 
 def test_carried_wheels_are_installed_first_and_on_every_later_path(tmp_path):
