@@ -354,6 +354,14 @@ void test_bf16() {
     EXPECT(is_nan16(h, 8) && (h >> 15) == (nan >> 31), "float_to_bf16(0x%08x) = 0x%04x is not a NaN of that sign",
            nan, h);
   }
+  // Every NaN, whatever its dropped bits: sign and top payload kept, the quiet bit forced.
+  for (uint32_t sign : {0u, 0x80000000u}) {
+    for (uint32_t m = 1; m < (1u << 23); ++m) {
+      const uint32_t nan = sign | 0x7F800000u | m;
+      const uint16_t h = fusedopt::float_to_bf16(from_bits(nan));
+      EXPECT(h == uint16_t((nan >> 16) | 0x0040u), "float_to_bf16(NaN 0x%08x) = 0x%04x", nan, h);
+    }
+  }
   // Every bf16 value converts to float exactly and back to itself (NaNs: to a NaN).
   for (uint32_t h = 0; h <= 0xFFFF; ++h) {
     float f = fusedopt::bf16_to_float(uint16_t(h));

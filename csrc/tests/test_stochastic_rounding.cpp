@@ -113,6 +113,15 @@ void test_stochastic_edges() {
       EXPECT(sr(u, r) == float_to_bf16(bits_float(u)), "NaN %08x with r %04x gave %04x", u, r, sr(u, r));
     }
   }
+  // Every NaN: (u >> 16) | 0x0040 whatever the random bits (no carry from them into the payload or the sign).
+  for (uint32_t sign : {0u, 0x80000000u}) {
+    for (uint32_t m = 1; m < (1u << 23); ++m) {
+      const uint32_t u = sign | 0x7F800000u | m;
+      for (uint32_t r : {0u, 0x8000u, 0xFFFFu, m & 0xFFFFu}) {
+        EXPECT(sr(u, r) == uint16_t((u >> 16) | 0x0040u), "NaN %08x with r %04x gave %04x", u, r, sr(u, r));
+      }
+    }
+  }
 }
 
 // Over all 2^16 random inputs, a value rounds up exactly (low half) times: the expected result is the value
