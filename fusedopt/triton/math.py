@@ -52,9 +52,10 @@ def float_to_bf16(x):
     rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
     # A NaN could round to inf (or wrap): keep its sign and top payload and force the quiet bit instead.
     nan = (u >> 16) | 0x0040
-    # math.h tests the bits, (u & 0x7FFFFFFF) > 0x7F800000: the same test. As an integer compare, LLVM's SLP
-    # vectorizer merged those of four bf16 stores (the update kernel's bf16 param and three bf16 states) into one
-    # 64-lane compare that NVPTX unpacks bit by bit, and the kernel spilled registers.
+    # The test as math.h's, x != x. As an integer compare on the bits, LLVM's SLP vectorizer merged those of four
+    # bf16 stores (the update kernel's bf16 param and three bf16 states) into one 64-lane compare that NVPTX
+    # unpacks bit by bit, and the kernel spilled registers. (math.h adds the NaN's quiet bit as an addend instead
+    # of this select, for GCC's vectorizer: the same bits.)
     is_nan = x != x
     return tl.where(is_nan, nan, rounded).to(tl.uint16)
 
