@@ -1,10 +1,10 @@
 """The ISA variants of the CPU loops (csrc/cpu/kernels.h: baseline, x86-64-v3, x86-64-v4) agree bit for bit.
 
 Every variant this build has and this CPU runs is compared with the baseline on the same inputs: the optimizer
-classes (SGD, Adam, AdamW; fp32, bf16 and fp16 params; fp32 and bf16 states; master weights; clipping with
-nonfinite="skip", an inf grad included) over a few steps, the ops over test_cpu_ops.py's configs (GradScaler's
-unscale, found_inf, clip, maximize, tensor lr: every switch of the loops), and the check pass (sum of squares
-and the non-finite flag). A variant the CPU lacks is skipped with the extension's own reason. The variant is
+classes (SGD, Adam, AdamW; fp32, bf16 and fp16 params; fp32 and bf16 states; master weights; stochastic rounding;
+clipping with nonfinite="skip", an inf grad included) over a few steps, the ops over test_cpu_ops.py's configs
+(GradScaler's unscale, found_inf, clip, maximize, tensor lr: every switch of the loops), and the check pass (sum of
+squares and the non-finite flag). A variant the CPU lacks is skipped with the extension's own reason. The variant is
 switched with ``_C.set_cpu_isa`` (a test and benchmark knob; ``FUSEDOPT_CPU_ISA`` picks one per process).
 """
 from __future__ import annotations
@@ -121,6 +121,9 @@ OPTIONS = {
     "bf16-states": dict(state_dtype=torch.bfloat16),
     "master": dict(master_weights=True),
     "master-bf16-states": dict(master_weights=True, state_dtype=torch.bfloat16),
+    # bf16 params rounded stochastically (the Philox calls vectorized across quads in each variant).
+    "stochastic": dict(param_rounding="stochastic", seed=0x0123456789ABCDEF),
+    "stochastic-bf16-states": dict(param_rounding="stochastic", seed=5, state_dtype=torch.bfloat16),
     # Grads have a global norm of about 340 (below): 1.0 clips; step 1's inf grad skips that step.
     "clip-skip": dict(max_grad_norm=1.0, nonfinite="skip"),
 }
@@ -150,6 +153,8 @@ def _optimizer_run(algorithm: str, dtype: torch.dtype, options: dict) -> list[to
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_optimizer_step_is_bitwise_equal_on_every_variant(variant, algorithm, dtype, options, isa_restored):
     _require(variant)
+    if options.startswith("stochastic") and dtype != torch.bfloat16:
+        pytest.skip("param_rounding='stochastic' is for bf16 params (fp16 ones are refused)")
     run = lambda: _optimizer_run(algorithm, dtype, OPTIONS[options])  # noqa: E731
     _assert_all_equal(_on(variant, run), _on("baseline", run), f"{variant} vs baseline: {algorithm} {options}")
 
