@@ -545,15 +545,18 @@ def _fit(model, x, y, opt, steps: int) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _physics(name: str, backend: str) -> dict:
-    """Per mode ("fp32": the truth, the model and data in fp32; "none", "remainder", "master": bf16 params with
-    master_weights False, "remainder", True): the final weights' largest error against the truth and the loss."""
+    """Per mode ("fp32": the truth, the model and data in fp32; "none", "stochastic", "remainder", "master": bf16
+    params with master_weights False (rounded to nearest, or stochastically), "remainder", True): the final weights'
+    largest error against the truth and the loss."""
     factory = FACTORY[name]
     out = {}
+    stochastic = dict(param_rounding="stochastic", seed=0)
     with _threads(1):  # tiny tensors: one thread is fastest on a shared machine, and the result is the same
-        for mode, dtype, master in (("fp32", torch.float32, False), ("none", BF16, False),
-                                    ("remainder", BF16, "remainder"), ("master", BF16, True)):
+        for mode, dtype, extra in (("fp32", torch.float32, {}), ("none", BF16, {}), ("stochastic", BF16, stochastic),
+                                   ("remainder", BF16, dict(master_weights="remainder")),
+                                   ("master", BF16, dict(master_weights=True))):
             model, x, y = mlp_problem(dtype)
-            _fit(model, x, y, factory(model.parameters(), backend=backend, master_weights=master), PHYSICS_STEPS)
+            _fit(model, x, y, factory(model.parameters(), backend=backend, **extra), PHYSICS_STEPS)
             weights = torch.cat([p.detach().float().reshape(-1) for p in model.parameters()])
             out[mode] = {"weights": weights, "loss": _loss(model, x, y)}
     truth = out.pop("fp32")
@@ -607,5 +610,10 @@ def test_bf16_mlp_against_fp32(name):
         + f"; fp32 loss {r['none']['truth loss']:.5g}")
     master, remainder = r["master"], r["remainder"]
     assert remainder["error"] <= 1.5 * master["error"] + 1e-3, r
+    # Where an exact master is clearly better than rounding to nearest (this problem is chaotic for some of the
+    # optimizers: Rprop, RMSprop, Lion, ...), stochastic rounding is better than nearest too (measured: 0.03-0.8 of
+    # its error); tests/test_stochastic_rounding.py asserts more on a better-conditioned problem.
+    if master["error"] < 0.5 * r["none"]["error"]:
+        assert r["stochastic"]["error"] < r["none"]["error"], r
     # Losses this small wander between chaotic runs (measured: within 2x, both ways): a loose bound.
     assert remainder["loss"] <= 3 * master["loss"] + 1e-3, r
