@@ -36,6 +36,10 @@ def sources(*patterns):
 def cxx_flags():
     flags = [
         "-O3",
+        # No debug info: Python's CFLAGS, which torch's build passes first, carry -g, which makes the objects six
+        # times larger and the compiles about a third longer (update_*.cpp: 100 s against 134 s on 2 cores).
+        # FUSEDOPT_CXXFLAGS=-g (appended last) puts it back.
+        "-g0",
         "-fopenmp",  # at::parallel_for's OpenMP backend is header code: it needs the pragma compiled in
         "-fno-math-errno",  # lets sqrtf vectorize (errno is never read); results unchanged
         # No fused multiply-add contraction: every operation rounds as written in math.h (whose fused

@@ -168,8 +168,8 @@ class _nothing:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mean_of_many_roundings_is_the_value(backend):
     """One SGD step p <- 1 + d (d about 0.3 bf16 ulps of 1) on 2^16 elements, and on one element over 300 steps
-    (the rounding step moves the bits): the mean of the bf16 results is 1 + d within 5 binomial standard
-    deviations; rounding to nearest gives 1 everywhere."""
+    (100 under the Triton interpreter; the rounding step moves the bits): the mean of the bf16 results is 1 + d
+    within 5 binomial standard deviations; rounding to nearest gives 1 everywhere."""
     _require(backend)
     if backend == "triton" and DEVICE.type != "cpu":
         pytest.skip("CPU tensors: the Triton interpreter (test_stochastic_rounding_gpu covers the GPU)")
@@ -189,7 +189,7 @@ def test_mean_of_many_roundings_is_the_value(backend):
         sd = math.sqrt(prob * (1 - prob) * n)
         assert abs(ups - prob * n) < 5 * sd, f"{ups} of {n} rounded up, expected {prob * n:.0f} +- {sd:.0f}"
 
-        steps = 300
+        steps = 100 if backend == "triton" else 300  # the interpreter: ~40 ms a step
         q = torch.nn.Parameter(torch.ones(1, dtype=torch.bfloat16))
         opt = fusedopt.SGD([q], lr=1.0, backend=name, **STOCHASTIC)
         total = 0
