@@ -724,12 +724,17 @@ class FusedOptimizer(torch.optim.Optimizer):
         if not found or int(found.group(1) or found.group(2)) >= len(bucket.params):
             return error
         kernel_param = bucket.params[int(found.group(1) or found.group(2))]
+        return type(error)(f"{type(self).__name__}: {self._describe_kernel_param(plan, group, kernel_param)}: "
+                           f"{message}")
+
+    def _describe_kernel_param(self, plan: _StepPlan, group: dict, kernel_param: Tensor) -> str:
+        """``_describe`` of a tensor the kernels get: buckets hold those (local shards of DTensors), so its place
+        in the group is found through the plan's per_local lists."""
         gi = next(i for i, g in enumerate(self.param_groups) if g is group)
-        # The bucket holds what the kernels got (local shards of DTensors): find its place in the group.
         j = next(j for j, lp in enumerate(plan.per_local[gi][0]) if lp is kernel_param)
         param = plan.per_group[gi][0][j]
         pi = next(i for i, p in enumerate(group["params"]) if p is param)
-        return type(error)(f"{type(self).__name__}: {self._describe(gi, pi)}: {message}")
+        return self._describe(gi, pi)
 
     # --- stochastic rounding (param_rounding="stochastic") ---
     def _param_positions(self, per_group, per_local) -> dict[int, int]:
@@ -748,11 +753,6 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._rounding_step = torch.zeros((), dtype=torch.int64, device=device)
         elif step.device != device:
             self._rounding_step = step.to(device)
-
-    def _describe_param(self, group: dict, param: Tensor) -> str:
-        gi = next(i for i, g in enumerate(self.param_groups) if g is group)
-        pi = next((i for i, p in enumerate(group["params"]) if p is param), None)
-        return self._describe(gi, pi) if pi is not None else f"a parameter of param group {gi}"
 
     def state_dict(self) -> dict[str, Any]:
         """torch.optim's state_dict; with ``param_rounding="stochastic"`` also ``"param_rounding"``: the seed and
@@ -1015,7 +1015,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             if self.param_rounding == "stochastic":
                 if dtype == torch.float16:
                     raise RuntimeError(f"{type(self).__name__}: param_rounding='stochastic' rounds bfloat16 params; "
-                                       f"{self._describe_param(group, bucket.params[0])} is float16 (use "
+                                       f"{self._describe_kernel_param(plan, group, bucket.params[0])} is float16 (use "
                                        f"master_weights=True for fp16 params)")
                 if dtype == torch.bfloat16:  # fp32 and fp64 params hold the exact result: nothing to round
                     bucket.param_ids = [plan.positions[id(p)] for p in bucket.params]
