@@ -193,6 +193,71 @@ def test_clip_bitwise_given_the_coefficient(alg, config):
                         _Run(torch_params, states(theirs, torch_params)))
 
 
+def _fused_then_torch(alg: Algorithm, config: OptimConfig, groups):
+    """``(is_torch, params, optimizer)``: fusedopt's (cpu backend), then torch's, each over its own copy of
+    ``groups``' params, in two param groups (the first four, the rest)."""
+    for is_torch in (False, True):
+        params = flat(clone_params(groups))
+        cls, kwargs = (alg.torch_cls, config.torch_kwargs()) if is_torch else \
+            (alg.fused_cls, config.fused_kwargs("cpu"))
+        yield is_torch, params, cls(param_groups(alg, [params[:4], params[4:]]), **kwargs)
+
+
+# One config per algorithm, the first bitwise one: what the tests below vary around it.
+FIRST_BITWISE = list({a.name: (a, c) for a, c in reversed(BITWISE)}.values())[::-1]
+
+
+@pytest.mark.parametrize("alg,config", FIRST_BITWISE, ids=[config_id(a, c) for a, c in FIRST_BITWISE])
+def test_bitwise_with_step_counts_that_differ_within_a_group(alg, config):
+    """Params of one group whose step counts differ (param i has no grad at the steps s with (s + i) % 3 == 0,
+    so neighbours in a call are one or two steps apart, and some agree): the CPU loop computes the per-tensor
+    coefficients once per run of equal step counts (cpu/update.h), which must give each param torch's bits."""
+    groups = make_params(torch.float32, specs=SPECS)
+    grads = [[None if (s + i) % 3 == 0 else g for i, g in enumerate(step)]
+             for s, step in enumerate(make_grads(torch.float32, STEPS, specs=SPECS))]
+    fused = run_fused(alg, config, "cpu", clone_params(groups), grads)
+    with torch_sqrt_patch(alg):
+        expected = run_torch(alg, config, clone_params(groups), grads)
+    steps = {float(s["step"]) for s in fused.states if "step" in s}
+    assert not any("step" in s for s in expected.states) or len(steps) > 1, "the step counts should differ"
+    assert_runs_bitwise(fused, expected)
+
+
+# Changes to a group between steps that a step must see (the optimizer keeps what it derives from a group's
+# values while they are the same objects: _group_args): a value replaced, a list of values changed in place, a
+# switch that changes which states the kernel gets (SGD's momentum; torch's Adam and RMSprop have no state for
+# amsgrad, centered or momentum switched on after their first step, so those are not changes torch takes).
+GROUP_CHANGES = {
+    "Adam": [lambda g: g.update(eps=1e-3), lambda g: g.update(betas=[0.8, 0.99]),
+             lambda g: g["betas"].__setitem__(0, 0.5), lambda g: g.update(weight_decay=0.2)],
+    "SGD": [lambda g: g.update(momentum=0.9), lambda g: g.update(nesterov=True),
+            lambda g: g.update(dampening=0.0, nesterov=False, momentum=0.5)],
+    "Rprop": [lambda g: g.update(etas=[0.4, 1.1]), lambda g: g["etas"].__setitem__(1, 1.5),
+              lambda g: g.update(step_sizes=(1e-5, 5.0))],
+    "RMSprop": [lambda g: g.update(alpha=0.5), lambda g: g.update(eps=1e-4), lambda g: g.update(weight_decay=0.1)],
+}
+GROUP_CHANGE_CONFIGS = select("Adam-optim_db:default", "SGD-optim_db:default", "Rprop-optim_db:default",
+                              "RMSprop-optim_db:default")
+
+
+@pytest.mark.parametrize("alg,config", GROUP_CHANGE_CONFIGS, ids=[config_id(a, c) for a, c in GROUP_CHANGE_CONFIGS])
+def test_bitwise_when_the_group_changes_between_steps(alg, config):
+    """A change to the first group every other step (GROUP_CHANGES): fusedopt's steps follow it as torch's do."""
+    groups = make_params(torch.float32, specs=SPECS)
+    grads = make_grads(torch.float32, STEPS, specs=SPECS)
+    changes = GROUP_CHANGES[alg.name]
+    runs_ = []
+    for is_torch, params, opt in _fused_then_torch(alg, config, groups):
+        for step, step_grads in enumerate(grads):
+            if step % 2 == 0 and step // 2 < len(changes):
+                changes[step // 2](opt.param_groups[0])
+            set_grads(params, step_grads)
+            with torch_sqrt_patch(alg) if is_torch else contextlib.nullcontext():
+                opt.step()
+        runs_.append(_Run(params, states(opt, params)))
+    assert_runs_bitwise(*runs_)
+
+
 class _Run:
     def __init__(self, params, state):
         self.params = [p.detach().clone() for p in params]
@@ -211,11 +276,7 @@ def test_grad_scaler_bitwise(alg, config):
     groups = make_params(torch.float32, specs=SPECS)
     grads = make_grads(torch.float32, STEPS, specs=SPECS)
     traces = []
-    for is_torch in (False, True):
-        params = flat(clone_params(groups))
-        cls, kwargs = (alg.torch_cls, config.torch_kwargs()) if is_torch else \
-            (alg.fused_cls, config.fused_kwargs("cpu"))
-        opt = cls(param_groups(alg, [params[:4], params[4:]]), **kwargs)
+    for is_torch, params, opt in _fused_then_torch(alg, config, groups):
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=3)
         unscaled = []
         for step_grads in grads:

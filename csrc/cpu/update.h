@@ -7,6 +7,7 @@
 #include <stddef.h>
 
 #include <array>
+#include <cstring>
 #include <utility>
 
 #include "fusedopt/math.h"
@@ -91,12 +92,30 @@ void update(const UpdateArgs& a) {
   const Isa isa = active_isa();  // first: it may throw (FUSEDOPT_CPU_ISA), before anything has changed
   const typename Rule::Hyper hyper = Rule::hyper(a.hyper.data());
   // Per tensor on the host (its scalar states are host floats): advance them, then its coefficients.
+  // per_tensor is a function of the hyperparameters, the scalar states and `first` alone (math.h), and the
+  // params of a group nearly always share their step counts: a tensor whose scalar states and `first` have the
+  // previous one's bits gets the previous one's results (the same bits per_tensor would give it) without the
+  // pows (Adam's three per tensor were a visible part of a step over many small params).
   const size_t n = a.numels.size();
   std::vector<typename Rule::PerTensor> pts(n);
   std::array<float*, Rule::kScalars> scalars{};
+  std::array<uint32_t, Rule::kScalars> before{}, prev_before{}, prev_after{};
+  bool prev_first = false;
   for (size_t i = 0; i < n; ++i) {
-    for (int j = 0; j < Rule::kScalars; ++j) scalars[j] = a.scalars[size_t(j) * n + i];
-    pts[i] = Rule::per_tensor(a.hyper.data(), scalars.data(), !a.is_first.empty() && a.is_first[i] != 0);
+    const bool first = !a.is_first.empty() && a.is_first[i] != 0;
+    for (int j = 0; j < Rule::kScalars; ++j) {
+      scalars[j] = a.scalars[size_t(j) * n + i];
+      std::memcpy(&before[j], scalars[j], sizeof(float));
+    }
+    if (i > 0 && first == prev_first && before == prev_before) {
+      pts[i] = pts[i - 1];
+      for (int j = 0; j < Rule::kScalars; ++j) std::memcpy(scalars[j], &prev_after[j], sizeof(float));
+      continue;
+    }
+    pts[i] = Rule::per_tensor(a.hyper.data(), scalars.data(), first);
+    prev_first = first;
+    prev_before = before;
+    for (int j = 0; j < Rule::kScalars; ++j) std::memcpy(&prev_after[j], scalars[j], sizeof(float));
   }
 
   // Stochastic rounding: each param's key, with the rounding step read here on the host (its low 32 bits).

@@ -31,7 +31,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -303,6 +303,22 @@ class _TorchStep:
     per_group: list  # (params, grads) per group, for the params with grads
 
 
+class _GroupArgs(NamedTuple):
+    """A group's update-call arguments besides lr and maximize (``FusedOptimizer._group_args``)."""
+
+    state_keys: tuple[str, ...]  # the state entries passed to the kernel, in its argument order
+    hyper: list[float]  # the rule's hyperparameters after lr, as host floats
+    bits: int  # the op's flags int
+
+
+# The types of group values that cannot change in place (a tuple of them neither).
+_PLAIN_TYPES = (float, int, bool, str, type(None))
+
+
+def _is_plain(value) -> bool:
+    return type(value) in _PLAIN_TYPES or (type(value) is tuple and all(type(v) in _PLAIN_TYPES for v in value))
+
+
 @dataclass
 class _StepPlan:
     """A validated step, prepared but not yet run (``FusedOptimizer._plan`` -> ``_launch``)."""
@@ -322,6 +338,12 @@ class _StepPlan:
     fresh_local: set = field(default_factory=set)  # the same, as the tensors the kernels get
     calls: list = field(default_factory=list)  # (group, buckets or a function preparing them at launch)
     positions: dict = field(default_factory=dict)  # stochastic rounding: id(kernel param) -> its param id
+    dtypes: set = field(default_factory=set)  # the param dtypes of the update calls
+
+    def grad_dtype(self) -> torch.dtype | None:
+        """The one dtype of every grad the check pass reads, when the plan knows it without a look at each (the
+        fast path's grads have their params' dtypes), else None."""
+        return next(iter(self.dtypes)) if self.ready and len(self.dtypes) == 1 else None
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -361,6 +383,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         if rule is None:
             return
         cls._TENSOR_STATE_KEYS = rule.states
+        # The group entries _group_args reads (all of the rule's hyperparameters but lr, and its switches).
+        cls._ARG_KEYS = tuple(dict.fromkeys(w if isinstance(w, str) else w[0] for w in (
+            cls._GROUP_KEYS.get(name, name) for name in (*rule.hyper[1:], *rule.flags))))
         if "_HYPERPARAMETERS" not in cls.__dict__:
             where = (cls._GROUP_KEYS.get(name, name) for name in rule.hyper)
             cls._HYPERPARAMETERS = tuple(dict.fromkeys(w if isinstance(w, str) else w[0] for w in where))
@@ -478,12 +503,40 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _state_keys(self, group: dict) -> tuple[str, ...]:
         """State entries passed to the kernel for this group, in the kernel's argument order."""
+        return self._group_args(group).state_keys
+
+    def _group_args(self, group: dict) -> _GroupArgs:
+        """What a group's update calls take besides lr and maximize: the state keys, the rule's other
+        hyperparameters as host floats and its flag bits. Kept from the last call while the group holds the very
+        same objects under the rule's keys (lr's excepted: a scheduler sets it every step, and nothing here
+        depends on it) and all of them are plain immutable values (a tensor, a list or a numpy array may change
+        in place: such a group is read again at every call). A step over many params makes these calls for
+        every bucket, so they are a visible part of its host cost."""
+        compiling = torch.compiler.is_compiling()  # a traced step computes them (torch.compile guards the values)
+        if not compiling:
+            values = tuple(map(group.__getitem__, self._ARG_KEYS))
+            memo = self.__dict__.get("_group_args_memo")
+            entry = None if memo is None else memo.get(id(group))
+            if entry is not None and entry[0] is group and all(map(operator.is_, entry[1], values)):
+                return entry[2]
         rule = self._RULE
-        if not rule.optional:
-            return rule.states
-        # The rule's conditions on its optional states, on the group's own values (as torch's classes test them).
-        hyper = {name: self._group_value(group, name) for name in rule.hyper}
-        return rule.used_states(hyper, frozenset(name for name in rule.flags if self._group_value(group, name)))
+        hyper, flags = self._rule_args(group)
+        if rule.optional:
+            # The rule's conditions on its optional states, on the group's own values (as torch's classes test
+            # them); without lr, which the memo does not follow (a condition on it would raise KeyError).
+            state_keys = rule.used_states(dict(zip(rule.hyper[1:], hyper)), frozenset(flags))
+        else:
+            state_keys = rule.states
+        args = _GroupArgs(state_keys, hyper, rule.flag_bits(flags))
+        if not compiling and all(map(_is_plain, values)):
+            if memo is None:
+                memo = self.__dict__["_group_args_memo"] = {}
+            if len(memo) >= len(self.param_groups):  # forget groups that are gone (load_state_dict replaces them)
+                live = set(map(id, self.param_groups))
+                for gone in [k for k in memo if k not in live]:
+                    del memo[gone]
+            memo[id(group)] = (group, values, args)
+        return args
 
     def _new_state(self, param: Tensor, value: float | None = None) -> Tensor:
         """A state tensor for ``param``, zero or filled with ``value``: the param's layout, and the dtype
@@ -537,11 +590,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         """One backend ``update`` call (op contract v4, fusedopt/reference.py) for a bucket."""
         rule = self._RULE
         lr, lr_tensor = self._lr(group, bucket.kparams[0].device)
-        hyper, flags = self._rule_args(group)
-        states = list(chain.from_iterable(map(bucket.kstates.__getitem__, self._state_keys(group))))
+        args = self._group_args(group)
+        states = list(chain.from_iterable(map(bucket.kstates.__getitem__, args.state_keys)))
         scalars = [state[key] for key in rule.scalars for state in bucket.states]
         is_first = bucket.is_first if rule.takes_is_first and states else []
-        hyper, bits = [lr, *hyper], rule.flag_bits(flags)
+        hyper, bits = [lr, *args.hyper], args.bits
         if bucket.param_ids is not None:  # stochastic rounding (op contract v4, fusedopt.rules.rounding_args)
             hyper += [float(self.seed & 0xFFFFFFFF), float(self.seed >> 32), *map(float, bucket.param_ids)]
             bits |= rules.STOCHASTIC_ROUNDING
@@ -588,7 +641,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             last["found_nonfinite"] = found_inf > 0
         if self.max_grad_norm is not None or self.nonfinite != "ignore":
             # The check pass only reads; "raise" raises here, before anything is written.
-            norm, nonfinite = self._check(plan.check_grads, plan.device, grad_scale, plan.ready, plan.reduction)
+            norm, nonfinite = self._check(plan.check_grads, plan.device, grad_scale, plan.ready, plan.reduction,
+                                          plan.grad_dtype())
             last["grad_norm"] = norm
             last["found_nonfinite"] = nonfinite if found_inf is None else nonfinite | (found_inf > 0)
             if self.nonfinite == "raise":
@@ -877,18 +931,19 @@ class FusedOptimizer(torch.optim.Optimizer):
             return f"parameter {names[param_index]!r}"
         return f"parameter {param_index} of param group {group_index}"
 
-    def _check(self, grads, device, grad_scale, ready: bool,
-               reduction: _dist.Reduction | None = None) -> tuple[Tensor, Tensor]:
+    def _check(self, grads, device, grad_scale, ready: bool, reduction: _dist.Reduction | None = None,
+               dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
         """The check pass: global norm (unscaled, pre-clip) and the non-finite flag, both on the device. With
-        ``reduction`` (DTensor params), ``grads`` are local shards and the sums are all-reduced over the ranks."""
+        ``reduction`` (DTensor params), ``grads`` are local shards and the sums are all-reduced over the ranks.
+        ``dtype``: the dtype of every grad, when the caller knows it."""
         if not ready:  # kernels take contiguous real tensors; this pass only reads, so copies need no writeback
             grads = [_read_only_input(g) for g in grads]
         if reduction is None:
-            total = self._check_sums(grads, device)
+            total = self._check_sums(grads, device, dtype)
         else:
             total = None
             for weight, index in reduction.classes:
-                part = self._check_sums([grads[i] for i in index], device)
+                part = self._check_sums([grads[i] for i in index], device, dtype)
                 part = part if weight == 1 else part * weight
                 total = part if total is None else total + part
             total = reduction.all_reduce(total)
@@ -899,10 +954,12 @@ class FusedOptimizer(torch.optim.Optimizer):
             norm = norm / grad_scale
         return norm, nonfinite
 
-    def _check_sums(self, grads, device) -> Tensor:
-        """[sum of squares, non-finite flag] over ``grads``: one backend call per dtype."""
+    def _check_sums(self, grads, device, dtype: torch.dtype | None = None) -> Tensor:
+        """[sum of squares, non-finite flag] over ``grads``: one backend call per dtype (``dtype``: the dtype of
+        every grad, when the caller knows it)."""
         total = None
-        for dtype, index in _split_by_dtype(grads).items():
+        split = _split_by_dtype(grads) if dtype is None else {dtype: range(len(grads))}
+        for dtype, index in split.items():
             part = grads if len(index) == len(grads) else [grads[i] for i in index]
             partial = ops.resolve(self.backend, device, dtype).check(part)
             total = partial if total is None else total + partial
@@ -997,7 +1054,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         keys = self._state_keys(group)
         fresh, ready = plan.fresh_local, plan.ready
         buckets = []
-        for dtype, index in _split_by_dtype(params).items():
+        split = _split_by_dtype(params)
+        plan.dtypes.update(split)
+        for dtype, index in split.items():
             if occurrences is not None:
                 index = [i for i in index if occurrences[i] == occurrence]
                 if not index:

@@ -254,7 +254,9 @@ FUSEDOPT_HD inline float prepare_grad(float g, float factor) { return g * factor
 //                                once per tensor before its elements, only when the step is not skipped:
 //                                advances its scalar states in place (scalars[j] points at the tensor's j-th;
 //                                count_step() counts a step) and returns its per-tensor coefficients (a rule that
-//                                only counts its steps inherits both from CountOnly)
+//                                only counts its steps inherits both from CountOnly); a function of h, the
+//                                scalar states' values and `first` alone (the CPU loop reuses its results for
+//                                a tensor whose inputs have the previous tensor's bits, cpu/update.h)
 //   element<SW>(p, g, s, hyper, per_tensor)
 //                                one element: p is the param's fp32 value, g the gradient already unscaled,
 //                                clipped and sign-flipped (take_grad/prepare_grad, in the loops), s the fp32
