@@ -43,7 +43,7 @@ struct CheckResult {
   bool nonfinite;
 };
 
-// Sum of squares over all grads (fp32 within blocks, double across) and whether any element is inf/NaN.
+// Sum of squares over all grads (exact squares added in double) and whether any element is inf/NaN.
 CheckResult check(const std::vector<GradView>& grads);
 
 // What happens to a gradient before the update rule (the optional arguments of the ops).
