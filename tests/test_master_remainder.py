@@ -332,10 +332,12 @@ def _config_cases():
 
 @pytest.mark.parametrize("alg, config, backend", list(_config_cases()))
 def test_remainder_equals_master_weights(alg, config, backend):
-    """20 steps of the shared parity params (sizes 0, 1, 4097, transposed, strided, two groups) in bf16."""
+    """20 steps of the shared parity params (sizes 0, 1, 4097, transposed, strided, two groups) in bf16; 6 under
+    the Triton interpreter (about a second per step; the property holds step by step, and the other backends
+    run all 20)."""
     _require(backend, alg.fused_cls)
     with _classes_on(backend) as cls_backend:
-        rem, mas = _runs(alg, config, cls_backend, steps=20)
+        rem, mas = _runs(alg, config, cls_backend, steps=6 if backend == "triton" else 20)
     assert_same_master(rem, mas, config_id(alg, config))
 
 
