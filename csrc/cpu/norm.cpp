@@ -1,6 +1,4 @@
 // The check pass: global sum of squares and a non-finite flag over all grads, one parallel loop.
-#include <string.h>
-
 #include <algorithm>
 #include <cmath>
 
@@ -13,14 +11,14 @@ namespace {
 
 // 16 independent double partial sums (four AVX2 registers, also in the x86-64-v4 variant, or eight SSE ones), so
 // the loop vectorizes without reassociation flags and the summation order, hence the result, is the same on every
-// ISA variant (tests/test_cpu_isa.py). Each element is widened to
-// double before it is squared: the square of an fp32 value is exact in double (24-bit significands make a 48-bit
-// one), so only the additions round, at 2^-53 each. The sum rounded to fp32 (the op's result) is then the exact sum
-// rounded, unless the exact sum lies within the double sum's error (about the number of terms per lane times
-// 2^-53, relative) of a point halfway between two fp32 values. So the CUDA and Triton kernels, which add the same
-// exact squares in other orders, give the same fp32 sum of squares but with a probability of at most about 1e-5
-// per step for 1e8 elements, typically 1e-7 (tests/test_cuda.py, tests/test_triton.py and
-// tests/test_stochastic_rounding.py: bitwise, clipped configs included).
+// ISA variant (tests/test_cpu_isa.py). Each element is widened to double before it is squared: the square of an
+// fp32 value is exact in double (24-bit significands make a 48-bit one), so only the additions round, at 2^-53
+// each. The sum rounded to fp32 (the op's result) is then the exact sum rounded, unless the exact sum lies within
+// the double sum's error (about the number of terms per lane times 2^-53, relative) of a point halfway between two
+// fp32 values. So the CUDA and Triton kernels, which add the same exact squares in other orders, give the same fp32
+// sum of squares but with a probability of at most about 1e-5 per step for 1e8 elements, typically 1e-7
+// (tests/test_cuda.py, tests/test_triton.py and tests/test_stochastic_rounding.py: bitwise, clipped configs
+// included).
 //
 // The non-finite flag comes from the double sum itself: the square of a finite fp32 value is at most 2^256 in
 // double, so a sum of fewer than 2^700 of them is finite, while an inf or NaN element makes every sum it enters
